@@ -1,0 +1,175 @@
+"""The ``medtune`` command line: a thin click group, one function per step.
+
+Heavy imports (TensorFlow, MLflow) happen inside the commands, so ``medtune --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from medtune.errors import MedtuneError
+
+log = logging.getLogger("medtune")
+
+
+def _none_if_empty(ctx, param, value):  # noqa: ARG001
+    return None if value in ("", "none", "None") else value
+
+
+# Options shared by several commands, defined once (as mlflow/cli.py does).
+DATASET = click.option(
+    "--dataset", default="synthetic", show_default=True,
+    help="A registered name (brain_mri, dermnet, covid19_radiography, synthetic) or a folder of class sub-folders.",
+)
+DATA_DIR = click.option(
+    "--data-dir", default="", callback=_none_if_empty,
+    help="Where the named dataset lives (else $MEDTUNE_DATA_DIR/<name>, then ./data/<name>).",
+)
+SEED = click.option("--seed", default=42, show_default=True, type=int, help="Random seed.")
+TRACKING_URI = click.option(
+    "--tracking-uri", default="", callback=_none_if_empty, envvar="MLFLOW_TRACKING_URI",
+    help="MLflow tracking URI (default: sqlite:///mlflow.db in the project directory).",
+)
+
+
+def _setup(verbose: bool, tracking_uri: str | None = None) -> None:
+    """Configure logging once, quieten TensorFlow, point MLflow at the tracking store."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    for noisy in ("alembic", "mlflow.store.db", "mlflow.tracking.fluent", "absl", "h5py", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from medtune import tracking
+
+    tracking.configure(tracking_uri)
+    tracking.install_signal_handlers()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_context
+def cli(ctx, verbose):
+    """medtune: tracked hyperparameter search for medical-image classifiers."""
+    ctx.obj = {"verbose": verbose}
+
+
+@cli.command()
+@DATASET
+@DATA_DIR
+@click.option("--image-size", default=128, show_default=True, type=int, help="Side of the cached square images.")
+@click.option("--val-fraction", default=0.15, show_default=True, type=float)
+@click.option("--test-fraction", default=0.15, show_default=True, type=float,
+              help="Ignored when the dataset ships an official test folder.")
+@click.option("--phash-distance", default=4, show_default=True, type=int,
+              help="Near-duplicate threshold in perceptual-hash bits (0 = byte-identical only).")
+@SEED
+@TRACKING_URI
+@click.pass_context
+def split(ctx, dataset, data_dir, image_size, val_fraction, test_fraction, phash_distance, seed, tracking_uri):
+    """Validate, de-duplicate, split and cache a dataset."""
+    _setup(ctx.obj["verbose"], tracking_uri)
+    from medtune.steps.split import SplitOptions, run_split
+
+    out = run_split(SplitOptions(dataset, data_dir, image_size, val_fraction, test_fraction, seed, phash_distance))
+    counts = {s: sum(c.values()) for s, c in out.result.report["counts"].items()}
+    click.echo(
+        f"split {out.resolved.name}: train={counts.get('train', 0)} val={counts.get('val', 0)} "
+        f"test={counts.get('test', 0)} skipped={len(out.result.report.get('skipped', []))} "
+        f"cache={'reused' if out.cache_reused else 'built'} ({out.seconds:.1f} s) run={out.run_id}"
+    )
+
+
+def _search_options(fn):
+    """Options of `search` and its engine shortcuts, defined once."""
+    decorators = [
+        DATASET,
+        DATA_DIR,
+        click.option("--space", default="", callback=_none_if_empty,
+                     help="Space file or name in search_spaces/ (default: cnn)."),
+        click.option("--trials", default=10, show_default=True, type=int, help="Trials to complete (resumed searches count earlier ones)."),
+        click.option("--epochs", default=5, show_default=True, type=int, help="Maximum epochs per trial."),
+        click.option("--image-size", default=64, show_default=True, type=int,
+                     help="Search at a smaller size than final training (see README, Performance)."),
+        click.option("--objective", default="val_macro_f1", show_default=True,
+                     type=click.Choice(["val_macro_f1", "val_accuracy", "val_balanced_accuracy", "val_loss"])),
+        click.option("--timeout", default=0.0, show_default=True, type=float, help="Seconds; 0 = no limit (Optuna)."),
+        click.option("--study", default="", callback=_none_if_empty,
+                     help="Study name; the same name resumes (default: derived from dataset, space, engine, size, split)."),
+        click.option("--storage", default="", callback=_none_if_empty, envvar="MEDTUNE_OPTUNA_STORAGE",
+                     help="Optuna storage URL, e.g. postgresql://user@host/db (default: sqlite:///optuna.db)."),
+        click.option("--pruner", default="median", show_default=True, type=click.Choice(["median", "hyperband", "none"])),
+        click.option("--class-weights/--no-class-weights", default=True, show_default=True,
+                     help="Weight classes by inverse frequency (balanced)."),
+        click.option("--split-run", default="latest", show_default=True, help="Split run id to train on."),
+        SEED,
+        TRACKING_URI,
+    ]
+    for deco in reversed(decorators):
+        fn = deco(fn)
+    return fn
+
+
+def _run_search(ctx, engine, **kw):
+    _setup(ctx.obj["verbose"], kw.pop("tracking_uri"))
+    from medtune.steps.search import SearchOptions, run_search
+
+    kw["timeout"] = kw["timeout"] or None
+    kw["split_run"] = None if kw["split_run"] in ("", "latest") else kw["split_run"]
+    out = run_search(SearchOptions(engine=engine, **kw))
+    best = f"best trial {out.best.number}: {kw['objective']}={out.best.value:.4f}" if out.best else "no trial completed"
+    click.echo(f"search {out.study}: {len(out.summaries)} trials in {out.seconds:.0f} s, {best}; run={out.run_id}")
+
+
+@cli.command()
+@click.option("--engine", default="optuna", show_default=True, type=click.Choice(["optuna", "bayesian", "hyperband"]))
+@_search_options
+@click.pass_context
+def search(ctx, engine, **kw):
+    """Hyperparameter search: Optuna TPE (default) or keras-tuner Bayesian/Hyperband."""
+    _run_search(ctx, engine, **kw)
+
+
+@cli.command()
+@_search_options
+@click.pass_context
+def optuna(ctx, **kw):
+    """Shortcut for `search --engine optuna`."""
+    _run_search(ctx, "optuna", **kw)
+
+
+@cli.command()
+@_search_options
+@click.pass_context
+def bayesian(ctx, **kw):
+    """Shortcut for `search --engine bayesian` (keras-tuner BayesianOptimization)."""
+    _run_search(ctx, "bayesian", **kw)
+
+
+def main() -> None:
+    """Console-script entry point: one-line errors, exit code 2 for user errors, 130 on interrupt."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("medtune: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except MedtuneError as exc:
+        click.echo(f"medtune: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("medtune: interrupted; runs were ended KILLED and the search can be resumed", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

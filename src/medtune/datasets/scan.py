@@ -1,0 +1,330 @@
+"""Walk a dataset's class folders and fully decode every candidate image.
+
+Each file either becomes an :class:`~medtune.datasets.records.ImageRecord` (content hash,
+perceptual hash, size, mode) or a :class:`~medtune.datasets.records.SkippedFile` with a reason.
+Entries ignored on purpose are counted by kind in ``ScanResult.ignored`` (one count per entry:
+an ignored folder counts once):
+
+* ``hidden``: names starting with a dot (``.DS_Store``, ``._x.jpg``, ``.git/``);
+* ``checkpoint``: ``.ipynb_checkpoints`` folders;
+* ``mask``: ``masks``/``mask`` folders (segmentation masks are not training images);
+* ``symlink_outside``: symbolic links whose target lies outside the dataset root (links inside
+  it are followed);
+* ``non_image_extension``: files such as ``.csv``, ``.txt``, ``.xlsx``, ``.md``, ``.json``
+  (files with another extension, or none, are tried).
+
+An optional on-disk index, keyed by (path, size, mtime_ns), lets a re-scan of unchanged files
+skip decoding altogether.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medtune.datasets import images
+from medtune.datasets.layout import MASK_NAMES, Layout
+from medtune.datasets.records import ImageRecord, ScanResult, SkippedFile
+from medtune.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+NON_IMAGE_EXTENSIONS = frozenset(
+    {
+        ".csv", ".tsv", ".txt", ".md", ".rst", ".json", ".yaml", ".yml", ".xml", ".html", ".htm",
+        ".xls", ".xlsx", ".ods", ".doc", ".docx", ".pdf", ".rtf", ".log", ".ini", ".cfg",
+        ".py", ".ipynb", ".sh", ".zip", ".gz", ".tgz", ".tar", ".7z", ".rar",
+        ".npy", ".npz", ".pkl", ".pickle", ".h5", ".hdf5", ".keras", ".db", ".sqlite", ".parquet",
+    }
+)  # fmt: skip
+
+#: Bumped when what the index stores changes; an index of another version is ignored.
+INDEX_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    path: str
+    label: str
+    source: str
+    size: int
+    mtime_ns: int
+
+
+def _inside(path: str, root_real: str) -> bool:
+    return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+class _Walker:
+    """Collects candidate files, ignored counts and broken links, in a deterministic order."""
+
+    def __init__(self, root: Path) -> None:
+        self.root_real = os.path.realpath(root)
+        self.ignored: Counter[str] = Counter()
+        self.skipped: list[SkippedFile] = []
+        self.candidates: list[_Candidate] = []
+        self._seen: set[str] = set()
+        self._visited_dirs: set[str] = set()
+
+    def walk(self, folder: Path, label: str, source: str) -> None:
+        real = os.path.realpath(folder)
+        if not _inside(real, self.root_real):
+            self.ignored["symlink_outside"] += 1
+            logger.warning("class folder %s points outside the dataset root; ignored", folder)
+            return
+        stack = [os.path.abspath(folder)]
+        while stack:
+            directory = stack.pop()
+            real_dir = os.path.realpath(directory)
+            if real_dir in self._visited_dirs:
+                continue
+            self._visited_dirs.add(real_dir)
+            try:
+                entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            except OSError as exc:
+                self.skipped.append(SkippedFile(directory, f"unreadable folder: {exc.strerror or exc}"))
+                continue
+            subdirs = []
+            for entry in entries:
+                sub = self._visit(entry, label, source)
+                if sub:
+                    subdirs.append(sub)
+            stack.extend(reversed(subdirs))  # depth-first, in name order
+
+    def _visit(self, entry: os.DirEntry, label: str, source: str) -> str | None:
+        name = entry.name
+        if name == ".ipynb_checkpoints":
+            self.ignored["checkpoint"] += 1
+            return None
+        if name.startswith("."):
+            self.ignored["hidden"] += 1
+            return None
+        path = entry.path
+        try:
+            if entry.is_symlink():
+                target = os.path.realpath(path)
+                if not _inside(target, self.root_real):
+                    self.ignored["symlink_outside"] += 1
+                    return None
+                if not os.path.exists(target):
+                    self.skipped.append(SkippedFile(path, "broken symlink"))
+                    return None
+            is_dir = entry.is_dir()
+        except OSError as exc:
+            self.skipped.append(SkippedFile(path, f"unreadable: {exc.strerror or exc}"))
+            return None
+        if is_dir:
+            if name.lower() in MASK_NAMES:
+                self.ignored["mask"] += 1
+                return None
+            return path
+        if os.path.splitext(name)[1].lower() in NON_IMAGE_EXTENSIONS:
+            self.ignored["non_image_extension"] += 1
+            return None
+        if path in self._seen:
+            return None
+        self._seen.add(path)
+        try:
+            st = entry.stat()
+        except OSError as exc:
+            self.skipped.append(SkippedFile(path, f"unreadable: {exc.strerror or exc}"))
+            return None
+        self.candidates.append(_Candidate(path, label, source, st.st_size, st.st_mtime_ns))
+        return None
+
+
+def _probe(task: tuple[str, int | None, int]) -> tuple:
+    """Decode one file in a worker; returns ``("ok", sha, phash, w, h, mode, array|None)`` or
+    ``("skip", reason, cacheable)``."""
+    import imagehash
+
+    path, keep_size, channels = task
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return ("skip", f"unreadable: {exc.strerror or exc}", False)
+    try:
+        img = images.open_bytes(data, path)
+        grey = images.convert_mode(img, 1)
+        phash = str(imagehash.phash(grey))
+        arr = images.to_array(img, keep_size, channels) if keep_size else None
+    except images.ImageDecodeError as exc:
+        return ("skip", exc.reason, True)
+    except Exception as exc:  # a decoder bug on one file must not stop the scan
+        return ("skip", f"unreadable: {' '.join(str(exc).split())[:200] or type(exc).__name__}", True)
+    sha = hashlib.sha256(data).hexdigest()
+    return ("ok", sha, phash, img.size[0], img.size[1], img.mode, arr)
+
+
+def _load_index(index_path: Path | None) -> dict[str, list]:
+    if index_path is None or not Path(index_path).is_file():
+        return {}
+    try:
+        with open(index_path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError) as exc:
+        logger.warning("scan index %s unreadable (%s); rebuilding it", index_path, exc)
+        return {}
+    if doc.get("version") != INDEX_VERSION or doc.get("max_pixels") != images.MAX_PIXELS:
+        logger.info("scan index %s is from another version; rebuilding it", index_path)
+        return {}
+    entries = doc.get("entries")
+    return entries if isinstance(entries, dict) else {}
+
+
+def _save_index(index_path: Path, entries: dict[str, list]) -> None:
+    index_path = Path(index_path)
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index_path.with_name(f"{index_path.name}.{os.getpid()}.tmp")
+    doc = {"version": INDEX_VERSION, "max_pixels": images.MAX_PIXELS, "entries": entries}
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, separators=(",", ":"))
+    os.replace(tmp, index_path)
+
+
+def _run(tasks: list[tuple], workers: int, on_result: Callable[[int, tuple], None]) -> None:
+    if workers <= 1 or len(tasks) < images.MIN_FILES_FOR_POOL:
+        for i, task in enumerate(tasks):
+            on_result(i, _probe(task))
+        return
+    chunksize = max(1, min(32, len(tasks) // (workers * 16)))
+    ctx = multiprocessing.get_context(images.MP_START_METHOD)
+    with ctx.Pool(workers) as pool:
+        for i, result in enumerate(pool.imap(_probe, tasks, chunksize=chunksize)):
+            on_result(i, result)
+
+
+def scan_dataset(
+    layout: Layout,
+    *,
+    workers: int | None = None,
+    index_path: Path | None = None,
+    keep_size: int | None = None,
+    channels: int = 3,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[ScanResult, dict[str, np.ndarray]]:
+    """Validate every image of a dataset layout.
+
+    Args:
+        layout: the class folders, from :func:`medtune.datasets.layout.detect_layout`.
+        workers: decoding processes; ``None`` means ``min(2, cpu count)``.
+        index_path: a JSON file remembering results by (path, size, mtime_ns); files unchanged
+            since it was written are not decoded again. Created or updated by this call.
+        keep_size: when set, also return each freshly decoded image as a
+            ``(keep_size, keep_size, channels)`` ``uint8`` array (see
+            :func:`medtune.datasets.images.to_array`); files answered from the index have no
+            array, callers decode those themselves.
+        channels: 3 or 1, for the arrays returned with ``keep_size``.
+        progress: optional ``callback(done, total)`` over candidate files.
+
+    Returns:
+        The scan result (records sorted by source, label, path) and the arrays by file path
+        (the same string as ``ImageRecord.path``; empty without ``keep_size``).
+
+    Raises:
+        DataError: no valid image at all, or fewer than 2 classes have valid images.
+    """
+    walker = _Walker(Path(layout.root))
+    for source, mapping in (("train", layout.train), ("test", layout.test or {})):
+        for label in sorted(mapping):
+            for folder in mapping[label]:
+                walker.walk(Path(folder), label, source)
+
+    candidates = walker.candidates
+    skipped = list(walker.skipped)
+    records: list[ImageRecord] = []
+    arrays: dict[str, np.ndarray] = {}
+    old_index = _load_index(index_path)
+    new_index: dict[str, list] = {}
+    total = len(candidates)
+    done = 0
+
+    def add(cand: _Candidate, entry: list) -> None:
+        sha, phash, width, height, mode, reason = entry[2:8]
+        if reason is not None:
+            skipped.append(SkippedFile(cand.path, reason))
+        else:
+            records.append(ImageRecord(cand.path, cand.label, cand.source, sha, phash, width, height, mode))
+
+    todo: list[_Candidate] = []
+    for cand in candidates:
+        hit = old_index.get(cand.path)
+        if hit and len(hit) == 8 and hit[0] == cand.size and hit[1] == cand.mtime_ns:
+            new_index[cand.path] = hit
+            add(cand, hit)
+            done += 1
+        else:
+            todo.append(cand)
+    if progress and done:
+        progress(done, total)
+    if todo:
+        logger.info("decoding %d of %d files (%d known from the index)", len(todo), total, total - len(todo))
+
+    def on_result(i: int, result: tuple) -> None:
+        nonlocal done
+        cand = todo[i]
+        if result[0] == "ok":
+            _, sha, phash, width, height, mode, arr = result
+            entry = [cand.size, cand.mtime_ns, sha, phash, width, height, mode, None]
+            if arr is not None:
+                arrays[cand.path] = arr
+        else:
+            _, reason, cacheable = result
+            entry = [cand.size, cand.mtime_ns, None, None, None, None, None, reason]
+            if not cacheable:
+                skipped.append(SkippedFile(cand.path, reason))
+                entry = None
+        if entry is not None:
+            new_index[cand.path] = entry
+            add(cand, entry)
+        done += 1
+        if progress:
+            progress(done, total)
+
+    n_workers = images.default_workers() if workers is None else max(1, int(workers))
+    _run([(c.path, keep_size, channels) for c in todo], n_workers, on_result)
+
+    if index_path is not None:
+        prefix = os.path.abspath(layout.root).rstrip(os.sep) + os.sep
+        kept = {k: v for k, v in old_index.items() if not k.startswith(prefix)}
+        kept.update(new_index)
+        _save_index(Path(index_path), kept)
+
+    return _result(layout, records, skipped, walker.ignored), arrays
+
+
+def _result(layout: Layout, records: list[ImageRecord], skipped: list[SkippedFile], ignored: Counter) -> ScanResult:
+    root = str(layout.root)
+    records.sort(key=lambda r: (r.source, r.label, r.path))
+    skipped.sort(key=lambda s: s.path)
+    reasons = Counter(s.reason for s in skipped)
+    logger.info(
+        "scanned %s: %d valid images, %d skipped %s, ignored %s",
+        root, len(records), len(skipped), dict(reasons), dict(ignored),
+    )  # fmt: skip
+    if not records:
+        raise DataError(f"no valid images in {root} ({len(skipped)} files failed: {dict(reasons)})")
+    classes = sorted({r.label for r in records})
+    empty = sorted(set(layout.classes) - set(classes))
+    if empty:
+        logger.warning("dataset %s: classes without any valid image: %s", root, ", ".join(empty))
+    if len(classes) < 2:
+        raise DataError(f"only one class with valid images ('{classes[0]}') in {root}: at least 2 are needed")
+    return ScanResult(
+        root=root,
+        classes=classes,
+        records=records,
+        skipped=skipped,
+        ignored=dict(ignored),
+        has_official_test=bool(layout.test) and any(r.source == "test" for r in records),
+    )

@@ -1,0 +1,79 @@
+"""What every engine shares: the search settings, trial summaries and the recorder interface."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+COMPLETE, PRUNED, FAILED, RUNNING = "COMPLETE", "PRUNED", "FAILED", "RUNNING"
+
+
+@dataclass
+class SearchSettings:
+    """Plain values an engine needs; built by the search step from CLI parameters."""
+
+    study: str
+    trials: int = 10
+    epochs: int = 5
+    objective: str = "val_macro_f1"
+    direction: str = "maximize"
+    timeout: float | None = None
+    seed: int = 42
+    class_weights: bool = True
+    storage: str | None = None  # Optuna storage URL
+    pruner: str = "median"  # median | hyperband | none
+    workdir: str = ".medtune/keras_tuner"  # keras-tuner state
+
+
+@dataclass
+class TrialSummary:
+    """One trial as both engines describe it (the trials CSV and the plots are built from these)."""
+
+    number: int
+    state: str
+    value: float | None
+    params: dict
+    duration_s: float | None = None
+    epochs_run: int | None = None
+    run_id: str | None = None
+    error: str | None = None
+    intermediate: dict[int, float] = field(default_factory=dict)
+
+
+class TrialRecorder(Protocol):
+    """Where an engine reports trials; the MLflow implementation lives in steps/search.py."""
+
+    def trial_started(self, number: int, params: dict) -> object: ...
+
+    def epoch_end(self, handle: object, epoch: int, logs: dict) -> None: ...
+
+    def trial_finished(self, handle: object, state: str, result=None, error: BaseException | None = None) -> None: ...
+
+    def progress(self, summaries: list[TrialSummary]) -> None: ...
+
+
+class NullRecorder:
+    """A recorder that records nothing (tests, dry runs)."""
+
+    def trial_started(self, number, params):
+        return number
+
+    def epoch_end(self, handle, epoch, logs):
+        pass
+
+    def trial_finished(self, handle, state, result=None, error=None):
+        pass
+
+    def progress(self, summaries):
+        pass
+
+
+def best_trial(summaries: list[TrialSummary], direction: str) -> TrialSummary | None:
+    done = [s for s in summaries if s.state == COMPLETE and s.value is not None]
+    if not done:
+        return None
+    key = (lambda s: s.value) if direction == "maximize" else (lambda s: -s.value)
+    return max(done, key=key)

@@ -1,0 +1,196 @@
+"""keras-tuner search (BayesianOptimization or Hyperband) over a medtune space.
+
+keras-tuner 1.4 ignores ``logger=``, so tracking comes from :class:`_TrackedTunerMixin`, which
+overrides ``run_trial`` and trains through the same :func:`train_trial` as the Optuna engine.
+Distributed mode works unchanged: set ``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP`` and
+``KERASTUNER_ORACLE_PORT`` as keras-tuner documents (the chief only serves the oracle).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import keras_tuner as kt
+
+from medtune.errors import ConfigError
+from medtune.search.base import COMPLETE, FAILED, RUNNING, SearchSettings, TrialRecorder, TrialSummary
+from medtune.search.trial import TrialData, train_trial
+from medtune.space import Param, SearchSpace
+
+log = logging.getLogger(__name__)
+
+_STATES = {"COMPLETED": COMPLETE, "FAILED": FAILED, "INVALID": FAILED, "RUNNING": RUNNING, "STOPPED": "STOPPED", "IDLE": "IDLE"}
+
+
+# ---------------------------------------------------------------- space adapter
+
+
+def _declare_one(hp: kt.HyperParameters, p: Param):
+    if p.type == "int":
+        kwargs = {"step": int(p.step)} if p.step else {}
+        return hp.Int(p.name, int(p.low), int(p.high), sampling="log" if p.log else "linear", default=p.default, **kwargs)
+    if p.type == "float":
+        kwargs = {"step": float(p.step)} if p.step else {}
+        return hp.Float(p.name, float(p.low), float(p.high), sampling="log" if p.log else "linear", default=p.default, **kwargs)
+    if p.type == "bool":
+        return hp.Boolean(p.name, default=bool(p.default) if p.default is not None else False)
+    return hp.Choice(p.name, list(p.choices), default=p.default)
+
+
+def declare(hp: kt.HyperParameters, space: SearchSpace) -> dict:
+    """Declare every parameter of ``space`` on ``hp`` (conditions become conditional scopes)."""
+    values: dict = {}
+    for p in space.params:
+        if p.condition:
+            scopes = [hp.conditional_scope(parent, list(allowed) if isinstance(allowed, (list, tuple)) else [allowed])
+                      for parent, allowed in p.condition.items()]
+            for scope in scopes:
+                scope.__enter__()
+            try:
+                value = _declare_one(hp, p)
+            finally:
+                for scope in reversed(scopes):
+                    scope.__exit__(None, None, None)
+        else:
+            value = _declare_one(hp, p)
+        if space.is_active(p.name, values):
+            values[p.name] = value
+    return values
+
+
+def active_values(space: SearchSpace, hp_values: dict) -> dict:
+    """The trial's values without keras-tuner's bookkeeping (``tuner/...``) or inactive params."""
+    values: dict = {}
+    for p in space.params:
+        if p.name in hp_values and space.is_active(p.name, values):
+            v = hp_values[p.name]
+            values[p.name] = bool(v) if p.type == "bool" else v
+    return values
+
+
+class SpaceHyperModel(kt.HyperModel):
+    """Declares the space for the oracle; ``build`` returns the real model for those values."""
+
+    def __init__(self, space: SearchSpace, input_shape, n_classes: int):
+        super().__init__(name="medtune", tunable=True)
+        self.space, self.input_shape, self.n_classes = space, input_shape, n_classes
+
+    def build(self, hp):
+        from medtune.models import build_model
+
+        values = declare(hp, self.space)
+        return build_model(values, self.input_shape, self.n_classes)
+
+
+# ---------------------------------------------------------------- tuners
+
+
+class _TrackedTunerMixin:
+    """Runs each trial through medtune's trainer and reports it to the recorder."""
+
+    def _setup_medtune(self, space, data, cfg, recorder):
+        self._space, self._data, self._cfg, self._recorder = space, data, cfg, recorder
+
+    def run_trial(self, trial, *args, **kwargs):  # noqa: ARG002
+        from medtune.training import release_model
+
+        cfg = self._cfg
+        hp_values = trial.hyperparameters.values
+        params = active_values(self._space, hp_values)
+        epochs = int(hp_values.get("tuner/epochs", cfg.epochs))
+        number = int(trial.trial_id)
+        handle = self._recorder.trial_started(number, params)
+        result = None
+        try:
+            result = train_trial(
+                params, self._data, epochs=epochs, objective=cfg.objective,
+                class_weights=cfg.class_weights, seed=cfg.seed + number,
+                on_epoch=lambda e, logs: self._recorder.epoch_end(handle, e, logs) and False,
+            )
+            if not math.isfinite(result.value):
+                raise RuntimeError(f"objective {cfg.objective} is not finite")
+            self._recorder.trial_finished(handle, COMPLETE, result)
+            history = {k: v for k, v in result.history.items()}
+            return {cfg.objective: result.value, **{k: v[-1] for k, v in history.items() if v and k != cfg.objective}}
+        except Exception as exc:
+            self._recorder.trial_finished(handle, FAILED, result, error=exc)
+            raise kt.errors.FailedTrialError(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException as exc:  # interrupted: end the run KILLED, let the tuner stop
+            self._recorder.trial_finished(handle, FAILED, result, error=exc)
+            raise
+        finally:
+            if result is not None:
+                result.model = None
+            release_model()
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        self._recorder.progress(summaries(self))
+
+
+class TrackedBayesian(_TrackedTunerMixin, kt.BayesianOptimization):
+    pass
+
+
+class TrackedHyperband(_TrackedTunerMixin, kt.Hyperband):
+    pass
+
+
+def make_tuner(engine: str, space: SearchSpace, data: TrialData, cfg: SearchSettings, recorder: TrialRecorder):
+    objective = kt.Objective(cfg.objective, direction="max" if cfg.direction == "maximize" else "min")
+    hypermodel = SpaceHyperModel(space, data.input_shape, len(data.classes))
+    common = dict(
+        hypermodel=hypermodel, objective=objective, seed=cfg.seed, directory=cfg.workdir,
+        project_name=cfg.study, overwrite=False, max_consecutive_failed_trials=max(3, cfg.trials + 1),
+    )
+    try:
+        if engine == "bayesian":
+            tuner = TrackedBayesian(max_trials=cfg.trials, num_initial_points=min(3, cfg.trials), **common)
+        elif engine == "hyperband":
+            tuner = TrackedHyperband(max_epochs=max(cfg.epochs, 2), factor=3, hyperband_iterations=1, **common)
+        else:
+            raise ConfigError(f"engine={engine!r}: expected bayesian or hyperband for keras-tuner")
+    except (json.JSONDecodeError, KeyError, RuntimeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        state = Path(cfg.workdir) / cfg.study
+        raise ConfigError(
+            f"keras-tuner state in {state} cannot be reloaded ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+            f"it is probably truncated: delete that folder to start over, or pass another -P study=..."
+        ) from exc
+    tuner._setup_medtune(space, data, cfg, recorder)
+    return tuner
+
+
+def summaries(tuner) -> list[TrialSummary]:
+    out = []
+    objective = tuner.oracle.objective.name
+    for trial_id, trial in sorted(tuner.oracle.trials.items(), key=lambda kv: int(kv[0])):
+        values = trial.hyperparameters.values
+        state = _STATES.get(str(trial.status), str(trial.status))
+        metrics = trial.metrics.metrics
+        epochs_run = None
+        if "loss" in metrics:
+            epochs_run = len(trial.metrics.get_history("loss")) or None
+        out.append(
+            TrialSummary(
+                number=int(trial_id),
+                state=state,
+                value=trial.score if state == COMPLETE and trial.score is not None else None,
+                params={k: v for k, v in values.items() if not k.startswith("tuner/")},
+                epochs_run=epochs_run,
+                error=(trial.message or "").strip().splitlines()[-1][:500] if trial.message else None,
+            )
+        )
+    return out
+
+
+def run_search(engine: str, space: SearchSpace, data: TrialData, cfg: SearchSettings, recorder: TrialRecorder) -> list[TrialSummary]:
+    tuner = make_tuner(engine, space, data, cfg, recorder)
+    if cfg.timeout:
+        log.warning("timeout is not supported by keras-tuner engines; the trial budget applies")
+    tuner.search(verbose=0)
+    return summaries(tuner)

@@ -1,0 +1,256 @@
+"""Optuna TPE search over a medtune space, pruned per epoch, resumable from an RDB storage."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Mapping
+
+import optuna
+from optuna.trial import TrialState
+
+from medtune import settings as medtune_settings
+from medtune.errors import ConfigError
+from medtune.search.base import COMPLETE, FAILED, PRUNED, RUNNING, SearchSettings, TrialRecorder, TrialSummary
+from medtune.search.trial import TrialData, train_trial
+from medtune.space import Param, SearchSpace
+
+log = logging.getLogger(__name__)
+
+_STATES = {
+    TrialState.COMPLETE: COMPLETE,
+    TrialState.PRUNED: PRUNED,
+    TrialState.FAIL: FAILED,
+    TrialState.RUNNING: RUNNING,
+    TrialState.WAITING: "WAITING",
+}
+
+
+# ---------------------------------------------------------------- space adapter
+
+
+def distribution(p: Param) -> optuna.distributions.BaseDistribution:
+    if p.type == "int":
+        return optuna.distributions.IntDistribution(int(p.low), int(p.high), log=bool(p.log), step=int(p.step or 1))
+    if p.type == "float":
+        return optuna.distributions.FloatDistribution(float(p.low), float(p.high), log=bool(p.log), step=p.step)
+    if p.type == "bool":
+        return optuna.distributions.CategoricalDistribution([False, True])
+    return optuna.distributions.CategoricalDistribution(list(p.choices))
+
+
+def distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
+    return {p.name: distribution(p) for p in space.params}
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict:
+    """Ask ``trial`` for every parameter active under the values chosen so far (in file order)."""
+    values: dict = {}
+    for p in space.params:
+        if not space.is_active(p.name, values):
+            continue
+        if p.type == "int":
+            values[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=bool(p.log))
+        elif p.type == "float":
+            values[p.name] = trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=bool(p.log))
+        elif p.type == "bool":
+            values[p.name] = trial.suggest_categorical(p.name, [False, True])
+        else:
+            values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+    return values
+
+
+# ---------------------------------------------------------------- storage and study
+
+
+def default_storage() -> str:
+    return f"sqlite:///{medtune_settings.project_dir() / 'optuna.db'}"
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """Heartbeat interval and grace period in seconds (``$MEDTUNE_HEARTBEAT=interval,grace``)."""
+    raw = os.environ.get("MEDTUNE_HEARTBEAT", "30,120")
+    interval, grace = (int(x) for x in raw.split(","))
+    return interval, grace
+
+
+def make_storage(url: str | None) -> optuna.storages.RDBStorage:
+    interval, grace = heartbeat_settings()
+    url = url or default_storage()
+    if not url.startswith(("sqlite:", "postgresql", "mysql")):
+        raise ConfigError(f"storage={url!r}: expected an RDB URL such as sqlite:///optuna.db or postgresql://...")
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=interval,
+            grace_period=grace,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+            engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
+        )
+    except Exception as exc:  # connection refused, unknown driver, bad credentials
+        raise ConfigError(f"storage={_redact(url)}: cannot open Optuna storage ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"pruner={name!r}: expected median, hyperband or none")
+
+
+def open_study(space: SearchSpace, cfg: SearchSettings) -> optuna.Study:
+    sampler = optuna.samplers.TPESampler(
+        seed=cfg.seed, n_startup_trials=min(10, max(3, cfg.trials // 3)), multivariate=True, group=True,
+        warn_independent_sampling=False,
+    )
+    study = optuna.create_study(
+        study_name=cfg.study,
+        storage=make_storage(cfg.storage),
+        sampler=sampler,
+        pruner=make_pruner(cfg.pruner, cfg.epochs),
+        direction=cfg.direction,
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != cfg.direction:
+        raise ConfigError(f"study={cfg.study!r} was created to {study.direction.name.lower()}; use another study name")
+    study.set_user_attr("objective", cfg.objective)
+    return study
+
+
+def fail_local_orphans(study: optuna.Study) -> list[int]:
+    """Trials left RUNNING by a dead process on this host: mark FAIL and queue a retry at once.
+
+    (Optuna's heartbeat does the same for other hosts after the grace period.)
+    """
+    host = socket.gethostname()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") != host or not pid or pid == os.getpid() or _alive(int(pid)):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "error", f"worker process {pid} died")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        failed.append(t.number)
+    if failed:
+        log.warning("Trials %s were orphaned by a dead worker: marked FAIL and queued again", failed)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    from medtune.tracking import _pid_alive  # the same check tracking uses for runs
+
+    return _pid_alive(pid)
+
+
+# ---------------------------------------------------------------- the search loop
+
+
+def summaries(study: optuna.Study) -> list[TrialSummary]:
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+        out.append(
+            TrialSummary(
+                number=t.number,
+                state=_STATES.get(t.state, t.state.name),
+                value=t.value if t.state == TrialState.COMPLETE else None,
+                params=dict(t.params),
+                duration_s=duration,
+                epochs_run=t.user_attrs.get("epochs_run"),
+                run_id=t.user_attrs.get("mlflow_run_id"),
+                error=t.user_attrs.get("error"),
+                intermediate=dict(t.intermediate_values),
+            )
+        )
+    return out
+
+
+def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorder: TrialRecorder) -> list[TrialSummary]:
+    """Run trials until ``cfg.trials`` are COMPLETE or PRUNED in the (possibly shared) study."""
+    study = open_study(space, cfg)
+    fail_local_orphans(study)
+    counted = (TrialState.COMPLETE, TrialState.PRUNED)
+    started = time.monotonic()
+    failures = 0
+    last_state: dict[str, str] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, space)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        handle = recorder.trial_started(trial.number, params)
+        run_id = getattr(handle, "run_id", None)
+        if run_id:
+            trial.set_user_attr("mlflow_run_id", run_id)
+
+        def on_epoch(epoch: int, logs: Mapping) -> bool:
+            recorder.epoch_end(handle, epoch, dict(logs))
+            value = logs.get(cfg.objective)
+            if value is None or not math.isfinite(float(value)):
+                return False
+            trial.report(float(value), epoch)
+            return trial.should_prune()
+
+        from medtune.training import release_model
+
+        result = None
+        try:
+            result = train_trial(
+                params, data, epochs=cfg.epochs, objective=cfg.objective,
+                class_weights=cfg.class_weights, seed=cfg.seed + trial.number, on_epoch=on_epoch,
+            )
+            trial.set_user_attr("epochs_run", result.epochs_run)
+            if result.pruned:
+                recorder.trial_finished(handle, PRUNED, result)
+                last_state["state"] = PRUNED
+                raise optuna.TrialPruned(f"pruned after {result.epochs_run} epoch(s)")
+            if not math.isfinite(result.value):
+                raise RuntimeError(f"objective {cfg.objective} is not finite")
+            recorder.trial_finished(handle, COMPLETE, result)
+            last_state["state"] = COMPLETE
+            return result.value
+        except optuna.TrialPruned:
+            raise
+        except BaseException as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500])
+            recorder.trial_finished(handle, FAILED, result, error=exc)
+            last_state["state"] = FAILED
+            raise
+        finally:
+            if result is not None:
+                result.model = None
+            release_model()
+
+    while True:
+        done = len(study.get_trials(deepcopy=False, states=counted))
+        if done >= cfg.trials:
+            break
+        remaining = None
+        if cfg.timeout:
+            remaining = cfg.timeout - (time.monotonic() - started)
+            if remaining <= 0:
+                log.info("Timeout of %.0f s reached after %d trials", cfg.timeout, done)
+                break
+        if failures > max(3, cfg.trials):
+            log.error("Stopping: %d trials failed in this session (see the FAILED runs for reasons)", failures)
+            break
+        last_state.clear()
+        study.optimize(objective, n_trials=1, catch=(Exception,), timeout=remaining)
+        if last_state.get("state") == FAILED:
+            failures += 1
+        recorder.progress(summaries(study))
+    return summaries(study)

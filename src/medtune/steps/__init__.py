@@ -1,0 +1,1 @@
+"""Pipeline steps: each joins the plain core (datasets, training, reports) to tracking."""

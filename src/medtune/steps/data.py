@@ -1,0 +1,79 @@
+"""Find the split a later step trains on, and its cached arrays at the size that step needs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from medtune import tracking
+from medtune.datasets.cache import CachedSplits, ensure_cache
+from medtune.datasets.registry import resolve_dataset
+from medtune.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedSplit:
+    run_id: str
+    dataset: str
+    root: Path
+    classes: list[str]
+    manifest: pd.DataFrame  # paths relative to root, as logged
+    report: dict
+    cache: CachedSplits
+
+
+def load_split(
+    dataset: str,
+    image_size: int,
+    *,
+    split_run: str | None = None,
+    data_dir: str | None = None,
+    auto_split: bool = True,
+) -> LoadedSplit:
+    """The latest finished split of ``dataset`` (or ``split_run``), cached at ``image_size``.
+
+    When the dataset has never been split, run the split step first (with its defaults) rather
+    than fail: that is what a user running ``search`` on a fresh machine expects.
+    """
+    from medtune.steps.split import CHANNELS, SplitOptions, absolute_manifest, run_split
+
+    name = resolve_dataset(dataset, data_dir).name if dataset else dataset
+    if split_run in (None, "", "latest"):
+        runs = tracking.find_runs(name, "split", max_results=1)
+        if not runs:
+            if not auto_split:
+                raise DataError(f"dataset={dataset}: no finished split run; run `medtune split --dataset {dataset}` first")
+            log.info("No split of %s yet: running the split step first", name)
+            run_split(SplitOptions(dataset=dataset, data_dir=data_dir, image_size=image_size), reuse_run=True)
+            runs = tracking.find_runs(name, "split", max_results=1)
+        run = runs[0]
+    else:
+        from mlflow.tracking import MlflowClient
+
+        run = MlflowClient().get_run(split_run)
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = pd.read_csv(tracking.download_artifact(run.info.run_id, "manifest.csv", Path(tmp)), dtype=str, keep_default_na=False)
+        report = json.loads(tracking.download_artifact(run.info.run_id, "report.json", Path(tmp)).read_text())
+    root = Path(run.data.tags.get("medtune.dataset_root", ""))
+    if not root.is_dir():  # another machine: find the same dataset where this one keeps it
+        root = resolve_dataset(dataset, data_dir).root
+    classes = list(report["classes"])
+    cache, reused = ensure_cache(absolute_manifest(manifest, root), classes, image_size, CHANNELS)
+    log.info("Split run %s: %s cache at %d px (%s)", run.info.run_id, name, image_size, "reused" if reused else "built")
+    return LoadedSplit(run.info.run_id, name, root, classes, manifest, report, cache)
+
+
+def manifest_dataset(split: LoadedSplit):
+    """The manifest as an MLflow dataset, to link a run to the split it read."""
+    import mlflow
+
+    return mlflow.data.from_pandas(
+        split.manifest, source=str(split.root), name=f"{split.dataset}-manifest", targets="label"
+    )

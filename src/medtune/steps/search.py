@@ -1,0 +1,354 @@
+"""The ``search`` step: a tracked, resumable hyperparameter search with either engine.
+
+One parent run per search (per worker), one nested child run per trial. Trial runs are keyed by
+(study, trial number), so a resumed search reuses the run of an interrupted trial instead of
+duplicating it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medtune import settings, tracking
+from medtune.errors import ConfigError
+from medtune.search.base import COMPLETE, FAILED, PRUNED, SearchSettings, TrialSummary, best_trial
+from medtune.search.trial import TrialData, objective_direction, probe_indices
+
+log = logging.getLogger(__name__)
+progress_log = logging.getLogger("medtune.progress")
+
+ENGINES = ("optuna", "bayesian", "hyperband")
+
+
+@dataclass
+class SearchOptions:
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    engine: str = "optuna"
+    space: str | None = None
+    trials: int = 10
+    epochs: int = 5
+    image_size: int = 64
+    objective: str = "val_macro_f1"
+    timeout: float | None = None
+    study: str | None = None
+    storage: str | None = None
+    seed: int = 42
+    class_weights: bool = True
+    pruner: str = "median"
+    split_run: str | None = None
+
+
+@dataclass
+class SearchOutcome:
+    run_id: str
+    study: str
+    summaries: list[TrialSummary]
+    best: TrialSummary | None
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+def _metric_name(key: str) -> str:
+    if key.startswith("val_") or key in ("epoch_seconds", "learning_rate", "stage"):
+        return key
+    return f"train_{key}"
+
+
+class MlflowRecorder:
+    """Records each trial as a nested MLflow run and prints progress to the console."""
+
+    def __init__(self, parent: tracking.RunLogger, experiment_id: str, opts: SearchOptions, study: str,
+                 data: TrialData, classes: list[str]):
+        self.parent, self.experiment_id, self.opts, self.study = parent, experiment_id, opts, study
+        self.data, self.classes = data, classes
+        self.best: float | None = None
+        self.direction = objective_direction(opts.objective)
+
+    # -- engine callbacks
+    def trial_started(self, number: int, params: dict):
+        client = self.parent.client
+        existing = client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`medtune.study` = '{self.study}' and tags.`medtune.trial` = '{number}'",
+            max_results=5,
+        )
+        reusable = [r for r in existing if r.info.status != "FINISHED"]
+        tags = {
+            "mlflow.parentRunId": self.parent.run_id,
+            tracking.TAG_STEP: "trial",
+            tracking.TAG_DATASET: self.opts.dataset,
+            "medtune.study": self.study,
+            "medtune.trial": str(number),
+            "medtune.engine": self.opts.engine,
+            **tracking.process_tags(),
+        }
+        if reusable:
+            run_id = reusable[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            logger = tracking.RunLogger(run_id, client)
+            logger.tags(tags)
+            log.info("Trial %d resumes its MLflow run %s", number, run_id)
+        else:
+            run = client.create_run(self.experiment_id, run_name=f"trial-{number:03d}", tags=tags)
+            logger = tracking.RunLogger(run.info.run_id, client)
+        logger.params(params)
+        handle = _Handle(logger, number, time.perf_counter(), params)
+        progress_log.info("trial %d (%d in budget) started: %s", number + 1, self.opts.trials, _short(params))
+        return handle
+
+    def epoch_end(self, handle, epoch: int, logs: dict) -> None:
+        metrics = {_metric_name(k): float(v) for k, v in logs.items() if _finite(v)}
+        handle.logger.metrics(metrics, step=epoch, synchronous=False)
+        value = logs.get(self.opts.objective)
+        best = self.best
+        progress_log.info(
+            "trial %d epoch %d/%d %s=%s (best so far %s)",
+            handle.number + 1, epoch + 1, self.opts.epochs, self.opts.objective,
+            _fmt(value), _fmt(best),
+        )
+
+    def trial_finished(self, handle, state: str, result=None, error: BaseException | None = None) -> None:
+        logger = handle.logger
+        seconds = time.perf_counter() - handle.t0
+        interrupted = isinstance(error, KeyboardInterrupt)
+        try:
+            logger.metrics({"trial_seconds": seconds})
+            tags = {"medtune.trial_state": "KILLED" if interrupted else state}
+            if error is not None:
+                tags[tracking.TAG_ERROR] = tracking.one_line(error)
+            if result is not None and result.history:
+                tags["medtune.epochs_run"] = result.epochs_run
+                if state == COMPLETE:
+                    logger.metrics({f"best_{self.opts.objective}": result.value, "best_epoch": result.best_epoch})
+            logger.tags(tags)
+            if result is not None and result.model is not None and not interrupted and result.history:
+                self._artifacts(logger, result)
+        except Exception as exc:  # tracking trouble must not turn a good trial into a failed one
+            log.warning("trial %d: could not log everything: %s", handle.number, exc)
+        finally:
+            status = "KILLED" if interrupted else ("FAILED" if state == FAILED else "FINISHED")
+            import mlflow
+
+            mlflow.flush_async_logging()
+            logger.end(status)
+        if state == COMPLETE and result is not None:
+            better = self.best is None or (
+                result.value > self.best if self.direction == "maximize" else result.value < self.best
+            )
+            if better:
+                self.best = result.value
+        progress_log.info(
+            "trial %d %s in %.0f s: %s=%s (best %s)",
+            handle.number + 1, "KILLED" if interrupted else state, seconds, self.opts.objective,
+            _fmt(result.value if result is not None else None), _fmt(self.best),
+        )
+
+    def progress(self, summaries: list[TrialSummary]) -> None:
+        done = [s for s in summaries if s.state in (COMPLETE, PRUNED)]
+        best = best_trial(summaries, self.direction)
+        metrics = {"trials_done": len(done), "trials_failed": sum(s.state == FAILED for s in summaries)}
+        if best is not None:
+            metrics["best_so_far"] = best.value
+            self.best = best.value
+        self.parent.metrics(metrics, step=len(summaries))
+
+    # -- per-trial artifacts, made once at the end of the trial
+    def _artifacts(self, logger: tracking.RunLogger, result) -> None:
+        from medtune import explain, metrics, reports
+
+        logger.figure(reports.learning_curves(result.history), "learning_curves.png")
+        if result.val_proba is not None:
+            cm = metrics.confusion(self.data.y_val, result.val_proba.argmax(1), len(self.classes))
+            logger.figure(reports.confusion_matrix_figure(cm, self.classes, title="validation"), "confusion_matrix.png")
+        probe = self.data.probe_index
+        if len(probe):
+            images = np.asarray(self.data.x_val[probe])
+            heatmaps, proba = explain.gradcam(result.model, images)
+            titles = [
+                f"{self.classes[int(t)]} -> {self.classes[int(p.argmax())]} {p.max():.2f}"
+                for t, p in zip(self.data.y_val[probe], proba)
+            ]
+            logger.figure(reports.gradcam_grid(images, heatmaps, titles), "gradcam.png")
+
+
+@dataclass
+class _Handle:
+    logger: tracking.RunLogger
+    number: int
+    t0: float
+    params: dict
+
+    @property
+    def run_id(self) -> str:
+        return self.logger.run_id
+
+
+def _finite(v) -> bool:
+    try:
+        return np.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or not _finite(v) else f"{float(v):.4f}"
+
+
+def _short(params: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+# ---------------------------------------------------------------- the step
+
+
+def default_study(opts: SearchOptions, space_stem: str, manifest_hash: str) -> str:
+    return f"{opts.dataset}-{space_stem}-{opts.engine}-{opts.image_size}px-{manifest_hash[:8]}"
+
+
+def check_options(opts: SearchOptions) -> None:
+    if opts.engine not in ENGINES:
+        raise ConfigError(f"engine={opts.engine!r}: expected one of {', '.join(ENGINES)}")
+    if opts.trials < 1:
+        raise ConfigError(f"trials={opts.trials}: expected at least 1")
+    if opts.epochs < 1:
+        raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
+    if not 16 <= opts.image_size <= 1024:
+        raise ConfigError(f"image_size={opts.image_size}: expected 16..1024 pixels")
+    objective_direction(opts.objective)
+
+
+def run_search(opts: SearchOptions) -> SearchOutcome:
+    """Validate everything, load the split cache, then search with the chosen engine."""
+    import mlflow
+
+    from medtune.datasets.cache import manifest_hash
+    from medtune.search import summary
+    from medtune.space import load_space, resolve_space_path
+    from medtune.steps.data import load_split, manifest_dataset
+    from medtune.training import configure_threads
+
+    check_options(opts)
+    space_path = resolve_space_path(opts.space)
+    space = load_space(space_path)  # a bad space file stops here, before any trial
+    split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
+    opts.dataset = split.dataset
+    study = opts.study or default_study(opts, space_path.stem, manifest_hash(split.manifest))
+    direction = objective_direction(opts.objective)
+    cache = split.cache
+    data = TrialData(
+        classes=split.classes,
+        x_train=cache.x["train"], y_train=cache.y["train"],
+        x_val=cache.x["val"], y_val=cache.y["val"],
+        probe_index=probe_indices(cache.y["val"], len(split.classes), per_class=2, seed=opts.seed),
+    )
+    cfg = SearchSettings(
+        study=study, trials=opts.trials, epochs=opts.epochs, objective=opts.objective, direction=direction,
+        timeout=opts.timeout, seed=opts.seed, class_weights=opts.class_weights, storage=opts.storage,
+        pruner=opts.pruner, workdir=str(settings.project_dir() / ".medtune" / "keras_tuner"),
+    )
+    configure_threads()
+    experiment_id = tracking.ensure_experiment(split.dataset)
+    resume = (
+        f"tags.`{tracking.TAG_STEP}` = 'search' and tags.`medtune.study` = '{study}' "
+        f"and tags.`{tracking.TAG_HOST}` = '{tracking.socket.gethostname()}'"
+    )
+    t0 = time.perf_counter()
+    with tracking.step_run(
+        split.dataset, "search", run_name=f"search-{study}", resume_filter=resume,
+        tags={"medtune.study": study, "medtune.engine": opts.engine, "medtune.split_run_id": split.run_id,
+              "medtune.objective": opts.objective, "medtune.direction": direction},
+    ) as parent:
+        parent.params({
+            "dataset": split.dataset, "engine": opts.engine, "space": space_path.name, "trials": opts.trials,
+            "epochs": opts.epochs, "image_size": opts.image_size, "objective": opts.objective,
+            "timeout": opts.timeout, "study": study, "seed": opts.seed, "class_weights": opts.class_weights,
+            "pruner": opts.pruner if opts.engine == "optuna" else "none",
+            "storage": _storage_label(opts.storage),
+        })
+        parent.file(space_path)
+        mlflow.log_input(manifest_dataset(split), context="training")
+        recorder = MlflowRecorder(parent, experiment_id, opts, study, data, split.classes)
+        log.info("Search %s: %s engine, %d trials x %d epochs at %d px, objective %s",
+                 study, opts.engine, opts.trials, opts.epochs, opts.image_size, opts.objective)
+        if opts.engine == "optuna":
+            from medtune.search import optuna_engine
+
+            summaries = optuna_engine.run_search(space, data, cfg, recorder)
+        else:
+            from medtune.search import keras_tuner_engine
+
+            summaries = keras_tuner_engine.run_search(opts.engine, space, data, cfg, recorder)
+        summaries = _with_run_ids(summaries, parent, experiment_id, study)
+        best = best_trial(summaries, direction)
+        seconds = time.perf_counter() - t0
+        _log_summary(parent, summaries, best, space, opts, direction, seconds)
+        return SearchOutcome(parent.run_id, study, summaries, best, seconds)
+
+
+def _storage_label(storage: str | None) -> str:
+    from medtune.search.optuna_engine import _redact
+
+    return _redact(storage) if storage else "default"
+
+
+def _with_run_ids(summaries, parent, experiment_id, study):
+    """Fill in run ids and durations from the trial runs (keras-tuner does not keep them)."""
+    runs = parent.client.search_runs(
+        [experiment_id], filter_string=f"tags.`medtune.study` = '{study}' and tags.`medtune.step` = 'trial'",
+        max_results=5000,
+    )
+    by_number = {int(r.data.tags["medtune.trial"]): r for r in runs if r.data.tags.get("medtune.trial", "").isdigit()}
+    for s in summaries:
+        run = by_number.get(s.number)
+        if run is None:
+            continue
+        s.run_id = s.run_id or run.info.run_id
+        if s.duration_s is None and "trial_seconds" in run.data.metrics:
+            s.duration_s = run.data.metrics["trial_seconds"]
+        if s.epochs_run is None and "medtune.epochs_run" in run.data.tags:
+            s.epochs_run = int(run.data.tags["medtune.epochs_run"])
+    return summaries
+
+
+def _log_summary(parent, summaries, best, space, opts, direction, seconds) -> None:
+    import tempfile
+
+    from medtune.search import summary
+
+    states = [s.state for s in summaries]
+    pruned_saved = sum(max(opts.epochs - (s.epochs_run or opts.epochs), 0) for s in summaries if s.state == PRUNED)
+    parent.metrics({
+        "trials_total": len(summaries),
+        "trials_complete": states.count(COMPLETE),
+        "trials_pruned": states.count(PRUNED),
+        "trials_failed": states.count(FAILED),
+        "epochs_saved_by_pruning": pruned_saved,
+        "search_seconds": seconds,
+    })
+    table = summary.trials_table(summaries, space)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trials.csv"
+        table.to_csv(path, index=False)
+        parent.file(path)
+    for name, fig in summary.search_figures(summaries, space, direction).items():
+        parent.figure(fig, f"plots/{name}")
+    if best is None:
+        log.warning("No trial completed: nothing to report as best")
+        parent.tags({"medtune.best_trial": "none"})
+        return
+    parent.json({"params": best.params, "value": best.value, "objective": opts.objective,
+                 "trial": best.number, "run_id": best.run_id, "image_size": opts.image_size}, "best_params.json")
+    parent.params({f"best_{k}": v for k, v in best.params.items()})
+    parent.metrics({f"best_{opts.objective}": best.value, "best_so_far": best.value})
+    parent.tags({"medtune.best_trial": best.number, "medtune.best_run_id": best.run_id or ""})
+    log.info(
+        "Search done in %.0f s: %d complete, %d pruned, %d failed; best trial %d %s=%.4f",
+        seconds, states.count(COMPLETE), states.count(PRUNED), states.count(FAILED), best.number,
+        opts.objective, best.value,
+    )

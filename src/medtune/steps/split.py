@@ -1,0 +1,167 @@
+"""The ``split`` step: validate, de-duplicate, split and cache a dataset, tracked in MLflow."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from medtune import settings, tracking
+from medtune.datasets.cache import CachedSplits, ensure_cache
+from medtune.datasets.layout import detect_layout
+from medtune.datasets.registry import ResolvedDataset, resolve_dataset, safe_name
+from medtune.datasets.scan import scan_dataset
+from medtune.datasets.splitting import SplitResult, make_split
+from medtune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CHANNELS = 3
+
+
+@dataclass
+class SplitOptions:
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    image_size: int = 128
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 42
+    phash_distance: int = 4
+
+    def check(self) -> None:
+        if not 16 <= self.image_size <= 1024:
+            raise ConfigError(f"image_size={self.image_size}: expected 16..1024 pixels")
+        if self.phash_distance < 0 or self.phash_distance > 32:
+            raise ConfigError(f"phash_distance={self.phash_distance}: expected 0..32 bits")
+
+
+@dataclass
+class SplitOutcome:
+    run_id: str | None
+    resolved: ResolvedDataset
+    result: SplitResult
+    manifest_hash: str
+    cache: CachedSplits
+    cache_reused: bool
+    seconds: float
+
+
+def prepare(opts: SplitOptions) -> tuple[ResolvedDataset, SplitResult, dict, float]:
+    """Resolve, scan, de-duplicate and split; returns the split and the arrays decoded on the way."""
+    opts.check()
+    t0 = time.perf_counter()
+    resolved = resolve_dataset(opts.dataset, opts.data_dir)
+    layout = detect_layout(resolved.root, resolved.spec.classes if resolved.spec else None)
+    index = settings.cache_dir() / "index" / f"{safe_name(resolved.name)}.json"
+    log.info("Scanning %s", resolved.root)
+    scan, arrays = scan_dataset(layout, index_path=index, keep_size=opts.image_size, channels=CHANNELS)
+    log.info(
+        "Scanned %d valid images in %d classes (%d skipped)", len(scan.records), len(scan.classes), len(scan.skipped)
+    )
+    result = make_split(
+        scan,
+        val_fraction=opts.val_fraction,
+        test_fraction=opts.test_fraction,
+        seed=opts.seed,
+        phash_distance=opts.phash_distance,
+    )
+    return resolved, result, arrays, t0
+
+
+def relative_manifest(manifest: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """The manifest as logged: paths relative to the dataset folder, so it travels between machines."""
+    out = manifest.copy()
+    out["path"] = [str(Path(p).relative_to(root)) if Path(p).is_absolute() else p for p in out["path"]]
+    return out
+
+
+def absolute_manifest(manifest: pd.DataFrame, root: Path) -> pd.DataFrame:
+    out = manifest.copy()
+    out["path"] = [str(root / p) for p in out["path"]]
+    return out
+
+
+def run_split(opts: SplitOptions, *, reuse_run: bool = False) -> SplitOutcome:
+    """Run the split step; with ``reuse_run`` a finished split run of the same manifest is reused."""
+    from medtune.datasets.cache import manifest_hash
+
+    resolved, result, arrays, t0 = prepare(opts)
+    classes = list(result.report["classes"])
+    mhash = manifest_hash(result.manifest)
+    cache, reused = ensure_cache(result.manifest, classes, opts.image_size, CHANNELS, arrays=arrays)
+    seconds = time.perf_counter() - t0
+    log.info("Cache %s (%s) in %.1f s", cache.path, "reused" if reused else "built", seconds)
+
+    if reuse_run:
+        previous = tracking.find_runs(
+            resolved.name, "split", extra_filter=f"tags.`medtune.manifest_hash` = '{mhash}'", max_results=1
+        )
+        if previous:
+            run_id = previous[0].info.run_id
+            log.info("Reusing finished split run %s (same files, same split)", run_id)
+            return SplitOutcome(run_id, resolved, result, mhash, cache, reused, seconds)
+
+    with tracking.step_run(resolved.name, "split", run_name=f"split-{resolved.name}") as run:
+        _log_split(run, opts, resolved, result, mhash, cache, reused, seconds)
+        return SplitOutcome(run.run_id, resolved, result, mhash, cache, reused, seconds)
+
+
+def _log_split(run, opts, resolved, result, mhash, cache, reused, seconds) -> None:
+    import mlflow
+
+    from medtune import reports
+
+    report = result.report
+    manifest = relative_manifest(result.manifest, resolved.root)
+    run.params(
+        {
+            "dataset": resolved.name,
+            "data_dir": str(resolved.root),
+            "image_size": opts.image_size,
+            "channels": CHANNELS,
+            "val_fraction": opts.val_fraction,
+            "test_fraction": opts.test_fraction,
+            "seed": opts.seed,
+            "phash_distance": opts.phash_distance,
+            "n_classes": len(report["classes"]),
+        }
+    )
+    counts = report["counts"]
+    metrics = {f"n_{split}": sum(c.values()) for split, c in counts.items()}
+    metrics.update(
+        n_skipped=len(report.get("skipped", [])),
+        n_removed_duplicates=len(report.get("removed_duplicates", [])),
+        n_label_conflicts=len(report.get("label_conflicts", [])),
+        n_duplicate_groups=report.get("duplicate_groups", {}).get("count", 0)
+        if isinstance(report.get("duplicate_groups"), dict)
+        else len(report.get("duplicate_groups", [])),
+        n_test_dropped_duplicates_of_train=report.get("test_dropped_duplicates_of_train", 0),
+        split_seconds=seconds,
+    )
+    run.metrics(metrics)
+    run.tags(
+        {
+            "medtune.manifest_hash": mhash,
+            "medtune.cache_key": cache.path.name,
+            "medtune.cache_reused": str(reused).lower(),
+            "medtune.dataset_root": str(resolved.root),
+        }
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        mpath = Path(tmp) / "manifest.csv"
+        manifest.to_csv(mpath, index=False)
+        run.file(mpath)
+    run.json(report, "report.json")
+    ds = mlflow.data.from_pandas(manifest, source=str(resolved.root), name=f"{resolved.name}-manifest", targets="label")
+    mlflow.log_input(ds, context="split")
+    run.figure(reports.class_counts_figure(counts), "class_counts.png")
+    samples = {}
+    for idx, cls in enumerate(cache.classes):
+        pick = [i for i, y in enumerate(cache.y["train"]) if y == idx][:6]
+        samples[cls] = [cache.x["train"][i] for i in pick]
+    run.figure(reports.sample_grid(samples), "samples.png")

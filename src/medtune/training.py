@@ -1,0 +1,455 @@
+"""Training on arrays: input pipeline, compile, fit with validation scores, predict.
+
+Plain functions on numpy arrays and Keras models; no tracking here (never imports mlflow).
+Callers log what :func:`fit` returns.
+
+Typical use::
+
+    configure_threads()
+    train_ds = make_dataset(x_train, y_train, k, params["batch_size"], training=True,
+                            augment=params["augment"], seed=seed)
+    val_ds = make_dataset(x_val, y_val, k, 64, training=False)
+    model = compile_model(build_model(params, x_train.shape[1:], k), params)
+    history = fit(model, train_ds, val_ds, y_val=y_val, epochs=10,
+                  class_weight=balanced_class_weights(y_train, k))
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from medtune.errors import ConfigError, DataError
+
+__all__ = [
+    "EpochScores",
+    "NaNGuard",
+    "TrainingDiverged",
+    "augment_batch",
+    "balanced_class_weights",
+    "compile_model",
+    "configure_threads",
+    "fit",
+    "make_dataset",
+    "predict_proba",
+    "release_model",
+    "usable_cpus",
+    "validation_scores",
+]
+
+log = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the trial should be recorded as failed.
+
+    Attributes:
+        epoch: 0-based epoch in which the loss diverged.
+        history: the history dict up to and including that epoch.
+    """
+
+    def __init__(self, message: str, *, epoch: int = -1, history: dict | None = None):
+        super().__init__(message)
+        self.epoch = epoch
+        self.history = history or {}
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def configure_threads(intra: int | None = None, inter: int | None = None) -> tuple[int, int]:
+    """Set TensorFlow's intra-/inter-op thread pools; call before any TF work.
+
+    Defaults: ``intra`` = CPUs usable by this process (affinity and cgroup quota honoured),
+    ``inter`` = 2. Safe to call more than once: once TF has started, a different request is
+    logged and ignored.
+
+    Returns:
+        The ``(intra, inter)`` values in effect.
+    """
+    intra = int(intra) if intra else usable_cpus()
+    inter = int(inter) if inter else 2
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:
+        current = (
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+        )
+        log.warning(
+            "TensorFlow already started; keeping threads intra=%s inter=%s (asked %s, %s)",
+            *current, intra, inter,
+        )
+        return current
+    return intra, inter
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: affinity mask, capped by a cgroup v2 CPU quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        count = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def make_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    batch_size: int,
+    *,
+    training: bool,
+    augment: float = 0.0,
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """Batches of ``(float32 images 0..255, one-hot float32 labels)``.
+
+    ``x`` stays where it is (a read-only ``np.memmap`` is fine): the pipeline batches
+    indices and gathers each batch with numpy, so memory stays flat whatever the array
+    size. With ``training``: the order is reshuffled every epoch (deterministic given
+    ``seed``) and, when ``augment`` > 0, each batch is augmented on the fly: horizontal
+    flip (p=0.5), rotation up to ``augment`` x 30 degrees, zoom up to ``augment`` x 20 %,
+    shift up to ``augment`` x 10 %, brightness up to ``augment`` x 20 % of 255 and
+    contrast up to ``augment`` x 30 %, clipped to 0..255. Without ``training``: input
+    order, no augmentation (``augment`` ignored).
+
+    Raises:
+        DataError: ``x``/``y`` shapes or labels are unusable.
+        ConfigError: ``batch_size`` or ``augment`` out of range.
+    """
+    y_arr = _check_xy(x, y, n_classes)
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ConfigError(f"batch_size: needs an integer >= 1 (got {batch_size!r})")
+    if not 0.0 <= float(augment) <= 1.0:
+        raise ConfigError(f"augment: needs a strength in [0, 1] (got {augment!r})")
+    n = len(x)
+    ds = tf.data.Dataset.range(n)
+    if training:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(int(batch_size))
+    labels = tf.constant(y_arr, dtype=tf.int32)
+    gather = _gatherer(x, sort=training)
+
+    def load(idx):
+        if training:
+            idx = tf.sort(idx)  # sequential reads from a memmap; order inside a batch is moot
+        images = gather(idx)
+        onehot = tf.one_hot(tf.gather(labels, idx), n_classes, dtype=tf.float32)
+        return images, onehot
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE)
+    if training and augment > 0:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        strength = float(augment)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda batch, s: (augment_batch(batch[0], s, strength), batch[1]),
+            num_parallel_calls=AUTOTUNE,
+        )
+    return ds.prefetch(AUTOTUNE)
+
+
+def augment_batch(images: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
+    """Random flip / rotate / zoom / shift / brightness / contrast of a float32 NHWC batch.
+
+    ``seed`` is a shape-[2] integer tensor (stateless randomness: same seed, same output).
+    """
+    shape = tf.shape(images)
+    b, h, w = shape[0], shape[1], shape[2]
+    u = tf.random.stateless_uniform(tf.stack([b, 7]), seed=tf.cast(seed, tf.int64), minval=-1.0, maxval=1.0)
+    flip = u[:, 0] > 0
+    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+
+    hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+    angle = u[:, 1] * strength * (math.pi / 6)
+    zoom = 1.0 + u[:, 2] * strength * 0.2  # > 1 zooms in
+    tx, ty = u[:, 3] * strength * 0.1 * wf, u[:, 4] * strength * 0.1 * hf
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    cx, cy = (wf - 1.0) / 2.0, (hf - 1.0) / 2.0
+    zeros = tf.zeros_like(cos)
+    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2).
+    transforms = tf.stack(
+        [cos, -sin, cx - cos * cx + sin * cy - tx, sin, cos, cy - sin * cx - cos * cy - ty, zeros, zeros],
+        axis=1,
+    )
+    images = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.stack([h, w]),
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    )
+    brightness = (u[:, 5] * strength * 0.2 * 255.0)[:, None, None, None]
+    contrast = (1.0 + u[:, 6] * strength * 0.3)[:, None, None, None]
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    images = (images - mean) * contrast + mean + brightness
+    return tf.clip_by_value(images, 0.0, 255.0)
+
+
+def _gatherer(x: np.ndarray, *, sort: bool):
+    """A TF function mapping a batch of int64 indices to float32 images gathered from ``x``."""
+    tout = tf.as_dtype(x.dtype)
+
+    def take(idx: np.ndarray) -> np.ndarray:
+        if len(idx) and idx[-1] - idx[0] + 1 == len(idx) and (sort or np.all(np.diff(idx) == 1)):
+            return np.ascontiguousarray(x[idx[0] : idx[-1] + 1])  # a slice: one sequential read
+        return np.ascontiguousarray(x[idx])
+
+    def gather(idx):
+        images = tf.numpy_function(take, [idx], Tout=tout, stateful=False)
+        images.set_shape((None, *x.shape[1:]))
+        return tf.cast(images, tf.float32)
+
+    return gather
+
+
+def _check_xy(x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    if getattr(x, "ndim", None) != 4:
+        raise DataError(f"images must be an array (N, H, W, C) (got shape {getattr(x, 'shape', None)})")
+    y_arr = np.asarray(y)
+    if y_arr.ndim != 1 or len(y_arr) != len(x):
+        raise DataError(f"labels must be a 1-D array of {len(x)} class indices (got shape {y_arr.shape})")
+    if len(x) == 0:
+        raise DataError("no images: the array is empty")
+    if not np.issubdtype(y_arr.dtype, np.integer):
+        raise DataError(f"labels must be integer class indices (got dtype {y_arr.dtype})")
+    if y_arr.min() < 0 or y_arr.max() >= n_classes:
+        raise DataError(f"labels must lie in [0, {n_classes - 1}] (got {y_arr.min()}..{y_arr.max()})")
+    return y_arr.astype(np.int32)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def compile_model(model: keras.Model, params: Mapping[str, Any]) -> keras.Model:
+    """Compile with ``optimizer`` (adam | rmsprop | sgd + ``momentum``), ``learning_rate``
+    and categorical cross-entropy with ``label_smoothing``; metric ``accuracy``.
+
+    Defaults: adam, 1e-3, momentum 0.9, no label smoothing. XLA is left to Keras ("auto":
+    off on CPU-only machines).
+
+    Raises:
+        ConfigError: an unknown optimizer or an invalid value; the message names the param.
+    """
+    name = params.get("optimizer", "adam")
+    lr = _positive(params.get("learning_rate", 1e-3), "learning_rate")
+    smoothing = params.get("label_smoothing", 0.0)
+    if not isinstance(smoothing, (int, float)) or isinstance(smoothing, bool) or not 0 <= smoothing < 1:
+        raise ConfigError(f"label_smoothing: needs a number in [0, 1) (got {smoothing!r})")
+    if name == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate=lr)
+    elif name == "rmsprop":
+        optimizer = keras.optimizers.RMSprop(learning_rate=lr)
+    elif name == "sgd":
+        momentum = params.get("momentum", 0.9)
+        if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) or not 0 <= momentum < 1:
+            raise ConfigError(f"momentum: needs a number in [0, 1) (got {momentum!r})")
+        optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=float(momentum))
+    else:
+        raise ConfigError(f"optimizer: {name!r} is not adam, rmsprop or sgd")
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(smoothing)),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _positive(value: Any, name: str) -> float:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"{name}: needs a positive number (got {value!r})")
+    return float(value)
+
+
+def balanced_class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
+    """``n_samples / (n_present_classes * count(c))`` for every class 0..n_classes-1.
+
+    The sklearn "balanced" formula over the classes present in ``y``; a class absent from
+    ``y`` gets weight 1.0 (it is still listed, so Keras can index every class).
+    """
+    y = np.asarray(y).astype(np.int64).ravel()
+    counts = np.bincount(y, minlength=n_classes)[:n_classes] if len(y) else np.zeros(n_classes, int)
+    present = np.count_nonzero(counts)
+    return {
+        c: float(len(y) / (present * counts[c])) if counts[c] else 1.0 for c in range(n_classes)
+    }
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+class EpochScores(keras.callbacks.Callback):
+    """Adds ``val_macro_f1``, ``val_balanced_accuracy`` and ``epoch_seconds`` to the logs.
+
+    Put it FIRST in the callback list so that later callbacks (early stopping, pruning,
+    checkpoints) can read these keys; :func:`fit` does this for you.
+
+    Args:
+        val_data: a dataset of validation images (or ``(images, labels)``), in the order of
+            ``y_val``, e.g. ``make_dataset(..., training=False)``.
+        y_val: the validation class indices.
+    """
+
+    def __init__(self, val_data: tf.data.Dataset, y_val: np.ndarray):
+        super().__init__()
+        self.val_data = val_data
+        self.y_val = np.asarray(y_val).astype(np.int64)
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        probs = self.model.predict(self.val_data, verbose=0)
+        logs.update(validation_scores(self.y_val, probs))
+        logs["epoch_seconds"] = time.perf_counter() - self._start
+
+
+def validation_scores(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """``val_macro_f1`` and ``val_balanced_accuracy`` of class probabilities (NaN-safe)."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    pred = np.argmax(np.nan_to_num(np.asarray(probs), nan=0.0), axis=-1)
+    if len(pred) != len(y_true):
+        raise DataError(f"{len(pred)} validation predictions for {len(y_true)} labels")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
+        return {
+            "val_macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0)),
+            "val_balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
+        }
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stops training when the loss becomes NaN/inf and remembers it (``diverged``).
+
+    The running loss stays non-finite once it is, so checking every ``check_every``
+    batches (and at each epoch end) catches every divergence without a device sync per
+    batch.
+    """
+
+    def __init__(self, check_every: int = 10):
+        super().__init__()
+        self.check_every = max(1, int(check_every))
+        self.diverged = False
+        self.epoch = -1
+        self.value = float("nan")
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs and (batch + 1) % self.check_every == 0:
+            self._check(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs:
+            self._check(logs)
+
+    def _check(self, logs):
+        loss = logs.get("loss")
+        if loss is None or self.diverged:
+            return
+        value = float(np.asarray(loss))
+        if not math.isfinite(value):
+            self.diverged, self.epoch, self.value = True, self._epoch, value
+            self.model.stop_training = True
+
+
+# --------------------------------------------------------------------------- fit / predict
+
+
+def fit(
+    model: keras.Model,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    *,
+    y_val: np.ndarray,
+    epochs: int,
+    class_weight: dict | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 0,
+) -> dict[str, list[float]]:
+    """Train a compiled model and score the validation set after every epoch.
+
+    Runs ``[EpochScores, NaNGuard, *callbacks]`` so ``callbacks`` can monitor
+    ``val_macro_f1`` / ``val_balanced_accuracy``.
+
+    Returns:
+        The history: ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``,
+        ``val_macro_f1``, ``val_balanced_accuracy``, ``epoch_seconds`` (one float per
+        epoch run) plus whatever ``callbacks`` add.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite (training stopped there).
+    """
+    own = [cb for cb in callbacks if isinstance(cb, EpochScores)]
+    scorer = own[0] if own else EpochScores(val_ds, y_val)
+    guard = next((cb for cb in callbacks if isinstance(cb, NaNGuard)), None) or NaNGuard()
+    others = [cb for cb in callbacks if cb is not scorer and cb is not guard]
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=int(epochs),
+        class_weight=class_weight,
+        callbacks=[scorer, guard, *others],
+        verbose=verbose,
+    )
+    result = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    if guard.diverged:
+        raise TrainingDiverged(
+            f"training diverged: loss became {guard.value} in epoch {guard.epoch + 1}",
+            epoch=guard.epoch,
+            history=result,
+        )
+    return result
+
+
+def predict_proba(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities ``(N, n_classes)`` float32, read batch by batch (memmap-friendly)."""
+    if getattr(x, "ndim", None) != 4:
+        raise DataError(f"images must be an array (N, H, W, C) (got shape {getattr(x, 'shape', None)})")
+    if len(x) == 0:
+        return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
+    gather = _gatherer(x, sort=False)
+    ds = tf.data.Dataset.range(len(x)).batch(int(batch_size)).map(gather).prefetch(AUTOTUNE)
+    return np.asarray(model.predict(ds, verbose=0), dtype=np.float32)
+
+
+def release_model(model: keras.Model | None = None) -> None:
+    """Free a finished trial's graph and memory (``clear_session`` + ``gc.collect``).
+
+    ``model`` is accepted for readability at call sites; drop your own references to it
+    too, or its weights stay alive.
+    """
+    del model
+    keras.backend.clear_session()
+    gc.collect()
