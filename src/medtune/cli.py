@@ -106,8 +106,8 @@ def _search_options(fn):
         click.option("--storage", default="", callback=_none_if_empty, envvar="MEDTUNE_OPTUNA_STORAGE",
                      help="Optuna storage URL, e.g. postgresql://user@host/db (default: sqlite:///optuna.db)."),
         click.option("--pruner", default="median", show_default=True, type=click.Choice(["median", "hyperband", "none"])),
-        click.option("--class-weights/--no-class-weights", default=True, show_default=True,
-                     help="Weight classes by inverse frequency (balanced)."),
+        click.option("--class-weights", default=True, show_default=True, type=click.BOOL,
+                     help="Weight classes by inverse frequency (balanced): true or false."),
         click.option("--split-run", default="latest", show_default=True, help="Split run id to train on."),
         SEED,
         TRACKING_URI,
@@ -151,6 +151,118 @@ def optuna(ctx, **kw):
 def bayesian(ctx, **kw):
     """Shortcut for `search --engine bayesian` (keras-tuner BayesianOptimization)."""
     _run_search(ctx, "bayesian", **kw)
+
+
+TRAIN_OPTIONS = [
+    click.option("--search-run", default="latest", show_default=True, help="Search run whose best trial to train."),
+    click.option("--params", default="", callback=_none_if_empty, help="YAML/JSON file of explicit params (instead of a search)."),
+    click.option("--epochs", default=50, show_default=True, type=int, help="Maximum epochs (early stopping ends sooner)."),
+    click.option("--image-size", default=128, show_default=True, type=int),
+    click.option("--patience", default=8, show_default=True, type=int, help="Early-stopping patience in epochs."),
+    click.option("--mixed-precision", default=True, show_default=True, type=click.BOOL,
+                 help="Mixed precision on GPU (ignored on CPU)."),
+    click.option("--class-weights", default=True, show_default=True, type=click.BOOL),
+    click.option("--margin", default=0.0, show_default=True, type=float,
+                 help="Macro-F1 margin a new model must beat the champion by."),
+]
+
+
+def _apply(options):
+    def wrap(fn):
+        for deco in reversed(options):
+            fn = deco(fn)
+        return fn
+
+    return wrap
+
+
+def _train_summary(out) -> str:
+    m = out.metrics
+    alias = f" -> @{out.decision.alias}" if out.decision else ""
+    return (f"train: test accuracy={m['test_accuracy']:.4f} macro_f1={m['test_macro_f1']:.4f} "
+            f"roc_auc_macro={m.get('test_roc_auc_macro', float('nan')):.4f}; "
+            f"model {out.model_name} v{out.model_version}{alias}; run={out.run_id} ({out.seconds:.0f} s)")
+
+
+@cli.command()
+@DATASET
+@DATA_DIR
+@_apply(TRAIN_OPTIONS)
+@SEED
+@TRACKING_URI
+@click.pass_context
+def train(ctx, dataset, data_dir, search_run, params, epochs, image_size, patience, mixed_precision, class_weights,
+          margin, seed, tracking_uri):
+    """Train the best trial of a search (or explicit params), evaluate, register and gate @champion."""
+    _setup(ctx.obj["verbose"], tracking_uri)
+    from medtune.steps.train import TrainOptions, run_train
+
+    out = run_train(TrainOptions(dataset=dataset, data_dir=data_dir, search_run=search_run, params=params,
+                                 epochs=epochs, image_size=image_size, patience=patience,
+                                 mixed_precision=mixed_precision, class_weights=class_weights, margin=margin, seed=seed))
+    click.echo(_train_summary(out))
+
+
+@cli.command()
+@click.option("--model-uri", required=True, help="e.g. models:/medtune-brain_mri@champion or runs:/<id>/model")
+@click.option("--dataset", default="", callback=_none_if_empty, help="Dataset whose test split to use (default: the model's).")
+@DATA_DIR
+@TRACKING_URI
+@click.pass_context
+def evaluate(ctx, model_uri, dataset, data_dir, tracking_uri):
+    """Evaluate a model on the test split, or on any folder of class sub-folders (--data-dir)."""
+    _setup(ctx.obj["verbose"], tracking_uri)
+    from medtune.steps.evaluate import EvaluateOptions, run_evaluate
+
+    run_id, ev = run_evaluate(EvaluateOptions(model_uri=model_uri, dataset=dataset, data_dir=data_dir))
+    m = ev.metrics
+    click.echo(f"evaluate: accuracy={m['test_accuracy']:.4f} macro_f1={m['test_macro_f1']:.4f} "
+               f"roc_auc_macro={m.get('test_roc_auc_macro', float('nan')):.4f} run={run_id}")
+
+
+@cli.command()
+@click.option("--model", "model_uri", required=True, help="Model URI, e.g. models:/medtune-dermnet@champion.")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--output", default="predictions.csv", show_default=True, type=click.Path())
+@click.option("--gradcam", default="", callback=_none_if_empty, type=click.Path(), help="Folder for heatmap overlays.")
+@TRACKING_URI
+@click.pass_context
+def predict(ctx, model_uri, inputs, output, gradcam, tracking_uri):
+    """Predict labels for image files or folders; writes a CSV (bad files are listed and skipped)."""
+    _setup(ctx.obj["verbose"], tracking_uri)
+    from medtune.steps.predict import run_predict
+
+    out = run_predict(model_uri, list(inputs), output, gradcam)
+    click.echo(f"predict: {out.n_ok} images -> {output}; {len(out.bad)} skipped")
+    for path, reason in out.bad:
+        click.echo(f"  skipped {path}: {reason}", err=True)
+
+
+@cli.command(name="main")
+@DATASET
+@DATA_DIR
+@click.option("--engine", default="optuna", show_default=True, type=click.Choice(["optuna", "bayesian", "hyperband"]))
+@click.option("--space", default="", callback=_none_if_empty)
+@click.option("--trials", default=4, show_default=True, type=int)
+@click.option("--search-epochs", default=3, show_default=True, type=int)
+@click.option("--search-image-size", default=64, show_default=True, type=int)
+@click.option("--epochs", default=8, show_default=True, type=int, help="Final-training epochs.")
+@click.option("--image-size", default=96, show_default=True, type=int, help="Final-training image size.")
+@click.option("--patience", default=8, show_default=True, type=int)
+@click.option("--margin", default=0.0, show_default=True, type=float)
+@SEED
+@TRACKING_URI
+@click.pass_context
+def main_pipeline(ctx, dataset, data_dir, engine, space, trials, search_epochs, search_image_size, epochs, image_size,
+                  patience, margin, seed, tracking_uri):
+    """Split, search, train, evaluate and promote in one go (each step its own run)."""
+    _setup(ctx.obj["verbose"], tracking_uri)
+    from medtune.steps.pipeline import PipelineOptions, run_pipeline
+
+    out = run_pipeline(PipelineOptions(dataset=dataset, data_dir=data_dir, engine=engine, space=space, trials=trials,
+                                       search_epochs=search_epochs, search_image_size=search_image_size, epochs=epochs,
+                                       image_size=image_size, patience=patience, margin=margin, seed=seed))
+    click.echo(out.summary())
 
 
 def main() -> None:

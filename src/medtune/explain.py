@@ -123,7 +123,6 @@ def _resolve(model: keras.Model, path: Sequence[str]) -> keras.layers.Layer:
 def _capture_output(layer: keras.layers.Layer) -> Iterator[list]:
     """Record what ``layer.call`` returns while the context is open (instance-level wrap)."""
     captured: list = []
-    had_own = "call" in vars(layer)
     original = layer.call
 
     def call(*args, **kwargs):
@@ -131,14 +130,55 @@ def _capture_output(layer: keras.layers.Layer) -> Iterator[list]:
         captured.append(out)
         return out
 
-    object.__setattr__(layer, "call", call)
-    try:
+    with _replace_attr(layer, "call", call):
         yield captured
+
+
+def _output_layer(model: keras.Model) -> keras.layers.Layer | None:
+    try:
+        return model.outputs[0]._keras_history.operation
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return model.layers[-1] if getattr(model, "layers", None) else None
+
+
+@contextlib.contextmanager
+def _logits_mode(model: keras.Model) -> Iterator[str | None]:
+    """Make the model output pre-activation scores while the context is open.
+
+    Grad-CAM differentiates the class score before softmax: the gradient of a saturated softmax
+    probability mostly contrasts the class with its runner-up. When the layer producing the
+    output ends in a softmax or sigmoid (``Dense(activation=...)``, ``Activation``, ``Softmax``,
+    also inside a nested model), that activation is switched off for the pass and the kind is
+    yielded (``"softmax"`` / ``"sigmoid"``); otherwise nothing changes and None is yielded.
+    """
+    layer = _output_layer(model)
+    while isinstance(layer, keras.Model):
+        layer = _output_layer(layer)
+    if isinstance(layer, keras.layers.Softmax):
+        with _replace_attr(layer, "call", lambda inputs, *a, **k: inputs):
+            yield "softmax"
+        return
+    name = getattr(getattr(layer, "activation", None), "__name__", None)
+    if name in ("softmax", "sigmoid"):
+        with _replace_attr(layer, "activation", keras.activations.linear):
+            yield name
+        return
+    yield None
+
+
+@contextlib.contextmanager
+def _replace_attr(obj: object, name: str, value: object) -> Iterator[None]:
+    """Set an instance attribute for the duration of the context, bypassing Keras tracking."""
+    had_own = name in vars(obj)
+    original = vars(obj).get(name)
+    object.__setattr__(obj, name, value)
+    try:
+        yield
     finally:
         if had_own:
-            object.__setattr__(layer, "call", original)
+            object.__setattr__(obj, name, original)
         else:
-            object.__delattr__(layer, "call")
+            object.__delattr__(obj, name)
 
 
 def _prepare_images(model: keras.Model, images: np.ndarray) -> np.ndarray:
@@ -166,11 +206,19 @@ def _n_classes(model: keras.Model) -> int | None:
     return None if k is None else max(int(k), 2)
 
 
-def _to_proba(out: tf.Tensor) -> tf.Tensor:
-    """Model outputs to class probabilities: (N, 1) sigmoid -> (N, 2); logits -> softmax."""
+def _to_proba(out: tf.Tensor, kind: str | None = None) -> tf.Tensor:
+    """Model outputs to class probabilities: (N, 1) sigmoid -> (N, 2); logits -> softmax.
+
+    ``kind`` names the activation that :func:`_logits_mode` switched off, if any.
+    """
     out = tf.cast(out, tf.float32)
+    if kind == "softmax" and out.shape[-1] > 1:
+        return tf.nn.softmax(out, axis=-1)
+    if kind == "sigmoid" and out.shape[-1] > 1:  # independent sigmoids: renormalise
+        p = tf.sigmoid(out)
+        return p / tf.reduce_sum(p, axis=-1, keepdims=True)
     if out.shape[-1] == 1:
-        p = out if _in_unit_interval(out) else tf.sigmoid(out)
+        p = tf.sigmoid(out) if kind == "sigmoid" or not _in_unit_interval(out) else out
         return tf.concat([1.0 - p, p], axis=-1)
     sums = tf.reduce_sum(out, axis=-1)
     if _in_unit_interval(out) and bool(tf.reduce_all(tf.abs(sums - 1.0) < 1e-3)):
@@ -183,7 +231,7 @@ def _in_unit_interval(t: tf.Tensor) -> bool:
 
 
 def _class_scores(out: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
-    """The differentiable score of each sample's target class (raw model output)."""
+    """The differentiable score of each sample's target class (logit where available)."""
     out = tf.cast(out, tf.float32)
     if out.shape[-1] == 1:  # single sigmoid unit: class 1 = output, class 0 = its opposite
         return tf.where(classes == 1, out[:, 0], -out[:, 0])
@@ -197,14 +245,18 @@ def _cam_batch(
     classes: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     xt = tf.convert_to_tensor(x)
-    with _capture_output(layer) as captured, tf.GradientTape() as tape:
+    with (
+        _capture_output(layer) as captured,
+        _logits_mode(model) as kind,
+        tf.GradientTape() as tape,
+    ):
         out = model(xt, training=False)
         if isinstance(out, (list, tuple, dict)):
             raise ConfigError(f"model {model.name!r} has several outputs; Grad-CAM needs one")
         if not captured:
             raise ConfigError(f"layer {layer.name!r} was not called by the model's forward pass")
         feat = captured[-1]
-        proba = _to_proba(out)
+        proba = _to_proba(out, kind)
         cls = (
             tf.argmax(proba, axis=-1, output_type=tf.int32)
             if classes is None
@@ -239,7 +291,9 @@ def gradcam(
 
     Args:
         model: A built Keras classifier with one output: softmax probabilities (N, K), logits
-            (N, K), or a single sigmoid unit (N, 1) treated as two classes.
+            (N, K), or a single sigmoid unit (N, 1) treated as two classes. When the output
+            layer ends in a softmax/sigmoid, the class score differentiated is the logit before
+            it (standard Grad-CAM), obtained by switching that activation off during the pass.
         images: Raw pixel values (0..255; the model rescales inside), shape (N, H, W, C), or
             (N, H, W) for grey images.
         class_indices: One target class per image; None explains the predicted class.

@@ -421,6 +421,7 @@ def fit(
         epochs=int(epochs),
         class_weight=class_weight,
         callbacks=[scorer, guard, *others],
+        shuffle=False,  # the dataset shuffles itself
         verbose=verbose,
     )
     result = {k: [float(v) for v in vs] for k, vs in history.history.items()}

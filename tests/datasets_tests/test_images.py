@@ -129,7 +129,8 @@ def test_open_image_accepts_bytes_and_str(tmp_path):
 def test_exif_orientation_6_swaps_width_and_height(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    path = _write(tmp_path / "rotated.jpg", _encode(Image.new("RGB", (40, 20), (200, 10, 10)), "JPEG", exif=exif.tobytes()))
+    data = _encode(Image.new("RGB", (40, 20), (200, 10, 10)), "JPEG", exif=exif.tobytes())
+    path = _write(tmp_path / "rotated.jpg", data)
     img = images.open_image(path)
     assert img.size == (20, 40)
 
@@ -258,7 +259,10 @@ def test_decode_many_in_process_keeps_order_and_names_bad_file(tmp_path):
 
 def test_decode_many_with_process_pool_keeps_order(tmp_path, monkeypatch):
     monkeypatch.setattr(images, "MIN_FILES_FOR_POOL", 0)
-    paths = [_write(tmp_path / f"{i:02d}.JPG", _encode(Image.new("RGB", (20, 20), (i * 12, 0, 0)), "JPEG", quality=100)) for i in range(20)]
+    paths = []
+    for i in range(20):
+        data = _encode(Image.new("RGB", (20, 20), (i * 12, 0, 0)), "JPEG", quality=100)
+        paths.append(_write(tmp_path / f"{i:02d}.JPG", data))
     seen = []
     out = images.decode_many([str(p) for p in paths], 8, workers=2, progress=lambda d, t: seen.append((d, t)))
     assert out.shape == (20, 8, 8, 3)

@@ -225,7 +225,9 @@ def to_array(img: Image.Image, size: int, channels: int = 3) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def decode_image(source: str | Path | bytes, size: int, channels: int = 3, *, draft: bool = False) -> np.ndarray:
+def decode_image(
+    source: str | Path | bytes, size: int, channels: int = 3, *, draft: bool = False
+) -> np.ndarray:
     """Open, convert and resize one image: :func:`open_image` + :func:`to_array`.
 
     Args:

@@ -129,7 +129,9 @@ def detect_layout(root: Path | str, expected_classes: Sequence[str] | None = Non
     if expected_classes:
         missing = sorted(set(expected_classes) - set(layout.train))
         if missing:
-            logger.warning("dataset %s: expected classes missing from the training folder: %s", root, ", ".join(missing))
+            logger.warning(
+                "dataset %s: expected classes missing from the training folder: %s", root, ", ".join(missing)
+            )
         extra = sorted(set(layout.classes) - set(expected_classes))
         if extra:
             logger.warning("dataset %s: classes not in the registry kept: %s", root, ", ".join(extra))

@@ -111,7 +111,7 @@ DATASETS: dict[str, DatasetSpec] = {
             classes=("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"),
             kaggle_handle="tawsifurrahman/covid19-radiography-database",
             subdir="COVID-19_Radiography_Dataset",
-            description="Chest X-rays, 4 classes, <class>/images/ PNGs (masks unused), no official test split.",
+            description="Chest X-rays, 4 classes, <class>/images/ PNGs (masks unused), no test split.",
             citation=(
                 "Chowdhury et al., IEEE Access 8 (2020) 132665; "
                 "Rahman et al., Computers in Biology and Medicine 132 (2021) 104319."
@@ -201,7 +201,9 @@ def _not_found(name: str, places: list[Path], handle: str | None, why: str) -> D
     return DatasetNotFound(f"dataset '{name}' not found ({why}): {hint} (looked in: {where}){kaggle}")
 
 
-def resolve_dataset(dataset: str, data_dir: str | Path | None = None, *, allow_download: bool = True) -> ResolvedDataset:
+def resolve_dataset(
+    dataset: str, data_dir: str | Path | None = None, *, allow_download: bool = True
+) -> ResolvedDataset:
     """Find a dataset's folder, downloading a registered one from Kaggle if needed.
 
     Args:
@@ -232,7 +234,7 @@ def resolve_dataset(dataset: str, data_dir: str | Path | None = None, *, allow_d
     name = spec.name if spec else safe_name(dataset)
     places = _candidates(name, data_dir)
     if data_dir and not _has_content(places[0]):
-        logger.warning("--data-dir %s is missing or empty; looking elsewhere for dataset '%s'", data_dir, name)
+        logger.warning("--data-dir %s is missing or empty; looking elsewhere for '%s'", data_dir, name)
     for place in places:
         if _has_content(place):
             logger.info("dataset '%s' found in %s", name, place)

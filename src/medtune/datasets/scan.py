@@ -303,7 +303,9 @@ def scan_dataset(
     return _result(layout, records, skipped, walker.ignored), arrays
 
 
-def _result(layout: Layout, records: list[ImageRecord], skipped: list[SkippedFile], ignored: Counter) -> ScanResult:
+def _result(
+    layout: Layout, records: list[ImageRecord], skipped: list[SkippedFile], ignored: Counter
+) -> ScanResult:
     root = str(layout.root)
     records.sort(key=lambda r: (r.source, r.label, r.path))
     skipped.sort(key=lambda s: s.path)

@@ -21,6 +21,7 @@ written files are byte-identical for a given seed on a given platform.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -119,6 +120,14 @@ def _lesion_pattern(
     return pattern, mask
 
 
+@functools.lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    yy.flags.writeable = False
+    xx.flags.writeable = False
+    return yy, xx
+
+
 def generate_phantom(label: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Draw one phantom.
 
@@ -139,7 +148,7 @@ def generate_phantom(label: str, rng: np.random.Generator, size: int) -> tuple[n
     if not isinstance(size, (int, np.integer)) or size < _MIN_SIZE:
         raise DataError(f"generate_phantom: size must be an integer >= {_MIN_SIZE}, got {size!r}")
     size = int(size)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    yy, xx = _grid(size)
 
     # Head: a slightly rotated ellipse, skull rim, brain with smooth + fine texture, ventricles.
     hcy = size * (0.5 + rng.uniform(-0.03, 0.03))
@@ -174,9 +183,16 @@ def generate_phantom(label: str, rng: np.random.Generator, size: int) -> tuple[n
     dy, dx = rad * math.sin(phi) * reach_y, rad * math.cos(phi) * reach_x
     c, s = math.cos(hangle), math.sin(hangle)
     cx, cy = hcx + dx * c - dy * s, hcy + dx * s + dy * c
-    pattern, mask = _lesion_pattern(label, rng, yy, xx, cy, cx, r, aspect, angle)
+    # Draw the lesion in a window around it only (it lies inside the brain, away from the edges).
+    half = int(math.ceil(1.3 * r * 1.25)) + 2
+    y0, y1 = max(int(cy) - half, 0), min(int(cy) + half + 1, size)
+    x0, x1 = max(int(cx) - half, 0), min(int(cx) + half + 1, size)
+    win = (slice(y0, y1), slice(x0, x1))
+    pattern, lesion = _lesion_pattern(label, rng, yy[win], xx[win], cy, cx, r, aspect, angle)
     contrast = rng.uniform(0.35, 0.5)
-    image = image + contrast * pattern * brain
+    image[win] += contrast * pattern * brain[win]
+    mask = np.zeros((size, size), dtype=bool)
+    mask[win] = lesion
 
     # Global gain and offset, then Rician (magnitude) noise as in real MRI.
     gain = rng.uniform(0.75, 1.15)
@@ -266,9 +282,10 @@ def ensure_synthetic_dataset(root: Path, *, n_per_class: int = 120, image_size: 
 
     Layout: ``root/<class>/<class>_0000.png`` ..., ``root/lesions.npz`` (arrays ``names``,
     ``labels``, ``masks``, ``bboxes`` as ``(y0, x0, y1, x1)`` exclusive ends) and a hidden marker
-    file holding the parameters. The dataset is built in a sibling temporary folder and renamed
-    into place, so a killed run never leaves a half-written dataset; a dataset written with other
-    parameters (or another generator version) is replaced.
+    file holding the parameters. PNGs are 8-bit greyscale (mode ``L``); they decode to exactly the
+    arrays :func:`generate` returns. The dataset is built in a sibling temporary folder and
+    renamed into place, so a killed run never leaves a half-written dataset; a dataset written
+    with other parameters (or another generator version) is replaced.
 
     Args:
         root: the dataset folder.
@@ -297,13 +314,15 @@ def ensure_synthetic_dataset(root: Path, *, n_per_class: int = 120, image_size: 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is not
         names = []
         for label in CLASSES:
             (tmp / label).mkdir()
         for k in range(len(images)):
             label = CLASSES[int(labels[k])]
             name = _file_name(label, k % int(n_per_class))
-            Image.fromarray(images[k]).save(tmp / name, format="PNG", optimize=False, compress_level=6)
+            # Grey content: stored as an 8-bit greyscale PNG (decodes to the same RGB array).
+            Image.fromarray(np.ascontiguousarray(images[k][:, :, 0])).save(tmp / name, format="PNG", compress_level=6)
             names.append(name)
         ys, xs = masks.any(axis=2), masks.any(axis=1)
         bboxes = np.array(

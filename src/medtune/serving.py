@@ -1,0 +1,159 @@
+"""The model as MLflow serves it: encoded image bytes in, label and class probabilities out.
+
+The pyfunc decodes with :func:`medtune.datasets.images.decode_image`, the very function the
+split cache was built with, so serving sees pixels exactly as training did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+INTENDED_USE = (
+    "Research use only. Not a medical device and not for diagnosis, triage or treatment decisions; "
+    "outputs must be reviewed by qualified clinicians and validated on local data before any use."
+)
+KERAS_ARTIFACT = "keras_model"
+METADATA_ARTIFACT = "metadata"
+
+
+def prob_column(cls: str) -> str:
+    from medtune.metrics import safe_key
+
+    return f"prob_{safe_key(cls)}"
+
+
+def build_metadata(classes, image_size: int, channels: int, **extra) -> dict:
+    return {
+        "classes": list(classes),
+        "image_size": int(image_size),
+        "channels": int(channels),
+        "input": "DataFrame with an 'image' column of encoded image bytes (JPEG, PNG, BMP, TIFF, WebP)",
+        "output": ["label"] + [prob_column(c) for c in classes],
+        "intended_use": INTENDED_USE,
+        **extra,
+    }
+
+
+def _pyfunc_base():
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.PythonModel
+
+
+class ImageClassifier(_pyfunc_base()):
+    """MLflow pyfunc wrapping a Keras classifier that takes raw 0..255 pixels."""
+
+    def load_context(self, context):
+        import keras
+
+        self.metadata = json.loads(Path(context.artifacts[METADATA_ARTIFACT]).read_text())
+        self.model = keras.models.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
+
+    def predict(self, context, model_input, params=None):  # noqa: ARG002
+        from medtune.datasets.images import ImageDecodeError, decode_image
+
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if "image" not in frame.columns:
+            raise ValueError("input needs an 'image' column of encoded image bytes")
+        size, channels = self.metadata["image_size"], self.metadata["channels"]
+        images = []
+        for i, value in enumerate(frame["image"]):
+            data = _as_bytes(value)
+            try:
+                images.append(decode_image(data, size, channels))
+            except ImageDecodeError as exc:
+                raise ValueError(f"row {i}: cannot decode image ({exc.reason})") from exc
+        return predictions_frame(self.model, np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8),
+                                 self.metadata["classes"])
+
+
+def _as_bytes(value) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):  # base64 text, as JSON clients send it
+        import base64
+
+        return base64.b64decode(value)
+    raise ValueError(f"expected image bytes, got {type(value).__name__}")
+
+
+def predictions_frame(model, images: np.ndarray, classes) -> pd.DataFrame:
+    from medtune.training import predict_proba
+
+    proba = predict_proba(model, images) if len(images) else np.zeros((0, len(classes)), np.float32)
+    frame = pd.DataFrame({"label": [classes[i] for i in proba.argmax(1)] if len(proba) else []})
+    for j, cls in enumerate(classes):
+        frame[prob_column(cls)] = proba[:, j].astype(float) if len(proba) else []
+    return frame
+
+
+def log_model(model, metadata: dict, *, example_images: list[bytes], registered_model_name: str | None = None,
+              name: str = "model"):
+    """Log the Keras model as a pyfunc with signature, input example and metadata."""
+    import tempfile
+
+    import mlflow
+    from mlflow.models import infer_signature
+
+    import medtune
+
+    with tempfile.TemporaryDirectory() as tmp:
+        keras_path = Path(tmp) / "model.keras"
+        model.save(keras_path)
+        meta_path = Path(tmp) / "metadata.json"
+        meta_path.write_text(json.dumps(metadata, indent=2))
+        example = pd.DataFrame({"image": example_images[:2]})
+        output = predictions_frame(model, _decode_all(example_images[:2], metadata), metadata["classes"])
+        signature = infer_signature(example, output)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=ImageClassifier(),
+            artifacts={KERAS_ARTIFACT: str(keras_path), METADATA_ARTIFACT: str(meta_path)},
+            signature=signature,
+            input_example=example,
+            code_paths=[str(Path(medtune.__file__).parent)],
+            pip_requirements=_requirements(),
+            metadata={k: v for k, v in metadata.items() if isinstance(v, (str, int, float, list))},
+            registered_model_name=registered_model_name,
+        )
+    return info
+
+
+def _decode_all(images: list[bytes], metadata: dict) -> np.ndarray:
+    from medtune.datasets.images import decode_image
+
+    return np.stack([decode_image(b, metadata["image_size"], metadata["channels"]) for b in images])
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    pkgs = ["mlflow", "keras", "numpy", "pandas", "pillow", "scikit-learn", "imagehash", "pyyaml", "click"]
+    reqs = [f"{p}=={version(p)}" for p in pkgs]
+    try:
+        reqs.append(f"tensorflow-cpu=={version('tensorflow-cpu')}")
+    except Exception:
+        reqs.append(f"tensorflow=={version('tensorflow')}")
+    return reqs
+
+
+def load_keras_from_uri(model_uri: str, dst: Path):
+    """Download a logged medtune model and return (keras model, metadata)."""
+    import keras
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+    keras_file = next(local.rglob("model.keras"), None)
+    meta_file = next(local.rglob("metadata.json"), None)
+    if keras_file is None or meta_file is None:
+        from medtune.errors import ConfigError
+
+        raise ConfigError(f"model_uri={model_uri}: not a medtune model (no model.keras/metadata.json inside)")
+    return keras.models.load_model(keras_file, compile=False), json.loads(meta_file.read_text())

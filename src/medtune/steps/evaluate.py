@@ -1,0 +1,128 @@
+"""The ``evaluate`` step: score a model on the held-out test split (or any folder) and log it all."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medtune import tracking
+from medtune.errors import DataError
+from medtune.evaluation import Evaluation, evaluate_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TestSet:
+    x: np.ndarray
+    y: np.ndarray
+    paths: list[str]
+    split_id: str  # identifies the test images, for the champion gate
+    source: str
+
+
+def manifest_test_set(split) -> TestSet:
+    """The test split of a :class:`medtune.steps.data.LoadedSplit`."""
+    cache = split.cache
+    test_rows = split.manifest[split.manifest["split"] == "test"]
+    split_id = f"{split.dataset}:{_hash(sorted(test_rows['sha256']))}"
+    return TestSet(cache.x["test"], cache.y["test"], list(cache.paths["test"]), split_id, f"split run {split.run_id}")
+
+
+def folder_test_set(folder: str, classes: list[str], image_size: int, channels: int) -> TestSet:
+    """Any folder of class sub-folders, validated as `split` validates (bad files are skipped)."""
+    from medtune.datasets.images import decode_many
+    from medtune.datasets.layout import detect_layout
+    from medtune.datasets.scan import scan_dataset
+
+    layout = detect_layout(Path(folder))
+    scan, _ = scan_dataset(layout)
+    for s in scan.skipped:
+        log.warning("skipped %s: %s", s.path, s.reason)
+    unknown = sorted({r.label for r in scan.records} - set(classes))
+    if unknown:
+        raise DataError(f"data_dir={folder}: classes {unknown} are unknown to the model (it knows {classes})")
+    records = scan.records
+    x = decode_many([r.path for r in records], image_size, channels)
+    y = np.asarray([classes.index(r.label) for r in records], dtype=np.int32)
+    split_id = f"folder:{_hash(sorted(r.sha256 for r in records))}"
+    return TestSet(x, y, [r.path for r in records], split_id, f"folder {folder}")
+
+
+def _hash(items) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for item in items:
+        h.update(str(item).encode())
+    return h.hexdigest()[:16]
+
+
+def log_evaluation(run: tracking.RunLogger, ev: Evaluation, classes: list[str]) -> None:
+    """Metrics with a ``test_`` prefix and every evaluation artifact."""
+    from medtune import reports
+
+    run.metrics(ev.metrics)
+    run.json(ev.report, "evaluation/classification_report.json")
+    run.text(ev.report_text, "evaluation/classification_report.txt")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "predictions.csv"
+        ev.predictions.to_csv(path, index=False)
+        run.file(path, "evaluation")
+    run.figure(reports.confusion_matrix_figure(ev.confusion, classes, title="test (counts)"), "evaluation/confusion_matrix.png")
+    run.figure(reports.confusion_matrix_figure(ev.confusion, classes, normalize=True, title="test (normalised by true class)"),
+               "evaluation/confusion_matrix_normalized.png")
+    run.figure(reports.roc_figure(ev.roc, classes), "evaluation/roc_curves.png")
+    run.figure(reports.reliability_figure(ev.reliability), "evaluation/reliability.png")
+    from medtune.datasets.registry import safe_name
+
+    for cls, items in ev.galleries.items():
+        if not items:
+            continue
+        titles = [("OK " if it.correct else "WRONG ") + it.title for it in items]
+        fig = reports.gradcam_grid(np.stack([it.image for it in items]), np.stack([it.heatmap for it in items]), titles)
+        run.figure(fig, f"evaluation/gradcam/{safe_name(cls)}.png")
+
+
+def score_macro_f1(model, test: TestSet, classes: list[str]) -> float:
+    ev = evaluate_model(model, test.x, test.y, classes, with_gradcam=False)
+    return ev.metrics["test_macro_f1"]
+
+
+@dataclass
+class EvaluateOptions:
+    model_uri: str
+    dataset: str | None = None
+    data_dir: str | None = None
+    split_run: str | None = None
+
+
+def run_evaluate(opts: EvaluateOptions) -> tuple[str, Evaluation]:
+    """Evaluate a logged medtune model (``models:/name@alias``, ``runs:/id/model``...)."""
+    from medtune.serving import load_keras_from_uri
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, meta = load_keras_from_uri(opts.model_uri, Path(tmp))
+    classes, size, channels = meta["classes"], meta["image_size"], meta["channels"]
+    dataset = opts.dataset or meta.get("dataset") or "synthetic"
+    if opts.data_dir and opts.dataset is None:
+        test = folder_test_set(opts.data_dir, classes, size, channels)
+    else:
+        from medtune.steps.data import load_split
+
+        split = load_split(dataset, size, split_run=opts.split_run, data_dir=opts.data_dir)
+        if list(split.classes) != list(classes):
+            raise DataError(f"dataset={dataset}: classes {split.classes} differ from the model's {classes}")
+        test = manifest_test_set(split)
+    with tracking.step_run(dataset, "evaluate", run_name=f"evaluate-{dataset}",
+                           tags={"medtune.model_uri": opts.model_uri, "medtune.test_split": test.split_id}) as run:
+        run.params({"model_uri": opts.model_uri, "test_source": test.source, "n_test": len(test.y)})
+        ev = evaluate_model(model, test.x, test.y, classes, test.paths)
+        log_evaluation(run, ev, classes)
+        log.info("test accuracy %.4f, macro-F1 %.4f, ROC-AUC %.4f", ev.metrics["test_accuracy"],
+                 ev.metrics["test_macro_f1"], ev.metrics.get("test_roc_auc_macro", float("nan")))
+        return run.run_id, ev

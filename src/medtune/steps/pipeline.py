@@ -1,0 +1,65 @@
+"""``main``: split, search, train (with evaluation and promotion), each step its own run."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineOptions:
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    engine: str = "optuna"
+    space: str | None = None
+    trials: int = 4
+    search_epochs: int = 3
+    search_image_size: int = 64
+    epochs: int = 8
+    image_size: int = 96
+    patience: int = 8
+    margin: float = 0.0
+    seed: int = 42
+
+
+@dataclass
+class PipelineOutcome:
+    split_run: str
+    search_run: str
+    train: object
+    seconds: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        m = self.train.metrics
+        steps = ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items())
+        alias = f" @{self.train.decision.alias}" if self.train.decision else ""
+        return (f"main: test accuracy={m['test_accuracy']:.4f} macro_f1={m['test_macro_f1']:.4f} "
+                f"roc_auc_macro={m.get('test_roc_auc_macro', float('nan')):.4f}; "
+                f"{self.train.model_name} v{self.train.model_version}{alias}; {steps}")
+
+
+def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
+    from medtune.steps.search import SearchOptions, run_search
+    from medtune.steps.split import SplitOptions, run_split
+    from medtune.steps.train import TrainOptions, run_train
+
+    seconds = {}
+    t = time.perf_counter()
+    split = run_split(SplitOptions(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size,
+                                   seed=opts.seed), reuse_run=True)
+    seconds["split"] = time.perf_counter() - t
+    t = time.perf_counter()
+    search = run_search(SearchOptions(dataset=opts.dataset, data_dir=opts.data_dir, engine=opts.engine, space=opts.space,
+                                      trials=opts.trials, epochs=opts.search_epochs, image_size=opts.search_image_size,
+                                      seed=opts.seed, split_run=split.run_id))
+    seconds["search"] = time.perf_counter() - t
+    t = time.perf_counter()
+    train = run_train(TrainOptions(dataset=opts.dataset, data_dir=opts.data_dir, search_run=search.run_id,
+                                   epochs=opts.epochs, image_size=opts.image_size, patience=opts.patience,
+                                   margin=opts.margin, seed=opts.seed, split_run=split.run_id))
+    seconds["train+evaluate"] = time.perf_counter() - t
+    log.info("Pipeline done: %s", ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    return PipelineOutcome(split.run_id, search.run_id, train, seconds)

@@ -1,0 +1,83 @@
+"""``medtune predict``: label image files with a logged model, optionally with Grad-CAM overlays."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BATCH = 64
+
+
+@dataclass
+class PredictOutcome:
+    n_ok: int
+    bad: list[tuple[str, str]] = field(default_factory=list)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given; folders walked recursively (hidden files and checkpoints left out)."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(
+                f for f in sorted(p.rglob("*"))
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+        else:
+            out.append(p)
+    return out
+
+
+def run_predict(model_uri: str, inputs: list[str], output: str, gradcam_dir: str | None = None) -> PredictOutcome:
+    from PIL import Image
+
+    from medtune.datasets.images import ImageDecodeError, decode_image
+    from medtune.datasets.registry import safe_name
+    from medtune.serving import load_keras_from_uri, predictions_frame
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, meta = load_keras_from_uri(model_uri, Path(tmp))
+    classes, size, channels = meta["classes"], meta["image_size"], meta["channels"]
+    files = expand_inputs(inputs)
+    outcome = PredictOutcome(0)
+    frames = []
+    if gradcam_dir:
+        Path(gradcam_dir).mkdir(parents=True, exist_ok=True)
+    with click.progressbar(length=len(files), label="predicting", file=None) as bar:
+        for start in range(0, len(files), BATCH):
+            chunk, images = [], []
+            for f in files[start : start + BATCH]:
+                try:
+                    images.append(decode_image(f, size, channels))
+                    chunk.append(f)
+                except ImageDecodeError as exc:
+                    outcome.bad.append((str(f), exc.reason))
+                    log.warning("skipped %s: %s", f, exc.reason)
+            bar.update(len(files[start : start + BATCH]))
+            if not chunk:
+                continue
+            x = np.stack(images)
+            frame = predictions_frame(model, x, classes)
+            frame.insert(0, "path", [str(f) for f in chunk])
+            frames.append(frame)
+            if gradcam_dir:
+                from medtune.explain import gradcam, overlay
+
+                heatmaps, _ = gradcam(model, x)
+                for f, img, hm in zip(chunk, x, heatmaps):
+                    Image.fromarray(overlay(img, hm)).save(Path(gradcam_dir) / f"{safe_name(f.stem)}_gradcam.png")
+            outcome.n_ok += len(chunk)
+    import pandas as pd
+
+    result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["path", "label"])
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    result.to_csv(output, index=False)
+    return outcome

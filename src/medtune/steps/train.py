@@ -1,0 +1,229 @@
+"""The ``train`` step: final training of the best trial, evaluation, registration and the champion gate."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from medtune import tracking
+from medtune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    search_run: str | None = "latest"
+    params: str | None = None  # a YAML/JSON file of explicit params
+    epochs: int = 50
+    image_size: int = 128
+    patience: int = 8
+    mixed_precision: bool = True
+    class_weights: bool = True
+    margin: float = 0.0
+    register: bool = True
+    seed: int = 42
+    split_run: str | None = None
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    metrics: dict
+    model_name: str | None
+    model_version: str | None
+    decision: object | None
+    seconds: float
+
+
+def best_params_of_search(dataset: str, search_run: str | None) -> tuple[dict, str]:
+    """The best trial's params of ``search_run`` (or of the latest finished search of ``dataset``)."""
+    from mlflow.tracking import MlflowClient
+
+    if search_run in (None, "", "latest"):
+        runs = [r for r in tracking.find_runs(dataset, "search", max_results=20)
+                if r.data.tags.get("medtune.best_trial", "none") != "none"]
+        if not runs:
+            raise ConfigError(
+                f"dataset={dataset}: no finished search with a completed trial; run `medtune search --dataset {dataset}` "
+                "first or pass --params <file>"
+            )
+        run_id = runs[0].info.run_id
+    else:
+        run_id = search_run
+        MlflowClient().get_run(run_id)  # raises a clear MLflow error for an unknown id
+    with tempfile.TemporaryDirectory() as tmp:
+        best = json.loads(tracking.download_artifact(run_id, "best_params.json", Path(tmp)).read_text())
+    return dict(best["params"]), run_id
+
+
+def params_from_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"params={path}: file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params={path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from exc
+    if isinstance(data, dict) and "params" in data and isinstance(data["params"], dict):
+        data = data["params"]  # a best_params.json downloaded from a search
+    if not isinstance(data, dict):
+        raise ConfigError(f"params={path}: expected a mapping of parameter names to values")
+    return data
+
+
+def device_summary(mixed_precision: bool) -> tuple[str, bool]:
+    """Use the GPU when TensorFlow sees one (mixed precision there, unless turned off)."""
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        for gpu in gpus:
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except (RuntimeError, ValueError):
+                pass
+        if mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        return f"GPU ({len(gpus)}: {gpus[0].name})", bool(mixed_precision)
+    keras.mixed_precision.set_global_policy("float32")
+    return "CPU", False
+
+
+def _epoch_logger(run: tracking.RunLogger):
+    import keras
+
+    from medtune.steps.search import _finite, _metric_name
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            lr = getattr(self.model.optimizer, "learning_rate", None)
+            if lr is not None:
+                try:
+                    logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+                except Exception:  # noqa: BLE001
+                    pass
+            run.metrics({_metric_name(k): float(v) for k, v in logs.items() if _finite(v)}, step=epoch, synchronous=False)
+            log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={float(v):.4f}" for k, v in logs.items() if _finite(v)))
+
+    return EpochLogger()
+
+
+def run_train(opts: TrainOptions) -> TrainOutcome:
+    import keras
+    import mlflow
+
+    from medtune import promotion, serving, training
+    from medtune.models import build_model
+    from medtune.steps.data import load_split, manifest_dataset
+    from medtune.steps.evaluate import log_evaluation, manifest_test_set, score_macro_f1
+    from medtune.evaluation import evaluate_model
+
+    if opts.epochs < 1:
+        raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
+    t0 = time.perf_counter()
+    split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
+    if opts.params:
+        params, search_run_id = params_from_file(opts.params), None
+    else:
+        params, search_run_id = best_params_of_search(split.dataset, opts.search_run)
+    classes, cache = split.classes, split.cache
+    n_classes = len(classes)
+    training.configure_threads()
+    device, mixed = device_summary(opts.mixed_precision)
+    keras.utils.set_random_seed(opts.seed)
+    tags = {"medtune.split_run_id": split.run_id, "medtune.device": device}
+    if search_run_id:
+        tags["medtune.search_run_id"] = search_run_id
+    with tracking.step_run(split.dataset, "train", run_name=f"train-{split.dataset}", tags=tags) as run:
+        weights = training.balanced_class_weights(cache.y["train"], n_classes) if opts.class_weights else None
+        run.params({**params, "epochs": opts.epochs, "image_size": opts.image_size, "patience": opts.patience,
+                    "mixed_precision": mixed, "class_weights": opts.class_weights, "seed": opts.seed,
+                    "params_source": opts.params or f"search {search_run_id}"})
+        if weights:
+            run.json({classes[k]: v for k, v in weights.items()}, "class_weights.json")
+        mlflow.log_input(manifest_dataset(split), context="training")
+        log.info("Final training on %s (%s, mixed precision %s): %s", device, split.dataset, mixed, params)
+        batch = int(params.get("batch_size", 32))
+        train_ds = training.make_dataset(cache.x["train"], cache.y["train"], n_classes, batch, training=True,
+                                         augment=float(params.get("augment", 0.0)), seed=opts.seed)
+        val_ds = training.make_dataset(cache.x["val"], cache.y["val"], n_classes, batch, training=False)
+        model = training.compile_model(build_model(params, tuple(cache.x["train"].shape[1:]), n_classes), params)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = Path(tmp) / "best.weights.h5"
+            callbacks = [
+                keras.callbacks.EarlyStopping(monitor="val_macro_f1", mode="max", patience=opts.patience,
+                                              restore_best_weights=True),
+                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, opts.patience // 3),
+                                                  min_lr=1e-6),
+                keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_macro_f1", mode="max", save_best_only=True,
+                                                save_weights_only=True),
+                _epoch_logger(run),
+            ]
+            history = training.fit(model, train_ds, val_ds, y_val=cache.y["val"], epochs=opts.epochs,
+                                   class_weight=weights, callbacks=callbacks)
+            if ckpt.exists():
+                model.load_weights(ckpt)  # the best epoch, whatever early stopping did
+        best_epoch = int(np.nanargmax(history["val_macro_f1"])) if history.get("val_macro_f1") else -1
+        run.metrics({"best_epoch": best_epoch, "epochs_run": len(history.get("loss", [])),
+                     "best_val_macro_f1": float(np.nanmax(history["val_macro_f1"])) if best_epoch >= 0 else float("nan")})
+        from medtune import reports
+
+        run.figure(reports.learning_curves(history), "learning_curves.png")
+
+        test = manifest_test_set(split)
+        ev = evaluate_model(model, test.x, test.y, classes, test.paths)
+        log_evaluation(run, ev, classes)
+        run.tags({"medtune.test_split": test.split_id})
+        log.info("test accuracy %.4f, macro-F1 %.4f, macro ROC-AUC %.4f", ev.metrics["test_accuracy"],
+                 ev.metrics["test_macro_f1"], ev.metrics.get("test_roc_auc_macro", float("nan")))
+
+        metadata = serving.build_metadata(
+            classes, opts.image_size, cache.x["train"].shape[-1], dataset=split.dataset,
+            backbone=params.get("backbone", "custom"), weights_source=params.get("weights", "none"),
+            params=params, split_run_id=split.run_id, search_run_id=search_run_id or "",
+        )
+        examples = _example_images(split, classes)
+        model_name = f"medtune-{split.dataset}" if opts.register else None
+        info = serving.log_model(model, metadata, example_images=examples, registered_model_name=model_name)
+        version, decision = None, None
+        if model_name:
+            version = str(info.registered_model_version)
+            client = mlflow.tracking.MlflowClient()
+
+            def rescore(uri: str) -> float:
+                with tempfile.TemporaryDirectory() as tmp2:
+                    champ, meta = serving.load_keras_from_uri(uri, Path(tmp2))
+                if meta.get("image_size") != opts.image_size or meta.get("classes") != classes:
+                    from medtune.steps.data import load_split as _load
+
+                    other = _load(split.dataset, meta["image_size"], split_run=split.run_id)
+                    return score_macro_f1(champ, manifest_test_set(other), classes)
+                return score_macro_f1(champ, test, classes)
+
+            decision = promotion.decide_and_promote(
+                client, model_name, version, ev.metrics["test_macro_f1"], test.split_id,
+                margin=opts.margin, rescore=rescore,
+            )
+            run.tags({**decision.tags(), "medtune.model_version": version})
+            run.metrics({"champion_score_before": decision.champion_score if decision.champion_score is not None else float("nan"),
+                         "promoted": 1.0 if decision.alias == promotion.CHAMPION else 0.0})
+        training.release_model(model)
+        return TrainOutcome(run.run_id, ev.metrics, model_name, version, decision, time.perf_counter() - t0)
+
+
+def _example_images(split, classes) -> list[bytes]:
+    """Two real encoded test images, as the pyfunc's input example."""
+    rows = split.manifest[split.manifest["split"] == "test"].head(2)
+    return [(split.root / p).read_bytes() for p in rows["path"]]
