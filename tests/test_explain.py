@@ -100,7 +100,8 @@ def test_gradcam_shapes_range_and_no_nan(build):
     assert np.isfinite(heat).all() and heat.min() >= 0.0 and heat.max() <= 1.0
     assert proba.shape == (5, 3)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(proba, model.predict(_images(5), verbose=0), atol=1e-5)
+    expected = model(_images(5).astype("float32"), training=False).numpy()
+    np.testing.assert_allclose(proba, expected, atol=1e-5)
     assert "call" not in vars(model.get_layer(find_last_conv_layer(model)[-1]))  # unwrapped
 
 
@@ -116,8 +117,9 @@ def test_gradcam_nested_backbone_matches_split_reference(nested):
     x = tf.constant(images, tf.float32)
     with tf.GradientTape() as tape:
         feat, inner = split(nested.get_layer("pre")(x), training=False)
-        out = nested.get_layer("head")(nested.get_layer("gap")(inner))
-        score = tf.reduce_sum(tf.gather(out, classes, axis=1, batch_dims=1))
+        head = nested.get_layer("head")
+        logits = nested.get_layer("gap")(inner) @ head.kernel + head.bias  # score before softmax
+        score = tf.reduce_sum(tf.gather(logits, classes, axis=1, batch_dims=1))
     grads = tape.gradient(score, feat)
     cam = tf.nn.relu(tf.reduce_sum(tf.reduce_mean(grads, (1, 2), keepdims=True) * feat, -1))
     cam = (cam / tf.reduce_max(cam, axis=(1, 2), keepdims=True)).numpy()
@@ -126,7 +128,9 @@ def test_gradcam_nested_backbone_matches_split_reference(nested):
     assert heat.shape == (3, 32, 32) and np.isfinite(heat).all()
     assert heat.max() == pytest.approx(1.0, abs=1e-4) and heat.std() > 0
     np.testing.assert_allclose(heat, expected, atol=1e-4)
-    np.testing.assert_allclose(proba, out.numpy(), atol=1e-5)
+    np.testing.assert_allclose(proba, nested(x, training=False).numpy(), atol=1e-5)
+    assert head.activation is keras.activations.softmax  # restored after the pass
+    assert "call" not in vars(backbone.get_layer(target))
 
 
 def test_gradcam_nested_default_layer(nested):
@@ -158,6 +162,17 @@ def test_gradcam_sigmoid_output_gives_two_class_probabilities():
     heat, proba = gradcam(model, _images(3, 16, 1), class_indices=[0, 1, 1])
     assert heat.shape == (3, 16, 16) and proba.shape == (3, 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_gradcam_logits_output_gives_softmax_probabilities():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((16, 16, 3)), L.Conv2D(4, 3), L.GlobalAveragePooling2D(), L.Dense(3)]
+    )
+    heat, proba = gradcam(model, _images(2, 16))
+    np.testing.assert_allclose(proba, tf.nn.softmax(model(_images(2, 16).astype("float32"))),
+                               atol=1e-5)
+    assert heat.shape == (2, 16, 16) and np.isfinite(heat).all()
 
 
 def test_gradcam_rejects_bad_class_indices():

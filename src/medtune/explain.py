@@ -115,7 +115,9 @@ def _resolve(model: keras.Model, path: Sequence[str]) -> keras.layers.Layer:
         try:
             layer = layer.get_layer(name)
         except ValueError as err:
-            raise ConfigError(f"layer_path {list(path)}: no layer {name!r} in {layer.name!r}") from err
+            raise ConfigError(
+                f"layer_path {list(path)}: no layer {name!r} in {layer.name!r}"
+            ) from err
     return layer
 
 

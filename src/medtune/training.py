@@ -178,34 +178,37 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Ten
     """
     shape = tf.shape(images)
     b, h, w = shape[0], shape[1], shape[2]
-    u = tf.random.stateless_uniform(tf.stack([b, 7]), seed=tf.cast(seed, tf.int64), minval=-1.0, maxval=1.0)
-    flip = u[:, 0] > 0
-    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-
+    u = tf.random.stateless_uniform(
+        tf.stack([b, 7]), seed=tf.cast(seed, tf.int64), minval=-1.0, maxval=1.0
+    )
     hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+    flip = tf.where(u[:, 0] > 0, -1.0, 1.0)  # horizontal flip = mirrored x axis
     angle = u[:, 1] * strength * (math.pi / 6)
     zoom = 1.0 + u[:, 2] * strength * 0.2  # > 1 zooms in
     tx, ty = u[:, 3] * strength * 0.1 * wf, u[:, 4] * strength * 0.1 * hf
     cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
     cx, cy = (wf - 1.0) / 2.0, (hf - 1.0) / 2.0
+    # One affine map per image, output pixel (x, y) -> input (a0 x + a1 y + a2, b0 x + b1 y + b2):
+    # input = centre + R(angle) / zoom @ (flip(output) - centre) - shift.
+    a0, a1, b0, b1 = cos * flip, -sin, sin * flip, cos
+    a2 = cx - a0 * cx - a1 * cy - tx
+    b2 = cy - b0 * cx - b1 * cy - ty
     zeros = tf.zeros_like(cos)
-    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2).
-    transforms = tf.stack(
-        [cos, -sin, cx - cos * cx + sin * cy - tx, sin, cos, cy - sin * cx - cos * cy - ty, zeros, zeros],
-        axis=1,
-    )
     images = tf.raw_ops.ImageProjectiveTransformV3(
         images=images,
-        transforms=transforms,
+        transforms=tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1),
         output_shape=tf.stack([h, w]),
         fill_value=0.0,
         interpolation="BILINEAR",
         fill_mode="REFLECT",
     )
-    brightness = (u[:, 5] * strength * 0.2 * 255.0)[:, None, None, None]
-    contrast = (1.0 + u[:, 6] * strength * 0.3)[:, None, None, None]
-    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-    images = (images - mean) * contrast + mean + brightness
+    # Contrast around each image's mean, then brightness, as one multiply-add.
+    brightness = u[:, 5] * strength * 0.2 * 255.0
+    contrast = 1.0 + u[:, 6] * strength * 0.3
+    mean = tf.reduce_mean(images, axis=[1, 2, 3])
+    scale = contrast[:, None, None, None]
+    offset = (mean * (1.0 - contrast) + brightness)[:, None, None, None]
+    images = images * scale + offset
     return tf.clip_by_value(images, 0.0, 255.0)
 
 

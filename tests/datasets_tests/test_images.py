@@ -231,6 +231,20 @@ def test_to_array_stretches_to_square():
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
 
 
+@pytest.mark.parametrize("mode", ["L", "LA", "I;16", "1"])
+def test_grey_to_rgb_array_equals_convert_then_resize(mode):
+    rng = np.random.default_rng(3)
+    grey = Image.fromarray(rng.integers(0, 256, (37, 53), dtype=np.uint8))
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (37, 53), dtype=np.uint16))
+    elif mode == "LA":
+        img = Image.merge("LA", (grey, Image.fromarray(rng.integers(0, 256, (37, 53), dtype=np.uint8))))
+    else:
+        img = grey.convert(mode)
+    slow = np.asarray(images.to_rgb(img).resize((20, 20), Image.Resampling.BILINEAR))
+    assert np.array_equal(images.to_array(img, 20, 3), slow)
+
+
 def test_decode_image_matches_open_and_to_array(tmp_path):
     path = _write(tmp_path / "a.png", _encode(_noise(), "PNG"))
     assert np.array_equal(images.decode_image(path, 24), images.to_array(images.open_image(path), 24))

@@ -26,7 +26,8 @@ from medtune.errors import DataError
 logger = logging.getLogger(__name__)
 
 #: Largest image accepted, in pixels (width x height). Larger files are refused as
-#: decompression bombs. Slightly above PIL's own default (89,478,485).
+#: decompression bombs. PIL's own ``Image.MAX_IMAGE_PIXELS`` (default 89,478,485) applies too
+#: when it is smaller; its warning is treated as an error.
 MAX_PIXELS = 90_000_000
 
 #: Start method of the worker pools. ``spawn`` is safe when the parent has already imported
@@ -37,7 +38,7 @@ MP_START_METHOD = "spawn"
 MIN_FILES_FOR_POOL = 64
 
 _RGB_LIKE = {"RGB", "RGBX", "YCbCr", "CMYK", "LAB", "HSV"}
-_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_GREY_MODES = {"1", "L", "LA", "La", "I", "F"}
 
 
 class ImageDecodeError(DataError):
@@ -93,7 +94,7 @@ def open_bytes(data: bytes, name: str | None = None, *, draft_size: int | None =
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             pixels = img.size[0] * img.size[1]
-            if pixels > MAX_PIXELS:
+            if pixels > _pixel_limit():  # also catches what a racing thread's filters let through
                 raise ImageDecodeError(f"decompression bomb ({pixels} pixels)", name)
             if draft_size and img.format == "JPEG":
                 img.draft(None, (draft_size, draft_size))
@@ -216,9 +217,12 @@ def to_array(img: Image.Image, size: int, channels: int = 3) -> np.ndarray:
     """
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
-    img = convert_mode(img, channels)
+    grey_to_rgb = channels == 3 and (img.mode in _GREY_MODES or img.mode.startswith("I;16"))
+    img = convert_mode(img, 1 if grey_to_rgb else channels)
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
+    if grey_to_rgb:  # resizing one channel, then repeating it, gives the same pixels faster
+        img = img.convert("RGB")
     arr = np.asarray(img, dtype=np.uint8)
     if channels == 1:
         arr = arr[:, :, None]
@@ -264,7 +268,7 @@ def decode_many(
     channels: int = 3,
     workers: int | None = None,
     *,
-    draft: bool = True,
+    draft: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Decode many files to one array, in order, in a process pool.
@@ -321,6 +325,11 @@ def _scale_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
         return np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
     # 16-bit container: the dtype maximum 65535 maps to 255 (65535 / 257 == 255 exactly)
     return ((np.clip(a, 0, 65535) + 128) // 257).astype(np.uint8)
+
+
+def _pixel_limit() -> int:
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    return min(MAX_PIXELS, pil_limit) if pil_limit else MAX_PIXELS
 
 
 def _pixels_of(exc: BaseException) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 import zlib
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,12 +93,6 @@ def _assign(units: list[_Unit], targets: dict[str, int], splits: tuple[str, ...]
             if still_empty <= left_after:
                 chosen = split
                 break
-        else:
-            # All carved splits are full (or must wait): fill any still-empty carved split first.
-            for split in splits[:-1]:
-                if counts[split] == 0:
-                    chosen = split
-                    break
         out[chosen].append(unit)
         counts[chosen] += len(unit.members)
     return out
@@ -144,8 +137,7 @@ def make_split(
     # A canonical order: everything below is independent of the input order.
     records: list[ImageRecord] = sorted(scan.records, key=lambda r: (r.path, r.source, r.label, r.sha256))
     groups = find_groups(records, phash_distance)
-    conflicts = label_conflicts(records, groups)
-    conflict_ids = {id(g) for g in conflicts}
+    conflicting = {tuple(g) for g in label_conflicts(records, groups)}
     group_of: dict[int, int] = {}
     for g_index, members in enumerate(groups):
         for i in members:
@@ -156,7 +148,7 @@ def make_split(
     excluded: set[int] = set()
     conflicted: list[dict] = []
     for g_index, members in enumerate(groups):
-        if id(members) in conflict_ids or len({records[i].label for i in members}) > 1:
+        if tuple(members) in conflicting:
             for i in members:
                 conflicted.append({"path": records[i].path, "label": records[i].label, "group": group_ids[g_index]})
                 excluded.add(i)
@@ -296,5 +288,4 @@ def make_split(
         "split %d images: train %d, val %d, test %d (%d duplicates removed, %d conflicted, %d test duplicates "
         "of train dropped, %d skipped)", files_seen, totals["train"], totals["val"], totals["test"],
         len(removed), len(conflicted), len(test_dropped), len(skipped))
-    _ = Counter  # noqa: F841 (kept import-light)
     return SplitResult(manifest=manifest, report=report)
