@@ -95,8 +95,12 @@ def test_gradcam_grid(tmp_path):
     images = [RNG.integers(0, 256, (32, 32, 3)).astype(np.uint8) for _ in range(3)]
     images.append(RNG.integers(0, 256, (32, 32)).astype(np.uint8))  # grey
     heatmaps = [RNG.random((32, 32)).astype(np.float32) for _ in range(3)] + [np.zeros((8, 8))]
-    titles = [f"true: {LONG_NAMES[i]} / pred: {LONG_NAMES[i + 1]} (0.9)" for i in range(4)]
-    _check(reports.gradcam_grid(images, heatmaps, titles, ncols=3), tmp_path, "gradcam")
+    titles = [f"true {LONG_NAMES[i]}\npred {LONG_NAMES[i + 1]} (0.93)" for i in range(4)]
+    fig = reports.gradcam_grid(images, heatmaps, titles, ncols=3)
+    shown = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(shown) == 4 and all(t.endswith("(0.93)") for t in shown)
+    assert all(len(line) <= 36 for t in shown for line in t.split("\n"))
+    _check(fig, tmp_path, "gradcam")
 
 
 def test_class_counts_figure(tmp_path):

@@ -10,6 +10,7 @@ them with :func:`save_figure` (which also releases them). The data comes from
 from __future__ import annotations
 
 import math
+import re
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,23 @@ def _label(name: str, width: int = 18, lines: int = 2) -> str:
         wrapped = wrapped[:lines]
         wrapped[-1] = wrapped[-1][: width - 1].rstrip() + "…"
     return "\n".join(wrapped)
+
+
+_SCORE_SUFFIX = re.compile(r"\s*(\([^()]*\)|[0-9.]+%?)$")
+
+
+def _title(text: str, width: int = 30, lines: int = 3) -> str:
+    """Wrap a title line by line (explicit newlines kept); a trailing score such as "(0.93)" or
+    "0.93" survives truncation of a long class name before it."""
+    out = []
+    for line in str(text).split("\n"):
+        match = _SCORE_SUFFIX.search(line)
+        wrapped = _label(line, width, lines)
+        if match and match.start() > 0 and not wrapped.endswith(match.group(0).strip()):
+            body = _label(line[: match.start()], width, lines)
+            wrapped = f"{body} {match.group(0).strip()}"
+        out.append(wrapped)
+    return "\n".join(out)
 
 
 def _empty(message: str) -> Figure:
@@ -173,7 +191,8 @@ def gradcam_grid(
     Args:
         images: (H, W[, C]) raw pixel images (0..255 or 0..1).
         heatmaps: (H', W') arrays in [0, 1], stretched over the image when sizes differ.
-        titles: One title per image (e.g. "true: X / pred: Y (0.93)"); wrapped to fit.
+        titles: One title per image, e.g. ``"true X\npred Y (0.93)"``; each line is wrapped to
+            at most 3 lines of 30 characters, a trailing score kept when a name is truncated.
         ncols: Images per row.
     """
     n = len(images)
@@ -192,7 +211,7 @@ def gradcam_grid(
         ax.imshow(img, cmap=cmap, extent=extent, vmin=0, vmax=1)
         ax.imshow(np.asarray(heat, dtype=float).squeeze(), cmap="jet", alpha=alpha,
                   extent=extent, vmin=0, vmax=1, interpolation="bilinear")
-        ax.set_title(_label(title, width=28), fontsize=8)
+        ax.set_title(_title(title), fontsize=8)
         ax.set_axis_off()
     for ax in axes[n:]:
         ax.set_axis_off()

@@ -168,7 +168,8 @@ class SearchSpace:
         unknown = [k for k in values if k not in self]
         if unknown:
             raise SpaceError(
-                f"{self.source}: unknown parameter {unknown[0]!r} (known: {', '.join(self.names())})"
+                f"{self.source}: unknown parameter {unknown[0]!r} "
+                f"(known: {', '.join(self.names())})"
             )
         clean: dict[str, Any] = {}
         for p in self.params:
@@ -322,7 +323,7 @@ def _parse_param(name: Any, spec: Any, earlier: list[Param], source: str) -> Par
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise SpaceError(f"{where}: parameter names must be identifiers (letters, digits, _)")
     if not isinstance(spec, Mapping):
-        raise SpaceError(f"{where}: definition must be a mapping such as {{type: int, low: 1, high: 4}}")
+        raise SpaceError(f"{where}: definition must be a mapping like {{type: int, low: 1, high: 4}}")
     for key in spec:
         if key not in _PARAM_KEYS:
             raise SpaceError(f"{where}.{key}: unknown key (allowed: {', '.join(_PARAM_KEYS)})")
@@ -356,7 +357,9 @@ def _parse_param(name: Any, spec: Any, earlier: list[Param], source: str) -> Par
             if step <= 0:
                 raise SpaceError(f"{where}.step: must be > 0 (got {step})")
             if not _on_grid(high, low, step):
-                raise SpaceError(f"{where}.step: high - low ({high} - {low}) is not a multiple of {step}")
+                raise SpaceError(
+                    f"{where}.step: high - low ({high} - {low}) is not a multiple of {step}"
+                )
     elif ptype == "categorical":
         choices = _choices(spec.get("choices"), where)
 
@@ -399,7 +402,8 @@ def _choices(raw: Any, where: str) -> tuple:
     if kinds == {"int", "float"}:
         raw = [float(c) for c in raw]
     elif len(kinds) > 1:
-        raise SpaceError(f"{where}.choices: mixes {' and '.join(sorted(kinds))} values; use one kind")
+        mixed = " and ".join(sorted(kinds))
+        raise SpaceError(f"{where}.choices: mixes {mixed} values; use one kind")
     if isinstance(raw[0], float) and not all(math.isfinite(c) for c in raw):
         raise SpaceError(f"{where}.choices: must be finite numbers")
     for i, c in enumerate(raw):
@@ -424,12 +428,13 @@ def _condition(raw: Any, earlier: list[Param], where: str) -> dict | None:
     if raw is None:
         return None
     if not isinstance(raw, Mapping) or len(raw) != 1:
-        raise SpaceError(f"{where}.condition: must name exactly one parent, e.g. {{optimizer: sgd}}")
+        raise SpaceError(f"{where}.condition: must name one parent, e.g. {{optimizer: sgd}}")
     (parent_name, wanted), = raw.items()
     by_name = {p.name: p for p in earlier}
     if parent_name not in by_name:
         raise SpaceError(
-            f"{where}.condition: parent {parent_name!r} is unknown or not declared before this parameter"
+            f"{where}.condition: parent {parent_name!r} is unknown or not declared before "
+            "this parameter"
         )
     parent = by_name[parent_name]
     values = list(wanted) if isinstance(wanted, (list, tuple)) else [wanted]

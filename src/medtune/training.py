@@ -141,9 +141,9 @@ def make_dataset(
         ConfigError: ``batch_size`` or ``augment`` out of range.
     """
     y_arr = _check_xy(x, y, n_classes)
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"batch_size: needs an integer >= 1 (got {batch_size!r})")
-    if not 0.0 <= float(augment) <= 1.0:
+    if not isinstance(augment, (int, float, np.number)) or not 0.0 <= float(augment) <= 1.0:
         raise ConfigError(f"augment: needs a strength in [0, 1] (got {augment!r})")
     n = len(x)
     ds = tf.data.Dataset.range(n)
@@ -229,18 +229,27 @@ def _gatherer(x: np.ndarray, *, sort: bool):
     return gather
 
 
-def _check_xy(x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+def _check_images(x: np.ndarray) -> None:
     if getattr(x, "ndim", None) != 4:
-        raise DataError(f"images must be an array (N, H, W, C) (got shape {getattr(x, 'shape', None)})")
+        shape = getattr(x, "shape", None)
+        raise DataError(f"images must be an array (N, H, W, C) (got shape {shape})")
+
+
+def _check_xy(x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    _check_images(x)
     y_arr = np.asarray(y)
     if y_arr.ndim != 1 or len(y_arr) != len(x):
-        raise DataError(f"labels must be a 1-D array of {len(x)} class indices (got shape {y_arr.shape})")
+        raise DataError(
+            f"labels must be a 1-D array of {len(x)} class indices (got shape {y_arr.shape})"
+        )
     if len(x) == 0:
         raise DataError("no images: the array is empty")
     if not np.issubdtype(y_arr.dtype, np.integer):
         raise DataError(f"labels must be integer class indices (got dtype {y_arr.dtype})")
     if y_arr.min() < 0 or y_arr.max() >= n_classes:
-        raise DataError(f"labels must lie in [0, {n_classes - 1}] (got {y_arr.min()}..{y_arr.max()})")
+        raise DataError(
+            f"labels must lie in [0, {n_classes - 1}] (got {y_arr.min()}..{y_arr.max()})"
+        )
     return y_arr.astype(np.int32)
 
 
@@ -259,33 +268,35 @@ def compile_model(model: keras.Model, params: Mapping[str, Any]) -> keras.Model:
     """
     name = params.get("optimizer", "adam")
     lr = _positive(params.get("learning_rate", 1e-3), "learning_rate")
-    smoothing = params.get("label_smoothing", 0.0)
-    if not isinstance(smoothing, (int, float)) or isinstance(smoothing, bool) or not 0 <= smoothing < 1:
-        raise ConfigError(f"label_smoothing: needs a number in [0, 1) (got {smoothing!r})")
+    smoothing = _fraction(params.get("label_smoothing", 0.0), "label_smoothing")
     if name == "adam":
         optimizer = keras.optimizers.Adam(learning_rate=lr)
     elif name == "rmsprop":
         optimizer = keras.optimizers.RMSprop(learning_rate=lr)
     elif name == "sgd":
-        momentum = params.get("momentum", 0.9)
-        if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) or not 0 <= momentum < 1:
-            raise ConfigError(f"momentum: needs a number in [0, 1) (got {momentum!r})")
-        optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=float(momentum))
+        momentum = _fraction(params.get("momentum", 0.9), "momentum")
+        optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
     else:
         raise ConfigError(f"optimizer: {name!r} is not adam, rmsprop or sgd")
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(smoothing)),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=smoothing),
         metrics=["accuracy"],
     )
     return model
 
 
 def _positive(value: Any, name: str) -> float:
-    if hasattr(value, "item"):
-        value = value.item()
+    value = value.item() if hasattr(value, "item") else value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise ConfigError(f"{name}: needs a positive number (got {value!r})")
+    return float(value)
+
+
+def _fraction(value: Any, name: str) -> float:
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"{name}: needs a number in [0, 1) (got {value!r})")
     return float(value)
 
 
@@ -439,8 +450,7 @@ def fit(
 
 def predict_proba(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Class probabilities ``(N, n_classes)`` float32, read batch by batch (memmap-friendly)."""
-    if getattr(x, "ndim", None) != 4:
-        raise DataError(f"images must be an array (N, H, W, C) (got shape {getattr(x, 'shape', None)})")
+    _check_images(x)
     if len(x) == 0:
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
     gather = _gatherer(x, sort=False)

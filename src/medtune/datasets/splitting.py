@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MANIFEST_COLUMNS: tuple[str, ...] = ("path", "label", "split", "sha256", "phash", "source", "group")
+_LARGE_GROUP = 20  # a near-duplicate group larger than this suggests hashes chaining
 
 
 @dataclass
@@ -260,6 +261,11 @@ def make_split(
     notes = []
     if official:
         notes.append("test_fraction ignored: the dataset has an official test folder, which forms the test split")
+    largest = max((len(g) for g in groups), default=0)
+    if phash_distance > 0 and largest > _LARGE_GROUP:
+        notes.append(f"the largest duplicate group holds {largest} images: phash_distance={phash_distance} may be "
+                     "chaining unrelated images together; consider a smaller distance")
+        logger.warning(notes[-1])
     report = {
         "classes": classes,
         "counts": counts,
@@ -268,6 +274,7 @@ def make_split(
         "ignored": {str(k): int(v) for k, v in sorted(scan.ignored.items())},
         "duplicate_groups": {
             "count": len(groups),
+            "largest": largest,
             "groups": [{"id": group_ids[k], "paths": [records[i].path for i in g]} for k, g in enumerate(groups)],
         },
         "removed_duplicates": removed,

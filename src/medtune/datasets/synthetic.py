@@ -150,11 +150,14 @@ def generate_phantom(label: str, rng: np.random.Generator, size: int) -> tuple[n
     size = int(size)
     yy, xx = _grid(size)
 
-    # Head: a slightly rotated ellipse, skull rim, brain with smooth + fine texture, ventricles.
-    hcy = size * (0.5 + rng.uniform(-0.03, 0.03))
-    hcx = size * (0.5 + rng.uniform(-0.03, 0.03))
-    hry, hrx = size * rng.uniform(0.40, 0.46), size * rng.uniform(0.34, 0.40)
-    hangle = rng.uniform(-0.25, 0.25)
+    # Head: a rotated, shifted ellipse, skull rim, brain with smooth + fine texture, ventricles.
+    scale = rng.uniform(0.8, 1.0)
+    hry, hrx = size * scale * rng.uniform(0.42, 0.46), size * scale * rng.uniform(0.32, 0.40)
+    hangle = rng.uniform(-0.6, 0.6)
+    c, s = math.cos(hangle), math.sin(hangle)
+    extent_y, extent_x = math.hypot(hry * c, hrx * s), math.hypot(hrx * c, hry * s)  # of the rotated head
+    hcy = size * 0.5 + rng.uniform(-1.0, 1.0) * max(size * 0.48 - extent_y, 0.0)
+    hcx = size * 0.5 + rng.uniform(-1.0, 1.0) * max(size * 0.48 - extent_x, 0.0)
     head_rho = _ellipse_radius(yy, xx, hcy, hcx, hry, hrx, hangle)
     head_edge = 1.5 / min(hry, hrx)
     head = _soft(head_rho - 1.0, head_edge)
@@ -181,7 +184,6 @@ def generate_phantom(label: str, rng: np.random.Generator, size: int) -> tuple[n
     reach_y = max(hry * inner - 1.3 * r - 1.0, 0.0)
     reach_x = max(hrx * inner - 1.3 * r - 1.0, 0.0)
     dy, dx = rad * math.sin(phi) * reach_y, rad * math.cos(phi) * reach_x
-    c, s = math.cos(hangle), math.sin(hangle)
     cx, cy = hcx + dx * c - dy * s, hcy + dx * s + dy * c
     # Draw the lesion in a window around it only (it lies inside the brain, away from the edges).
     half = int(math.ceil(1.3 * r * 1.25)) + 2
@@ -189,12 +191,18 @@ def generate_phantom(label: str, rng: np.random.Generator, size: int) -> tuple[n
     x0, x1 = max(int(cx) - half, 0), min(int(cx) + half + 1, size)
     win = (slice(y0, y1), slice(x0, x1))
     pattern, lesion = _lesion_pattern(label, rng, yy[win], xx[win], cy, cx, r, aspect, angle)
-    contrast = rng.uniform(0.35, 0.5)
+    contrast = rng.uniform(0.45, 0.65)
     image[win] += contrast * pattern * brain[win]
     mask = np.zeros((size, size), dtype=bool)
     mask[win] = lesion
 
-    # Global gain and offset, then Rician (magnitude) noise as in real MRI.
+    # A smooth multiplicative bias field (coil inhomogeneity), global gain and offset, then
+    # Rician (magnitude) noise as in real MRI. The bias field also keeps unrelated phantoms far
+    # apart in perceptual hash, so near-duplicate detection does not group them.
+    tilt = rng.uniform(0.0, 2.0 * math.pi)
+    ramp = ((xx - size / 2) * math.cos(tilt) + (yy - size / 2) * math.sin(tilt)) / (size / 2)
+    bias = 1.0 + rng.uniform(0.15, 0.3) * _smooth_noise(rng, size, 2) + rng.uniform(0.15, 0.35) * ramp
+    image = image * np.clip(bias, 0.5, 1.5)
     gain = rng.uniform(0.75, 1.15)
     offset = rng.uniform(-0.04, 0.06)
     image = np.clip(image * gain + offset, 0.0, None)

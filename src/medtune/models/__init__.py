@@ -27,4 +27,5 @@ def build_model(params: Mapping[str, Any], input_shape: tuple[int, int, int], n_
         from medtune.models.cnn import build_cnn  # late: keeps `import medtune.models` light
 
         return build_cnn(params, input_shape, n_classes)
-    raise ConfigError(f"backbone {backbone!r} not available yet (available: {', '.join(BACKBONES)})")
+    available = ", ".join(BACKBONES)
+    raise ConfigError(f"backbone {backbone!r} not available yet (available: {available})")

@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "l2": 1e-4,
     "dense_units": 256,
     "convs_per_block": 2,
-    "max_filters": None,
+    "max_filters": 512,  # caps "doubling per block": 256 x 2**3 would be 211M params
 }
 """Values used for parameters missing from ``params`` (they match ``search_spaces/cnn.yaml``)."""
 

@@ -1,0 +1,316 @@
+"""Input pipeline, compile, fit with validation scores, divergence, prediction."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from medtune import training
+from medtune.errors import ConfigError, DataError
+from medtune.models import build_model
+from medtune.training import (
+    EpochScores,
+    NaNGuard,
+    TrainingDiverged,
+    balanced_class_weights,
+    compile_model,
+    fit,
+    make_dataset,
+    predict_proba,
+)
+
+TINY = {"num_blocks": 2, "filters": 4, "dense_units": 8, "dropout": 0.0}
+SHAPE = (16, 16, 3)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def free_memory_once():
+    yield
+    training.release_model()
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (24, *SHAPE), dtype=np.uint8)
+    y = np.arange(24) % 3
+    return x, y
+
+
+@pytest.fixture
+def memmap(tmp_path, data):
+    x, y = data
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    return np.load(path, mmap_mode="r"), y
+
+
+def batches(ds):
+    return [(a.numpy(), b.numpy()) for a, b in ds]
+
+
+def stacked(ds):
+    bs = batches(ds)
+    return np.concatenate([a for a, _ in bs]), np.concatenate([b for _, b in bs])
+
+
+# --------------------------------------------------------------------------- make_dataset
+
+
+def test_eval_dataset_keeps_order_dtypes_and_one_hot(data):
+    x, y = data
+    ds = make_dataset(x, y, 3, 10, training=False)
+    sizes = [len(a) for a, _ in batches(ds)]
+    assert sizes == [10, 10, 4]
+    images, labels = stacked(ds)
+    assert images.dtype == np.float32 and labels.dtype == np.float32
+    np.testing.assert_array_equal(images, x.astype(np.float32))
+    np.testing.assert_array_equal(labels, np.eye(3, dtype=np.float32)[y])
+    assert ds.element_spec[0].shape.as_list() == [None, *SHAPE]
+
+
+def test_eval_dataset_ignores_augment(data):
+    x, y = data
+    images, _ = stacked(make_dataset(x, y, 3, 8, training=False, augment=0.5))
+    np.testing.assert_array_equal(images, x.astype(np.float32))
+
+
+def test_training_dataset_reshuffles_each_epoch_keeping_pairs(data):
+    x = np.arange(24, dtype=np.uint8)[:, None, None, None] * np.ones((1, *SHAPE), np.uint8)
+    y = np.arange(24)  # one class per image, so the label names the image
+    ds = make_dataset(x, y, 24, 5, training=True, seed=3)
+    epoch1, epoch2 = stacked(ds), stacked(ds)
+    for images, labels in (epoch1, epoch2):
+        rows = labels.argmax(1)
+        assert sorted(rows) == list(range(24))
+        np.testing.assert_array_equal(images[:, 0, 0, 0], rows)  # image i carries value i
+    assert not np.array_equal(epoch1[1], epoch2[1])
+    again = stacked(make_dataset(x, y, 24, 5, training=True, seed=3))
+    np.testing.assert_array_equal(again[1], epoch1[1])
+
+
+def test_no_augmentation_at_strength_zero(data):
+    x, y = data
+    ds = make_dataset(x, np.arange(24), 24, 8, training=True, augment=0.0, seed=1)
+    images, labels = stacked(ds)
+    np.testing.assert_array_equal(images, x[labels.argmax(1)].astype(np.float32))
+
+
+def test_augmentation_is_deterministic_given_seed_and_varies_otherwise(data):
+    x, y = data
+    first = stacked(make_dataset(x, y, 3, 8, training=True, augment=0.5, seed=7))
+    same = stacked(make_dataset(x, y, 3, 8, training=True, augment=0.5, seed=7))
+    other = stacked(make_dataset(x, y, 3, 8, training=True, augment=0.5, seed=8))
+    np.testing.assert_array_equal(first[0], same[0])
+    np.testing.assert_array_equal(first[1], same[1])
+    assert not np.array_equal(first[0], other[0])
+    images = first[0]
+    assert images.shape == (24, *SHAPE) and images.dtype == np.float32
+    assert images.min() >= 0.0 and images.max() <= 255.0
+
+
+def test_augmentation_changes_images(data):
+    x, _ = data
+    ds = make_dataset(x, np.arange(24), 24, 24, training=True, augment=0.5, seed=0)
+    images, labels = stacked(ds)
+    original = x[labels.argmax(1)].astype(np.float32)
+    assert np.abs(images - original).mean() > 5.0
+
+
+def test_tiny_strength_is_identity_or_horizontal_mirror():
+    # checks the affine maths: with (almost) no rotation/zoom/shift only flips remain
+    x = np.random.default_rng(1).integers(0, 256, (2, 6, 5, 1), dtype=np.uint8)
+    seeds = [tf.constant([s, 0], tf.int64) for s in range(8)]
+    flips = 0
+    for seed in seeds:
+        out = training.augment_batch(tf.constant(x, tf.float32), seed, 1e-7).numpy()
+        for got, img in zip(out, x.astype(np.float32)):
+            mirrored = np.allclose(got, img[:, ::-1], atol=1e-2)
+            assert mirrored or np.allclose(got, img, atol=1e-2)
+            flips += mirrored
+    assert 0 < flips < 16
+
+
+def test_make_dataset_reads_a_read_only_memmap(memmap):
+    x, y = memmap
+    assert isinstance(x, np.memmap) and not x.flags.writeable
+    images, _ = stacked(make_dataset(x, y, 3, 7, training=True, augment=0.2))
+    assert images.shape == (24, *SHAPE)
+    images, _ = stacked(make_dataset(x, y, 3, 7, training=False))
+    np.testing.assert_array_equal(images, np.asarray(x, np.float32))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"x": np.zeros((4, 8, 8), np.uint8)}, DataError),
+        ({"y": np.zeros(3, int)}, DataError),
+        ({"y": np.array([0, 1, 2, 3])}, DataError),
+        ({"y": np.array([0.0, 1.0, 1.0, 0.0])}, DataError),
+        ({"x": np.zeros((0, 8, 8, 1), np.uint8), "y": np.zeros(0, int)}, DataError),
+        ({"batch_size": 0}, ConfigError),
+        ({"augment": 1.5}, ConfigError),
+    ],
+)
+def test_make_dataset_rejects_bad_inputs(kwargs, error):
+    args = {"x": np.zeros((4, 8, 8, 1), np.uint8), "y": np.array([0, 1, 2, 0]), "batch_size": 2, "augment": 0.0}
+    args.update(kwargs)
+    with pytest.raises(error):
+        make_dataset(args["x"], args["y"], 3, args["batch_size"], training=True, augment=args["augment"])
+
+
+# --------------------------------------------------------------------------- class weights
+
+
+def test_balanced_class_weights_follow_sklearn_and_absent_class_gets_one():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.array([0, 0, 0, 0, 1, 1, 3, 3])
+    weights = balanced_class_weights(y, 4)
+    expected = compute_class_weight("balanced", classes=np.array([0, 1, 3]), y=y)
+    assert list(weights) == [0, 1, 2, 3]
+    assert weights[2] == 1.0
+    np.testing.assert_allclose([weights[0], weights[1], weights[3]], expected)
+    assert all(isinstance(k, int) and isinstance(v, float) for k, v in weights.items())
+
+
+# --------------------------------------------------------------------------- compile
+
+
+@pytest.mark.parametrize(
+    "params, cls",
+    [
+        ({"optimizer": "adam", "learning_rate": 5e-4}, keras.optimizers.Adam),
+        ({"optimizer": "rmsprop", "learning_rate": 1e-4}, keras.optimizers.RMSprop),
+        ({"optimizer": "sgd", "learning_rate": 1e-3, "momentum": 0.95}, keras.optimizers.SGD),
+        ({}, keras.optimizers.Adam),
+    ],
+)
+def test_compile_model_with_each_optimizer(params, cls):
+    model = compile_model(build_model(TINY, SHAPE, 3), {**params, "label_smoothing": 0.1})
+    assert isinstance(model.optimizer, cls)
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(params.get("learning_rate", 1e-3))
+    if cls is keras.optimizers.SGD:
+        assert model.optimizer.momentum == pytest.approx(0.95)
+    assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "params, name",
+    [
+        ({"optimizer": "adagrad"}, "optimizer"),
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"optimizer": "sgd", "momentum": 1.2}, "momentum"),
+    ],
+)
+def test_compile_model_rejects_bad_values(params, name):
+    with pytest.raises(ConfigError, match=f"^{name}:"):
+        compile_model(build_model(TINY, SHAPE, 3), params)
+
+
+# --------------------------------------------------------------------------- fit
+
+
+class LogsSpy(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.keys = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.keys.append(set(logs))
+
+
+def test_fit_one_epoch_returns_history_with_validation_scores(data):
+    x, y = data
+    train = make_dataset(x, y, 3, 8, training=True, augment=0.2)
+    val = make_dataset(x[:9], y[:9], 3, 4, training=False)
+    model = compile_model(build_model(TINY, SHAPE, 3), {})
+    spy = LogsSpy()
+    history = fit(model, train, val, y_val=y[:9], epochs=1, class_weight=balanced_class_weights(y, 3), callbacks=[spy])
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1", "val_balanced_accuracy", "epoch_seconds"):
+        assert len(history[key]) == 1 and isinstance(history[key][0], float), key
+    assert 0.0 <= history["val_macro_f1"][0] <= 1.0
+    assert history["epoch_seconds"][0] > 0
+    assert {"val_macro_f1", "val_balanced_accuracy", "epoch_seconds"} <= spy.keys[0]  # seen by later callbacks
+
+
+def test_validation_scores_match_sklearn():
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    y = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.eye(3)[[0, 1, 1, 1, 2, 0]]
+    probs[5] = np.nan  # a diverged model: NaN rows count as class 0
+    got = training.validation_scores(y, probs)
+    pred = [0, 1, 1, 1, 2, 0]
+    assert got["val_macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert got["val_balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+
+
+def nan_model() -> keras.Model:
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    x = keras.layers.Dense(3)(x)
+    x = keras.layers.Lambda(lambda t: t * float("nan"))(x)
+    return keras.Model(inputs, keras.layers.Activation("softmax")(x))
+
+
+def test_fit_raises_training_diverged_when_model_outputs_nan(data):
+    x, y = data
+    train = make_dataset(x, y, 3, 4, training=True)
+    val = make_dataset(x[:6], y[:6], 3, 6, training=False)
+    model = compile_model(nan_model(), {})
+    with pytest.raises(TrainingDiverged, match="loss became nan in epoch 1") as info:
+        fit(model, train, val, y_val=y[:6], epochs=3, class_weight=None)
+    assert isinstance(info.value, RuntimeError)
+    assert info.value.epoch == 0
+    assert len(info.value.history["loss"]) == 1  # stopped in the first epoch
+
+
+def test_fit_raises_training_diverged_with_absurd_learning_rate(data):
+    x, y = data
+    train = make_dataset(x, y, 3, 4, training=True)
+    val = make_dataset(x[:6], y[:6], 3, 6, training=False)
+    model = compile_model(build_model({**TINY, "batch_norm": False}, SHAPE, 3), {"optimizer": "sgd", "learning_rate": 1e15})
+    with pytest.raises(TrainingDiverged):
+        fit(model, train, val, y_val=y[:6], epochs=3, class_weight=None)
+
+
+def test_nan_guard_checks_every_n_batches():
+    guard = NaNGuard(check_every=3)
+    guard.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    guard.on_train_batch_end(0, {"loss": float("nan")})
+    assert not guard.diverged  # not a checking batch
+    guard.on_train_batch_end(2, {"loss": float("inf")})
+    assert guard.diverged and guard.model.stop_training
+
+
+def test_epoch_scores_is_a_callback():
+    assert issubclass(EpochScores, keras.callbacks.Callback)
+
+
+# --------------------------------------------------------------------------- predict / threads
+
+
+def test_predict_proba_on_memmap_matches_model(memmap):
+    x, _ = memmap
+    model = build_model(TINY, SHAPE, 3)
+    probs = predict_proba(model, x, batch_size=10)
+    assert probs.shape == (24, 3) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(probs, np.asarray(model(np.asarray(x), training=False)), rtol=1e-4, atol=1e-6)
+    assert predict_proba(model, x[:0]).shape == (0, 3)
+
+
+def test_configure_threads_is_safe_to_call_twice():
+    first = training.configure_threads()
+    second = training.configure_threads(intra=1, inter=1)  # TF already running: kept as is
+    assert all(isinstance(v, int) and v >= 0 for v in first + second)
+    assert training.usable_cpus() >= 1
+
+
+def test_release_model_runs():
+    model = build_model(TINY, SHAPE, 3)
+    training.release_model(model)
