@@ -39,14 +39,22 @@ TRACKING_URI = click.option(
 def _setup(verbose: bool, tracking_uri: str | None = None) -> None:
     """Configure logging once, quieten TensorFlow, point MLflow at the tracking store."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import warnings
+
+    for message in (".*is experimental.*", ".*dataset source can be interpreted in multiple ways.*",
+                    ".*Do not pass an `input_shape`.*", ".*Skipping variable loading for optimizer.*"):
+        warnings.filterwarnings("ignore", message=message)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         force=True,
     )
-    for noisy in ("alembic", "mlflow.store.db", "mlflow.tracking.fluent", "absl", "h5py", "PIL", "matplotlib"):
+    for noisy in ("alembic", "mlflow.store.db", "mlflow.tracking.fluent", "absl", "h5py", "PIL", "matplotlib",
+                  "optuna", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices are not for users
     from medtune import tracking
 
     tracking.configure(tracking_uri)

@@ -58,7 +58,8 @@ def test_reencoded_image_is_a_near_duplicate_with_imagehash_phash():
     image, _ = generate_phantom("ring", np.random.default_rng(7), 96)
     other, _ = generate_phantom("ring", np.random.default_rng(8), 96)
     records = []
-    for k, (array, fmt, kwargs) in enumerate([(image, "PNG", {}), (image, "JPEG", {"quality": 90}), (other, "PNG", {})]):
+    encodings = [(image, "PNG", {}), (image, "JPEG", {"quality": 90}), (other, "PNG", {})]
+    for k, (array, fmt, kwargs) in enumerate(encodings):
         buf = io.BytesIO()
         Image.fromarray(array).save(buf, format=fmt, **kwargs)
         data = buf.getvalue()
@@ -71,7 +72,8 @@ def test_reencoded_image_is_a_near_duplicate_with_imagehash_phash():
 
 
 def test_label_conflicts_are_groups_with_several_labels():
-    records = [rec("a", "s1", label="x"), rec("b", "s1", label="y"), rec("c", "s2", label="x"), rec("d", "s2", label="x")]
+    records = [rec("a", "s1", label="x"), rec("b", "s1", label="y"),
+               rec("c", "s2", label="x"), rec("d", "s2", label="x")]
     groups = find_groups(records)
     assert groups == [[0, 1], [2, 3]]
     assert label_conflicts(records, groups) == [[0, 1]]

@@ -95,7 +95,7 @@ def test_a_group_never_straddles_two_splits():
 
 
 def test_exact_duplicates_keep_one_representative_preferring_train():
-    records = [rec(f"/d/train/a/{i}.png", "a") for i in range(10)] + [rec(f"/d/train/b/{i}.png", "b") for i in range(10)]
+    records = [rec(f"/d/train/{c}/{i}.png", c) for c in ("a", "b") for i in range(10)]
     records += [
         rec("/d/train/a/0_copy.png", "a", sha=records[0].sha256),
         rec("/d/train/a/00.png", "a", sha=records[1].sha256),  # sorts before "1.png": becomes the representative

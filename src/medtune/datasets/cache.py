@@ -37,7 +37,7 @@ CACHE_FORMAT_VERSION = 1
 """Part of every key: bump it when the layout or the default decoding changes."""
 
 _SPLIT_ORDER = ("train", "val", "test")
-_DECODE_CHUNK = 256
+_DECODE_CHUNK_BYTES = 256 * 2**20  # decoded pixels handed over per decode() call
 _REQUIRED_COLUMNS = ("path", "label", "split", "sha256")
 
 Decoder = Callable[[list[str], int, int], np.ndarray]
@@ -209,8 +209,9 @@ def _fill_split(target: Path, rows: pd.DataFrame, image_size: int, channels: int
                 raise DataError(f"arrays[{path!r}] is {array.dtype} {array.shape}, expected uint8 {shape}")
             x[k] = array
         paths = rows["path"].tolist()
-        for start in range(0, len(missing), _DECODE_CHUNK):
-            chunk = missing[start:start + _DECODE_CHUNK]
+        per_call = max(64, _DECODE_CHUNK_BYTES // (image_size * image_size * channels))
+        for start in range(0, len(missing), per_call):
+            chunk = missing[start:start + per_call]
             decoded = decode([paths[k] for k in chunk], image_size, channels)
             if decoded.shape != (len(chunk),) + shape or decoded.dtype != np.uint8:
                 raise DataError(f"decode returned {decoded.dtype} {decoded.shape} for {len(chunk)} paths, "

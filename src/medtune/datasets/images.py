@@ -253,7 +253,16 @@ def decode_image(
 
 
 def default_workers() -> int:
-    """Worker processes used when none are asked for: ``min(2, cpu count)``."""
+    """Worker processes used when none are asked for: ``min(2, cpu count)``.
+
+    1 (decode in this process) when the main program has no file, e.g. ``python - <<EOF`` or a
+    notebook: spawned workers could not re-import it and would be restarted forever.
+    """
+    import sys
+
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not main_file or not os.path.exists(main_file):
+        return 1
     return max(1, min(2, os.cpu_count() or 1))
 
 

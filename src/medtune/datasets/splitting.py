@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from medtune.datasets.dedup import find_groups, label_conflicts
+from medtune.datasets.dedup import find_groups
 from medtune.datasets.records import ImageRecord, ScanResult
 from medtune.errors import DataError
 
@@ -99,6 +99,17 @@ def _assign(units: list[_Unit], targets: dict[str, int], splits: tuple[str, ...]
     return out
 
 
+def _conflicts(records: list[ImageRecord], groups: list[list[int]]):
+    """(group index, members) of every byte-identical set filed under more than one label."""
+    for g_index, members in enumerate(groups):
+        by_sha: dict[str, list[int]] = {}
+        for i in members:
+            by_sha.setdefault(records[i].sha256, []).append(i)
+        for same in by_sha.values():
+            if len({records[i].label for i in same}) > 1:
+                yield g_index, same
+
+
 def make_split(
     scan: ScanResult,
     *,
@@ -138,7 +149,6 @@ def make_split(
     # A canonical order: everything below is independent of the input order.
     records: list[ImageRecord] = sorted(scan.records, key=lambda r: (r.path, r.source, r.label, r.sha256))
     groups = find_groups(records, phash_distance)
-    conflicting = {tuple(g) for g in label_conflicts(records, groups)}
     group_of: dict[int, int] = {}
     for g_index, members in enumerate(groups):
         for i in members:
@@ -146,24 +156,30 @@ def make_split(
     # Group ids follow the group order, which follows the sorted paths.
     group_ids = [f"g{k:05d}" for k in range(len(groups))]
 
+    # A label conflict is the same file (sha256) filed under two classes: all its copies are left
+    # out. Near-duplicates with different labels are only similar-looking images (common between
+    # classes of medical images): they stay, kept together in one split, and are reported.
     excluded: set[int] = set()
     conflicted: list[dict] = []
+    near_mismatch: list[dict] = []
+    for g_index, conflict in _conflicts(records, groups):
+        for i in conflict:
+            conflicted.append({"path": records[i].path, "label": records[i].label, "group": group_ids[g_index]})
+            excluded.add(i)
     for g_index, members in enumerate(groups):
-        if tuple(members) in conflicting:
-            for i in members:
-                conflicted.append({"path": records[i].path, "label": records[i].label, "group": group_ids[g_index]})
-                excluded.add(i)
+        labels = sorted({records[i].label for i in members if i not in excluded})
+        if len(labels) > 1:
+            near_mismatch.append({"group": group_ids[g_index], "labels": labels,
+                                  "paths": [records[i].path for i in members if i not in excluded]})
 
     test_dropped: list[dict] = []
     if official:
         for g_index, members in enumerate(groups):
-            if members[0] in excluded:
-                continue
-            train_paths = [records[i].path for i in members if records[i].source != "test"]
+            train_paths = [records[i].path for i in members if records[i].source != "test" and i not in excluded]
             if not train_paths:
                 continue
             for i in members:
-                if records[i].source == "test":
+                if records[i].source == "test" and i not in excluded:
                     exact = [records[j].path for j in members
                              if records[j].source != "test" and records[j].sha256 == records[i].sha256]
                     test_dropped.append({
@@ -279,6 +295,7 @@ def make_split(
         },
         "removed_duplicates": removed,
         "label_conflicts": conflicted,
+        "near_duplicate_label_mismatch": near_mismatch,
         "test_dropped_duplicates_of_train": len(test_dropped),
         "test_dropped": test_dropped,
         "has_official_test": official,

@@ -8,9 +8,9 @@ ventricles) and exactly one lesion. The class is given only by the lesion's shap
 * ``ring``: a bright rim around a darker core;
 * ``speckled``: a blob made of a coarse high-frequency speckle pattern.
 
-Lesion position, size, elongation and orientation, head geometry, global gain/contrast and the
-noise level are drawn independently of the class, so neither brightness nor position reveals
-it: a constant classifier sits at 25 %, a small CNN must learn the shapes. The lesion mask
+Lesion position, size, elongation, orientation and contrast, head size, position and tilt, a
+smooth bias field, global gain and offset and the Rician noise level are all drawn independently
+of the class, so neither brightness nor position reveals it: a constant classifier sits at 25 %, a small CNN must learn the shapes. The lesion mask
 (the lesion's elliptical footprint) is stored with the images so explainability can be checked
 against the truth.
 
@@ -70,7 +70,7 @@ def _box_blur(a: np.ndarray) -> np.ndarray:
 
 
 def _soft(signed_distance: np.ndarray, edge: float) -> np.ndarray:
-    """1 inside (distance < 0), 0 outside, a linear ramp ``edge`` pixels wide."""
+    """1 inside (distance < 0), 0 outside, a linear ramp ``edge`` (distance units) wide."""
     return np.clip(0.5 - signed_distance / edge, 0.0, 1.0)
 
 

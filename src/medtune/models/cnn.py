@@ -86,14 +86,14 @@ def build_cnn(
 
     reg = regularizers.L2(l2) if l2 > 0 else None
     inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
     for i in range(num_blocks):
         width = filters * 2**i if max_filters is None else min(filters * 2**i, max_filters)
         shortcut = x
         for j in range(convs_per_block):
             x = _conv(conv_type, width, kernel_size, reg, not batch_norm, f"block{i}_conv{j}")(x)
             if batch_norm:
-                x = layers.BatchNormalization(name=f"block{i}_bn{j}")(x)
+                x = layers.BatchNormalization(momentum=0.9, name=f"block{i}_bn{j}")(x)
             if j < convs_per_block - 1 or not residual:
                 x = layers.Activation("relu", name=f"block{i}_act{j}")(x)
         if residual:
@@ -102,7 +102,7 @@ def build_cnn(
                     width, 1, use_bias=not batch_norm, kernel_regularizer=reg, name=f"block{i}_proj"
                 )(shortcut)
                 if batch_norm:
-                    shortcut = layers.BatchNormalization(name=f"block{i}_proj_bn")(shortcut)
+                    shortcut = layers.BatchNormalization(momentum=0.9, name=f"block{i}_proj_bn")(shortcut)
             x = layers.Add(name=f"block{i}_add")([x, shortcut])
         last = i == num_blocks - 1
         x = layers.Activation("relu", name=LAST_CONV_LAYER if last else f"block{i}_relu")(x)

@@ -207,6 +207,11 @@ def _short(params: dict) -> str:
 # ---------------------------------------------------------------- the step
 
 
+def default_space(dataset: str) -> str:
+    """``demo`` (small, minutes on 2 cores) for the synthetic set, else the full ``cnn`` space."""
+    return "demo" if dataset == "synthetic" else "cnn"
+
+
 def default_study(opts: SearchOptions, space_stem: str, manifest_hash: str) -> str:
     return f"{opts.dataset}-{space_stem}-{opts.engine}-{opts.image_size}px-{manifest_hash[:8]}"
 
@@ -234,7 +239,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     from medtune.training import configure_threads
 
     check_options(opts)
-    space_path = resolve_space_path(opts.space)
+    space_path = resolve_space_path(opts.space or default_space(opts.dataset))
     space = load_space(space_path)  # a bad space file stops here, before any trial
     split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     opts.dataset = split.dataset
