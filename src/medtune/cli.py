@@ -43,7 +43,7 @@ def _setup(verbose: bool, tracking_uri: str | None = None) -> None:
     import warnings
 
     for message in (".*is experimental.*", ".*dataset source can be interpreted in multiple ways.*",
-                    ".*Do not pass an `input_shape`.*", ".*Skipping variable loading for optimizer.*"):
+                    ".*Do not pass an `input_shape`.*", ".*Add type hints to the `predict` method.*", ".*Skipping variable loading for optimizer.*"):
         warnings.filterwarnings("ignore", message=message)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -253,9 +253,9 @@ def predict(ctx, model_uri, inputs, output, gradcam, tracking_uri):
 @click.option("--space", default="", callback=_none_if_empty)
 @click.option("--trials", default=4, show_default=True, type=int)
 @click.option("--search-epochs", default=3, show_default=True, type=int)
-@click.option("--search-image-size", default=64, show_default=True, type=int)
-@click.option("--epochs", default=8, show_default=True, type=int, help="Final-training epochs.")
-@click.option("--image-size", default=96, show_default=True, type=int, help="Final-training image size.")
+@click.option("--search-image-size", default=48, show_default=True, type=int)
+@click.option("--epochs", default=12, show_default=True, type=int, help="Final-training epochs.")
+@click.option("--image-size", default=64, show_default=True, type=int, help="Final-training image size.")
 @click.option("--patience", default=8, show_default=True, type=int)
 @click.option("--margin", default=0.0, show_default=True, type=float)
 @SEED

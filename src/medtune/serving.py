@@ -114,7 +114,7 @@ def log_model(model, metadata: dict, *, example_images: list[bytes], registered_
         signature = infer_signature(example, output)
         info = mlflow.pyfunc.log_model(
             name=name,
-            python_model=ImageClassifier(),
+            python_model=str(Path(medtune.__file__).parent / "pyfunc_model.py"),
             artifacts={KERAS_ARTIFACT: str(keras_path), METADATA_ARTIFACT: str(meta_path)},
             signature=signature,
             input_example=example,

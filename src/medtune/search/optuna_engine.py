@@ -112,6 +112,7 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def open_study(space: SearchSpace, cfg: SearchSettings) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # medtune prints its own progress
     sampler = optuna.samplers.TPESampler(
         seed=cfg.seed, n_startup_trials=min(10, max(3, cfg.trials // 3)), multivariate=True, group=True,
         warn_independent_sampling=False,

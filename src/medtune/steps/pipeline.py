@@ -17,9 +17,9 @@ class PipelineOptions:
     space: str | None = None
     trials: int = 4
     search_epochs: int = 3
-    search_image_size: int = 64
-    epochs: int = 8
-    image_size: int = 96
+    search_image_size: int = 48
+    epochs: int = 12
+    image_size: int = 64
     patience: int = 8
     margin: float = 0.0
     seed: int = 42
