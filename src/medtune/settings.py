@@ -21,3 +21,15 @@ def data_root() -> Path | None:
     """``$MEDTUNE_DATA_DIR``: a folder holding one sub-folder per named dataset."""
     env = os.environ.get("MEDTUNE_DATA_DIR")
     return Path(env).resolve() if env else None
+
+
+def synthetic_shape() -> tuple[int, int]:
+    """Images per class and side of the ``synthetic`` set (``$MEDTUNE_SYNTHETIC=per_class,size``)."""
+    raw = os.environ.get("MEDTUNE_SYNTHETIC", "120,96")
+    try:
+        per_class, size = (int(v) for v in raw.split(","))
+    except ValueError as exc:
+        from medtune.errors import ConfigError
+
+        raise ConfigError(f"MEDTUNE_SYNTHETIC={raw!r}: expected '<images per class>,<size>', e.g. 120,96") from exc
+    return per_class, size

@@ -224,7 +224,9 @@ def resolve_dataset(
         from medtune.datasets.synthetic import ensure_synthetic_dataset
 
         root = Path(data_dir).expanduser() if data_dir else settings.cache_dir() / "synthetic"
-        return ResolvedDataset(name="synthetic", root=Path(ensure_synthetic_dataset(root)), spec=spec)
+        per_class, size = settings.synthetic_shape()
+        root = ensure_synthetic_dataset(root, n_per_class=per_class, image_size=size)
+        return ResolvedDataset(name="synthetic", root=Path(root), spec=spec)
 
     if spec is None:
         as_path = Path(dataset).expanduser()

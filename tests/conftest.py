@@ -1,0 +1,90 @@
+"""Shared fixtures: an isolated project directory, `mlflow run` helper, real-data lookup."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``../shared/data`` beside the checkout, or ``$MEDTUNE_SHARED_DATA``."""
+    env = os.environ.get("MEDTUNE_SHARED_DATA")
+    return Path(env) if env else (REPO.parent / "shared" / "data").resolve()
+
+
+def require_shared(name: str) -> Path:
+    path = shared_data_dir() / name
+    if not path.is_dir():
+        pytest.skip(f"real data {path} is absent (set MEDTUNE_SHARED_DATA to the folder holding {name}/)")
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """An isolated medtune home: its own mlflow.db, mlruns/, caches and small synthetic set.
+
+    Sets the environment for this process and returns it for subprocesses.
+    """
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        "MEDTUNE_HOME": str(home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "MEDTUNE_SYNTHETIC": "40,48",
+        "MEDTUNE_HEARTBEAT": "2,4",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(home)
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    full_env = {**os.environ, **env}
+    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
+    return Project(home, full_env, env["MLFLOW_TRACKING_URI"])
+
+
+class Project:
+    def __init__(self, home: Path, env: dict, tracking_uri: str):
+        self.home, self.env, self.tracking_uri = home, env, tracking_uri
+
+    def mlflow_run(self, entry: str, params: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+        return mlflow_run(self, entry, params, **kwargs)
+
+    def medtune(self, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+        """The console script in a subprocess, in the isolated project."""
+        cmd = [str(Path(sys.executable).parent / "medtune"), *args]
+        proc = subprocess.run(cmd, env=self.env, cwd=self.home, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        return proc
+
+
+@pytest.fixture
+def shared_data():
+    """Callable: ``shared_data("brain_mri")`` gives the real folder or skips with a reason."""
+    return require_shared
+
+
+def mlflow_run(project, entry: str, params: dict | None = None, *, timeout: int = 600, check: bool = True,
+               experiment: str | None = None) -> subprocess.CompletedProcess:
+    """``mlflow run <repo> --env-manager local -e <entry> -P k=v ...`` in the isolated project."""
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", entry]
+    if experiment:
+        cmd += ["--experiment-name", experiment]
+    for key, value in (params or {}).items():
+        cmd += ["-P", f"{key}={value}"]
+    proc = subprocess.run(cmd, env=project.env, cwd=project.home, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
