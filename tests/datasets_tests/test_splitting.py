@@ -132,6 +132,18 @@ def test_label_conflicts_are_left_out_and_reported():
     assert not {p for p, _ in conflicts} & set(result.manifest["path"])
 
 
+def test_near_duplicates_with_different_labels_are_kept_together_not_conflicts():
+    records = [rec(f"/d/{c}/{i}.png", c) for c in ("a", "b") for i in range(10)]
+    lookalike = rec("/d/b/looks_like_a0.png", "b", phash=near(records[0].phash, 2))
+    records.append(lookalike)
+    result = make_split(scan_of(records), phash_distance=4)
+    assert result.report["label_conflicts"] == []
+    (mismatch,) = result.report["near_duplicate_label_mismatch"]
+    assert mismatch["labels"] == ["a", "b"]
+    m = result.manifest.set_index("path")
+    assert m.loc["/d/b/looks_like_a0.png", "split"] == m.loc["/d/a/0.png", "split"]
+
+
 def test_every_file_is_accounted_for():
     records, _ = carved_dataset()
     records.append(rec("/data/train/glioma/dup.jpg", "glioma", sha=records[0].sha256))
