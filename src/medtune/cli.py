@@ -78,20 +78,23 @@ def cli(ctx, verbose):
               help="Ignored when the dataset ships an official test folder.")
 @click.option("--phash-distance", default=4, show_default=True, type=int,
               help="Near-duplicate threshold in perceptual-hash bits (0 = byte-identical only).")
+@click.option("--new-run", is_flag=True, help="Log a new run even when a finished split of the same files and split exists.")
 @SEED
 @TRACKING_URI
 @click.pass_context
-def split(ctx, dataset, data_dir, image_size, val_fraction, test_fraction, phash_distance, seed, tracking_uri):
-    """Validate, de-duplicate, split and cache a dataset."""
+def split(ctx, dataset, data_dir, image_size, val_fraction, test_fraction, phash_distance, new_run, seed, tracking_uri):
+    """Validate, de-duplicate, split and cache a dataset (a finished identical split is reused)."""
     _setup(ctx.obj["verbose"], tracking_uri)
     from medtune.steps.split import SplitOptions, run_split
 
-    out = run_split(SplitOptions(dataset, data_dir, image_size, val_fraction, test_fraction, seed, phash_distance))
+    out = run_split(SplitOptions(dataset, data_dir, image_size, val_fraction, test_fraction, seed, phash_distance),
+                    reuse_run=not new_run)
     counts = {s: sum(c.values()) for s, c in out.result.report["counts"].items()}
     click.echo(
         f"split {out.resolved.name}: train={counts.get('train', 0)} val={counts.get('val', 0)} "
         f"test={counts.get('test', 0)} skipped={len(out.result.report.get('skipped', []))} "
-        f"cache={'reused' if out.cache_reused else 'built'} ({out.seconds:.1f} s) run={out.run_id}"
+        f"cache={'reused' if out.cache_reused else 'built'} ({out.seconds:.1f} s) "
+        f"run={out.run_id}{' (reused)' if out.reused_run else ''}"
     )
 
 

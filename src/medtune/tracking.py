@@ -344,6 +344,15 @@ def child_run(
             client.set_terminated(run_id, status_for(error))
 
 
+def link_launcher(step_run_id: str, note: str) -> None:
+    """When a step reuses an earlier run instead of starting one, point the `mlflow run` run at it."""
+    launcher_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    if launcher_id:
+        client = MlflowClient()
+        client.set_tag(launcher_id, "medtune.step_run_id", step_run_id)
+        client.set_tag(launcher_id, "medtune.note", note)
+
+
 def find_runs(dataset: str, step: str, *, status: str = "FINISHED", extra_filter: str = "", max_results: int = 50):
     """Runs of one step for a dataset, newest first."""
     client = MlflowClient()

@@ -39,7 +39,10 @@ def _no_run_left_running():
 
 def test_split_synthetic_is_tracked_and_cache_reused(project, tmp_path):
     project.mlflow_run("split", {"dataset": "synthetic", "image_size": 32})
-    project.mlflow_run("split", {"dataset": "synthetic", "image_size": 32})
+    again = project.mlflow_run("split", {"dataset": "synthetic", "image_size": 32})
+    assert "(reused)" in again.stdout, "the same files and split reuse the finished split run"
+    assert len(_split_runs("synthetic")) == 1
+    project.medtune("split", "--dataset", "synthetic", "--image-size", "32", "--new-run")
     first, second = _split_runs("synthetic")
     client = MlflowClient()
     for run in (first, second):

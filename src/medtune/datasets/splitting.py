@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MANIFEST_COLUMNS: tuple[str, ...] = ("path", "label", "split", "sha256", "phash", "source", "group")
-_LARGE_GROUP = 20  # a near-duplicate group larger than this suggests hashes chaining
+_LARGE_GROUP = 50  # a near-duplicate group larger than this suggests hashes chaining
 
 
 @dataclass

@@ -82,6 +82,8 @@ def make_storage(url: str | None) -> optuna.storages.RDBStorage:
     url = url or default_storage()
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
         raise ConfigError(f"storage={url!r}: expected an RDB URL such as sqlite:///optuna.db or postgresql://...")
+    if url.startswith("postgresql://"):  # SQLAlchemy 2.1 defaults to psycopg 3; medtune ships psycopg2
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     try:
         return optuna.storages.RDBStorage(
             url,
@@ -111,9 +113,28 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     raise ConfigError(f"pruner={name!r}: expected median, hyperband or none")
 
 
+class TrialSeededTPESampler(optuna.samplers.TPESampler):
+    """TPE whose random state is reseeded from (seed, trial number) at the start of every trial.
+
+    With one fixed seed per process, two workers sharing a study (or a resumed search) would draw
+    the same start-up parameters again; seeding per trial number keeps trial k reproducible and
+    never repeats another trial's draws.
+    """
+
+    def __init__(self, *, seed: int, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self._base_seed = seed
+
+    def before_trial(self, study, trial) -> None:
+        super().before_trial(study, trial)
+        seed = (self._base_seed * 100_003 + trial.number) % 2**32
+        self._rng.rng.seed(seed)
+        self._random_sampler._rng.rng.seed(seed)
+
+
 def open_study(space: SearchSpace, cfg: SearchSettings) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # medtune prints its own progress
-    sampler = optuna.samplers.TPESampler(
+    sampler = TrialSeededTPESampler(
         seed=cfg.seed, n_startup_trials=min(10, max(3, cfg.trials // 3)), multivariate=True, group=True,
         warn_independent_sampling=False,
     )

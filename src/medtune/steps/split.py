@@ -49,6 +49,7 @@ class SplitOutcome:
     cache: CachedSplits
     cache_reused: bool
     seconds: float
+    reused_run: bool = False
 
 
 def prepare(opts: SplitOptions) -> tuple[ResolvedDataset, SplitResult, dict, float]:
@@ -99,12 +100,13 @@ def run_split(opts: SplitOptions, *, reuse_run: bool = False) -> SplitOutcome:
 
     if reuse_run:
         previous = tracking.find_runs(
-            resolved.name, "split", extra_filter=f"tags.`medtune.manifest_hash` = '{mhash}'", max_results=1
+            resolved.name, "split", extra_filter=f"tags.`medtune.manifest_hash` = '{mhash}'", max_results=10
         )
         if previous:
             run_id = previous[0].info.run_id
             log.info("Reusing finished split run %s (same files, same split)", run_id)
-            return SplitOutcome(run_id, resolved, result, mhash, cache, reused, seconds)
+            tracking.link_launcher(run_id, f"reused the finished split run {run_id} (same files, same split)")
+            return SplitOutcome(run_id, resolved, result, mhash, cache, reused, seconds, reused_run=True)
 
     with tracking.step_run(resolved.name, "split", run_name=f"split-{resolved.name}") as run:
         _log_split(run, opts, resolved, result, mhash, cache, reused, seconds)
