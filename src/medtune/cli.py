@@ -42,7 +42,7 @@ def _setup(verbose: bool, tracking_uri: str | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import warnings
 
-    for message in (".*is experimental.*", ".*dataset source can be interpreted in multiple ways.*",
+    for message in (".*is experimental.*", ".*is an experimental feature.*", ".*dataset source can be interpreted in multiple ways.*",
                     ".*Do not pass an `input_shape`.*", ".*Add type hints to the `predict` method.*", ".*Skipping variable loading for optimizer.*"):
         warnings.filterwarnings("ignore", message=message)
     logging.basicConfig(

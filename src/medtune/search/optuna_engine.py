@@ -89,7 +89,7 @@ def make_storage(url: str | None) -> optuna.storages.RDBStorage:
             url,
             heartbeat_interval=interval,
             grace_period=grace,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
             engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
         )
     except Exception as exc:  # connection refused, unknown driver, bad credentials
@@ -136,7 +136,6 @@ def open_study(space: SearchSpace, cfg: SearchSettings) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # medtune prints its own progress
     sampler = TrialSeededTPESampler(
         seed=cfg.seed, n_startup_trials=min(10, max(3, cfg.trials // 3)), multivariate=True, group=True,
-        warn_independent_sampling=False,
     )
     study = optuna.create_study(
         study_name=cfg.study,

@@ -8,6 +8,7 @@ duplicating it.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,12 +237,20 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     from medtune.search import summary
     from medtune.space import load_space, resolve_space_path
     from medtune.steps.data import load_split, manifest_dataset
-    from medtune.training import configure_threads
 
     check_options(opts)
     space_path = resolve_space_path(opts.space or default_space(opts.dataset))
     space = load_space(space_path)  # a bad space file stops here, before any trial
-    split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
+    # An automatic split (first search of a dataset) must not consume the `mlflow run` launcher
+    # run: the launcher belongs to the search step, so it links to (and ends with) the search run.
+    launcher = os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
+    finally:
+        if launcher:
+            os.environ["MLFLOW_RUN_ID"] = launcher
+    from medtune.training import configure_threads  # imports TensorFlow: only once the inputs are valid
+
     opts.dataset = split.dataset
     study = opts.study or default_study(opts, space_path.stem, manifest_hash(split.manifest))
     direction = objective_direction(opts.objective)
