@@ -41,3 +41,137 @@ def table(rows: list[dict], title: str) -> str:
 
 def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+# ---------------------------------------------------------------- added for the issue-5 benchmarks
+
+
+def add_data_args(parser, *, per_class: int = 0) -> None:
+    """``--data`` (default: the shared brain_mri/Training) and ``--per-class`` (a subset)."""
+    parser.add_argument("--data", default=None,
+                        help="image folder, one sub-folder per class (default: shared brain_mri/Training)")
+    parser.add_argument("--per-class", type=int, default=per_class,
+                        help="use only the first N images of each class (copied into the bench home); 0 = all")
+
+
+def data_folder(args, home: Path) -> Path:
+    """The folder both sides read: the real one, or a per-class subset of it inside ``home``."""
+    src = Path(args.data) if args.data else shared_data("brain_mri") / "Training"
+    if not src.is_dir():
+        sys.exit(f"benchmark needs the image folder {src}")
+    if not args.per_class:
+        return src
+    return subset_folder(src, home / "data" / src.name, args.per_class)
+
+
+def subset_folder(src: Path, dst: Path, per_class: int) -> Path:
+    """The first ``per_class`` files (by name) of every class folder of ``src``, linked or copied.
+
+    Hard links where the file system allows (no bytes copied), copies otherwise; never symlinks,
+    which medtune's scanner ignores when they point outside the dataset root.
+    """
+    import shutil
+
+    for cls in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        out = dst / cls.name
+        out.mkdir(parents=True, exist_ok=True)
+        files = sorted(f for f in cls.iterdir() if f.is_file() and not f.name.startswith("."))[:per_class]
+        for f in files:
+            target = out / f.name
+            if target.exists():
+                continue
+            try:
+                os.link(f, target)
+            except OSError:
+                shutil.copy2(f, target)
+    return dst
+
+
+def remove_home_at_exit(home: Path, keep: bool = False) -> None:
+    """Delete the bench home (array caches can be hundreds of MB) when the process ends."""
+    if keep:
+        print(f"keeping {home}")
+        return
+    import atexit
+    import shutil
+
+    atexit.register(shutil.rmtree, home, True)
+
+
+def machine() -> str:
+    """One line: cores (all / usable by this process), load, CPU model, RAM."""
+    cores = os.cpu_count() or 1
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = cores
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            usable = min(usable, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = ""
+    try:
+        kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1])
+        ram = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
+    load = "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return f"machine: {cores} cores ({usable} usable by this process), load {load}, {model or 'unknown CPU'}{ram}"
+
+
+def memory() -> dict:
+    """Peak and current resident memory (MiB), threads and open file descriptors of this process."""
+    import resource
+
+    out = {"maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == "VmRSS":
+                out["rss_mib"] = int(value.split()[0]) / 1024
+            elif key == "VmHWM":
+                out["hwm_mib"] = int(value.split()[0]) / 1024
+            elif key == "Threads":
+                out["threads"] = int(value.split()[0])
+    except OSError:
+        pass
+    try:
+        out["fds"] = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        pass
+    return out
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+QUICK_NOTE = "(--quick: tiny settings to check the benchmark runs; the verdict means nothing at this scale)"
+
+
+def quiet(progress: bool = False) -> None:
+    """The warnings and log lines the medtune CLI hides; ``progress`` shows medtune's per-trial lines."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow resets its logger's level on import
+    for message in (".*is experimental.*", ".*is an experimental feature.*",
+                    ".*dataset source can be interpreted in multiple ways.*", ".*Do not pass an `input_shape`.*",
+                    ".*Add type hints to the `predict` method.*", ".*Skipping variable loading for optimizer.*",
+                    ".*`shuffle=True` was passed.*"):
+        warnings.filterwarnings("ignore", message=message)
+    for noisy in ("alembic", "mlflow", "absl", "h5py", "PIL", "matplotlib", "optuna", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    if progress:
+        logging.getLogger("medtune.progress").setLevel(logging.INFO)

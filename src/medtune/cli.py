@@ -259,20 +259,24 @@ def predict(ctx, model_uri, inputs, output, gradcam, tracking_uri):
 @click.option("--search-image-size", default=48, show_default=True, type=int)
 @click.option("--epochs", default=12, show_default=True, type=int, help="Final-training epochs.")
 @click.option("--image-size", default=64, show_default=True, type=int, help="Final-training image size.")
-@click.option("--patience", default=8, show_default=True, type=int)
-@click.option("--margin", default=0.0, show_default=True, type=float)
+@click.option("--patience", default=8, show_default=True, type=int, help="Final-training early-stopping patience.")
+@click.option("--margin", default=0.0, show_default=True, type=float,
+              help="Macro-F1 margin a new model must beat the champion by.")
+@click.option("--mixed-precision", default=True, show_default=True, type=click.BOOL,
+              help="Mixed precision on GPU for final training (ignored on CPU).")
 @SEED
 @TRACKING_URI
 @click.pass_context
 def main_pipeline(ctx, dataset, data_dir, engine, space, trials, search_epochs, search_image_size, epochs, image_size,
-                  patience, margin, seed, tracking_uri):
+                  patience, margin, mixed_precision, seed, tracking_uri):
     """Split, search, train, evaluate and promote in one go (each step its own run)."""
     _setup(ctx.obj["verbose"], tracking_uri)
     from medtune.steps.pipeline import PipelineOptions, run_pipeline
 
     out = run_pipeline(PipelineOptions(dataset=dataset, data_dir=data_dir, engine=engine, space=space, trials=trials,
                                        search_epochs=search_epochs, search_image_size=search_image_size, epochs=epochs,
-                                       image_size=image_size, patience=patience, margin=margin, seed=seed))
+                                       image_size=image_size, patience=patience, margin=margin,
+                                       mixed_precision=mixed_precision, seed=seed))
     click.echo(out.summary())
 
 

@@ -8,6 +8,7 @@ scored on another split is first re-scored on this one (the caller supplies ``re
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,22 +57,37 @@ def decide_and_promote(
     split_id: str,
     *,
     margin: float = 0.0,
-    rescore: Callable[[str], float] | None = None,
+    rescore: Callable[[str], float | None] | None = None,
 ) -> Decision:
-    """Compare ``version`` (scored ``score`` on ``split_id``) with the champion and set aliases."""
+    """Compare ``version`` (scored ``score`` on ``split_id``) with the champion and set aliases.
+
+    ``rescore(model_uri)`` gives the champion's test macro-F1 on ``split_id`` when its tags hold
+    a score on another split (or none); returning None (or raising) means it cannot be scored
+    there, and the new version becomes the challenger: a champion is never replaced blindly.
+    """
+    version = str(version)
     champion = current_champion(client, name)
     champ_score = None
     champ_version = None
-    if champion is not None and champion.version != str(version):
-        champ_version = champion.version
-        tags = champion.tags or {}
-        if tags.get(SPLIT_TAG) == split_id and SCORE_TAG in tags:
-            champ_score = float(tags[SCORE_TAG])
-        elif rescore is not None:
+    if champion is not None and str(champion.version) == version:  # decided before: keep it
+        champ_score = _tag_score(champion.tags or {}, split_id)
+        decision = Decision(CHAMPION, version, score, version, champ_score, margin, "already the champion")
+        _tag_version(client, name, version, split_id, decision)
+        return decision
+    if champion is not None:
+        champ_version = str(champion.version)
+        champ_score = _tag_score(champion.tags or {}, split_id)
+        if champ_score is None and rescore is not None:
             log.info("Champion v%s was scored on another split: re-scoring it on %s", champ_version, split_id)
-            champ_score = float(rescore(f"models:/{name}/{champ_version}"))
-            client.set_model_version_tag(name, champ_version, SCORE_TAG, f"{champ_score:.6f}")
-            client.set_model_version_tag(name, champ_version, SPLIT_TAG, split_id)
+            try:
+                value = rescore(f"models:/{name}/{champ_version}")
+            except Exception as exc:  # noqa: BLE001 - a broken old champion must not lose the new version
+                log.warning("Could not re-score champion v%s: %s", champ_version, exc)
+                value = None
+            if value is not None and math.isfinite(float(value)):
+                champ_score = float(value)
+                client.set_model_version_tag(name, champ_version, SCORE_TAG, f"{champ_score:.6f}")
+                client.set_model_version_tag(name, champ_version, SPLIT_TAG, split_id)
     if champ_version is None:
         alias, reason = CHAMPION, "no champion yet"
     elif champ_score is None:
@@ -80,10 +96,25 @@ def decide_and_promote(
         alias, reason = CHAMPION, f"test macro-F1 {score:.4f} beats champion v{champ_version} {champ_score:.4f} by more than {margin}"
     else:
         alias, reason = CHALLENGER, f"test macro-F1 {score:.4f} does not beat champion v{champ_version} {champ_score:.4f} by more than {margin}"
-    decision = Decision(alias, str(version), score, champ_version, champ_score, margin, reason)
-    client.set_model_version_tag(name, str(version), SPLIT_TAG, split_id)
-    for key, value in decision.tags().items():
-        client.set_model_version_tag(name, str(version), key, value)
-    client.set_registered_model_alias(name, alias, str(version))
+    decision = Decision(alias, version, score, champ_version, champ_score, margin, reason)
+    _tag_version(client, name, version, split_id, decision)
+    client.set_registered_model_alias(name, alias, version)
     log.info("Model %s v%s -> @%s (%s)", name, version, alias, reason)
     return decision
+
+
+def _tag_score(tags: dict, split_id: str) -> float | None:
+    """The test macro-F1 recorded in a version's tags, if it was scored on ``split_id``."""
+    if tags.get(SPLIT_TAG) != split_id or SCORE_TAG not in tags:
+        return None
+    try:
+        value = float(tags[SCORE_TAG])
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _tag_version(client: MlflowClient, name: str, version: str, split_id: str, decision: Decision) -> None:
+    client.set_model_version_tag(name, version, SPLIT_TAG, split_id)
+    for key, value in decision.tags().items():
+        client.set_model_version_tag(name, version, key, value)

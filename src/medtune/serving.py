@@ -47,6 +47,26 @@ def _pyfunc_base():
     return mlflow.pyfunc.PythonModel
 
 
+def _input_error_base():
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException
+
+
+class ImageInputError(_input_error_base(), ValueError):
+    """Bad pyfunc input (no ``image`` column, undecodable bytes).
+
+    An :class:`~mlflow.exceptions.MlflowException` with ``INVALID_PARAMETER_VALUE``, so the REST
+    scoring server answers 400 with this message (instead of a generic "unexpected error" and a
+    stack trace); also a ``ValueError`` for in-process callers.
+    """
+
+    def __init__(self, message: str):
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
 class ImageClassifier(_pyfunc_base()):
     """MLflow pyfunc wrapping a Keras classifier that takes raw 0..255 pixels."""
 
@@ -56,32 +76,41 @@ class ImageClassifier(_pyfunc_base()):
         self.metadata = json.loads(Path(context.artifacts[METADATA_ARTIFACT]).read_text())
         self.model = keras.models.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
 
-    def predict(self, context, model_input, params=None):  # noqa: ARG002
+    # The pd.DataFrame hint tells MLflow not to build a type-hint schema (the logged signature
+    # is the schema) and silences its "Add type hints to the `predict` method" warning, which
+    # MLflow emits under its own warning filter, so a filter of ours cannot hide it.
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # noqa: ARG002
         from medtune.datasets.images import ImageDecodeError, decode_image
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "image" not in frame.columns:
-            raise ValueError("input needs an 'image' column of encoded image bytes")
+            raise ImageInputError(
+                f"input needs an 'image' column of encoded image bytes (got columns {list(frame.columns)})"
+            )
         size, channels = self.metadata["image_size"], self.metadata["channels"]
         images = []
         for i, value in enumerate(frame["image"]):
-            data = _as_bytes(value)
+            data = _as_bytes(value, i)
             try:
                 images.append(decode_image(data, size, channels))
             except ImageDecodeError as exc:
-                raise ValueError(f"row {i}: cannot decode image ({exc.reason})") from exc
+                raise ImageInputError(f"row {i}: cannot decode image ({exc.reason})") from exc
         return predictions_frame(self.model, np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8),
                                  self.metadata["classes"])
 
 
-def _as_bytes(value) -> bytes:
+def _as_bytes(value, row: int = 0) -> bytes:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     if isinstance(value, str):  # base64 text, as JSON clients send it
         import base64
+        import binascii
 
-        return base64.b64decode(value)
-    raise ValueError(f"expected image bytes, got {type(value).__name__}")
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ImageInputError(f"row {row}: a text value must be base64-encoded image bytes ({exc})") from exc
+    raise ImageInputError(f"row {row}: expected encoded image bytes, got {type(value).__name__}")
 
 
 def predictions_frame(model, images: np.ndarray, classes) -> pd.DataFrame:
@@ -109,8 +138,9 @@ def log_model(model, metadata: dict, *, example_images: list[bytes], registered_
         model.save(keras_path)
         meta_path = Path(tmp) / "metadata.json"
         meta_path.write_text(json.dumps(metadata, indent=2))
-        example = pd.DataFrame({"image": example_images[:2]})
-        output = predictions_frame(model, _decode_all(example_images[:2], metadata), metadata["classes"])
+        example_images = list(example_images[:2]) or [_blank_png(metadata["image_size"])]
+        example = pd.DataFrame({"image": example_images})
+        output = predictions_frame(model, _decode_all(example_images, metadata), metadata["classes"])
         signature = infer_signature(example, output)
         info = mlflow.pyfunc.log_model(
             name=name,
@@ -124,6 +154,16 @@ def log_model(model, metadata: dict, *, example_images: list[bytes], registered_
             registered_model_name=registered_model_name,
         )
     return info
+
+
+def _blank_png(size: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size)).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def _decode_all(images: list[bytes], metadata: dict) -> np.ndarray:

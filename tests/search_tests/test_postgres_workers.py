@@ -51,7 +51,7 @@ def postgres_url():
         conn = psycopg2.connect(admin, connect_timeout=3)
     except psycopg2.Error as exc:
         _unavailable(
-            f"no PostgreSQL server answers at {_redact(admin)} within 3 s "
+            f"cannot connect to PostgreSQL at {_redact(admin)} within 3 s "
             f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
             "start one as .ci/run does, or point MEDTUNE_TEST_POSTGRES_URL at one"
         )

@@ -153,16 +153,37 @@ def make_tuner(engine: str, space: SearchSpace, data: TrialData, cfg: SearchSett
             tuner = TrackedHyperband(max_epochs=max(cfg.epochs, 2), factor=3, hyperband_iterations=1, **common)
         else:
             raise ConfigError(f"engine={engine!r}: expected bayesian or hyperband for keras-tuner")
-    except (json.JSONDecodeError, KeyError, RuntimeError, ValueError) as exc:
+    except (json.JSONDecodeError, KeyError, RuntimeError, ValueError, TypeError) as exc:
         if isinstance(exc, ConfigError):
             raise
-        state = Path(cfg.workdir) / cfg.study
-        raise ConfigError(
-            f"keras-tuner state in {state} cannot be reloaded ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
-            f"it is probably truncated: delete that folder to start over, or pass another -P study=..."
-        ) from exc
+        raise ConfigError(_state_error(Path(cfg.workdir) / cfg.study, exc)) from exc
     tuner._setup_medtune(space, data, cfg, recorder)
     return tuner
+
+
+def _state_error(state: Path, exc: BaseException, path: Path | None = None) -> str:
+    text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+    what = f"{path.name} in {state}" if path is not None else f"keras-tuner state in {state}"
+    return (
+        f"{what} cannot be reloaded ({type(exc).__name__}: {text}); it is probably truncated: "
+        f"delete that folder to start over, or pass another -P study=..."
+    )
+
+
+def check_state(cfg: SearchSettings) -> None:
+    """Stop with a clear message when the saved state of ``cfg.study`` cannot be read back.
+
+    keras-tuner keeps its oracle and trials in JSON files; a write cut short (kill -9, full disk)
+    leaves one truncated, and the tuner would fail with a raw ``JSONDecodeError`` on reload.
+    """
+    state = Path(cfg.workdir) / cfg.study
+    if not state.is_dir():
+        return
+    for path in sorted(state.glob("*.json")) + sorted(state.glob("trial_*/trial.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ConfigError(_state_error(state, exc, path)) from None
 
 
 def summaries(tuner) -> list[TrialSummary]:
@@ -192,5 +213,14 @@ def run_search(engine: str, space: SearchSpace, data: TrialData, cfg: SearchSett
     tuner = make_tuner(engine, space, data, cfg, recorder)
     if cfg.timeout:
         log.warning("timeout is not supported by keras-tuner engines; the trial budget applies")
-    tuner.search(verbose=0)
+    if engine == "hyperband":
+        log.info("Hyperband sets its own number of trials from epochs=%d (max_epochs) and factor 3; trials=%d is ignored",
+                 cfg.epochs, cfg.trials)
+    recorder.progress(summaries(tuner))  # a resumed search shows its best so far from the start
+    try:
+        tuner.search(verbose=0)
+    except RuntimeError as exc:  # keras-tuner gives up after too many consecutive failed trials
+        if "consecutive failures" not in str(exc):
+            raise
+        log.error("Stopping: %s (see the FAILED runs for reasons)", str(exc).splitlines()[0])
     return summaries(tuner)

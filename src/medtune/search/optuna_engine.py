@@ -204,6 +204,7 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
     """Run trials until ``cfg.trials`` are COMPLETE or PRUNED in the (possibly shared) study."""
     study = open_study(space, cfg)
     fail_local_orphans(study)
+    recorder.progress(summaries(study))  # a resumed search shows its best so far from the start
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
     started = time.monotonic()
     failures = 0

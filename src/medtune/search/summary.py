@@ -48,7 +48,7 @@ def as_study(summaries: list[TrialSummary], space: SearchSpace, direction: str) 
         params = {k: v for k, v in s.params.items() if k in space.names()}
         dists = {k: distribution(space[k]) for k in params}
         try:
-            dists = {k: d for k, d in dists.items() if d._contains(d.to_internal_repr(params[k]))}
+            dists = {k: d for k, d in dists.items() if _fits(d, params[k])}
             params = {k: params[k] for k in dists}
             trial = optuna.trial.create_trial(
                 state=optuna.trial.TrialState.COMPLETE if s.state == COMPLETE else optuna.trial.TrialState.PRUNED,
@@ -61,6 +61,14 @@ def as_study(summaries: list[TrialSummary], space: SearchSpace, direction: str) 
         except (ValueError, TypeError) as exc:
             log.debug("trial %d left out of the plots: %s", s.number, exc)
     return study
+
+
+def _fits(dist: optuna.distributions.BaseDistribution, value) -> bool:
+    """Whether ``value`` lies in ``dist`` (a value of an older space file is left out, not the trial)."""
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
 
 
 def search_figures(summaries: list[TrialSummary], space: SearchSpace, direction: str) -> dict:

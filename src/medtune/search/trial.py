@@ -78,7 +78,8 @@ def best_of(values: list[float], direction: str) -> tuple[float, int]:
     clean = [(v, i) for i, v in enumerate(values) if v is not None and not math.isnan(v)]
     if not clean:
         return float("nan"), -1
-    return max(clean) if direction == "maximize" else min(clean)
+    pick = max if direction == "maximize" else min
+    return pick(clean, key=lambda vi: vi[0])  # among equal values, the earliest epoch
 
 
 def train_trial(

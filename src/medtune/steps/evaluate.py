@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,22 @@ def folder_test_set(folder: str, classes: list[str], image_size: int, channels: 
     y = np.asarray([classes.index(r.label) for r in records], dtype=np.int32)
     split_id = f"folder:{_hash(sorted(r.sha256 for r in records))}"
     return TestSet(x, y, [r.path for r in records], split_id, f"folder {folder}")
+
+
+@contextlib.contextmanager
+def launcher_set_aside():
+    """Hide ``MLFLOW_RUN_ID`` (the ``mlflow run`` launcher run) from the steps run inside the block.
+
+    ``load_split`` runs the split step when a dataset has never been split; that step would adopt
+    or link the launcher run, end it and drop ``MLFLOW_RUN_ID``, leaving the step the user asked
+    for (train, evaluate) without its launcher link.
+    """
+    value = os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        yield value
+    finally:
+        if value is not None:
+            os.environ["MLFLOW_RUN_ID"] = value
 
 
 def _hash(items) -> str:
@@ -109,20 +127,48 @@ def run_evaluate(opts: EvaluateOptions) -> tuple[str, Evaluation]:
         model, meta = load_keras_from_uri(opts.model_uri, Path(tmp))
     classes, size, channels = meta["classes"], meta["image_size"], meta["channels"]
     dataset = opts.dataset or meta.get("dataset") or "synthetic"
+    tags = {"medtune.model_uri": opts.model_uri}
     if opts.data_dir and opts.dataset is None:
         test = folder_test_set(opts.data_dir, classes, size, channels)
     else:
         from medtune.steps.data import load_split
 
-        split = load_split(dataset, size, split_run=opts.split_run, data_dir=opts.data_dir)
+        with launcher_set_aside():  # an automatic split must not take over the launcher run
+            split = load_split(dataset, size, split_run=opts.split_run or _model_split_run(meta, dataset),
+                               data_dir=opts.data_dir)
         if list(split.classes) != list(classes):
             raise DataError(f"dataset={dataset}: classes {split.classes} differ from the model's {classes}")
         test = manifest_test_set(split)
-    with tracking.step_run(dataset, "evaluate", run_name=f"evaluate-{dataset}",
-                           tags={"medtune.model_uri": opts.model_uri, "medtune.test_split": test.split_id}) as run:
-        run.params({"model_uri": opts.model_uri, "test_source": test.source, "n_test": len(test.y)})
+        tags["medtune.split_run_id"] = split.run_id
+    tags["medtune.test_split"] = test.split_id
+    with tracking.step_run(dataset, "evaluate", run_name=f"evaluate-{dataset}", tags=tags) as run:
+        run.params({"model_uri": opts.model_uri, "test_source": test.source, "n_test": len(test.y),
+                    "image_size": size})
         ev = evaluate_model(model, test.x, test.y, classes, test.paths)
         log_evaluation(run, ev, classes)
         log.info("test accuracy %.4f, macro-F1 %.4f, ROC-AUC %.4f", ev.metrics["test_accuracy"],
                  ev.metrics["test_macro_f1"], ev.metrics.get("test_roc_auc_macro", float("nan")))
         return run.run_id, ev
+
+
+def _model_split_run(meta: dict, dataset: str) -> str | None:
+    """The split run the model was trained on, when it is of ``dataset`` and still in the store.
+
+    Its test images are the ones the model never saw; the latest split of the dataset may be
+    another one (new files, another seed) whose test images the model was trained on.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    run_id = meta.get("split_run_id")
+    if not run_id or meta.get("dataset") != dataset:
+        return None
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        log.warning("the model's split run %s is not in this tracking store: using the latest split of %s",
+                    run_id, dataset)
+        return None
+    if run.info.status != "FINISHED" or run.data.tags.get(tracking.TAG_DATASET) != dataset:
+        return None
+    return run_id

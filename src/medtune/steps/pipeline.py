@@ -22,6 +22,7 @@ class PipelineOptions:
     image_size: int = 64
     patience: int = 8
     margin: float = 0.0
+    mixed_precision: bool = True
     seed: int = 42
 
 
@@ -42,24 +43,58 @@ class PipelineOutcome:
 
 
 def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
+    """Split (reusing a finished split of the same files), search, train with evaluation and the gate.
+
+    Under ``mlflow run -e main`` the launcher run stays the pipeline's own run: no step adopts it
+    (each step logs its own run in ``medtune-<dataset>``); it gets tags with the step run ids.
+    """
+    import os
+
     from medtune.steps.search import SearchOptions, run_search
     from medtune.steps.split import SplitOptions, run_split
     from medtune.steps.train import TrainOptions, run_train
 
+    launcher_id = os.environ.pop("MLFLOW_RUN_ID", None)
     seconds = {}
     t = time.perf_counter()
     split = run_split(SplitOptions(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size,
                                    seed=opts.seed), reuse_run=True)
     seconds["split"] = time.perf_counter() - t
+    _link(launcher_id, {"medtune.split_run_id": split.run_id})
     t = time.perf_counter()
     search = run_search(SearchOptions(dataset=opts.dataset, data_dir=opts.data_dir, engine=opts.engine, space=opts.space,
                                       trials=opts.trials, epochs=opts.search_epochs, image_size=opts.search_image_size,
                                       seed=opts.seed, split_run=split.run_id))
     seconds["search"] = time.perf_counter() - t
+    _link(launcher_id, {"medtune.search_run_id": search.run_id}, step_run=search.run_id)
+    if search.best is None:
+        from medtune.errors import ConfigError
+
+        raise ConfigError(f"search run {search.run_id}: no trial completed, nothing to train (see its trial runs)")
     t = time.perf_counter()
     train = run_train(TrainOptions(dataset=opts.dataset, data_dir=opts.data_dir, search_run=search.run_id,
                                    epochs=opts.epochs, image_size=opts.image_size, patience=opts.patience,
-                                   margin=opts.margin, seed=opts.seed, split_run=split.run_id))
+                                   mixed_precision=opts.mixed_precision, margin=opts.margin, seed=opts.seed,
+                                   split_run=split.run_id))
     seconds["train+evaluate"] = time.perf_counter() - t
+    _link(launcher_id, {"medtune.train_run_id": train.run_id, "medtune.model_version": train.model_version or "",
+                        "medtune.decision": train.decision.alias if train.decision else ""}, step_run=train.run_id)
     log.info("Pipeline done: %s", ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     return PipelineOutcome(split.run_id, search.run_id, train, seconds)
+
+
+def _link(launcher_id: str | None, tags: dict, step_run: str | None = None) -> None:
+    """Tag the ``mlflow run`` launcher run with a step's run id (and the step run with the launcher's)."""
+    if not launcher_id:
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        for key, value in {"medtune.step": "main", **tags}.items():
+            client.set_tag(launcher_id, key, str(value))
+        if step_run:
+            client.set_tag(step_run, "medtune.pipeline_run_id", launcher_id)
+    except MlflowException as exc:
+        log.warning("could not link the launcher run %s: %s", launcher_id, exc)

@@ -21,34 +21,58 @@ class PredictOutcome:
     bad: list[tuple[str, str]] = field(default_factory=list)
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; folders walked recursively (hidden files and checkpoints left out)."""
+def expand_inputs(inputs: list[str], exclude: list[str | Path] = ()) -> list[Path]:
+    """Files as given; folders walked recursively (hidden files and checkpoints left out).
+
+    ``exclude``: files and folders to leave out of the walk (this command's own CSV and overlay
+    folder, when they lie inside an input folder: a second run must not read them as images).
+    """
+    skip = [Path(e).resolve() for e in exclude if e]
     out: list[Path] = []
+    seen: set[Path] = set()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out.extend(
+            files = [
                 f for f in sorted(p.rglob("*"))
                 if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
+                and not any(f.resolve() == s or s in f.resolve().parents for s in skip)
+            ]
         else:
-            out.append(p)
+            files = [p]  # named explicitly: always tried
+        for f in files:
+            if f.resolve() not in seen:  # a file named twice (or in two given folders) once
+                seen.add(f.resolve())
+                out.append(f)
     return out
+
+
+def _overlay_name(f: Path, used: set[str]) -> str:
+    """``<stem>_gradcam.png``, numbered when two inputs share a stem (a/x.png, b/x.jpg)."""
+    from medtune.datasets.registry import safe_name
+
+    base = safe_name(f.stem)
+    name, k = f"{base}_gradcam.png", 1
+    while name in used:
+        k += 1
+        name = f"{base}_{k}_gradcam.png"
+    used.add(name)
+    return name
 
 
 def run_predict(model_uri: str, inputs: list[str], output: str, gradcam_dir: str | None = None) -> PredictOutcome:
     from PIL import Image
 
     from medtune.datasets.images import ImageDecodeError, decode_image
-    from medtune.datasets.registry import safe_name
     from medtune.serving import load_keras_from_uri, predictions_frame
 
     with tempfile.TemporaryDirectory() as tmp:
         model, meta = load_keras_from_uri(model_uri, Path(tmp))
     classes, size, channels = meta["classes"], meta["image_size"], meta["channels"]
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, exclude=[output, gradcam_dir])
     outcome = PredictOutcome(0)
     frames = []
+    used: set[str] = set()
     if gradcam_dir:
         Path(gradcam_dir).mkdir(parents=True, exist_ok=True)
     with click.progressbar(length=len(files), label="predicting", file=None) as bar:
@@ -71,9 +95,12 @@ def run_predict(model_uri: str, inputs: list[str], output: str, gradcam_dir: str
             if gradcam_dir:
                 from medtune.explain import gradcam, overlay
 
-                heatmaps, _ = gradcam(model, x)
+                heatmaps, _ = gradcam(model, x)  # the predicted class of each image
+                names = []
                 for f, img, hm in zip(chunk, x, heatmaps):
-                    Image.fromarray(overlay(img, hm)).save(Path(gradcam_dir) / f"{safe_name(f.stem)}_gradcam.png")
+                    names.append(_overlay_name(f, used))
+                    Image.fromarray(overlay(img, hm)).save(Path(gradcam_dir) / names[-1])
+                frame["gradcam"] = [str(Path(gradcam_dir) / n) for n in names]
             outcome.n_ok += len(chunk)
     import pandas as pd
 

@@ -7,6 +7,7 @@ duplicating it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -69,6 +70,7 @@ class MlflowRecorder:
         self.parent, self.experiment_id, self.opts, self.study = parent, experiment_id, opts, study
         self.data, self.classes = data, classes
         self.best: float | None = None
+        self.done = 0  # trials COMPLETE or PRUNED in the study (all sessions and workers)
         self.direction = objective_direction(opts.objective)
 
     # -- engine callbacks
@@ -100,7 +102,8 @@ class MlflowRecorder:
             logger = tracking.RunLogger(run.info.run_id, client)
         logger.params(params)
         handle = _Handle(logger, number, time.perf_counter(), params)
-        progress_log.info("trial %d (%d in budget) started: %s", number + 1, self.opts.trials, _short(params))
+        progress_log.info("trial %d started (%d of %d done, best %s): %s",
+                          number + 1, self.done, self.opts.trials, _fmt(self.best), _short(params))
         return handle
 
     def epoch_end(self, handle, epoch: int, logs: dict) -> None:
@@ -138,22 +141,26 @@ class MlflowRecorder:
 
             mlflow.flush_async_logging()
             logger.end(status)
-        if state == COMPLETE and result is not None:
+        if state == COMPLETE and result is not None and _finite(result.value):
             better = self.best is None or (
                 result.value > self.best if self.direction == "maximize" else result.value < self.best
             )
             if better:
                 self.best = result.value
+        if state in (COMPLETE, PRUNED):
+            self.done += 1
         progress_log.info(
-            "trial %d %s in %.0f s: %s=%s (best %s)",
+            "trial %d %s in %.0f s: %s=%s (best %s; %d of %d done)%s",
             handle.number + 1, "KILLED" if interrupted else state, seconds, self.opts.objective,
-            _fmt(result.value if result is not None else None), _fmt(self.best),
+            _fmt(result.value if result is not None else None), _fmt(self.best), self.done, self.opts.trials,
+            f": {tracking.one_line(error)}" if error is not None and not interrupted else "",
         )
 
     def progress(self, summaries: list[TrialSummary]) -> None:
         done = [s for s in summaries if s.state in (COMPLETE, PRUNED)]
         best = best_trial(summaries, self.direction)
         metrics = {"trials_done": len(done), "trials_failed": sum(s.state == FAILED for s in summaries)}
+        self.done = len(done)
         if best is not None:
             metrics["best_so_far"] = best.value
             self.best = best.value
@@ -234,7 +241,6 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     import mlflow
 
     from medtune.datasets.cache import manifest_hash
-    from medtune.search import summary
     from medtune.space import load_space, resolve_space_path
     from medtune.steps.data import load_split, manifest_dataset
 
@@ -266,6 +272,10 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         timeout=opts.timeout, seed=opts.seed, class_weights=opts.class_weights, storage=opts.storage,
         pruner=opts.pruner, workdir=str(settings.project_dir() / ".medtune" / "keras_tuner"),
     )
+    if opts.engine != "optuna":  # unreadable keras-tuner state stops here, before the run is reopened
+        from medtune.search import keras_tuner_engine
+
+        keras_tuner_engine.check_state(cfg)
     configure_threads()
     experiment_id = tracking.ensure_experiment(split.dataset)
     resume = (
@@ -358,7 +368,20 @@ def _log_summary(parent, summaries, best, space, opts, direction, seconds) -> No
         return
     parent.json({"params": best.params, "value": best.value, "objective": opts.objective,
                  "trial": best.number, "run_id": best.run_id, "image_size": opts.image_size}, "best_params.json")
-    parent.params({f"best_{k}": v for k, v in best.params.items()})
+    best_params = {f"best_{k}": v for k, v in best.params.items()}
+    logged = parent.client.get_run(parent.run_id).data.params
+    stale = sorted(
+        k for k in set(best_params) | {k for k in logged if k.startswith("best_")}
+        if k in logged and logged[k] != tracking._param_text(best_params.get(k))
+    )
+    parent.params(best_params)
+    if stale:  # MLflow params cannot change: a resumed search whose best changed says so
+        log.warning("best_* params of this run are from an earlier session (%s); best_params.json is current",
+                    ", ".join(stale))
+        parent.tags({"medtune.best_params_stale": ",".join(stale)})
+    else:
+        with contextlib.suppress(Exception):
+            parent.client.delete_tag(parent.run_id, "medtune.best_params_stale")
     parent.metrics({f"best_{opts.objective}": best.value, "best_so_far": best.value})
     parent.tags({"medtune.best_trial": best.number, "medtune.best_run_id": best.run_id or ""})
     log.info(

@@ -60,7 +60,11 @@ def best_params_of_search(dataset: str, search_run: str | None) -> tuple[dict, s
         run_id = runs[0].info.run_id
     else:
         run_id = search_run
-        MlflowClient().get_run(run_id)  # raises a clear MLflow error for an unknown id
+        run = MlflowClient().get_run(run_id)  # raises a clear MLflow error for an unknown id
+        if run.data.tags.get("medtune.step") != "search":
+            raise ConfigError(f"search_run={run_id}: not a medtune search run")
+        if run.data.tags.get("medtune.best_trial", "none") == "none":
+            raise ConfigError(f"search_run={run_id}: the search has no completed trial; pass --params <file> instead")
     with tempfile.TemporaryDirectory() as tmp:
         best = json.loads(tracking.download_artifact(run_id, "best_params.json", Path(tmp)).read_text())
     return dict(best["params"]), run_id
@@ -122,26 +126,41 @@ def _epoch_logger(run: tracking.RunLogger):
 
 def run_train(opts: TrainOptions) -> TrainOutcome:
     import keras
-    import mlflow
 
-    from medtune import promotion, serving, training
-    from medtune.models import build_model
-    from medtune.steps.data import load_split, manifest_dataset
-    from medtune.steps.evaluate import log_evaluation, manifest_test_set, score_macro_f1
-    from medtune.evaluation import evaluate_model
+    from medtune import training
+    from medtune.steps.data import load_split
+    from medtune.steps.evaluate import launcher_set_aside
 
     if opts.epochs < 1:
         raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
     t0 = time.perf_counter()
-    split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
+    with launcher_set_aside():  # an automatic split must not take over the `mlflow run` launcher run
+        split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     if opts.params:
         params, search_run_id = params_from_file(opts.params), None
     else:
         params, search_run_id = best_params_of_search(split.dataset, opts.search_run)
-    classes, cache = split.classes, split.cache
-    n_classes = len(classes)
     training.configure_threads()
     device, mixed = device_summary(opts.mixed_precision)
+    try:
+        return _train_and_register(opts, split, params, search_run_id, device, mixed, t0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # later steps (`main`) start clean
+
+
+def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: str | None, device: str, mixed: bool,
+                        t0: float) -> TrainOutcome:
+    import keras
+    import mlflow
+
+    from medtune import promotion, serving, training
+    from medtune.evaluation import evaluate_model
+    from medtune.models import build_model
+    from medtune.steps.data import manifest_dataset
+    from medtune.steps.evaluate import log_evaluation, manifest_test_set
+
+    classes, cache = split.classes, split.cache
+    n_classes = len(classes)
     keras.utils.set_random_seed(opts.seed)
     tags = {"medtune.split_run_id": split.run_id, "medtune.device": device}
     if search_run_id:
@@ -175,6 +194,8 @@ def run_train(opts: TrainOptions) -> TrainOutcome:
                                    class_weight=weights, callbacks=callbacks)
             if ckpt.exists():
                 model.load_weights(ckpt)  # the best epoch, whatever early stopping did
+        if mixed:  # evaluate, explain and log a float32 model: it serves on any CPU
+            model = float32_copy(model, params, tuple(cache.x["train"].shape[1:]), n_classes)
         best_epoch = int(np.nanargmax(history["val_macro_f1"])) if history.get("val_macro_f1") else -1
         run.metrics({"best_epoch": best_epoch, "epochs_run": len(history.get("loss", [])),
                      "best_val_macro_f1": float(np.nanmax(history["val_macro_f1"])) if best_epoch >= 0 else float("nan")})
@@ -199,28 +220,74 @@ def run_train(opts: TrainOptions) -> TrainOutcome:
         info = serving.log_model(model, metadata, example_images=examples, registered_model_name=model_name)
         version, decision = None, None
         if model_name:
-            version = str(info.registered_model_version)
             client = mlflow.tracking.MlflowClient()
-
-            def rescore(uri: str) -> float:
-                with tempfile.TemporaryDirectory() as tmp2:
-                    champ, meta = serving.load_keras_from_uri(uri, Path(tmp2))
-                if meta.get("image_size") != opts.image_size or meta.get("classes") != classes:
-                    from medtune.steps.data import load_split as _load
-
-                    other = _load(split.dataset, meta["image_size"], split_run=split.run_id)
-                    return score_macro_f1(champ, manifest_test_set(other), classes)
-                return score_macro_f1(champ, test, classes)
-
+            version = registered_version(client, model_name, info)
             decision = promotion.decide_and_promote(
                 client, model_name, version, ev.metrics["test_macro_f1"], test.split_id,
-                margin=opts.margin, rescore=rescore,
+                margin=opts.margin, rescore=lambda uri: rescore_on_split(uri, split, test),
             )
             run.tags({**decision.tags(), "medtune.model_version": version})
             run.metrics({"champion_score_before": decision.champion_score if decision.champion_score is not None else float("nan"),
                          "promoted": 1.0 if decision.alias == promotion.CHAMPION else 0.0})
         training.release_model(model)
         return TrainOutcome(run.run_id, ev.metrics, model_name, version, decision, time.perf_counter() - t0)
+
+
+def rescore_on_split(model_uri: str, split, test) -> float | None:
+    """Test macro-F1 of a registered model on ``split``'s test images, at the model's own image size.
+
+    None when the model cannot be scored there (other classes or channels): the gate then keeps
+    the champion and makes the new version the challenger.
+    """
+    from medtune import serving
+    from medtune.steps.data import load_split
+    from medtune.steps.evaluate import launcher_set_aside, manifest_test_set, score_macro_f1
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, meta = serving.load_keras_from_uri(model_uri, Path(tmp))
+    if list(meta.get("classes", [])) != list(split.classes):
+        log.warning("%s predicts classes %s, not %s: it cannot be scored on this split", model_uri,
+                    meta.get("classes"), split.classes)
+        return None
+    if int(meta.get("channels", 3)) != test.x.shape[-1]:
+        log.warning("%s takes %s channel(s): it cannot be scored on this split", model_uri, meta.get("channels"))
+        return None
+    size = int(meta.get("image_size", 0))
+    if size != test.x.shape[1]:  # the same test images, cached at the model's own size
+        with launcher_set_aside():
+            test = manifest_test_set(load_split(split.dataset, size, split_run=split.run_id))
+    return score_macro_f1(model, test, list(split.classes))
+
+
+def registered_version(client, name: str, info) -> str:
+    """The registry version ``log_model(registered_model_name=...)`` created for this model."""
+    version = getattr(info, "registered_model_version", None)
+    if version is not None:
+        return str(version)
+    # Older/other MLflow builds leave it unset: find the version whose source is this model.
+    candidates = [
+        mv for mv in client.search_model_versions(f"name = '{name}'")
+        if mv.source in (info.model_uri, getattr(info, "artifact_path", None)) or mv.run_id == info.run_id
+    ]
+    if not candidates:
+        raise RuntimeError(f"model {info.model_uri} was logged but no version of {name} was registered")
+    return str(max(int(mv.version) for mv in candidates))
+
+
+def float32_copy(model, params: dict, input_shape: tuple, n_classes: int):
+    """The same network and weights under the float32 policy (for a model trained in mixed precision).
+
+    A mixed-precision model computes in float16, which CPUs (where it is usually served) run
+    slowly or not at all; the variables are float32 either way, so the weights copy over exactly.
+    """
+    import keras
+
+    from medtune.models import build_model
+
+    keras.mixed_precision.set_global_policy("float32")
+    copy = build_model(params, input_shape, n_classes)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _example_images(split, classes) -> list[bytes]:

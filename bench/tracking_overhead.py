@@ -1,0 +1,218 @@
+"""Benchmark 2: one trial with all of medtune's tracking and artifacts vs a bare ``model.fit``.
+
+    python bench/tracking_overhead.py            # target: tracked <= 1.05x bare
+    python bench/tracking_overhead.py --quick    # tiny subset, to check that it runs
+
+Three ways of training the same model (cnn.yaml defaults unless ``--param k=v``), on the same
+cached arrays (the split cache of ``--data`` at ``--image-size``), through the same ``tf.data``
+pipeline (``medtune.training.make_dataset``), for the same epochs, with the same seed and the
+same balanced class weights, in rotating order for ``--repeats`` rounds:
+
+* bare:    ``model.fit(train_ds, validation_data=val_ds, epochs=...)`` and nothing else;
+* trainer: ``medtune.search.trial.train_trial`` without a recorder (adds the per-epoch
+           validation macro-F1 / balanced accuracy and the final validation probabilities);
+* tracked: ``train_trial`` wrapped by ``MlflowRecorder`` exactly as the Optuna engine does it:
+           a nested child run with its params, per-epoch metrics, learning curves, confusion
+           matrix and Grad-CAM grid, run ended and async logging flushed.
+
+Every side includes building the pipeline and the model and releasing it afterwards
+(``release_model``). One untimed 1-epoch fit first warms TensorFlow up. The parent search run
+is opened once, outside the timings (it is a per-search cost, not a per-trial one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+
+from _common import (QUICK_NOTE, add_data_args, data_folder, isolated_home, machine, quiet, remove_home_at_exit,
+                     table, verdict)
+
+TARGET = 1.05
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p)
+    p.add_argument("--image-size", type=int, default=64, help="pixels (default 64, the search size)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per trial (default 3)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds of bare/trainer/tracked, order rotating (default 3)")
+    p.add_argument("--param", action="append", default=[], metavar="K=V",
+                   help="override a cnn.yaml default, e.g. --param filters=64 (repeatable)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--keep-home", action="store_true", help="keep the temporary medtune home (runs, caches)")
+    p.add_argument("--quick", action="store_true", help="tiny settings (40 images per class, 2 epochs, 1 round)")
+    args = p.parse_args()
+    if args.quick:
+        args.per_class = args.per_class or 40
+        args.epochs, args.repeats = 2, 1
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    home = isolated_home("tracking")
+    quiet()
+    remove_home_at_exit(home, args.keep_home)
+    folder = data_folder(args, home)
+
+    from medtune import tracking
+    from medtune.training import configure_threads
+
+    threads = configure_threads()
+    tracking.configure()
+    import keras
+
+    from medtune import training
+    from medtune.models import build_model
+    from medtune.search.base import COMPLETE
+    from medtune.search.trial import TrialData, probe_indices, train_trial
+    from medtune.space import load_space, resolve_space_path
+    from medtune.steps.data import load_split
+    from medtune.steps.search import MlflowRecorder, SearchOptions
+
+    space = load_space(resolve_space_path("cnn"))
+    params = space.check_values({**space.defaults(), **dict(kv.split("=", 1) for kv in args.param)}, fill_defaults=True) \
+        if args.param else space.defaults()
+    split = load_split(str(folder), args.image_size)
+    cache = split.cache
+    data = TrialData(
+        classes=split.classes, x_train=cache.x["train"], y_train=cache.y["train"],
+        x_val=cache.x["val"], y_val=cache.y["val"],
+        probe_index=probe_indices(cache.y["val"], len(split.classes), per_class=2, seed=args.seed),
+    )
+    k, batch = len(data.classes), int(params["batch_size"])
+
+    class TimedRecorder(MlflowRecorder):
+        """MlflowRecorder, unchanged, with the time spent in each of its callbacks added up."""
+
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.spent = defaultdict(list)
+
+        def _timed(self, name, fn, *a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.spent[name].append(time.perf_counter() - t0)
+
+        def trial_started(self, number, params):
+            return self._timed("trial_started", super().trial_started, number, params)
+
+        def epoch_end(self, handle, epoch, logs):
+            return self._timed("epoch_end", super().epoch_end, handle, epoch, logs)
+
+        def trial_finished(self, handle, state, result=None, error=None):
+            return self._timed("trial_finished", super().trial_finished, handle, state, result, error)
+
+        def _artifacts(self, logger, result):
+            return self._timed("  of which artifacts", super()._artifacts, logger, result)
+
+    def bare(epochs: int) -> float:
+        t0 = time.perf_counter()
+        keras.utils.set_random_seed(args.seed)
+        train_ds = training.make_dataset(data.x_train, data.y_train, k, batch, training=True,
+                                         augment=float(params["augment"]), seed=args.seed)
+        val_ds = training.make_dataset(data.x_val, data.y_val, k, batch, training=False)
+        model = training.compile_model(build_model(params, data.input_shape, k), params)
+        weights = training.balanced_class_weights(data.y_train, k)
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights, verbose=0, shuffle=False)
+        del model
+        training.release_model()
+        return time.perf_counter() - t0
+
+    def trainer() -> float:
+        t0 = time.perf_counter()
+        result = train_trial(params, data, epochs=args.epochs, seed=args.seed)
+        result.model = None
+        training.release_model()
+        return time.perf_counter() - t0
+
+    number = iter(range(10_000))
+    last_run = {}
+
+    def tracked(recorder) -> float:
+        t0 = time.perf_counter()  # the engine's objective() around train_trial, minus Optuna
+        handle = recorder.trial_started(next(number), params)
+        last_run["id"] = handle.run_id
+
+        def on_epoch(epoch, logs):
+            recorder.epoch_end(handle, epoch, dict(logs))
+            return False
+
+        result = None
+        try:
+            result = train_trial(params, data, epochs=args.epochs, seed=args.seed, on_epoch=on_epoch)
+            recorder.trial_finished(handle, COMPLETE, result)
+        finally:
+            if result is not None:
+                result.model = None
+            training.release_model()
+        return time.perf_counter() - t0
+
+    print(machine())
+    print(f"TensorFlow threads intra={threads[0]} inter={threads[1]}; data {folder}"
+          f"{f' (first {args.per_class} images per class)' if args.per_class else ''}")
+    print(f"settings: {args.image_size} px, {len(data.x_train)} train / {len(data.x_val)} val images, "
+          f"{args.epochs} epochs, {args.repeats} round(s), seed {args.seed}")
+    print(f"model: {', '.join(f'{k}={v}' for k, v in params.items())}")
+    if args.quick:
+        print(QUICK_NOTE)
+
+    bare(1)  # warm-up: TensorFlow start-up and first tracing, untimed
+    import medtune.explain  # noqa: F401  the recorder's first-use imports (matplotlib...), once per process
+    import medtune.reports  # noqa: F401
+    times = defaultdict(list)
+    experiment_id = tracking.ensure_experiment(split.dataset)
+    opts = SearchOptions(dataset=split.dataset, trials=args.repeats, epochs=args.epochs, image_size=args.image_size,
+                         seed=args.seed)
+    with tracking.step_run(split.dataset, "search", run_name="bench-tracking-overhead",
+                           tags={"medtune.study": "bench-tracking-overhead"}) as parent:
+        recorder = TimedRecorder(parent, experiment_id, opts, "bench-tracking-overhead", data, split.classes)
+        sides = {"bare": lambda: bare(args.epochs), "trainer": trainer, "tracked": lambda: tracked(recorder)}
+        names = list(sides)
+        for r in range(args.repeats):
+            for name in names[r % 3:] + names[:r % 3]:
+                times[name].append(sides[name]())
+            print(f"  round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.1f} s" for n in names))
+
+        # what one pass over the validation set costs (trainer extras = epochs + 1 of them)
+        model = training.compile_model(build_model(params, data.input_shape, k), params)
+        training.predict_proba(model, data.x_val)
+        val_pass = statistics.median(
+            [(lambda t0: (training.predict_proba(model, data.x_val), time.perf_counter() - t0)[1])(time.perf_counter())
+             for _ in range(3)])
+        del model
+        training.release_model()
+
+    base = statistics.median(times[names[0]])
+    described = {"bare": "bare model.fit", "trainer": "medtune train_trial, no tracking",
+                 "tracked": "train_trial + MlflowRecorder (as the engine)"}
+    rows = [{"side": described[n], "median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "runs": len(v),
+             "x_bare": statistics.median(v) / base} for n, v in times.items()]
+    print()
+    print(table(rows, f"one trial, {args.epochs} epochs at {args.image_size} px"))
+    spent = [{"MlflowRecorder callback": n, "total_s": sum(v), "per_trial_s": sum(v) / args.repeats, "calls": len(v)}
+             for n, v in recorder.spent.items()]
+    print()
+    print(table(spent, "time inside the recorder (all tracked trials)"))
+    arts = sorted(a.path for a in parent.client.list_artifacts(last_run["id"])) if last_run else []
+    print(f"artifacts of the last tracked trial run: {', '.join(arts) or 'none'}")
+    trainer_s = statistics.median(times[names[1]])
+    tracked_s = statistics.median(times[names[2]])
+    print(f"one validation pass (predict_proba on {len(data.x_val)} images): {val_pass:.2f} s; the trainer makes "
+          f"{args.epochs + 1} beyond bare fit's own validation = {(args.epochs + 1) * val_pass:.1f} s "
+          f"({(args.epochs + 1) * val_pass / base:.1%} of bare)")
+    print()
+    print(f"ratio tracked/bare:    {tracked_s / base:.3f}x -> target <= {TARGET}x {verdict(tracked_s / base <= TARGET)}")
+    print(f"ratio tracked/trainer: {tracked_s / trainer_s:.3f}x (tracking alone)")
+    print(f"ratio trainer/bare:    {trainer_s / base:.3f}x (validation scoring alone)")
+    if args.quick:
+        print(QUICK_NOTE)
+
+
+if __name__ == "__main__":
+    main()
