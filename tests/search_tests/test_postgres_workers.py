@@ -142,7 +142,7 @@ def mlflow_server(project, tmp_path):
         _stop(proc)
 
 
-def test_two_optuna_workers_share_postgres_study_and_tracking_server(project, postgres_url, mlflow_server, monkeypatch):
+def test_two_optuna_workers_share_postgres_study_and_tracking_server(project, postgres_url, mlflow_server):
     env = {
         **project.env,
         "MLFLOW_TRACKING_URI": mlflow_server,

@@ -62,6 +62,14 @@ def check_search(store, engine: str, trials: int) -> tuple:
     assert best["params"] == {k: _typed(v, best["params"][k]) for k, v in best_run.data.params.items()}
     assert {f"best_{k}" for k in best_run.data.params} <= set(params)
     assert all(params[f"best_{k}"] == v for k, v in best_run.data.params.items())
+    import pandas as pd
+
+    table = pd.read_csv(store.client.download_artifacts(parent.info.run_id, "trials.csv"))
+    assert list(table["number"]) == list(range(trials)) and set(table["state"]) == {"COMPLETE"}
+    assert list(table["run_id"]) == ids and list(table["epochs_run"]) == [EPOCHS] * trials
+    assert list(table.columns[7:]) == space
+    metrics_by_run = {r.info.run_id: r.data.metrics for r in children}
+    assert [metrics_by_run[i][f"best_{params['objective']}"] for i in ids] == pytest.approx(list(table["value"]))
     assert metrics["trials_done"] == trials and "best_so_far" in metrics
     assert metrics["best_so_far"] == pytest.approx(best["value"])
     assert [m.value for m in store.client.get_metric_history(parent.info.run_id, "trials_done")][-1] == trials

@@ -188,21 +188,18 @@ def check_state(cfg: SearchSettings) -> None:
 
 def summaries(tuner) -> list[TrialSummary]:
     out = []
-    objective = tuner.oracle.objective.name
+    space = getattr(tuner, "_space", None)  # the same active params as the trial runs (and Optuna) show
     for trial_id, trial in sorted(tuner.oracle.trials.items(), key=lambda kv: int(kv[0])):
         values = trial.hyperparameters.values
         state = _STATES.get(str(trial.status), str(trial.status))
-        metrics = trial.metrics.metrics
-        epochs_run = None
-        if "loss" in metrics:
-            epochs_run = len(trial.metrics.get_history("loss")) or None
         out.append(
             TrialSummary(
                 number=int(trial_id),
                 state=state,
                 value=trial.score if state == COMPLETE and trial.score is not None else None,
-                params={k: v for k, v in values.items() if not k.startswith("tuner/")},
-                epochs_run=epochs_run,
+                params=active_values(space, values) if space is not None
+                else {k: v for k, v in values.items() if not k.startswith("tuner/")},
+                epochs_run=None,  # the oracle keeps one value per metric; the trial run's tag has the count
                 error=(trial.message or "").strip().splitlines()[-1][:500] if trial.message else None,
             )
         )

@@ -84,16 +84,26 @@ def make_storage(url: str | None) -> optuna.storages.RDBStorage:
         raise ConfigError(f"storage={url!r}: expected an RDB URL such as sqlite:///optuna.db or postgresql://...")
     if url.startswith("postgresql://"):  # SQLAlchemy 2.1 defaults to psycopg 3; medtune ships psycopg2
         url = "postgresql+psycopg2://" + url[len("postgresql://"):]
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=interval,
-            grace_period=grace,
-            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
-            engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
-        )
-    except Exception as exc:  # connection refused, unknown driver, bad credentials
-        raise ConfigError(f"storage={_redact(url)}: cannot open Optuna storage ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    import sqlalchemy.exc
+
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+                engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
+            )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            # Workers started together on an empty database race to create Optuna's tables.
+            if attempt == 2:
+                raise ConfigError(
+                    f"storage={_redact(url)}: cannot open Optuna storage ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+                ) from exc
+            time.sleep(1 + attempt)
+        except Exception as exc:  # connection refused, unknown driver, bad credentials
+            raise ConfigError(f"storage={_redact(url)}: cannot open Optuna storage ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
 
 
 def _redact(url: str) -> str:
@@ -134,6 +144,7 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
 
 def open_study(space: SearchSpace, cfg: SearchSettings) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # medtune prints its own progress
+    _no_trial_tracebacks()
     sampler = TrialSeededTPESampler(
         seed=cfg.seed, n_startup_trials=min(10, max(3, cfg.trials // 3)), multivariate=True, group=True,
     )
@@ -149,6 +160,23 @@ def open_study(space: SearchSpace, cfg: SearchSettings) -> optuna.Study:
         raise ConfigError(f"study={cfg.study!r} was created to {study.direction.name.lower()}; use another study name")
     study.set_user_attr("objective", cfg.objective)
     return study
+
+
+class _OneLineTrialFailures(logging.Filter):
+    """Optuna logs every failed trial with a full traceback; medtune already records the reason
+    (MLflow tag, progress line), and an interrupted search must end without a raw traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            return False
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _no_trial_tracebacks() -> None:
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _OneLineTrialFailures) for f in logger.filters):
+        logger.addFilter(_OneLineTrialFailures())
 
 
 def fail_local_orphans(study: optuna.Study) -> list[int]:

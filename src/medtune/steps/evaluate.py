@@ -127,7 +127,7 @@ def run_evaluate(opts: EvaluateOptions) -> tuple[str, Evaluation]:
         model, meta = load_keras_from_uri(opts.model_uri, Path(tmp))
     classes, size, channels = meta["classes"], meta["image_size"], meta["channels"]
     dataset = opts.dataset or meta.get("dataset") or "synthetic"
-    tags = {"medtune.model_uri": opts.model_uri}
+    tags = {"medtune.model_uri": opts.model_uri, **_registry_tags(opts.model_uri)}
     if opts.data_dir and opts.dataset is None:
         test = folder_test_set(opts.data_dir, classes, size, channels)
     else:
@@ -172,3 +172,27 @@ def _model_split_run(meta: dict, dataset: str) -> str | None:
     if run.info.status != "FINISHED" or run.data.tags.get(tracking.TAG_DATASET) != dataset:
         return None
     return run_id
+
+
+def _registry_tags(model_uri: str) -> dict[str, str]:
+    """``medtune.model_name`` / ``medtune.model_version`` of a ``models:/name@alias`` or ``models:/name/N`` URI.
+
+    An alias moves; the version it pointed at when the evaluation ran is what the run documents.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if not model_uri.startswith("models:/"):
+        return {}
+    rest = model_uri[len("models:/"):].strip("/")
+    try:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            version = MlflowClient().get_model_version_by_alias(name, alias).version
+        else:
+            name, _, version = rest.rpartition("/")
+            if not name or not version.isdigit():
+                return {}
+    except MlflowException:
+        return {}
+    return {"medtune.model_name": name, "medtune.model_version": str(version)}

@@ -1,0 +1,174 @@
+"""The pyfunc round trip: a tiny trained model logged with serving.log_model, loaded back with
+mlflow.pyfunc.load_model and fed encoded images of odd sizes and colour modes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from mlflow.types import DataType
+from PIL import Image
+
+from medtune import serving, training
+from medtune.datasets.images import decode_image
+from medtune.datasets.synthetic import generate
+from medtune.models import build_model
+
+CLASSES = ["crescent", "disc", "ring tumour", "speckled"]  # one name with a space
+SIZE = 32
+PARAMS = {"num_blocks": 2, "filters": 4, "kernel_size": 3, "conv_type": "standard", "residual": False,
+          "batch_norm": True, "dropout": 0.0, "l2": 0.0, "dense_units": 8, "optimizer": "adam",
+          "learning_rate": 1e-3}
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def odd_images() -> dict[str, bytes]:
+    """Encoded images in the modes and sizes a clinic's export may hold."""
+    rng = np.random.default_rng(7)
+    x, _, _ = generate(1, 53, seed=3)  # real phantoms, so the probabilities are not all alike
+    rgb = Image.fromarray(x[0])
+    rgba = np.dstack([rng.integers(0, 256, (41, 29, 3)), rng.integers(0, 256, (41, 29))]).astype(np.uint8)
+    palette = rgb.resize((45, 31)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    return {
+        "grey_png": encode(Image.fromarray(x[1][:, :, 0]).resize((40, 50)), "PNG"),
+        "rgba_png": encode(Image.fromarray(rgba, "RGBA"), "PNG"),
+        "palette_png": encode(palette, "PNG"),
+        "palette_transparent_png": encode(palette, "PNG", transparency=0),
+        "grey16_png": encode(Image.fromarray((x[2][:, :, 0].astype(np.uint16) * 257)), "PNG"),
+        "rgb_jpeg_37x53": encode(rgb.resize((37, 53)), "JPEG", quality=90),
+        "cmyk_jpeg": encode(Image.fromarray(x[3]).resize((30, 44)).convert("CMYK"), "JPEG"),
+        "rgb_png_large": encode(rgb.resize((300, 211)), "PNG"),
+    }
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """A tiny model trained for one epoch, logged with serving.log_model into a fresh SQLite store."""
+    root = tmp_path_factory.mktemp("serving")
+    previous = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
+        experiment_id = MlflowClient().create_experiment("serving", artifact_location=(root / "mlruns").as_uri())
+        keras.utils.set_random_seed(0)
+        x, y, _ = generate(6, SIZE, seed=1)
+        model = training.compile_model(build_model(PARAMS, (SIZE, SIZE, 3), len(CLASSES)), PARAMS)
+        model.fit(x.astype("float32"), keras.utils.to_categorical(y, len(CLASSES)), epochs=1, batch_size=8, verbose=0)
+        metadata = serving.build_metadata(CLASSES, SIZE, 3, dataset="synthetic", backbone="custom")
+        examples = [encode(Image.fromarray(x[0]), "PNG"), encode(Image.fromarray(x[7]), "JPEG")]
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            info = serving.log_model(model, metadata, example_images=examples, registered_model_name="medtune-serving")
+        yield {"model": model, "info": info, "run_id": run.info.run_id, "root": root}
+    mlflow.set_tracking_uri(previous)
+
+
+def keras_probabilities(model, images: list[bytes]) -> np.ndarray:
+    x = np.stack([decode_image(b, SIZE, 3) for b in images])
+    return model.predict(x.astype("float32"), verbose=0)
+
+
+def test_pyfunc_predicts_like_keras_on_odd_images(logged):
+    pyfunc = mlflow.pyfunc.load_model(logged["info"].model_uri)
+    images = odd_images()
+    out = pyfunc.predict(pd.DataFrame({"image": list(images.values())}))
+    prob_cols = ["prob_crescent", "prob_disc", "prob_ring_tumour", "prob_speckled"]
+    assert list(out.columns) == ["label", *prob_cols]
+    assert len(out) == len(images)
+    probs = out[prob_cols].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    expected = keras_probabilities(logged["model"], list(images.values()))
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert out["label"].tolist() == [CLASSES[i] for i in expected.argmax(1)]
+    assert set(out["label"]) <= set(CLASSES)
+
+
+def test_registered_model_loads_by_name_and_takes_base64_text(logged):
+    """JSON clients send base64 text: the pyfunc decodes it like bytes."""
+    pyfunc = mlflow.pyfunc.load_model("models:/medtune-serving/1")
+    png = odd_images()["rgb_jpeg_37x53"]
+    as_text = pyfunc.predict(pd.DataFrame({"image": [base64.b64encode(png).decode()]}))
+    as_bytes = pyfunc.predict(pd.DataFrame({"image": [png]}))
+    pd.testing.assert_frame_equal(as_text, as_bytes)
+
+
+def test_signature_input_example_and_metadata_are_logged(logged):
+    info = logged["info"]
+    sig = info.signature
+    assert sig.inputs.input_names() == ["image"]
+    assert sig.inputs.inputs[0].type == DataType.binary
+    assert sig.outputs.input_names() == ["label", "prob_crescent", "prob_disc", "prob_ring_tumour", "prob_speckled"]
+    assert info.saved_input_example_info is not None
+
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(logged["root"] / "dl")))
+    model_conf = mlflow.models.Model.load(str(local))
+    example = model_conf.load_input_example(str(local))
+    assert list(example.columns) == ["image"] and len(example) == 2
+    served = json.loads((local / "serving_input_example.json").read_text())
+    assert served["dataframe_split"]["columns"] == ["image"]
+
+    meta = model_conf.metadata
+    assert meta["classes"] == CLASSES
+    assert meta["image_size"] == SIZE and meta["channels"] == 3
+    assert "not for diagnosis" in meta["intended_use"].lower() or "not a medical device" in meta["intended_use"].lower()
+    assert meta["intended_use"] == serving.INTENDED_USE
+    stored = json.loads(next(local.rglob("metadata.json")).read_text())
+    assert stored["classes"] == CLASSES and stored["intended_use"] == serving.INTENDED_USE
+
+    pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+    out = pyfunc.predict(example)  # the logged example is a valid input
+    assert len(out) == 2
+
+
+def test_keras_model_and_metadata_come_back_from_a_models_uri(logged, tmp_path):
+    model, meta = serving.load_keras_from_uri("models:/medtune-serving/1", tmp_path)
+    assert meta["classes"] == CLASSES
+    images = list(odd_images().values())[:3]
+    np.testing.assert_allclose(keras_probabilities(model, images), keras_probabilities(logged["model"], images),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (pd.DataFrame({"image": [b"\x89PNG not really", b"ok?"]}), "row 0: cannot decode image"),
+        (pd.DataFrame({"image": [None]}), "row 0: expected encoded image bytes"),
+        (pd.DataFrame({"image": ["***not base64***"]}), "row 0: a text value must be base64"),
+        (pd.DataFrame({"picture": [b""]}), r"missing inputs \['image'\]"),  # MLflow's schema check
+    ],
+    ids=["corrupt", "none", "bad-base64", "no-image-column"],
+)
+def test_bad_rows_give_a_clear_error(logged, frame, message):
+    pyfunc = mlflow.pyfunc.load_model(logged["info"].model_uri)
+    good = odd_images()["grey_png"]
+    if "image" in frame and len(frame) > 1:  # a good row first: the error names the bad one
+        frame = pd.DataFrame({"image": [good, *frame["image"]]})
+        message = message.replace("row 0", "row 1")
+    with pytest.raises(Exception, match=message) as err:
+        pyfunc.predict(frame)
+    assert getattr(err.value, "error_code", "") in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST")  # REST: 400
+
+
+def test_image_column_is_required_without_a_signature_too(logged):
+    """Called directly (no MLflow schema check first), the pyfunc names the missing column."""
+    classifier = serving.ImageClassifier()
+    classifier.model, classifier.metadata = logged["model"], serving.build_metadata(CLASSES, SIZE, 3)
+    with pytest.raises(ValueError, match=r"needs an 'image' column .*\['picture'\]"):
+        classifier.predict(None, pd.DataFrame({"picture": [b""]}))
+    empty = classifier.predict(None, pd.DataFrame({"image": []}))
+    assert list(empty.columns) == ["label", "prob_crescent", "prob_disc", "prob_ring_tumour", "prob_speckled"]
+    assert len(empty) == 0
