@@ -110,7 +110,7 @@ def test_better_version_is_promoted_worse_and_marginal_ones_become_challengers(r
     assert promotion.decide_and_promote(reg.client, reg.name, v5, 0.70, "split-A").alias == "challenger"
 
 
-def test_champion_scored_on_another_split_is_rescored_on_this_one(reg):
+def test_champion_scored_on_other_test_images_is_rescored_on_these(reg):
     v1 = reg.register(0.55)  # on split B this champion scores .55, whatever its .90 on split A
     promotion.decide_and_promote(reg.client, reg.name, v1, 0.90, "split-A")
     v2 = reg.register(0.60)

@@ -6,6 +6,7 @@ synthetic set (160 images of 48 px), 32 px caches, SQLite MLflow and Optuna stor
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -141,8 +142,6 @@ class Background:
         pytest.fail(f"timed out waiting for {what}:\n{self.output()[-5000:]}")
 
     def signal(self, signum: int, timeout: float = 120) -> int:
-        import os
-
         os.kill(self.pid, signum)
         try:
             return self.proc.wait(timeout=timeout)
@@ -151,10 +150,12 @@ class Background:
             pytest.fail(f"medtune did not end within {timeout} s of signal {signum}:\n{self.output()[-5000:]}")
 
     def kill(self) -> None:
+        """SIGKILL the process if it still runs (teardown) and close its log."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
-        self._fh.close()
+        if not self._fh.closed:
+            self._fh.close()
 
 
 @pytest.fixture

@@ -157,11 +157,16 @@ def test_bayesian_search_end_to_end_then_truncated_state(project, store):
 
 
 @pytest.mark.slow
-def test_hyperband_search(project, store):
+def test_hyperband_search(project, store, caplog):
     """keras-tuner Hyperband: its brackets set the number of trials; every one is tracked."""
+    import logging
+
     from medtune.steps.search import SearchOptions, run_search
 
+    caplog.set_level(logging.INFO, logger="medtune.progress")
     out = run_search(SearchOptions(dataset="synthetic", engine="hyperband", trials=2, epochs=1, image_size=32))
+    finished = [r.getMessage() for r in caplog.records if " COMPLETE in " in r.getMessage()]
+    assert len(finished) == len(out.summaries) and finished[-1].endswith(f"; {len(out.summaries)} done)"), finished
     parent = store.client.get_run(out.run_id)
     assert parent.info.status == "FINISHED" and parent.data.params["engine"] == "hyperband"
     children = store.trials(parent=out.run_id)

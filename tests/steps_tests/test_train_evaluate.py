@@ -128,7 +128,11 @@ def test_train_entry_point_logs_evaluation_links_and_registers_the_champion(trai
     assert sorted(weights) == CLASSES and all(w > 0 for w in weights.values())
     predictions = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
                                                                   artifact_path="evaluation/predictions.csv"))
-    assert len(predictions) == 24 and set(predictions["true"]) == set(CLASSES)  # 15 % of 160 images
+    manifest = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.data.tags["medtune.split_run_id"],
+                                                               artifact_path="manifest.csv"))
+    test_rows = manifest[manifest["split"] == "test"]
+    assert len(predictions) == len(test_rows) > 0 and set(predictions["true"]) == set(CLASSES)
+    assert sorted(Path(p).name for p in predictions["path"]) == sorted(Path(p).name for p in test_rows["path"])
     report = json.loads(Path(mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path="evaluation/classification_report.json")).read_text())
     assert report["accuracy"] == pytest.approx(metrics["test_accuracy"])
@@ -325,9 +329,8 @@ def test_main_entry_point_runs_each_step_as_its_own_run(trained):
     project = trained["project"]
     before = {r.info.run_id for r in step_runs("split", status=None)}
     assert len(before) == 1
-    proc = project.mlflow_run("main", {"trials": 2, "search_epochs": 1, "epochs": 2, "image_size": 32,
-                                       "search_image_size": 32, "space": "demo"})
-    assert "Reusing finished split run" in proc.stderr
+    project.mlflow_run("main", {"trials": 2, "search_epochs": 1, "epochs": 2, "image_size": 32,
+                                "search_image_size": 32, "space": "demo"})
     assert {r.info.run_id for r in step_runs("split", status=None)} == before  # no second split run
     split_id = before.pop()
     searches, trains = step_runs("search"), step_runs("train")

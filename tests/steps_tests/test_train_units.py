@@ -119,7 +119,7 @@ def test_overlay_names_are_unique():
     assert names == ["x_gradcam.png", "x_2_gradcam.png", "x_3_gradcam.png", "y_z_gradcam.png"]
 
 
-def test_main_trains_the_search_it_ran_on_its_split_and_stops_without_a_completed_trial(monkeypatch):
+def test_main_trains_the_best_trial_of_its_own_search_and_stops_without_a_completed_trial(monkeypatch):
     from medtune.steps import search, split
     from medtune.steps import train as train_step
 

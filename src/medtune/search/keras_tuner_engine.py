@@ -89,7 +89,11 @@ class SpaceHyperModel(kt.HyperModel):
 
 
 class _TrackedTunerMixin:
-    """Runs each trial through medtune's trainer and reports it to the recorder."""
+    """Runs each trial through medtune's trainer and reports it to the recorder.
+
+    Hyperband's later rounds (``tuner/trial_id`` set) train the promoted configuration again from
+    scratch for ``tuner/epochs`` epochs, as a new tracked trial, instead of resuming a checkpoint.
+    """
 
     def _setup_medtune(self, space, data, cfg, recorder):
         self._space, self._data, self._cfg, self._recorder = space, data, cfg, recorder

@@ -102,8 +102,7 @@ class MlflowRecorder:
             logger = tracking.RunLogger(run.info.run_id, client)
         logger.params(params)
         handle = _Handle(logger, number, time.perf_counter(), params)
-        progress_log.info("trial %d started (%d of %d done, best %s): %s",
-                          number + 1, self.done, self.opts.trials, _fmt(self.best), _short(params))
+        progress_log.info("trial %d started (%s, best %s): %s", number + 1, self._done(), _fmt(self.best), _short(params))
         return handle
 
     def epoch_end(self, handle, epoch: int, logs: dict) -> None:
@@ -150,9 +149,9 @@ class MlflowRecorder:
         if state in (COMPLETE, PRUNED):
             self.done += 1
         progress_log.info(
-            "trial %d %s in %.0f s: %s=%s (best %s; %d of %d done)%s",
+            "trial %d %s in %.0f s: %s=%s (best %s; %s)%s",
             handle.number + 1, "KILLED" if interrupted else state, seconds, self.opts.objective,
-            _fmt(result.value if result is not None else None), _fmt(self.best), self.done, self.opts.trials,
+            _fmt(result.value if result is not None else None), _fmt(self.best), self._done(),
             f": {tracking.one_line(error)}" if error is not None and not interrupted else "",
         )
 
@@ -165,6 +164,11 @@ class MlflowRecorder:
             metrics["best_so_far"] = best.value
             self.best = best.value
         self.parent.metrics(metrics, step=len(summaries))
+
+    def _done(self) -> str:
+        if self.opts.engine == "hyperband":  # Hyperband's brackets, not `trials`, set its budget
+            return f"{self.done} done"
+        return f"{self.done} of {self.opts.trials} done"
 
     # -- per-trial artifacts, made once at the end of the trial
     def _artifacts(self, logger: tracking.RunLogger, result) -> None:
