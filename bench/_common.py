@@ -40,7 +40,9 @@ def table(rows: list[dict], title: str) -> str:
 
 
 def _fmt(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    if isinstance(v, float):
+        return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+    return str(v)
 
 
 # ---------------------------------------------------------------- added for the issue-5 benchmarks
@@ -168,7 +170,7 @@ def quiet(progress: bool = False) -> None:
     for message in (".*is experimental.*", ".*is an experimental feature.*",
                     ".*dataset source can be interpreted in multiple ways.*", ".*Do not pass an `input_shape`.*",
                     ".*Add type hints to the `predict` method.*", ".*Skipping variable loading for optimizer.*",
-                    ".*`shuffle=True` was passed.*"):
+                    ".*`shuffle=True` was passed.*", ".*RetryFailedTrialCallback has been deprecated.*"):
         warnings.filterwarnings("ignore", message=message)
     for noisy in ("alembic", "mlflow", "absl", "h5py", "PIL", "matplotlib", "optuna", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

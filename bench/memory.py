@@ -39,13 +39,16 @@ def parse_args() -> argparse.Namespace:
                    help="'fixed' (cnn.yaml defaults, the same model every trial), or a space name/path (default fixed)")
     p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--purge-custom-gradients", action="store_true",
+                   help="demonstrate the proposed fix: after each trial, drop the CustomGradient-* entries TensorFlow "
+                        "left in its global gradient registry (they pin every trial's train-step graph)")
     p.add_argument("-v", "--verbose", action="store_true", help="show medtune's per-trial progress lines")
     p.add_argument("--keep-home", action="store_true", help="keep the temporary medtune home (runs, caches)")
-    p.add_argument("--quick", action="store_true", help="tiny settings (30 images per class, 32 px, 1 epoch)")
+    p.add_argument("--quick", action="store_true", help="tiny settings (20 images per class, 32 px, 1 epoch, 6 trials)")
     args = p.parse_args()
     if args.quick:
-        args.per_class = args.per_class or 30
-        args.epochs, args.image_size = 1, 32
+        args.per_class = args.per_class or 20
+        args.epochs, args.image_size, args.trials = 1, 32, 6
     if args.trials < 3:
         p.error("--trials: at least 3 (growth is measured from trial 2)")
     return args
@@ -61,6 +64,30 @@ def fixed_space(path: Path) -> Path:
     params = {p.name: {"type": "categorical", "choices": [p.default_value()]} for p in space.params if not p.condition}
     path.write_text(yaml.safe_dump({"description": "cnn.yaml defaults, one point (bench/memory.py)", "params": params}))
     return path
+
+
+def purge_custom_gradients() -> None:
+    """Wrap ``medtune.training.release_model`` (the engine looks it up per trial) with the proposed fix.
+
+    Each traced train step registers a ``CustomGradient-<n>`` function (from ``tf.distribute``'s
+    ``all_reduce``, used by Keras' optimizer) in TensorFlow's global gradient registry; its closure
+    holds graph tensors, so the whole train-step ``FuncGraph`` of every trial stays alive after
+    ``keras.backend.clear_session()`` (tensorflow/tensorflow#61791, keras-team/tf-keras#286).
+    """
+    from tensorflow.python.framework import ops
+
+    from medtune import training
+
+    registry = ops.gradient_registry._registry
+    baseline = set(registry)
+    release = training.release_model
+
+    def release_and_purge(model=None):
+        for key in [k for k in registry if k not in baseline and k.startswith("CustomGradient-")]:
+            del registry[key]
+        release(model)
+
+    training.release_model = release_and_purge
 
 
 def main() -> None:
@@ -90,10 +117,13 @@ def main() -> None:
             between.append(memory())  # the first call comes before any trial
 
     search_step.MlflowRecorder = SamplingRecorder  # run_search builds its recorder from this name
+    if args.purge_custom_gradients:
+        purge_custom_gradients()
     print(machine())
     print(f"data {folder}{f' (first {args.per_class} images per class)' if args.per_class else ''}")
     print(f"settings: {args.trials} trials x {args.epochs} epochs at {args.image_size} px, space {args.space}, "
-          f"optuna engine, {args.pruner} pruning, full tracking, seed {args.seed}")
+          f"optuna engine, {args.pruner} pruning, full tracking, seed {args.seed}"
+          f"{'; with the CustomGradient purge (proposed fix)' if args.purge_custom_gradients else ''}")
     if args.quick:
         print(QUICK_NOTE)
     start = memory()
@@ -108,8 +138,9 @@ def main() -> None:
     for i, number in enumerate(sorted(samples)):
         s = samples[number]
         b = after[i] if i < len(after) else {}
-        rows.append({"trial": number + 1, "state": s["state"], "epochs": s["epochs"], "peak_rss_mib": s["maxrss_mib"],
-                     "rss_at_end_mib": s["rss_end_mib"], "rss_released_mib": b.get("rss_mib", float("nan")),
+        rows.append({"trial": number + 1, "state": s["state"], "epochs": s["epochs"],
+                     "peak_rss_mib": s["maxrss_mib"], "rss_at_end_mib": s["rss_end_mib"],
+                     "rss_released_mib": b.get("rss_mib", float("nan")),
                      "threads": b.get("threads", "-"), "open_fds": b.get("fds", "-")})
     print()
     print(f"before the search: RSS {start['rss_mib']:.0f} MiB (peak {start['maxrss_mib']:.0f}), "

@@ -35,6 +35,8 @@ estimate, not the same measurement.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import time
 
@@ -137,8 +139,9 @@ def main() -> None:
             t0 = time.perf_counter()
             common = dict(validation_split=args.notebook_validation_split, seed=args.seed, image_size=(size, size),
                           batch_size=batch, label_mode="categorical", class_names=classes, verbose=False)
-            train = keras.utils.image_dataset_from_directory(folder, subset="training", **common)
-            val = keras.utils.image_dataset_from_directory(folder, subset="validation", **common)
+            with contextlib.redirect_stdout(io.StringIO()):  # "Using N files for training."
+                train = keras.utils.image_dataset_from_directory(folder, subset="training", **common)
+                val = keras.utils.image_dataset_from_directory(folder, subset="validation", **common)
             notebook_log["load_s"].append(time.perf_counter() - t0)
             notebook_log["train_images"] = len(train.file_paths)
             notebook_log["val_images"] = len(val.file_paths)

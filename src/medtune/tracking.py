@@ -344,6 +344,21 @@ def child_run(
             client.set_terminated(run_id, status_for(error))
 
 
+@contextlib.contextmanager
+def launcher_set_aside():
+    """Hide ``MLFLOW_RUN_ID`` (the ``mlflow run`` launcher run) from the steps run inside the block.
+
+    Used where a step starts another one the user did not ask for (the automatic split of a
+    dataset never split before): the launcher run belongs to the step the user asked for.
+    """
+    value = os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        yield value
+    finally:
+        if value is not None:
+            os.environ["MLFLOW_RUN_ID"] = value
+
+
 def link_launcher(step_run_id: str, note: str) -> None:
     """When a step reuses an earlier run instead of starting one, point the `mlflow run` run at it."""
     launcher_id = os.environ.pop("MLFLOW_RUN_ID", None)

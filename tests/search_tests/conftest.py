@@ -18,7 +18,6 @@ import pytest
 EXPERIMENT = "medtune-synthetic"
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1")
 TRIAL_IMAGES = ("learning_curves.png", "confusion_matrix.png", "gradcam.png")
-SMALL = ("--dataset", "synthetic", "--image-size", "32")
 
 
 class Store:
@@ -27,7 +26,6 @@ class Store:
     EXPERIMENT = EXPERIMENT
     EPOCH_METRICS = EPOCH_METRICS
     TRIAL_IMAGES = TRIAL_IMAGES
-    SMALL = SMALL
 
     def __init__(self, tracking_uri: str):
         from mlflow.tracking import MlflowClient
@@ -82,13 +80,6 @@ class Store:
 
     def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
-
-    def trial_in_epochs(self, study: str, *, running: bool = True):
-        """The first trial run of ``study`` that has logged a ``val_loss`` (and is RUNNING, if asked)."""
-        for run in self.trials(study):
-            if "val_loss" in run.data.metrics and (run.info.status == "RUNNING" or not running):
-                return run
-        return None
 
     def describe(self) -> str:
         """All runs, one line each (for assertion messages)."""

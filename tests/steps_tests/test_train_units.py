@@ -12,7 +12,7 @@ import pytest
 
 from medtune.errors import ConfigError
 from medtune.steps import pipeline, predict, train
-from medtune.steps.evaluate import launcher_set_aside
+from medtune.tracking import launcher_set_aside
 
 
 def test_params_from_file_reads_yaml_json_and_downloaded_best_params(tmp_path):

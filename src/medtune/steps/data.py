@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +51,8 @@ def load_split(
             if not auto_split:
                 raise DataError(f"dataset={dataset}: no finished split run; run `medtune split --dataset {dataset}` first")
             log.info("No split of %s yet: running the split step first", name)
-            launcher = os.environ.pop("MLFLOW_RUN_ID", None)  # the `mlflow run` run belongs to the caller's step
-            try:
+            with tracking.launcher_set_aside():  # the `mlflow run` run belongs to the caller's step
                 run_split(SplitOptions(dataset=dataset, data_dir=data_dir, image_size=image_size), reuse_run=True)
-            finally:
-                if launcher:
-                    os.environ["MLFLOW_RUN_ID"] = launcher
             runs = tracking.find_runs(name, "split", max_results=1)
         run = runs[0]
     else:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,22 +51,6 @@ def folder_test_set(folder: str, classes: list[str], image_size: int, channels: 
     y = np.asarray([classes.index(r.label) for r in records], dtype=np.int32)
     split_id = f"folder:{_hash(sorted(r.sha256 for r in records))}"
     return TestSet(x, y, [r.path for r in records], split_id, f"folder {folder}")
-
-
-@contextlib.contextmanager
-def launcher_set_aside():
-    """Hide ``MLFLOW_RUN_ID`` (the ``mlflow run`` launcher run) from the steps run inside the block.
-
-    ``load_split`` runs the split step when a dataset has never been split; that step would adopt
-    or link the launcher run, end it and drop ``MLFLOW_RUN_ID``, leaving the step the user asked
-    for (train, evaluate) without its launcher link.
-    """
-    value = os.environ.pop("MLFLOW_RUN_ID", None)
-    try:
-        yield value
-    finally:
-        if value is not None:
-            os.environ["MLFLOW_RUN_ID"] = value
 
 
 def _hash(items) -> str:
@@ -133,9 +115,8 @@ def run_evaluate(opts: EvaluateOptions) -> tuple[str, Evaluation]:
     else:
         from medtune.steps.data import load_split
 
-        with launcher_set_aside():  # an automatic split must not take over the launcher run
-            split = load_split(dataset, size, split_run=opts.split_run or _model_split_run(meta, dataset),
-                               data_dir=opts.data_dir)
+        split = load_split(dataset, size, split_run=opts.split_run or _model_split_run(meta, dataset),
+                           data_dir=opts.data_dir)
         if list(split.classes) != list(classes):
             raise DataError(f"dataset={dataset}: classes {split.classes} differ from the model's {classes}")
         test = manifest_test_set(split)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,14 +250,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     check_options(opts)
     space_path = resolve_space_path(opts.space or default_space(opts.dataset))
     space = load_space(space_path)  # a bad space file stops here, before any trial
-    # An automatic split (first search of a dataset) must not consume the `mlflow run` launcher
-    # run: the launcher belongs to the search step, so it links to (and ends with) the search run.
-    launcher = os.environ.pop("MLFLOW_RUN_ID", None)
-    try:
-        split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
-    finally:
-        if launcher:
-            os.environ["MLFLOW_RUN_ID"] = launcher
+    split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     from medtune.training import configure_threads  # imports TensorFlow: only once the inputs are valid
 
     opts.dataset = split.dataset

@@ -129,13 +129,11 @@ def run_train(opts: TrainOptions) -> TrainOutcome:
 
     from medtune import training
     from medtune.steps.data import load_split
-    from medtune.steps.evaluate import launcher_set_aside
 
     if opts.epochs < 1:
         raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
     t0 = time.perf_counter()
-    with launcher_set_aside():  # an automatic split must not take over the `mlflow run` launcher run
-        split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
+    split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     if opts.params:
         params, search_run_id = params_from_file(opts.params), None
     else:
@@ -241,7 +239,7 @@ def rescore_on_split(model_uri: str, split, test) -> float | None:
     """
     from medtune import serving
     from medtune.steps.data import load_split
-    from medtune.steps.evaluate import launcher_set_aside, manifest_test_set, score_macro_f1
+    from medtune.steps.evaluate import manifest_test_set, score_macro_f1
 
     with tempfile.TemporaryDirectory() as tmp:
         model, meta = serving.load_keras_from_uri(model_uri, Path(tmp))
@@ -254,8 +252,7 @@ def rescore_on_split(model_uri: str, split, test) -> float | None:
         return None
     size = int(meta.get("image_size", 0))
     if size != test.x.shape[1]:  # the same test images, cached at the model's own size
-        with launcher_set_aside():
-            test = manifest_test_set(load_split(split.dataset, size, split_run=split.run_id))
+        test = manifest_test_set(load_split(split.dataset, size, split_run=split.run_id))
     return score_macro_f1(model, test, list(split.classes))
 
 
