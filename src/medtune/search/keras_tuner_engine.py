@@ -97,6 +97,7 @@ class _TrackedTunerMixin:
 
     def _setup_medtune(self, space, data, cfg, recorder):
         self._space, self._data, self._cfg, self._recorder = space, data, cfg, recorder
+        self._own_trials: dict[int, TrialSummary] = {}  # a distributed worker's oracle is remote
 
     def run_trial(self, trial, *args, **kwargs):  # noqa: ARG002
         from medtune.training import release_model
@@ -117,10 +118,13 @@ class _TrackedTunerMixin:
             if not math.isfinite(result.value):
                 raise RuntimeError(f"objective {cfg.objective} is not finite")
             self._recorder.trial_finished(handle, COMPLETE, result)
+            self._own_trials[number] = TrialSummary(number, COMPLETE, result.value, params,
+                                                    duration_s=result.seconds, epochs_run=result.epochs_run)
             history = {k: v for k, v in result.history.items()}
             return {cfg.objective: result.value, **{k: v[-1] for k, v in history.items() if v and k != cfg.objective}}
         except Exception as exc:
             self._recorder.trial_finished(handle, FAILED, result, error=exc)
+            self._own_trials[number] = TrialSummary(number, FAILED, None, params, error=f"{type(exc).__name__}: {exc}"[:500])
             raise kt.errors.FailedTrialError(f"{type(exc).__name__}: {exc}") from exc
         except BaseException as exc:  # interrupted: end the run KILLED, let the tuner stop
             self._recorder.trial_finished(handle, FAILED, result, error=exc)
@@ -191,9 +195,13 @@ def check_state(cfg: SearchSettings) -> None:
 
 
 def summaries(tuner) -> list[TrialSummary]:
+    """All trials of the oracle; on a distributed worker (remote oracle), the trials it ran."""
+    trials = getattr(tuner.oracle, "trials", None)
+    if trials is None:
+        return sorted(getattr(tuner, "_own_trials", {}).values(), key=lambda s: s.number)
     out = []
     space = getattr(tuner, "_space", None)  # the same active params as the trial runs (and Optuna) show
-    for trial_id, trial in sorted(tuner.oracle.trials.items(), key=lambda kv: int(kv[0])):
+    for trial_id, trial in sorted(trials.items(), key=lambda kv: int(kv[0])):
         values = trial.hyperparameters.values
         state = _STATES.get(str(trial.status), str(trial.status))
         out.append(

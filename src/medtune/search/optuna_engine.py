@@ -92,7 +92,7 @@ def make_storage(url: str | None) -> optuna.storages.RDBStorage:
                 url,
                 heartbeat_interval=interval,
                 grace_period=grace,
-                heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
                 engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
             )
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
