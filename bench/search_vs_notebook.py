@@ -240,15 +240,27 @@ def main() -> None:
     print()
     print(table(rows, f"search on {folder} ({space_path.name}, {args.trials} trials x {epochs} epochs, {size} px)"))
     durations = [s.duration_s for s in sums if s.duration_s and s.state in (COMPLETE, PRUNED)]
+    m_first, m_later = [], []  # epoch_seconds as medtune logged them in each trial run
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for s in sums:
+        if s.run_id:
+            history = sorted(client.get_metric_history(s.run_id, "epoch_seconds"), key=lambda m: m.step)
+            m_first += [m.value for m in history[:1]]
+            m_later += [m.value for m in history[1:]]
+
+    def mean(values):
+        return f"{np.mean(values):.1f} s" if values else "-"
+
     print()
     print(f"medtune: split (scan, de-duplicate, decode once) {split_s:.1f} s, {medtune_state['kept']} images kept; "
-          f"mean trial {np.mean(durations) if durations else float('nan'):.1f} s; "
-          f"pruning saved {args.trials * epochs - m_epochs} of {args.trials * epochs} epochs")
-    first = notebook_log["first_epoch_s"]
-    later = notebook_log["epoch_s"]
-    print(f"notebook: image_dataset_from_directory x2 per trial {np.mean(notebook_log['load_s']):.1f} s (index only); "
-          f"first epoch (decodes) {np.mean(first) if first else float('nan'):.1f} s, "
-          f"later epochs {np.mean(later) if later else float('nan'):.1f} s; mean trial {n_s / max(n_trials, 1):.1f} s")
+          f"first epoch (tracing) {mean(m_first)}, later epochs {mean(m_later)}; mean trial {mean(durations)} "
+          f"(with tracking); pruning saved {args.trials * epochs - m_epochs} of {args.trials * epochs} epochs")
+    print(f"notebook: image_dataset_from_directory x2 per trial {mean(notebook_log['load_s'])} (file listing); "
+          f"first epoch (decoding{' + caching' if args.notebook_cache else ''} + tracing) "
+          f"{mean(notebook_log['first_epoch_s'])}, later epochs {mean(notebook_log['epoch_s'])}; "
+          f"mean trial {n_s / max(n_trials, 1):.1f} s")
     print("note: medtune's validation split is its own de-duplicated split; the notebook's is a random "
           f"{args.notebook_validation_split:.0%} of the raw files (duplicates may straddle it): the F1 values are "
           "each side's own estimate.")

@@ -23,6 +23,7 @@ is opened once, outside the timings (it is a per-search cost, not a per-trial on
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import time
 from collections import defaultdict
@@ -153,6 +154,19 @@ def main() -> None:
         training.release_model()
         return time.perf_counter() - t0
 
+    def validation_pass_seconds() -> float:
+        """Median time of ``predict_proba`` over the validation set (after one untimed call)."""
+        model = training.compile_model(build_model(params, data.input_shape, k), params)
+        training.predict_proba(model, data.x_val)
+        spent = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            training.predict_proba(model, data.x_val)
+            spent.append(time.perf_counter() - t0)
+        del model
+        training.release_model()
+        return statistics.median(spent)
+
     number = iter(range(10_000))
     last_run = {}
 
@@ -185,8 +199,8 @@ def main() -> None:
         print(QUICK_NOTE)
 
     bare(1)  # warm-up: TensorFlow start-up and first tracing, untimed
-    import medtune.explain  # noqa: F401  the recorder's first-use imports (matplotlib...), once per process
-    import medtune.reports  # noqa: F401
+    for module in ("medtune.explain", "medtune.reports"):  # the recorder's first-use imports, once per process
+        importlib.import_module(module)
     times = defaultdict(list)
     experiment_id = tracking.ensure_experiment(split.dataset)
     opts = SearchOptions(dataset=split.dataset, trials=args.repeats, epochs=args.epochs, image_size=args.image_size,
@@ -204,13 +218,7 @@ def main() -> None:
         recorder_ref.clear()  # the parent run's own flush at exit is not a trial's
 
         # what one pass over the validation set costs (trainer extras = epochs + 1 of them)
-        model = training.compile_model(build_model(params, data.input_shape, k), params)
-        training.predict_proba(model, data.x_val)
-        val_pass = statistics.median(
-            [(lambda t0: (training.predict_proba(model, data.x_val), time.perf_counter() - t0)[1])(time.perf_counter())
-             for _ in range(3)])
-        del model
-        training.release_model()
+        val_pass = validation_pass_seconds()
 
     base = statistics.median(times[names[0]])
     described = {"bare": "bare model.fit", "trainer": "medtune train_trial, no tracking",

@@ -253,7 +253,7 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
             if value is None or not math.isfinite(float(value)):
                 return False
             trial.report(float(value), epoch)
-            return trial.should_prune()
+            return epoch < cfg.epochs - 1 and trial.should_prune()  # pruning the last epoch saves nothing
 
         from medtune.training import release_model
 
