@@ -25,6 +25,30 @@ def require_shared(name: str) -> Path:
     return path
 
 
+ISOLATED_ENV = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MEDTUNE_SYNTHETIC": "40,48",  # 160 images of 48 px: fast, still learnable
+    "MEDTUNE_HEARTBEAT": "2,4",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def activate_project(mp: pytest.MonkeyPatch, home: Path) -> "Project":
+    """Point this process (through ``mp``) and the returned subprocess env at an isolated home."""
+    env = {**ISOLATED_ENV, "MEDTUNE_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    for key, value in env.items():
+        mp.setenv(key, value)
+    mp.delenv("MLFLOW_RUN_ID", raising=False)
+    mp.chdir(home)
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    full_env = {**os.environ, **env}
+    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
+    return Project(home, full_env, env["MLFLOW_TRACKING_URI"])
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """An isolated medtune home: its own mlflow.db, mlruns/, caches and small synthetic set.
@@ -33,25 +57,7 @@ def project(tmp_path, monkeypatch):
     """
     home = tmp_path / "home"
     home.mkdir()
-    env = {
-        "MEDTUNE_HOME": str(home),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "MEDTUNE_SYNTHETIC": "40,48",
-        "MEDTUNE_HEARTBEAT": "2,4",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "PYTHONUNBUFFERED": "1",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.chdir(home)
-    import mlflow
-
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    full_env = {**os.environ, **env}
-    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
-    return Project(home, full_env, env["MLFLOW_TRACKING_URI"])
+    return activate_project(monkeypatch, home)
 
 
 class Project:

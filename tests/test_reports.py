@@ -12,33 +12,10 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from medtune import reports  # noqa: E402
+from medtune.datasets.registry import DATASETS  # noqa: E402
 from medtune.metrics import confusion, reliability_bins, roc_curves  # noqa: E402
 
-LONG_NAMES = [
-    "Acne and Rosacea Photos",
-    "Actinic Keratosis Basal Cell Carcinoma and other Malignant Lesions",
-    "Atopic Dermatitis Photos",
-    "Bullous Disease Photos",
-    "Cellulitis Impetigo and other Bacterial Infections",
-    "Eczema Photos",
-    "Exanthems and Drug Eruptions",
-    "Hair Loss Photos Alopecia and other Hair Diseases",
-    "Herpes HPV and other STDs Photos",
-    "Light Diseases and Disorders of Pigmentation",
-    "Lupus and other Connective Tissue diseases",
-    "Melanoma Skin Cancer Nevi and Moles",
-    "Nail Fungus and other Nail Disease",
-    "Poison Ivy Photos and other Contact Dermatitis",
-    "Psoriasis pictures Lichen Planus and related diseases",
-    "Scabies Lyme Disease and other Infestations and Bites",
-    "Seborrheic Keratoses and other Benign Tumors",
-    "Systemic Disease",
-    "Tinea Ringworm Candidiasis and other Fungal Infections",
-    "Urticaria Hives",
-    "Vascular Tumors",
-    "Vasculitis Photos",
-    "Warts Molluscum and other Viral Infections",
-]
+LONG_NAMES = list(DATASETS["dermnet"].classes)  # 23 long class names with spaces
 
 RNG = np.random.default_rng(0)
 Y = RNG.integers(0, 23, 300)

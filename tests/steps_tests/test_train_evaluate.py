@@ -29,7 +29,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import Project
+from tests.conftest import activate_project
 
 pytestmark = pytest.mark.slow
 
@@ -57,25 +57,9 @@ def home(tmp_path_factory):
     """The `project` fixture of tests/conftest.py, for a whole module."""
     home = tmp_path_factory.mktemp("e2e") / "home"
     home.mkdir()
-    env = {
-        "MEDTUNE_HOME": str(home),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "MEDTUNE_SYNTHETIC": "40,48",
-        "MEDTUNE_HEARTBEAT": "2,4",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "PYTHONUNBUFFERED": "1",
-    }
     previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.chdir(home)
-        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-        full_env = {**os.environ, **env}
-        full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
-        yield Project(home, full_env, env["MLFLOW_TRACKING_URI"])
+        yield activate_project(mp, home)
     mlflow.set_tracking_uri(previous)
 
 
