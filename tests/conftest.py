@@ -49,6 +49,19 @@ def activate_project(mp: pytest.MonkeyPatch, home: Path) -> "Project":
     return Project(home, full_env, env["MLFLOW_TRACKING_URI"])
 
 
+def use_sqlite_store(mp: pytest.MonkeyPatch, root: Path, experiment: str) -> str:
+    """Point MLflow (this process, through ``mp``) at a fresh SQLite store; returns a new experiment id."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.delenv("MLFLOW_RUN_ID", raising=False)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient().create_experiment(experiment, artifact_location=(root / "mlruns").as_uri())
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """An isolated medtune home: its own mlflow.db, mlruns/, caches and small synthetic set.

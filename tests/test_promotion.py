@@ -8,6 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medtune import promotion
+from tests.conftest import use_sqlite_store
 
 
 
@@ -27,13 +28,8 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mlflow.set_tracking_uri(uri)
-        client = MlflowClient()
-        experiment_id = client.create_experiment("gate", artifact_location=(root / "artifacts").as_uri())
-        yield client, experiment_id
+        experiment_id = use_sqlite_store(mp, root, "gate")
+        yield MlflowClient(), experiment_id
     mlflow.set_tracking_uri(previous)
 
 

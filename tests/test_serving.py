@@ -13,7 +13,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 from mlflow.types import DataType
 from PIL import Image
 
@@ -21,6 +20,7 @@ from medtune import serving, training
 from medtune.datasets.images import decode_image
 from medtune.datasets.synthetic import generate
 from medtune.models import build_model
+from tests.conftest import use_sqlite_store
 
 CLASSES = ["crescent", "disc", "ring tumour", "speckled"]  # one name with a space
 SIZE = 32
@@ -60,11 +60,7 @@ def logged(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mlflow.set_tracking_uri(uri)
-        experiment_id = MlflowClient().create_experiment("serving", artifact_location=(root / "mlruns").as_uri())
+        experiment_id = use_sqlite_store(mp, root, "serving")
         keras.utils.set_random_seed(0)
         x, y, _ = generate(6, SIZE, seed=1)
         model = training.compile_model(build_model(PARAMS, (SIZE, SIZE, 3), len(CLASSES)), PARAMS)
