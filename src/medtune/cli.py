@@ -98,6 +98,13 @@ def split(ctx, dataset, data_dir, image_size, val_fraction, test_fraction, phash
     )
 
 
+def WEIGHTS_OPTION(default: str):  # noqa: N802 - reads like the other option constants
+    return click.option(
+        "--weights", default=default, show_default=bool(default), callback=_none_if_empty,
+        help="Backbone initial weights: imagenet, none, a .h5/.weights.h5 file or a folder of Keras's files"
+             + ("" if default else " (default: what the search used)") + ".")
+
+
 def _search_options(fn):
     """Options of `search` and its engine shortcuts, defined once."""
     decorators = [
@@ -120,6 +127,7 @@ def _search_options(fn):
         click.option("--class-weights", default=True, show_default=True, type=click.BOOL,
                      help="Weight classes by inverse frequency (balanced): true or false."),
         click.option("--split-run", default="latest", show_default=True, help="Split run id to train on."),
+        WEIGHTS_OPTION("imagenet"),
         SEED,
         TRACKING_URI,
     ]
@@ -175,6 +183,7 @@ TRAIN_OPTIONS = [
     click.option("--class-weights", default=True, show_default=True, type=click.BOOL),
     click.option("--margin", default=0.0, show_default=True, type=float,
                  help="Macro-F1 margin a new model must beat the champion by."),
+    WEIGHTS_OPTION(""),
 ]
 
 
@@ -203,14 +212,15 @@ def _train_summary(out) -> str:
 @TRACKING_URI
 @click.pass_context
 def train(ctx, dataset, data_dir, search_run, params, epochs, image_size, patience, mixed_precision, class_weights,
-          margin, seed, tracking_uri):
+          margin, weights, seed, tracking_uri):
     """Train the best trial of a search (or explicit params), evaluate, register and gate @champion."""
     _setup(ctx.obj["verbose"], tracking_uri)
     from medtune.steps.train import TrainOptions, run_train
 
     out = run_train(TrainOptions(dataset=dataset, data_dir=data_dir, search_run=search_run, params=params,
                                  epochs=epochs, image_size=image_size, patience=patience,
-                                 mixed_precision=mixed_precision, class_weights=class_weights, margin=margin, seed=seed))
+                                 mixed_precision=mixed_precision, class_weights=class_weights, margin=margin,
+                                 weights=weights, seed=seed))
     click.echo(_train_summary(out))
 
 
@@ -264,11 +274,12 @@ def predict(ctx, model_uri, inputs, output, gradcam, tracking_uri):
               help="Macro-F1 margin a new model must beat the champion by.")
 @click.option("--mixed-precision", default=True, show_default=True, type=click.BOOL,
               help="Mixed precision on GPU for final training (ignored on CPU).")
+@WEIGHTS_OPTION("imagenet")
 @SEED
 @TRACKING_URI
 @click.pass_context
 def main_pipeline(ctx, dataset, data_dir, engine, space, trials, search_epochs, search_image_size, epochs, image_size,
-                  patience, margin, mixed_precision, seed, tracking_uri):
+                  patience, margin, mixed_precision, weights, seed, tracking_uri):
     """Split, search, train, evaluate and promote in one go (each step its own run)."""
     _setup(ctx.obj["verbose"], tracking_uri)
     from medtune.steps.pipeline import PipelineOptions, run_pipeline
@@ -276,7 +287,7 @@ def main_pipeline(ctx, dataset, data_dir, engine, space, trials, search_epochs, 
     out = run_pipeline(PipelineOptions(dataset=dataset, data_dir=data_dir, engine=engine, space=space, trials=trials,
                                        search_epochs=search_epochs, search_image_size=search_image_size, epochs=epochs,
                                        image_size=image_size, patience=patience, margin=margin,
-                                       mixed_precision=mixed_precision, seed=seed))
+                                       mixed_precision=mixed_precision, weights=weights, seed=seed))
     click.echo(out.summary())
 
 

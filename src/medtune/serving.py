@@ -73,6 +73,8 @@ class ImageClassifier(_pyfunc_base()):
     def load_context(self, context):
         import keras
 
+        import medtune.models.layers  # noqa: F401 - registers the layers transfer models contain
+
         self.metadata = json.loads(Path(context.artifacts[METADATA_ARTIFACT]).read_text())
         self.model = keras.models.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
 
@@ -188,6 +190,8 @@ def load_keras_from_uri(model_uri: str, dst: Path):
     """Download a logged medtune model and return (keras model, metadata)."""
     import keras
     import mlflow
+
+    import medtune.models.layers  # noqa: F401 - registers the layers transfer models contain
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
     keras_file = next(local.rglob("model.keras"), None)

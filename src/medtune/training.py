@@ -39,7 +39,9 @@ __all__ = [
     "balanced_class_weights",
     "compile_model",
     "configure_threads",
+    "StagedEarlyStopping",
     "fit",
+    "fit_stages",
     "make_dataset",
     "predict_proba",
     "release_model",
@@ -411,8 +413,11 @@ def fit(
     class_weight: dict | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
+    initial_epoch: int = 0,
 ) -> dict[str, list[float]]:
     """Train a compiled model and score the validation set after every epoch.
+
+    ``initial_epoch`` continues an earlier ``fit`` (epoch numbers run on; ``epochs`` is the end).
 
     Runs ``[EpochScores, NaNGuard, *callbacks]`` so ``callbacks`` can monitor
     ``val_macro_f1`` / ``val_balanced_accuracy``.
@@ -433,6 +438,7 @@ def fit(
         train_ds,
         validation_data=val_ds,
         epochs=int(epochs),
+        initial_epoch=int(initial_epoch),
         class_weight=class_weight,
         callbacks=[scorer, guard, *others],
         shuffle=False,  # the dataset shuffles itself
@@ -446,6 +452,81 @@ def fit(
             history=result,
         )
     return result
+
+
+class StagedEarlyStopping(keras.callbacks.EarlyStopping):
+    """Early stopping that sees every stage of a staged fit as one training.
+
+    Keras resets ``best`` at each ``fit``; this keeps the best value and weights across fits
+    (only the patience counter restarts with a stage), so ``restore_best_weights`` restores the
+    best epoch of all stages.
+    """
+
+    _seen = False
+
+    def on_train_begin(self, logs=None):
+        kept = (self.best, self.best_weights, self.best_epoch) if self._seen else None
+        super().on_train_begin(logs)
+        if kept is not None:
+            self.best, self.best_weights, self.best_epoch = kept
+        self._seen = True
+
+
+class _StageMarker(keras.callbacks.Callback):
+    def __init__(self, stage: int):
+        super().__init__()
+        self.stage = stage
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["stage"] = float(self.stage)
+
+
+def fit_stages(
+    model: keras.Model,
+    params: Mapping[str, Any],
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    *,
+    y_val: np.ndarray,
+    epochs: int,
+    class_weight: dict | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    stop_requested=None,
+    on_stage=None,
+) -> dict[str, list[float]]:
+    """:func:`fit` through the stages of ``models.transfer.stage_plan(params, epochs)``.
+
+    The custom CNN has one stage (a plain :func:`fit`). A transfer model trains its head with
+    the backbone frozen, then unfreezes the top ``fine_tune_layers`` and recompiles at the lower
+    learning rate. Epoch numbers continue across stages, every epoch's logs carry ``stage``, and
+    the same ``callbacks`` (pruning, early stopping, logging) and ``class_weight`` see both.
+    Stage 2 is skipped when ``stop_requested()`` is true after stage 1 (a pruned trial).
+    ``on_stage(stage, trainable_layers)`` is called as each stage starts.
+
+    Returns:
+        The history of all stages, concatenated per key.
+    """
+    from medtune.models.transfer import set_stage, stage_plan
+
+    history: dict[str, list[float]] = {}
+    for stage in stage_plan(params, int(epochs)):
+        if stage.number > 1:
+            if stop_requested is not None and stop_requested():
+                break
+            model.stop_training = False
+        trainable = set_stage(model, stage)
+        if stage.number > 1 or not model.compiled:
+            compile_model(model, {**params, "learning_rate": stage.learning_rate})
+        if on_stage is not None:
+            on_stage(stage, trainable)
+        part = fit(
+            model, train_ds, val_ds, y_val=y_val, epochs=stage.end_epoch, initial_epoch=stage.first_epoch,
+            class_weight=class_weight, callbacks=[_StageMarker(stage.number), *callbacks],
+        )
+        for key, values in part.items():
+            history.setdefault(key, []).extend(values)
+    return history
 
 
 def predict_proba(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -1,23 +1,31 @@
-"""Model builders: ``build_model(params, input_shape, n_classes)`` picks one by ``backbone``."""
+"""Model builders: ``build_model(params, input_shape, n_classes)`` picks one by ``backbone``.
+
+``custom`` is the CNN of :mod:`medtune.models.cnn`; every other name is a ``keras.applications``
+backbone under the same head (:mod:`medtune.models.transfer`), initialised from
+:mod:`medtune.models.weights`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from medtune.errors import ConfigError
 
-__all__ = ["BACKBONES", "build_model"]
+__all__ = ["BACKBONES", "backbones_of", "build_model", "check_image_size"]
 
-BACKBONES = ("custom",)
+BACKBONES = ("custom", "mobilenet_v2", "efficientnet_b0", "xception", "resnet50")
 """Values of the ``backbone`` parameter that :func:`build_model` can build."""
 
 
-def build_model(params: Mapping[str, Any], input_shape: tuple[int, int, int], n_classes: int):
+def build_model(params: Mapping[str, Any], input_shape: tuple[int, int, int], n_classes: int,
+                weights: Mapping[str, Any] | None = None):
     """Build an uncompiled ``keras.Model`` for ``params["backbone"]`` (default ``custom``).
 
     The model takes raw pixel values 0..255 of shape ``input_shape`` and outputs float32
-    class probabilities.
+    class probabilities. ``weights`` maps backbone names to resolved
+    :class:`~medtune.models.weights.WeightsFile` s (see ``resolve_weights``); a backbone absent
+    from it starts from random weights. A transfer model comes back in stage 1 (backbone frozen).
 
     Raises:
         ConfigError: an unknown backbone or an invalid parameter value.
@@ -27,5 +35,30 @@ def build_model(params: Mapping[str, Any], input_shape: tuple[int, int, int], n_
         from medtune.models.cnn import build_cnn  # late: keeps `import medtune.models` light
 
         return build_cnn(params, input_shape, n_classes)
-    available = ", ".join(BACKBONES)
-    raise ConfigError(f"backbone {backbone!r} not available yet (available: {available})")
+    if backbone not in BACKBONES:
+        raise ConfigError(f"backbone: {backbone!r} is not one of {', '.join(BACKBONES)}")
+    from medtune.models.transfer import build_transfer
+
+    source = (weights or {}).get(backbone)
+    return build_transfer(params, input_shape, n_classes, weights_path=source.path if source else None)
+
+
+def backbones_of(space_or_params) -> list[str]:
+    """Backbones a search space can pick (its ``backbone`` choices) or a params dict names."""
+    if isinstance(space_or_params, Mapping):
+        return [space_or_params.get("backbone", "custom")]
+    if "backbone" not in space_or_params:
+        return ["custom"]
+    param = space_or_params["backbone"]
+    return list(param.choices) if param.type == "categorical" else [param.default_value()]
+
+
+def check_image_size(backbones: Iterable[str], image_size: int) -> None:
+    """A clear error before any trial when a backbone needs more pixels than ``image_size``."""
+    from medtune.models.transfer import check_image_size as check
+
+    for name in backbones:
+        if name != "custom":
+            if name not in BACKBONES:
+                raise ConfigError(f"backbone: {name!r} is not one of {', '.join(BACKBONES)}")
+            check(name, image_size)

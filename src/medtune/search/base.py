@@ -26,6 +26,7 @@ class SearchSettings:
     storage: str | None = None  # Optuna storage URL
     pruner: str = "median"  # median | hyperband | none
     workdir: str = ".medtune/keras_tuner"  # keras-tuner state
+    weights: dict = field(default_factory=dict)  # backbone -> resolved WeightsFile
 
 
 @dataclass

@@ -114,6 +114,7 @@ class _TrackedTunerMixin:
                 params, self._data, epochs=epochs, objective=cfg.objective,
                 class_weights=cfg.class_weights, seed=cfg.seed + number,
                 on_epoch=lambda e, logs: self._recorder.epoch_end(handle, e, logs) and False,
+                weights=cfg.weights,
             )
             if not math.isfinite(result.value):
                 raise RuntimeError(f"objective {cfg.objective} is not finite")

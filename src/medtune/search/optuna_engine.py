@@ -262,6 +262,7 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
             result = train_trial(
                 params, data, epochs=cfg.epochs, objective=cfg.objective,
                 class_weights=cfg.class_weights, seed=cfg.seed + trial.number, on_epoch=on_epoch,
+                weights=cfg.weights,
             )
             trial.set_user_attr("epochs_run", result.epochs_run)
             if result.pruned:

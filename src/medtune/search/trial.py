@@ -91,10 +91,12 @@ def train_trial(
     class_weights: bool = True,
     seed: int = 0,
     on_epoch: Callable[[int, dict], bool] | None = None,
+    weights: Mapping | None = None,
 ) -> TrialResult:
-    """Train one configuration for up to ``epochs`` epochs.
+    """Train one configuration for up to ``epochs`` epochs (both stages for a transfer backbone).
 
     Args:
+        weights: backbone name -> resolved weights file (``medtune.models.weights``).
         on_epoch: called after every epoch with (epoch, logs); returning True stops the trial
             as pruned (the engine decides, e.g. Optuna's pruner).
 
@@ -115,8 +117,8 @@ def train_trial(
         training=True, augment=float(params.get("augment", 0.0)), seed=seed,
     )
     val_ds = training.make_dataset(data.x_val, data.y_val, n_classes, batch_size, training=False)
-    model = training.compile_model(build_model(params, data.input_shape, n_classes), params)
-    weights = training.balanced_class_weights(data.y_train, n_classes) if class_weights else None
+    model = training.compile_model(build_model(params, data.input_shape, n_classes, weights=weights), params)
+    class_weight = training.balanced_class_weights(data.y_train, n_classes) if class_weights else None
 
     result = TrialResult(model=model)
 
@@ -128,9 +130,9 @@ def train_trial(
 
     t0 = time.perf_counter()
     try:
-        result.history = training.fit(
-            model, train_ds, val_ds, y_val=data.y_val, epochs=epochs,
-            class_weight=weights, callbacks=[_Hook()],
+        result.history = training.fit_stages(
+            model, params, train_ds, val_ds, y_val=data.y_val, epochs=epochs,
+            class_weight=class_weight, callbacks=[_Hook()], stop_requested=lambda: result.pruned,
         )
     finally:
         result.seconds = time.perf_counter() - t0

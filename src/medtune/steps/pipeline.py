@@ -23,6 +23,7 @@ class PipelineOptions:
     patience: int = 8
     margin: float = 0.0
     mixed_precision: bool = True
+    weights: str = "imagenet"
     seed: int = 42
 
 
@@ -64,7 +65,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
     t = time.perf_counter()
     search = run_search(SearchOptions(dataset=opts.dataset, data_dir=opts.data_dir, engine=opts.engine, space=opts.space,
                                       trials=opts.trials, epochs=opts.search_epochs, image_size=opts.search_image_size,
-                                      seed=opts.seed, split_run=split.run_id))
+                                      seed=opts.seed, split_run=split.run_id, weights=opts.weights))
     seconds["search"] = time.perf_counter() - t
     _link(launcher_id, {"medtune.search_run_id": search.run_id}, step_run=search.run_id)
     if search.best is None:
@@ -75,7 +76,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
     train = run_train(TrainOptions(dataset=opts.dataset, data_dir=opts.data_dir, search_run=search.run_id,
                                    epochs=opts.epochs, image_size=opts.image_size, patience=opts.patience,
                                    mixed_precision=opts.mixed_precision, margin=opts.margin, seed=opts.seed,
-                                   split_run=split.run_id))
+                                   split_run=split.run_id, weights=opts.weights))
     seconds["train+evaluate"] = time.perf_counter() - t
     _link(launcher_id, {"medtune.train_run_id": train.run_id, "medtune.model_version": train.model_version or "",
                         "medtune.decision": train.decision.alias if train.decision else ""}, step_run=train.run_id)

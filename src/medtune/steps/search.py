@@ -43,6 +43,7 @@ class SearchOptions:
     class_weights: bool = True
     pruner: str = "median"
     split_run: str | None = None
+    weights: str = "imagenet"  # for keras.applications backbones: imagenet | none | file | folder
 
 
 @dataclass
@@ -65,9 +66,9 @@ class MlflowRecorder:
     """Records each trial as a nested MLflow run and prints progress to the console."""
 
     def __init__(self, parent: tracking.RunLogger, experiment_id: str, opts: SearchOptions, study: str,
-                 data: TrialData, classes: list[str]):
+                 data: TrialData, classes: list[str], weights: dict | None = None):
         self.parent, self.experiment_id, self.opts, self.study = parent, experiment_id, opts, study
-        self.data, self.classes = data, classes
+        self.data, self.classes, self.weights = data, classes, weights or {}
         self.best: float | None = None
         self.done = 0  # trials COMPLETE or PRUNED in the study (all sessions and workers)
         self.direction = objective_direction(opts.objective)
@@ -100,6 +101,11 @@ class MlflowRecorder:
             run = client.create_run(self.experiment_id, run_name=f"trial-{number:03d}", tags=tags)
             logger = tracking.RunLogger(run.info.run_id, client)
         logger.params(params)
+        backbone = params.get("backbone", "custom")
+        if backbone != "custom":  # what the trial's backbone was initialised from
+            source = self.weights.get(backbone)
+            logger.tags({"medtune.weights_source": source.source if source else "none",
+                         "medtune.weights_sha256": source.sha256 if source else ""})
         handle = _Handle(logger, number, time.perf_counter(), params)
         progress_log.info("trial %d started (%s, best %s): %s", number + 1, self._done(), _fmt(self.best), _short(params))
         return handle
@@ -247,6 +253,12 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     check_options(opts)
     space_path = resolve_space_path(opts.space or default_space(opts.dataset))
     space = load_space(space_path)  # a bad space file stops here, before any trial
+    from medtune.models import backbones_of, check_image_size
+    from medtune.models.weights import resolve_weights
+
+    backbones = backbones_of(space)
+    check_image_size(backbones, opts.image_size)
+    weights = resolve_weights(opts.weights, backbones)  # no network or a bad file: one line, now
     split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     from medtune.training import configure_threads  # imports TensorFlow: only once the inputs are valid
 
@@ -264,6 +276,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         study=study, trials=opts.trials, epochs=opts.epochs, objective=opts.objective, direction=direction,
         timeout=opts.timeout, seed=opts.seed, class_weights=opts.class_weights, storage=opts.storage,
         pruner=opts.pruner, workdir=str(settings.project_dir() / ".medtune" / "keras_tuner"),
+        weights=weights,
     )
     if opts.engine != "optuna":  # unreadable keras-tuner state stops here, before the run is reopened
         from medtune.search import keras_tuner_engine
@@ -287,10 +300,13 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
             "timeout": opts.timeout, "study": study, "seed": opts.seed, "class_weights": opts.class_weights,
             "pruner": opts.pruner if opts.engine == "optuna" else "none",
             "storage": _storage_label(opts.storage),
+            "weights": opts.weights if backbones != ["custom"] else "n/a",
         })
+        if weights:
+            parent.json({name: w.tags() for name, w in weights.items()}, "weights.json")
         parent.file(space_path)
         mlflow.log_input(manifest_dataset(split), context="training")
-        recorder = MlflowRecorder(parent, experiment_id, opts, study, data, split.classes)
+        recorder = MlflowRecorder(parent, experiment_id, opts, study, data, split.classes, weights)
         log.info("Search %s: %s engine, %d trials x %d epochs at %d px, objective %s",
                  study, opts.engine, opts.trials, opts.epochs, opts.image_size, opts.objective)
         if opts.engine == "optuna":
@@ -360,7 +376,8 @@ def _log_summary(parent, summaries, best, space, opts, direction, seconds) -> No
         parent.tags({"medtune.best_trial": "none"})
         return
     parent.json({"params": best.params, "value": best.value, "objective": opts.objective,
-                 "trial": best.number, "run_id": best.run_id, "image_size": opts.image_size}, "best_params.json")
+                 "trial": best.number, "run_id": best.run_id, "image_size": opts.image_size,
+                 "weights": opts.weights}, "best_params.json")
     best_params = {f"best_{k}": v for k, v in best.params.items()}
     logged = parent.client.get_run(parent.run_id).data.params
     stale = sorted(

@@ -33,6 +33,7 @@ class TrainOptions:
     register: bool = True
     seed: int = 42
     split_run: str | None = None
+    weights: str | None = None  # imagenet | none | file | folder; None: what the search used
 
 
 @dataclass
@@ -46,7 +47,10 @@ class TrainOutcome:
 
 
 def best_params_of_search(dataset: str, search_run: str | None) -> tuple[dict, str]:
-    """The best trial's params of ``search_run`` (or of the latest finished search of ``dataset``)."""
+    """The best trial's params of ``search_run`` (or of the latest finished search of ``dataset``).
+
+    The params carry the search's ``weights`` option under the key ``weights`` when it had one.
+    """
     from mlflow.tracking import MlflowClient
 
     if search_run in (None, "", "latest"):
@@ -67,7 +71,10 @@ def best_params_of_search(dataset: str, search_run: str | None) -> tuple[dict, s
             raise ConfigError(f"search_run={run_id}: the search has no completed trial; pass --params <file> instead")
     with tempfile.TemporaryDirectory() as tmp:
         best = json.loads(tracking.download_artifact(run_id, "best_params.json", Path(tmp)).read_text())
-    return dict(best["params"]), run_id
+    params = dict(best["params"])
+    if best.get("weights") and "weights" not in params:
+        params["weights"] = best["weights"]
+    return params, run_id
 
 
 def params_from_file(path: str) -> dict:
@@ -138,16 +145,23 @@ def run_train(opts: TrainOptions) -> TrainOutcome:
         params, search_run_id = params_from_file(opts.params), None
     else:
         params, search_run_id = best_params_of_search(split.dataset, opts.search_run)
+    from medtune.models import backbones_of, check_image_size
+    from medtune.models.weights import resolve_weights
+
+    weights_option = opts.weights or params.pop("weights", None) or "imagenet"
+    params.pop("weights", None)
+    check_image_size(backbones_of(params), opts.image_size)
+    weights = resolve_weights(weights_option, backbones_of(params))  # one line, before any training
     training.configure_threads()
     device, mixed = device_summary(opts.mixed_precision)
     try:
-        return _train_and_register(opts, split, params, search_run_id, device, mixed, t0)
+        return _train_and_register(opts, split, params, search_run_id, device, mixed, t0, weights, weights_option)
     finally:
         keras.mixed_precision.set_global_policy("float32")  # later steps (`main`) start clean
 
 
 def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: str | None, device: str, mixed: bool,
-                        t0: float) -> TrainOutcome:
+                        t0: float, weights: dict, weights_option: str) -> TrainOutcome:
     import keras
     import mlflow
 
@@ -164,32 +178,42 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
     if search_run_id:
         tags["medtune.search_run_id"] = search_run_id
     with tracking.step_run(split.dataset, "train", run_name=f"train-{split.dataset}", tags=tags) as run:
-        weights = training.balanced_class_weights(cache.y["train"], n_classes) if opts.class_weights else None
+        class_weight = training.balanced_class_weights(cache.y["train"], n_classes) if opts.class_weights else None
         run.params({**params, "epochs": opts.epochs, "image_size": opts.image_size, "patience": opts.patience,
                     "mixed_precision": mixed, "class_weights": opts.class_weights, "seed": opts.seed,
                     "params_source": opts.params or f"search {search_run_id}"})
-        if weights:
-            run.json({classes[k]: v for k, v in weights.items()}, "class_weights.json")
+        backbone = params.get("backbone", "custom")
+        source = weights.get(backbone)
+        if backbone != "custom":
+            run.params({"weights": weights_option})
+            run.tags({"medtune.weights_source": source.source if source else "none",
+                      "medtune.weights_sha256": source.sha256 if source else ""})
+        if class_weight:
+            run.json({classes[k]: v for k, v in class_weight.items()}, "class_weights.json")
         mlflow.log_input(manifest_dataset(split), context="training")
         log.info("Final training on %s (%s, mixed precision %s): %s", device, split.dataset, mixed, params)
         batch = int(params.get("batch_size", 32))
         train_ds = training.make_dataset(cache.x["train"], cache.y["train"], n_classes, batch, training=True,
                                          augment=float(params.get("augment", 0.0)), seed=opts.seed)
         val_ds = training.make_dataset(cache.x["val"], cache.y["val"], n_classes, batch, training=False)
-        model = training.compile_model(build_model(params, tuple(cache.x["train"].shape[1:]), n_classes), params)
+        model = training.compile_model(
+            build_model(params, tuple(cache.x["train"].shape[1:]), n_classes, weights=weights), params)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Path(tmp) / "best.weights.h5"
             callbacks = [
-                keras.callbacks.EarlyStopping(monitor="val_macro_f1", mode="max", patience=opts.patience,
-                                              restore_best_weights=True),
+                training.StagedEarlyStopping(monitor="val_macro_f1", mode="max", patience=opts.patience,
+                                             restore_best_weights=True),
                 keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, opts.patience // 3),
                                                   min_lr=1e-6),
                 keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_macro_f1", mode="max", save_best_only=True,
                                                 save_weights_only=True),
                 _epoch_logger(run),
             ]
-            history = training.fit(model, train_ds, val_ds, y_val=cache.y["val"], epochs=opts.epochs,
-                                   class_weight=weights, callbacks=callbacks)
+            history = training.fit_stages(
+                model, params, train_ds, val_ds, y_val=cache.y["val"], epochs=opts.epochs, class_weight=class_weight,
+                callbacks=callbacks,
+                on_stage=lambda st, n: log.info("Stage %d: epochs %d-%d, learning rate %.2g, %d trainable layers",
+                                                st.number, st.first_epoch + 1, st.end_epoch, st.learning_rate, n))
             if ckpt.exists():
                 model.load_weights(ckpt)  # the best epoch, whatever early stopping did
         if mixed:  # evaluate, explain and log a float32 model: it serves on any CPU
@@ -210,7 +234,8 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
 
         metadata = serving.build_metadata(
             classes, opts.image_size, cache.x["train"].shape[-1], dataset=split.dataset,
-            backbone=params.get("backbone", "custom"), weights_source=params.get("weights", "none"),
+            backbone=backbone, weights_source=source.source if source else "none",
+            weights_sha256=source.sha256 if source else "",
             params=params, split_run_id=split.run_id, search_run_id=search_run_id or "",
         )
         examples = _example_images(split, classes)
