@@ -224,3 +224,49 @@ def test_parse_space_condition_used_by_both_adapters():
     }})
     assert suggest(optuna.trial.FixedTrial({"residual": False}), space) == {"residual": False}
     assert suggest(optuna.trial.FixedTrial({"residual": True, "width": 2}), space) == {"residual": True, "width": 2}
+
+
+# ---------------------------------------------------------------- an edited space, a failure loop
+
+
+def _tiny_space(tmp_path, choices):
+    path = tmp_path / f"s{len(choices)}.yaml"
+    path.write_text("params:\n  filters: {type: categorical, choices: %s}\n  dense_units: {type: int, low: 4, high: 8}\n"
+                    % list(choices))
+    return load_space(path)
+
+
+def test_a_study_resumed_with_other_categorical_choices_is_a_clear_error(tmp_path):
+    import optuna
+
+    from medtune.errors import SpaceError
+    from medtune.search import optuna_engine
+    from medtune.search.base import SearchSettings
+
+    cfg = SearchSettings(study="s", trials=1, epochs=1, storage=f"sqlite:///{tmp_path / 'o.db'}")
+    old = _tiny_space(tmp_path, [16, 32, 64])
+    study = optuna_engine.open_study(old, cfg)
+    study.optimize(lambda t: float(len(optuna_engine.suggest(t, old))), n_trials=1)
+    optuna_engine.check_state(old, cfg)  # the same space resumes
+    with pytest.raises(SpaceError, match=r"study s: filters was searched with choices \[16, 32, 64\], the space "
+                                         r"file now has \[16, 32\]; pass --study"):
+        optuna_engine.check_state(_tiny_space(tmp_path, [16, 32]), cfg)
+    assert len(optuna.load_study(study_name="s", storage=cfg.storage).trials) == 1
+
+
+def test_trials_failing_before_training_stop_the_search(tmp_path, monkeypatch):
+    """A failure in suggest (before any training) counts too: the search stops instead of looping."""
+    from medtune.search import optuna_engine
+    from medtune.search.base import NullRecorder, SearchSettings
+
+    space = _tiny_space(tmp_path, [16, 32])
+    calls = []
+
+    def broken(trial, space):
+        calls.append(trial.number)
+        raise ValueError("cannot suggest")
+
+    monkeypatch.setattr(optuna_engine, "suggest", broken)
+    cfg = SearchSettings(study="loop", trials=2, epochs=1, storage=f"sqlite:///{tmp_path / 'o.db'}")
+    out = optuna_engine.run_search(space, None, cfg, NullRecorder())
+    assert len(calls) == 4 and {s.state for s in out} == {FAILED}  # stops once failures exceed max(3, trials)

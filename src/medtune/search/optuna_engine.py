@@ -46,6 +46,30 @@ def distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDist
     return {p.name: distribution(p) for p in space.params}
 
 
+def check_state(space: SearchSpace, cfg: SearchSettings) -> None:
+    """Before the search run opens: a resumed study must accept this space (see below)."""
+    check_space_unchanged(open_study(space, cfg), space)
+
+
+def check_space_unchanged(study: optuna.Study, space: SearchSpace) -> None:
+    """A clear error when a resumed study searched a categorical with other choices.
+
+    Optuna cannot change a categorical's choices within a study: every trial would fail with
+    "CategoricalDistribution does not support dynamic value space".
+    """
+    from medtune.errors import SpaceError
+
+    wanted = {k: v for k, v in distributions(space).items()
+              if isinstance(v, optuna.distributions.CategoricalDistribution)}
+    for t in study.get_trials(deepcopy=False):
+        for name, dist in t.distributions.items():
+            if name in wanted and dist != wanted[name]:
+                raise SpaceError(
+                    f"study {study.study_name}: {name} was searched with choices {list(dist.choices)}, the space "
+                    f"file now has {list(wanted[name].choices)}; pass --study <new name> to search the edited space"
+                )
+
+
 def suggest(trial: optuna.Trial, space: SearchSpace) -> dict:
     """Ask ``trial`` for every parameter active under the values chosen so far (in file order)."""
     values: dict = {}
@@ -231,6 +255,7 @@ def summaries(study: optuna.Study) -> list[TrialSummary]:
 def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorder: TrialRecorder) -> list[TrialSummary]:
     """Run trials until ``cfg.trials`` are COMPLETE or PRUNED in the (possibly shared) study."""
     study = open_study(space, cfg)
+    check_space_unchanged(study, space)
     fail_local_orphans(study)
     recorder.progress(summaries(study))  # a resumed search shows its best so far from the start
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -239,6 +264,7 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
     last_state: dict[str, str] = {}
 
     def objective(trial: optuna.Trial) -> float:
+        last_state["state"] = FAILED  # until the trial says otherwise: a failure anywhere counts
         params = suggest(trial, space)
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())

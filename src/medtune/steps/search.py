@@ -282,6 +282,10 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         from medtune.search import keras_tuner_engine
 
         keras_tuner_engine.check_state(cfg)
+    else:  # so does a study that searched other categorical choices
+        from medtune.search import optuna_engine
+
+        optuna_engine.check_state(space, cfg)
     configure_threads()
     experiment_id = tracking.ensure_experiment(split.dataset)
     resume = (
