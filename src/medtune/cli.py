@@ -20,6 +20,10 @@ def _none_if_empty(ctx, param, value):  # noqa: ARG001
     return None if value in ("", "none", "None") else value
 
 
+def _empty_is_none(ctx, param, value):  # noqa: ARG001 - "none" is a value here (random weights)
+    return value or None
+
+
 # Options shared by several commands, defined once (as mlflow/cli.py does).
 DATASET = click.option(
     "--dataset", default="synthetic", show_default=True,
@@ -100,7 +104,7 @@ def split(ctx, dataset, data_dir, image_size, val_fraction, test_fraction, phash
 
 def WEIGHTS_OPTION(default: str):  # noqa: N802 - reads like the other option constants
     return click.option(
-        "--weights", default=default, show_default=bool(default), callback=_none_if_empty,
+        "--weights", default=default, show_default=bool(default), callback=_empty_is_none,
         help="Backbone initial weights: imagenet, none, a .h5/.weights.h5 file or a folder of Keras's files"
              + ("" if default else " (default: what the search used)") + ".")
 

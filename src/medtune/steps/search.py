@@ -251,6 +251,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     from medtune.steps.data import load_split, manifest_dataset
 
     check_options(opts)
+    opts.weights = opts.weights or "none"
     space_path = resolve_space_path(opts.space or default_space(opts.dataset))
     space = load_space(space_path)  # a bad space file stops here, before any trial
     from medtune.models import backbones_of, check_image_size
