@@ -1,0 +1,154 @@
+"""Benchmark: seconds per epoch of every backbone (custom CNN and keras.applications), per stage.
+
+    python bench/backbones.py                 # brain_mri/Training at 96 px (search) and 128 px
+    python bench/backbones.py --quick         # tiny subset, to check that it runs
+
+For each image size the split cache is built once (fresh medtune home); then, for each backbone
+(``search_spaces/transfer.yaml`` defaults, ``weights=none``: the cost does not depend on the
+initial values), in the same process:
+
+* stage 1 (backbone frozen, head only) and stage 2 (top ``fine_tune_layers`` unfrozen): after an
+  untimed warm-up of 2 batches, ``--steps`` training batches are timed and the training images per
+  second extrapolated to one epoch over the whole training split;
+* validation: one timed ``predict`` pass over ``--steps`` batches, extrapolated to the whole
+  validation split (each epoch also scores the validation set);
+* seconds per epoch = training images / training rate + validation images / prediction rate.
+
+The custom CNN has one stage. After each backbone the model is released as a search does, and
+the resident memory is recorded; ``--cycles 2`` runs every backbone twice at the first size to
+show that memory stays flat when trials switch backbones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _common import (QUICK_NOTE, add_data_args, data_folder, isolated_home, machine, memory, quiet,
+                     remove_home_at_exit, table)
+
+BACKBONES = ["custom", "mobilenet_v2", "efficientnet_b0", "xception", "resnet50"]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p)
+    p.add_argument("--sizes", type=int, nargs="+", default=[96, 128], help="image sizes (default 96 128)")
+    p.add_argument("--backbones", nargs="+", default=BACKBONES, choices=BACKBONES)
+    p.add_argument("--steps", type=int, default=12, help="timed batches per stage (default 12)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--cycles", type=int, default=2, help="passes over the backbones at the first size (default 2)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--keep-home", action="store_true")
+    p.add_argument("--quick", action="store_true", help="tiny settings (20 images per class, 80 px, 2 steps)")
+    args = p.parse_args()
+    if args.quick:
+        args.per_class = args.per_class or 20
+        args.sizes, args.steps, args.cycles = [80], 2, 1
+    return args
+
+
+def timed_fit(model, ds, steps: int, batch: int, class_weight) -> float:
+    """Training images per second over ``steps`` batches (after 2 untimed warm-up batches)."""
+    model.fit(ds.take(2), epochs=1, verbose=0, class_weight=class_weight)
+    t = time.perf_counter()
+    model.fit(ds.take(steps), epochs=1, verbose=0, class_weight=class_weight)
+    return steps * batch / (time.perf_counter() - t)
+
+
+def timed_predict(model, x, steps: int, batch: int) -> float:
+    n = min(len(x), steps * batch)
+    model.predict(x[:batch], batch_size=batch, verbose=0)
+    t = time.perf_counter()
+    model.predict(x[:n], batch_size=batch, verbose=0)
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    args = parse_args()
+    home = isolated_home("backbones")
+    quiet()
+    remove_home_at_exit(home, args.keep_home)
+    folder = data_folder(args, home)
+
+    from medtune import tracking, training
+    from medtune.models import build_model
+    from medtune.models.transfer import set_stage, stage_plan
+    from medtune.space import load_space, resolve_space_path
+    from medtune.steps.data import load_split
+
+    threads = training.configure_threads()
+    tracking.configure()
+    import keras
+
+    space = load_space(resolve_space_path("transfer"))
+    print(machine())
+    print(f"TensorFlow threads intra={threads[0]} inter={threads[1]}; data {folder}"
+          f"{f' (first {args.per_class} images per class)' if args.per_class else ''}")
+    print(f"settings: sizes {args.sizes}, batch {args.batch_size}, {args.steps} timed batches per stage, "
+          f"weights=none, transfer.yaml defaults")
+    if args.quick:
+        print(QUICK_NOTE)
+
+    rows, mem_rows = [], []
+    rounds = [(args.sizes[0], c) for c in range(args.cycles)] + [(s, 0) for s in args.sizes[1:]]
+    caches = {}
+    for size, cycle in rounds:
+        if size not in caches:
+            caches[size] = load_split(str(folder), size)
+        split = caches[size]
+        x, y = split.cache.x["train"], split.cache.y["train"]
+        xv = split.cache.x["val"]
+        k = len(split.classes)
+        class_weight = training.balanced_class_weights(y, k)
+        for name in args.backbones:
+            values = {}
+            for p in space:
+                if space.is_active(p.name, {**values, "backbone": name}):
+                    values[p.name] = name if p.name == "backbone" else p.default_value()
+            values.update(batch_size=args.batch_size, augment=0.2, head_epochs=1)
+            keras.utils.set_random_seed(args.seed)
+            t_build = time.perf_counter()
+            model = training.compile_model(build_model(values, x.shape[1:], k), values)
+            build_s = time.perf_counter() - t_build
+            ds = training.make_dataset(x, y, k, args.batch_size, training=True, augment=0.2, seed=args.seed).repeat()
+            rates = {}
+            for stage in stage_plan(values, 2):
+                layers = set_stage(model, stage)
+                if stage.number > 1:
+                    training.compile_model(model, {**values, "learning_rate": stage.learning_rate})
+                rates[stage.number] = (timed_fit(model, ds, args.steps, args.batch_size, class_weight), layers)
+            pred = timed_predict(model, xv, args.steps, args.batch_size)
+            params_m = model.count_params() / 1e6
+            del model, ds
+            training.release_model()
+            if cycle == 0:
+                for number, (rate, layers) in rates.items():
+                    rows.append({
+                        "px": size, "backbone": name, "stage": number, "trainable_layers": layers,
+                        "params_M": params_m, "train_img_s": rate, "val_img_s": pred,
+                        "s_per_epoch": len(x) / rate + len(xv) / pred, "build_s": build_s,
+                    })
+            mem = memory()
+            mem_rows.append({"px": size, "cycle": cycle + 1, "after": name, "rss_mib": mem.get("rss_mib", float("nan")),
+                             "peak_mib": mem["maxrss_mib"]})
+            print(f"  {size} px {name} (cycle {cycle + 1}): " + ", ".join(
+                f"stage {n} {r:.0f} img/s ({len(x) / r + len(xv) / pred:.0f} s/epoch)" for n, (r, _) in rates.items())
+                + f"; RSS {mem.get('rss_mib', float('nan')):.0f} MiB", flush=True)
+
+    print()
+    print(table(rows, f"seconds per epoch on {len(x)} training + {len(xv)} validation images (extrapolated)"))
+    print()
+    print(table(mem_rows, "resident memory after each backbone (model released)"))
+    if args.cycles > 1:
+        first = [r["rss_mib"] for r in mem_rows if r["cycle"] == 1 and r["px"] == args.sizes[0]]
+        last = [r["rss_mib"] for r in mem_rows if r["cycle"] == args.cycles and r["px"] == args.sizes[0]]
+        growth = (last[-1] - first[-1]) / first[-1] * 100
+        print(f"memory after the last backbone: cycle 1 {first[-1]:.0f} MiB, cycle {args.cycles} {last[-1]:.0f} MiB "
+              f"({growth:+.1f} %) when trials switch backbones")
+    if args.quick:
+        print(QUICK_NOTE)
+
+
+if __name__ == "__main__":
+    main()
