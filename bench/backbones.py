@@ -1,6 +1,6 @@
 """Benchmark: seconds per epoch of every backbone (custom CNN and keras.applications), per stage.
 
-    python bench/backbones.py                 # brain_mri/Training at 96 px (search) and 128 px
+    python bench/backbones.py                 # brain_mri/Training at 64 px (search) and 128 px
     python bench/backbones.py --quick         # tiny subset, to check that it runs
 
 For each image size the split cache is built once (fresh medtune home); then, for each backbone
@@ -33,7 +33,8 @@ BACKBONES = ["custom", "mobilenet_v2", "efficientnet_b0", "xception", "resnet50"
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(p)
-    p.add_argument("--sizes", type=int, nargs="+", default=[96, 128], help="image sizes (default 96 128)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 128],
+                   help="image sizes (default 64, the search size, and 128); a backbone needing more is skipped")
     p.add_argument("--backbones", nargs="+", default=BACKBONES, choices=BACKBONES)
     p.add_argument("--steps", type=int, default=12, help="timed batches per stage (default 12)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -73,7 +74,7 @@ def main() -> None:
 
     from medtune import tracking, training
     from medtune.models import build_model
-    from medtune.models.transfer import set_stage, stage_plan
+    from medtune.models.transfer import BACKBONE_SPECS, set_stage, stage_plan
     from medtune.space import load_space, resolve_space_path
     from medtune.steps.data import load_split
 
@@ -102,6 +103,12 @@ def main() -> None:
         k = len(split.classes)
         class_weight = training.balanced_class_weights(y, k)
         for name in args.backbones:
+            if name != "custom" and size < BACKBONE_SPECS[name].min_size:
+                if cycle == 0:
+                    rows.append({"px": size, "backbone": name, "stage": "-", "trainable_layers": "-", "params_M": "-",
+                                 "train_img_s": "-", "val_img_s": "-",
+                                 "s_per_epoch": f"needs >= {BACKBONE_SPECS[name].min_size} px", "build_s": "-"})
+                continue
             values = {}
             for p in space:
                 if space.is_active(p.name, {**values, "backbone": name}):

@@ -237,6 +237,20 @@ def test_fit_one_epoch_returns_history_with_validation_scores(data):
     assert {"val_macro_f1", "val_balanced_accuracy", "epoch_seconds"} <= spy.keys[0]  # seen by later callbacks
 
 
+def test_one_validation_pass_gives_the_val_loss_and_accuracy_keras_would(data):
+    """EpochScores replaces Keras's own validation pass: same val_loss (label smoothing and L2
+    included) and val_accuracy as model.evaluate, and the final model's probabilities kept."""
+    x, y = data
+    val = make_dataset(x[:9], y[:9], 3, 4, training=False)
+    model = compile_model(build_model({**TINY, "l2": 1e-2}, SHAPE, 3), {"label_smoothing": 0.1})
+    scorer = EpochScores(val, y[:9])
+    history = fit(model, make_dataset(x, y, 3, 8, training=True), val, y_val=y[:9], epochs=2, callbacks=[scorer])
+    keras_loss, keras_accuracy = model.evaluate(val, verbose=0)
+    assert history["val_loss"][-1] == pytest.approx(keras_loss, rel=1e-4)
+    assert history["val_accuracy"][-1] == pytest.approx(keras_accuracy, abs=1e-6)
+    np.testing.assert_allclose(scorer.last_proba, model.predict(val, verbose=0), atol=1e-6)
+
+
 def test_validation_scores_match_sklearn():
     from sklearn.metrics import balanced_accuracy_score, f1_score
 

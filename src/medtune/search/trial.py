@@ -128,14 +128,16 @@ def train_trial(
                 result.pruned = True
                 self.model.stop_training = True
 
+    scorer = training.EpochScores(val_ds, data.y_val)
     t0 = time.perf_counter()
     try:
         result.history = training.fit_stages(
             model, params, train_ds, val_ds, y_val=data.y_val, epochs=epochs,
-            class_weight=class_weight, callbacks=[_Hook()], stop_requested=lambda: result.pruned,
+            class_weight=class_weight, callbacks=[scorer, _Hook()], stop_requested=lambda: result.pruned,
         )
     finally:
         result.seconds = time.perf_counter() - t0
     result.value, result.best_epoch = best_of(result.history.get(objective, []), direction)
-    result.val_proba = training.predict_proba(model, data.x_val)
+    # The last epoch's validation pass already scored the final weights: no second pass.
+    result.val_proba = scorer.last_proba if scorer.last_proba is not None else training.predict_proba(model, data.x_val)
     return result
