@@ -270,3 +270,32 @@ def test_trials_failing_before_training_stop_the_search(tmp_path, monkeypatch):
     cfg = SearchSettings(study="loop", trials=2, epochs=1, storage=f"sqlite:///{tmp_path / 'o.db'}")
     out = optuna_engine.run_search(space, None, cfg, NullRecorder())
     assert len(calls) == 4 and {s.state for s in out} == {FAILED}  # stops once failures exceed max(3, trials)
+
+
+def test_median_pruning_stops_a_bad_trial_after_its_first_epoch_but_never_at_the_last(tmp_path, monkeypatch):
+    """The engine feeds the pruner every epoch: after two complete trials, a trial below their
+    median at epoch 1 stops there; a trial that is bad only at its last epoch completes."""
+    from medtune.search import optuna_engine
+    from medtune.search.base import NullRecorder, SearchSettings
+    from medtune.search.trial import TrialResult
+
+    curves = {0: [0.6, 0.7, 0.8], 1: [0.5, 0.6, 0.7], 2: [0.1, 0.2, 0.3], 3: [0.9, 0.9, 0.1]}
+    seen = {}
+
+    def fake_train(params, data, *, epochs, seed, on_epoch, **kwargs):
+        number = seed - 42
+        result = TrialResult()
+        for epoch, value in enumerate(curves[number][:epochs]):
+            result.history.setdefault("val_macro_f1", []).append(value)
+            if on_epoch(epoch, {"val_macro_f1": value}):
+                result.pruned = True
+                break
+        seen[number] = len(result.history["val_macro_f1"])
+        result.value, result.best_epoch = max(result.history["val_macro_f1"]), 0
+        return result
+
+    monkeypatch.setattr(optuna_engine, "train_trial", fake_train)
+    cfg = SearchSettings(study="p", trials=4, epochs=3, seed=42, storage=f"sqlite:///{tmp_path / 'o.db'}")
+    out = optuna_engine.run_search(_tiny_space(tmp_path, [16, 32]), None, cfg, NullRecorder())
+    assert [s.state for s in out] == [COMPLETE, COMPLETE, PRUNED, COMPLETE]
+    assert seen == {0: 3, 1: 3, 2: 1, 3: 3}

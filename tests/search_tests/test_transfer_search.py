@@ -68,7 +68,7 @@ def _check_mixed_trials(store, engine: str) -> dict[str, list]:
 
 def test_optuna_searches_a_mixed_space_through_mlflow_run(project, store, mixed_space):
     project.mlflow_run("search", {"dataset": "synthetic", "space": mixed_space, "trials": 3, "epochs": 2,
-                                  "image_size": 32, "weights": "none", "seed": 2})  # seed 2 draws both
+                                  "image_size": 32, "weights": "none", "seed": 2, "pruner": "none"})  # seed 2 draws both
     by_backbone = _check_mixed_trials(store, "optuna")
     assert sorted(by_backbone) == ["custom", "mobilenet_v2"], {k: len(v) for k, v in by_backbone.items()}
 
