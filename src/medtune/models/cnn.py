@@ -25,6 +25,7 @@ import keras
 from keras import layers, regularizers
 
 from medtune.errors import ConfigError
+from medtune.models.head import classifier_head
 
 __all__ = ["DEFAULTS", "LAST_CONV_LAYER", "build_cnn"]
 
@@ -109,12 +110,7 @@ def build_cnn(
         if not last:
             x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
 
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(dropout, name="dropout_gap")(x)
-    x = layers.Dense(dense_units, activation="relu", kernel_regularizer=reg, name="dense")(x)
-    x = layers.Dropout(dropout, name="dropout_dense")(x)
-    x = layers.Dense(n_classes, name="logits")(x)
-    outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
+    outputs = classifier_head(x, n_classes, dense_units=dense_units, dropout=dropout, regularizer=reg)
     return keras.Model(inputs, outputs, name="custom_cnn")
 
 

@@ -120,9 +120,10 @@ def build_transfer(
         medtune.models.weights.WeightsError: the weights file does not fit.
     """
     import keras
-    from keras import layers, regularizers
+    from keras import regularizers
 
     from medtune.models.cnn import _float, _int
+    from medtune.models.head import classifier_head
     from medtune.models.layers import BackbonePreprocess
 
     spec = spec_of(params.get("backbone"))
@@ -151,12 +152,7 @@ def build_transfer(
     inputs = keras.Input(shape=(h, w, c), name="image")
     x = BackbonePreprocess(spec.name, dtype="float32", name="preprocess")(inputs)
     x = base(x, training=False)  # BatchNorm in inference mode, frozen or not
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(dropout, name="dropout_gap")(x)
-    x = layers.Dense(dense_units, activation="relu", kernel_regularizer=reg, name="dense")(x)
-    x = layers.Dropout(dropout, name="dropout_dense")(x)
-    x = layers.Dense(n_classes, name="logits")(x)
-    outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
+    outputs = classifier_head(x, n_classes, dense_units=dense_units, dropout=dropout, regularizer=reg)
     return keras.Model(inputs, outputs, name=f"{spec.name}_transfer")
 
 
