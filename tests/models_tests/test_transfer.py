@@ -109,18 +109,37 @@ def test_stage_plan():
     assert [(s.number, s.end_epoch) for s in short] == [(1, 3)]
 
 
-def test_freeze_and_unfreeze_counts_per_stage():
+@pytest.fixture(scope="module")
+def mobilenet_file(tmp_path_factory):
+    """A legacy .h5 weights file for MobileNetV2 (stands in for ImageNet's)."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(
+            f, keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)))
+    return path
+
+
+@pytest.mark.parametrize("pretrained", [True, False], ids=["pretrained", "scratch"])
+def test_freeze_and_unfreeze_counts_per_stage(pretrained, mobilenet_file):
+    from medtune.models.weights import resolve_weights
+
     params = {**HEAD, "backbone": "mobilenet_v2", "head_epochs": 1, "fine_tune_layers": 20}
-    model = build_model(params, (32, 32, 3), 2)
+    weights = resolve_weights(str(mobilenet_file), ["mobilenet_v2"]) if pretrained else None
+    model = build_model(params, (32, 32, 3), 2, weights=weights)
     base = model.get_layer("backbone")
+    bn = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert all(layer.momentum == (0.999 if pretrained else 0.9) for layer in bn)  # scratch: statistics catch up
     stage1, stage2 = stage_plan(params, 3)
     assert set_stage(model, stage1) == 2  # the head: dense and logits
     assert not base.trainable_weights
     top = base.layers[-20:]
-    expected = sum(1 for layer in top if layer.weights and not isinstance(layer, keras.layers.BatchNormalization))
+    expected = sum(1 for layer in top if layer.weights and not (pretrained and layer in bn))
     assert expected > 0
     assert set_stage(model, stage2) == 2 + expected
-    assert all(not layer.trainable for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert all(layer.trainable != pretrained for layer in top if layer in bn)  # pretrained: BatchNorm stays frozen
     assert all(not layer.trainable_weights for layer in base.layers[:-20])
     assert trainable_layer_count(model) == 2 + expected
     assert set_stage(model, stage1) == 2  # and back

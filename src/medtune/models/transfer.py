@@ -8,6 +8,9 @@ Layout::
     -> GlobalAveragePooling -> Dropout -> Dense(dense_units, relu, L2) -> Dropout
     -> Dense(n_classes) ``logits`` -> softmax ``probs`` (float32)
 
+(With random initial weights the backbone is called normally: its BatchNorm layers have no
+pretrained statistics to protect and train like the rest, or nothing learns from scratch.)
+
 Two-stage fine-tuning: :func:`set_stage` freezes the backbone (stage 1, head only) or unfreezes
 its top ``fine_tune_layers`` layers, BatchNorm excepted (stage 2); :func:`stage_plan` says how a
 budget of epochs splits between the stages and at which learning rate.
@@ -34,6 +37,7 @@ __all__ = [
 ]
 
 BACKBONE_LAYER = "backbone"
+SCRATCH_BN_MOMENTUM = 0.9  # as the custom CNN; keras.applications use 0.99-0.999 for ImageNet runs
 
 
 @dataclass(frozen=True)
@@ -146,14 +150,22 @@ def build_transfer(
         from medtune.models.weights import load_backbone_weights
 
         load_backbone_weights(base, spec.name, weights_path)
+    else:  # from scratch, moving statistics must catch up within a short trial (0.999: ~1000 steps)
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = SCRATCH_BN_MOMENTUM
     base.trainable = False
 
     reg = regularizers.L2(l2) if l2 > 0 else None
     inputs = keras.Input(shape=(h, w, c), name="image")
     x = BackbonePreprocess(spec.name, dtype="float32", name="preprocess")(inputs)
-    x = base(x, training=False)  # BatchNorm in inference mode, frozen or not
+    # Pretrained: BatchNorm always in inference mode, so fine-tuning keeps the ImageNet statistics.
+    # Random weights (weights=none) have no statistics worth keeping: BatchNorm trains as usual.
+    x = base(x, training=False) if weights_path else base(x)
     outputs = classifier_head(x, n_classes, dense_units=dense_units, dropout=dropout, regularizer=reg)
-    return keras.Model(inputs, outputs, name=f"{spec.name}_transfer")
+    model = keras.Model(inputs, outputs, name=f"{spec.name}_transfer")
+    model.medtune_frozen_batchnorm = bool(weights_path)  # read by set_stage
+    return model
 
 
 # --------------------------------------------------------------------------- stages
@@ -199,11 +211,13 @@ def set_stage(model, stage: Stage) -> int:
 
     Stage 1 (or a model without a backbone, whose layers are left as they are) trains what is
     not the backbone; stage 2 also trains the top ``stage.fine_tune_layers`` backbone layers,
-    BatchNorm layers excepted (they stay frozen, in inference mode). Recompile afterwards.
+    BatchNorm layers excepted when the backbone is pretrained (they stay frozen, in inference
+    mode); a randomly initialised backbone trains its BatchNorm layers too. Recompile afterwards.
     """
     import keras
 
     base = _backbone(model)
+    frozen_bn = getattr(model, "medtune_frozen_batchnorm", True)
     if base is not None:
         if stage.fine_tune_layers <= 0:
             base.trainable = False
@@ -211,7 +225,8 @@ def set_stage(model, stage: Stage) -> int:
             base.trainable = True
             cut = max(0, len(base.layers) - stage.fine_tune_layers)
             for i, layer in enumerate(base.layers):
-                layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+                is_bn = isinstance(layer, keras.layers.BatchNormalization)
+                layer.trainable = i >= cut and not (frozen_bn and is_bn)
     return trainable_layer_count(model)
 
 
