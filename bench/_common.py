@@ -141,6 +141,8 @@ def memory() -> dict:
             key, _, value = line.partition(":")
             if key == "VmRSS":
                 out["rss_mib"] = int(value.split()[0]) / 1024
+            elif key == "RssAnon":  # heap and stacks: what a leak grows (memory-mapped caches are RssFile)
+                out["anon_mib"] = int(value.split()[0]) / 1024
             elif key == "VmHWM":
                 out["hwm_mib"] = int(value.split()[0]) / 1024
             elif key == "Threads":

@@ -9,8 +9,9 @@ pipeline (``medtune.training.make_dataset``), for the same epochs, with the same
 same balanced class weights, in rotating order for ``--repeats`` rounds:
 
 * bare:    ``model.fit(train_ds, validation_data=val_ds, epochs=...)`` and nothing else;
-* trainer: ``medtune.search.trial.train_trial`` without a recorder (adds the per-epoch
-           validation macro-F1 / balanced accuracy and the final validation probabilities);
+* trainer: ``medtune.search.trial.train_trial`` without a recorder (its one validation pass per
+           epoch gives val loss/accuracy, macro-F1 and balanced accuracy, and the last one the
+           final validation probabilities);
 * tracked: ``train_trial`` wrapped by ``MlflowRecorder`` exactly as the Optuna engine does it:
            a nested child run with its params, per-epoch metrics, learning curves, confusion
            matrix and Grad-CAM grid, run ended and async logging flushed.
@@ -237,9 +238,8 @@ def main() -> None:
     print(f"artifacts of the last tracked trial run: {', '.join(arts) or 'none'}")
     trainer_s = statistics.median(times[names[1]])
     tracked_s = statistics.median(times[names[2]])
-    print(f"one validation pass (predict_proba on {len(data.x_val)} images): {val_pass:.2f} s; the trainer makes "
-          f"{args.epochs + 1} beyond bare fit's own validation = {(args.epochs + 1) * val_pass:.1f} s "
-          f"({(args.epochs + 1) * val_pass / base:.1%} of bare)")
+    print(f"one validation pass (predict_proba on {len(data.x_val)} images): {val_pass:.2f} s "
+          f"({val_pass / base:.1%} of bare); the trainer makes one per epoch in place of bare fit's own, and no other")
     print()
     print(f"ratio tracked/bare:    {tracked_s / base:.3f}x -> target <= {TARGET}x {verdict(tracked_s / base <= TARGET)}")
     print(f"ratio tracked/trainer: {tracked_s / trainer_s:.3f}x (tracking alone)")
