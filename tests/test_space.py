@@ -287,8 +287,8 @@ def test_resolve_prefers_project_dir(tmp_path, monkeypatch):
 
 def test_resolve_unknown_name_lists_known_spaces(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path))
-    with pytest.raises(SpaceError, match="'transfer' not found.*known: .*cnn"):
-        resolve_space_path("transfer")
+    with pytest.raises(SpaceError, match="'no_such_space' not found.*known: .*cnn"):
+        resolve_space_path("no_such_space")
 
 
 def test_resolve_paths_are_returned_as_given(tmp_path):
