@@ -56,6 +56,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--space", default="cnn", help="search space name or path, used by both sides (default cnn)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--rounds", type=int, default=2, help="alternating chunks the budget is run in (default 2)")
+    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
+                   help="medtune's Optuna pruner (default median)")
     p.add_argument("--notebook-validation-split", type=float, default=0.15,
                    help="validation_split of image_dataset_from_directory (default 0.15)")
     p.add_argument("--no-notebook-cache", dest="notebook_cache", action="store_false",
@@ -184,12 +186,13 @@ def main() -> None:
             medtune_state["kept"] = out.result.report["accounted"]["kept"]
         medtune_state["outcome"] = run_search(SearchOptions(
             dataset=str(folder), space=str(space_path), trials=target, epochs=epochs, image_size=size,
-            seed=args.seed, pruner="median", study="bench-medtune"))
+            seed=args.seed, pruner=args.pruner, study="bench-medtune"))
 
     print(machine())
     print(f"TensorFlow threads intra={threads[0]} inter={threads[1]}; data {folder}"
           f"{f' (first {args.per_class} images per class)' if args.per_class else ''}")
     print(f"settings: space {space_path.name}, {args.trials} trials x {epochs} epochs at {size} px, seed {args.seed}, "
+          f"medtune pruner {args.pruner}, "
           f"{args.rounds} alternating round(s) (cumulative budgets {budget}); notebook validation_split "
           f"{args.notebook_validation_split}, {'cache() after decoding' if args.notebook_cache else 'no cache()'}")
     if args.quick:
