@@ -119,8 +119,7 @@ def load_backbone_weights(base, backbone: str, path: str) -> None:
     except WeightsError:
         raise
     except (ValueError, KeyError, OSError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"weights file {name} does not fit backbone {backbone}: {first}") from exc
+        raise WeightsError(f"weights file {name} does not fit backbone {backbone}: {_first_line(exc)}") from exc
 
 
 # --------------------------------------------------------------------------- helpers
@@ -190,5 +189,9 @@ def _check_readable(path: str) -> None:
         with h5py.File(path, "r") as f:
             f.visititems(lambda _, obj: obj[()] if isinstance(obj, h5py.Dataset) else None)
     except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"weights file {path} is truncated or damaged ({first})") from None
+        raise WeightsError(f"weights file {path} is truncated or damaged ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

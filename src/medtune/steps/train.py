@@ -148,10 +148,11 @@ def run_train(opts: TrainOptions) -> TrainOutcome:
     from medtune.models import backbones_of, check_image_size
     from medtune.models.weights import resolve_weights
 
-    weights_option = opts.weights or params.pop("weights", None) or "imagenet"
-    params.pop("weights", None)
-    check_image_size(backbones_of(params), opts.image_size)
-    weights = resolve_weights(weights_option, backbones_of(params))  # one line, before any training
+    searched_with = params.pop("weights", None)  # the search's option, not a model parameter
+    weights_option = opts.weights or searched_with or "imagenet"
+    backbones = backbones_of(params)
+    check_image_size(backbones, opts.image_size)
+    weights = resolve_weights(weights_option, backbones)  # one line, before any training
     training.configure_threads()
     device, mixed = device_summary(opts.mixed_precision)
     try:
