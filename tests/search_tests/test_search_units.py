@@ -272,6 +272,38 @@ def test_trials_failing_before_training_stop_the_search(tmp_path, monkeypatch):
     assert len(calls) == 4 and {s.state for s in out} == {FAILED}  # stops once failures exceed max(3, trials)
 
 
+def test_asha_pruning_keeps_only_the_best_third_at_each_rung(tmp_path, monkeypatch):
+    """ASHA (``pruner=asha``) compares trials after 1 and 3 epochs trained: with fewer than three
+    rivals at a rung a trial goes on only if it is the best there, so a trial worse than the first
+    one after its first epoch stops, and one that is better goes on to the next rung."""
+    from medtune.search import optuna_engine
+    from medtune.search.base import NullRecorder, SearchSettings
+    from medtune.search.trial import TrialResult
+
+    curves = {0: [0.5, 0.6, 0.7, 0.8, 0.8], 1: [0.4, 0.9, 0.9, 0.9, 0.9], 2: [0.6, 0.65, 0.68, 0.9, 0.95]}
+    seen = {}
+
+    def fake_train(params, data, *, epochs, seed, on_epoch, **kwargs):
+        number = seed - 42
+        result = TrialResult()
+        for epoch, value in enumerate(curves[number][:epochs]):
+            result.history.setdefault("val_macro_f1", []).append(value)
+            if on_epoch(epoch, {"val_macro_f1": value}):
+                result.pruned = True
+                break
+        seen[number] = len(result.history["val_macro_f1"])
+        result.value, result.best_epoch = max(result.history["val_macro_f1"]), 0
+        return result
+
+    monkeypatch.setattr(optuna_engine, "train_trial", fake_train)
+    cfg = SearchSettings(study="a", trials=3, epochs=5, seed=42, pruner="asha", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    out = optuna_engine.run_search(_tiny_space(tmp_path, [16, 32]), None, cfg, NullRecorder())
+    # trial 1 is below trial 0 after epoch 1; trial 2 is best after epoch 1 but not after epoch 3
+    assert [s.state for s in out] == [COMPLETE, PRUNED, PRUNED]
+    assert seen == {0: 5, 1: 1, 2: 3}
+    assert {int(k) for k in out[0].intermediate} == {1, 2, 3, 4, 5}  # steps are epochs trained
+
+
 def test_median_pruning_stops_a_bad_trial_after_its_first_epoch_but_never_at_the_last(tmp_path, monkeypatch):
     """The engine feeds the pruner every epoch: after two complete trials, a trial below their
     median at epoch 1 stops there; a trial that is bad only at its last epoch completes."""

@@ -24,7 +24,7 @@ class SearchSettings:
     seed: int = 42
     class_weights: bool = True
     storage: str | None = None  # Optuna storage URL
-    pruner: str = "median"  # median | hyperband | none
+    pruner: str = "median"  # median | hyperband | asha | none
     workdir: str = ".medtune/keras_tuner"  # keras-tuner state
     weights: dict = field(default_factory=dict)  # backbone -> resolved WeightsFile
 

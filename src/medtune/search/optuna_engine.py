@@ -137,14 +137,19 @@ def _redact(url: str) -> str:
     return url
 
 
+PRUNERS = ("median", "hyperband", "asha", "none")
+
+
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)  # Optuna's default warm-up
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
+    if name == "asha":  # asynchronous successive halving: rungs after 1, 3, 9, ... epochs
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if name == "none":
         return optuna.pruners.NopPruner()
-    raise ConfigError(f"pruner={name!r}: expected median, hyperband or none")
+    raise ConfigError(f"pruner={name!r}: expected {', '.join(PRUNERS)}")
 
 
 class TrialSeededTPESampler(optuna.samplers.TPESampler):
@@ -278,7 +283,7 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
             value = logs.get(cfg.objective)
             if value is None or not math.isfinite(float(value)):
                 return False
-            trial.report(float(value), epoch)
+            trial.report(float(value), epoch + 1)  # step = epochs trained: the pruners' resource
             return epoch < cfg.epochs - 1 and trial.should_prune()  # pruning the last epoch saves nothing
 
         from medtune.training import release_model
