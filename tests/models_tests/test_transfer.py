@@ -173,3 +173,48 @@ def test_gradcam_finds_the_last_conv_map_inside_every_backbone(backbone):
     heat, proba = gradcam(model, x)
     assert heat.shape == (2, size, size) and np.isfinite(heat).all()
     assert proba.shape == (2, 2)
+
+
+def _imagenet_mobilenet_file() -> str | None:
+    """A local ImageNet MobileNetV2 file: $MEDTUNE_TEST_IMAGENET_WEIGHTS or Keras's own cache."""
+    import os
+    from pathlib import Path
+
+    from medtune.models.weights import _keras_models_dir
+
+    named = os.environ.get("MEDTUNE_TEST_IMAGENET_WEIGHTS")
+    cached = _keras_models_dir() / BACKBONE_SPECS["mobilenet_v2"].imagenet_file
+    return named or (str(cached) if cached.is_file() else None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_imagenet_mobilenet_file() is None,
+                    reason="needs ImageNet MobileNetV2 weights (set MEDTUNE_TEST_IMAGENET_WEIGHTS or fill Keras's "
+                           "cache); from random weights MobileNetV2 does not learn `synthetic` within a test's budget")
+def test_gradcam_of_a_fine_tuned_mobilenet_concentrates_on_the_lesion():
+    """A MobileNetV2 fine-tuned on `synthetic` in medtune's two stages looks at the lesion, as the custom CNN does."""
+    from medtune.datasets.synthetic import generate
+    from medtune.explain import heatmap_concentration
+    from medtune.models.weights import resolve_weights
+
+    training.configure_threads()
+    size = 96  # a 3x3 last feature map
+    x, y, masks = generate(150, size, seed=3)
+    order = np.random.default_rng(0).permutation(len(y))
+    train, test = order[:450], order[450:]
+    keras.utils.set_random_seed(0)
+    params = {**HEAD, "backbone": "mobilenet_v2", "dense_units": 128, "fine_tune_layers": 60,
+              "fine_tune_lr_factor": 0.1, "head_epochs": 3}
+    weights = resolve_weights(_imagenet_mobilenet_file(), ["mobilenet_v2"])
+    model = build_model(params, (size, size, 3), 4, weights=weights)
+    history = training.fit_stages(
+        model, params, training.make_dataset(x[train], y[train], 4, 32, training=True, seed=0),
+        training.make_dataset(x[test], y[test], 4, 64, training=False), y_val=y[test], epochs=10)
+    assert set(history["stage"]) == {1, 2}
+
+    proba = training.predict_proba(model, x[test])
+    correct = proba.argmax(1) == y[test]
+    assert correct.mean() >= 0.5, correct.mean()  # learned (chance is 0.25)
+    heat, _ = gradcam(model, x[test][correct], class_indices=y[test][correct])
+    conc = [heatmap_concentration(h, m) for h, m in zip(heat, masks[test][correct])]
+    assert np.nanmean(conc) > 1.5, conc  # a uniform heatmap scores 1.0
