@@ -56,7 +56,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--space", default="cnn", help="search space name or path, used by both sides (default cnn)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--rounds", type=int, default=2, help="alternating chunks the budget is run in (default 2)")
-    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "asha", "none"],
+    from medtune.search.base import PRUNERS
+
+    p.add_argument("--pruner", default="median", choices=PRUNERS,
                    help="medtune's Optuna pruner (default median)")
     p.add_argument("--notebook-validation-split", type=float, default=0.15,
                    help="validation_split of image_dataset_from_directory (default 0.15)")

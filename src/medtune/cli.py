@@ -12,6 +12,7 @@ import sys
 import click
 
 from medtune.errors import MedtuneError
+from medtune.search.base import PRUNERS
 
 log = logging.getLogger("medtune")
 
@@ -127,7 +128,7 @@ def _search_options(fn):
                      help="Study name; the same name resumes (default: derived from dataset, space, engine, size, split)."),
         click.option("--storage", default="", callback=_none_if_empty, envvar="MEDTUNE_OPTUNA_STORAGE",
                      help="Optuna storage URL, e.g. postgresql://user@host/db (default: sqlite:///optuna.db)."),
-        click.option("--pruner", default="median", show_default=True, type=click.Choice(["median", "hyperband", "asha", "none"])),
+        click.option("--pruner", default="median", show_default=True, type=click.Choice(PRUNERS)),
         click.option("--class-weights", default=True, show_default=True, type=click.BOOL,
                      help="Weight classes by inverse frequency (balanced): true or false."),
         click.option("--split-run", default="latest", show_default=True, help="Split run id to train on."),

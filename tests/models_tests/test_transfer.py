@@ -178,7 +178,6 @@ def test_gradcam_finds_the_last_conv_map_inside_every_backbone(backbone):
 def _imagenet_mobilenet_file() -> str | None:
     """A local ImageNet MobileNetV2 file: $MEDTUNE_TEST_IMAGENET_WEIGHTS or Keras's own cache."""
     import os
-    from pathlib import Path
 
     from medtune.models.weights import _keras_models_dir
 

@@ -272,16 +272,10 @@ def test_trials_failing_before_training_stop_the_search(tmp_path, monkeypatch):
     assert len(calls) == 4 and {s.state for s in out} == {FAILED}  # stops once failures exceed max(3, trials)
 
 
-def test_asha_pruning_keeps_only_the_best_third_at_each_rung(tmp_path, monkeypatch):
-    """ASHA (``pruner=asha``) compares trials after 1 and 3 epochs trained: with fewer than three
-    rivals at a rung a trial goes on only if it is the best there, so a trial worse than the first
-    one after its first epoch stops, and one that is better goes on to the next rung."""
-    from medtune.search import optuna_engine
-    from medtune.search.base import NullRecorder, SearchSettings
+def _curve_trainer(curves: dict, seen: dict):
+    """A ``train_trial`` stand-in: trial ``seed - 42`` reports ``curves[n]`` epoch by epoch until
+    pruned; ``seen[n]`` records how many epochs it ran."""
     from medtune.search.trial import TrialResult
-
-    curves = {0: [0.5, 0.6, 0.7, 0.8, 0.8], 1: [0.4, 0.9, 0.9, 0.9, 0.9], 2: [0.6, 0.65, 0.68, 0.9, 0.95]}
-    seen = {}
 
     def fake_train(params, data, *, epochs, seed, on_epoch, **kwargs):
         number = seed - 42
@@ -295,7 +289,19 @@ def test_asha_pruning_keeps_only_the_best_third_at_each_rung(tmp_path, monkeypat
         result.value, result.best_epoch = max(result.history["val_macro_f1"]), 0
         return result
 
-    monkeypatch.setattr(optuna_engine, "train_trial", fake_train)
+    return fake_train
+
+
+def test_asha_pruning_keeps_only_the_best_third_at_each_rung(tmp_path, monkeypatch):
+    """ASHA (``pruner=asha``) compares trials after 1 and 3 epochs trained: with fewer than three
+    rivals at a rung a trial goes on only if it is the best there, so a trial worse than the first
+    one after its first epoch stops, and one that is better goes on to the next rung."""
+    from medtune.search import optuna_engine
+    from medtune.search.base import NullRecorder, SearchSettings
+
+    curves = {0: [0.5, 0.6, 0.7, 0.8, 0.8], 1: [0.4, 0.9, 0.9, 0.9, 0.9], 2: [0.6, 0.65, 0.68, 0.9, 0.95]}
+    seen = {}
+    monkeypatch.setattr(optuna_engine, "train_trial", _curve_trainer(curves, seen))
     cfg = SearchSettings(study="a", trials=3, epochs=5, seed=42, pruner="asha", storage=f"sqlite:///{tmp_path / 'o.db'}")
     out = optuna_engine.run_search(_tiny_space(tmp_path, [16, 32]), None, cfg, NullRecorder())
     # trial 1 is below trial 0 after epoch 1; trial 2 is best after epoch 1 but not after epoch 3
@@ -309,24 +315,10 @@ def test_median_pruning_stops_a_bad_trial_after_its_first_epoch_but_never_at_the
     median at epoch 1 stops there; a trial that is bad only at its last epoch completes."""
     from medtune.search import optuna_engine
     from medtune.search.base import NullRecorder, SearchSettings
-    from medtune.search.trial import TrialResult
 
     curves = {0: [0.6, 0.7, 0.8], 1: [0.5, 0.6, 0.7], 2: [0.1, 0.2, 0.3], 3: [0.9, 0.9, 0.1]}
     seen = {}
-
-    def fake_train(params, data, *, epochs, seed, on_epoch, **kwargs):
-        number = seed - 42
-        result = TrialResult()
-        for epoch, value in enumerate(curves[number][:epochs]):
-            result.history.setdefault("val_macro_f1", []).append(value)
-            if on_epoch(epoch, {"val_macro_f1": value}):
-                result.pruned = True
-                break
-        seen[number] = len(result.history["val_macro_f1"])
-        result.value, result.best_epoch = max(result.history["val_macro_f1"]), 0
-        return result
-
-    monkeypatch.setattr(optuna_engine, "train_trial", fake_train)
+    monkeypatch.setattr(optuna_engine, "train_trial", _curve_trainer(curves, seen))
     cfg = SearchSettings(study="p", trials=4, epochs=3, seed=42, storage=f"sqlite:///{tmp_path / 'o.db'}")
     out = optuna_engine.run_search(_tiny_space(tmp_path, [16, 32]), None, cfg, NullRecorder())
     assert [s.state for s in out] == [COMPLETE, COMPLETE, PRUNED, COMPLETE]

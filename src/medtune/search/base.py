@@ -9,6 +9,7 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 COMPLETE, PRUNED, FAILED, RUNNING = "COMPLETE", "PRUNED", "FAILED", "RUNNING"
+PRUNERS = ("median", "hyperband", "asha", "none")  # the Optuna engine's pruner names
 
 
 @dataclass
@@ -24,7 +25,7 @@ class SearchSettings:
     seed: int = 42
     class_weights: bool = True
     storage: str | None = None  # Optuna storage URL
-    pruner: str = "median"  # median | hyperband | asha | none
+    pruner: str = "median"  # one of PRUNERS
     workdir: str = ".medtune/keras_tuner"  # keras-tuner state
     weights: dict = field(default_factory=dict)  # backbone -> resolved WeightsFile
 

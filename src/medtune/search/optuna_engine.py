@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from medtune import settings as medtune_settings
 from medtune.errors import ConfigError
-from medtune.search.base import COMPLETE, FAILED, PRUNED, RUNNING, SearchSettings, TrialRecorder, TrialSummary
+from medtune.search.base import COMPLETE, FAILED, PRUNED, PRUNERS, RUNNING, SearchSettings, TrialRecorder, TrialSummary
 from medtune.search.trial import TrialData, train_trial
 from medtune.space import Param, SearchSpace
 
@@ -135,9 +135,6 @@ def _redact(url: str) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
-
-
-PRUNERS = ("median", "hyperband", "asha", "none")
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
