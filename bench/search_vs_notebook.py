@@ -26,10 +26,13 @@ notebook then medtune, ...): both searches are resumed in the same process, as e
 supports, so machine-load changes hit both sides alike. (Optuna's TPE start-up count depends on
 the budget passed: with more than 11 trials, chunking changes it; use ``--rounds 1`` there.)
 
-The validation sets differ: medtune's is its own de-duplicated split (no image shared with
-training), the notebook's is a random ``--notebook-validation-split`` of the raw files
-(duplicates can straddle training and validation), so the two best F1 values are each side's own
-estimate, not the same measurement.
+Both sides train on the same share of the files: by default the notebook's ``validation_split`` is
+everything medtune does not train on (its validation and test shares, 1 - 0.85 x 0.85 = 0.28), as
+a notebook would hold out the same amount to compare fairly (``--notebook-validation-split 0.15``
+gives the notebook 18 % more training images). The validation sets still differ: medtune's is its
+own de-duplicated split (no image shared with training), the notebook's is a random share of the
+raw files (duplicates can straddle training and validation), so the two best F1 values are each
+side's own estimate, not the same measurement.
 """
 
 from __future__ import annotations
@@ -60,8 +63,9 @@ def parse_args() -> argparse.Namespace:
 
     p.add_argument("--pruner", default="median", choices=PRUNERS,
                    help="medtune's Optuna pruner (default median)")
-    p.add_argument("--notebook-validation-split", type=float, default=0.15,
-                   help="validation_split of image_dataset_from_directory (default 0.15)")
+    p.add_argument("--notebook-validation-split", type=float, default=None,
+                   help="validation_split of image_dataset_from_directory (default: the share medtune does not "
+                        "train on, so that both sides train on as many files)")
     p.add_argument("--no-notebook-cache", dest="notebook_cache", action="store_false",
                    help="notebook side: no .cache(), i.e. decode the JPEGs every epoch, not once per trial")
     p.add_argument("-v", "--verbose", action="store_true", help="show medtune's per-trial progress lines")
@@ -75,6 +79,11 @@ def parse_args() -> argparse.Namespace:
         if args.space == "cnn":
             args.space = "demo"
     args.rounds = max(1, min(args.rounds, args.trials))
+    if args.notebook_validation_split is None:
+        from medtune.steps.split import SplitOptions
+
+        medtune_train_share = (1 - SplitOptions.val_fraction) * (1 - SplitOptions.test_fraction)
+        args.notebook_validation_split = round(1 - medtune_train_share, 2)
     return args
 
 
@@ -196,7 +205,7 @@ def main() -> None:
     print(f"settings: space {space_path.name}, {args.trials} trials x {epochs} epochs at {size} px, seed {args.seed}, "
           f"medtune pruner {args.pruner}, "
           f"{args.rounds} alternating round(s) (cumulative budgets {budget}); notebook validation_split "
-          f"{args.notebook_validation_split}, {'cache() after decoding' if args.notebook_cache else 'no cache()'}")
+          f"{args.notebook_validation_split:.2f}, {'cache() after decoding' if args.notebook_cache else 'no cache()'}")
     if args.quick:
         print(QUICK_NOTE)
 
