@@ -29,7 +29,7 @@ the budget passed: with more than 11 trials, chunking changes it; use ``--rounds
 Both sides train on the same share of the files: by default the notebook's ``validation_split`` is
 everything medtune does not train on (its validation and test shares, 1 - 0.85 x 0.85 = 0.28), as
 a notebook would hold out the same amount to compare fairly (``--notebook-validation-split 0.15``
-gives the notebook 18 % more training images). The validation sets still differ: medtune's is its
+gives the notebook about 26 % more training images than medtune). The validation sets still differ: medtune's is its
 own de-duplicated split (no image shared with training), the notebook's is a random share of the
 raw files (duplicates can straddle training and validation), so the two best F1 values are each
 side's own estimate, not the same measurement.
