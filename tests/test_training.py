@@ -328,3 +328,77 @@ def test_configure_threads_is_safe_to_call_twice():
 def test_release_model_runs():
     model = build_model(TINY, SHAPE, 3)
     training.release_model(model)
+
+
+# --- precise BatchNorm: statistics re-estimated on clean training images --------------------
+
+
+def _bn_model(shape=(4, 4, 3)):
+    inputs = keras.Input(shape)
+    x = keras.layers.BatchNormalization(momentum=0.9, name="bn")(inputs)
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs)
+
+
+def test_reestimate_batchnorm_sets_the_mean_of_per_batch_statistics():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 4, 4, 3)).astype(np.float32)
+    images[6:] += 40.0  # the two batches differ
+    model = _bn_model()
+    bn = model.get_layer("bn")
+    assert training.reestimate_batchnorm(model, images, batch_size=6) == 1
+    halves = [images[:6], images[6:]]
+    mean = np.mean([h.mean(axis=(0, 1, 2)) for h in halves], axis=0)
+    var = np.mean([h.var(axis=(0, 1, 2)) for h in halves], axis=0)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), mean, rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), var, rtol=1e-4)
+    assert bn.momentum == 0.9  # restored
+
+
+def test_reestimate_batchnorm_leaves_frozen_layers_and_models_without_batchnorm_alone():
+    images = np.full((8, 4, 4, 3), 200.0, np.float32)
+    model = _bn_model()
+    bn = model.get_layer("bn")
+    bn.trainable = False
+    assert training.reestimate_batchnorm(model, images) == 0
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), np.zeros(3))
+    plain = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    assert training.reestimate_batchnorm(plain, images) == 0
+    assert training.reestimate_batchnorm(_bn_model(), images[:1]) == 0  # one image has no variance
+
+
+def test_precise_batchnorm_runs_before_the_validation_pass_and_validates_on_clean_statistics():
+    """Trained on brightened (augmented) images, validated on clean ones: the validation pass
+    must see statistics of the clean training images, not of the last augmented batches."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 100, (32, 4, 4, 3)).astype(np.uint8)
+    y = np.arange(32) % 2
+    shifted = tf.data.Dataset.from_tensor_slices((x.astype(np.float32) + 150.0, np.eye(2, dtype=np.float32)[y]))
+    model = compile_model(_bn_model(), {"learning_rate": 1e-3})
+    order = []
+
+    class Scores(EpochScores):
+        def on_epoch_end(self, epoch, logs=None):
+            order.append(("scores", float(model.get_layer("bn").moving_mean.numpy().mean())))
+            super().on_epoch_end(epoch, logs)
+
+    class Precise(training.PreciseBatchNorm):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            order.append(("bn", None))
+
+    val = make_dataset(x, y, 2, 16, training=False)
+    fit(model, shifted.batch(8), val, y_val=y, epochs=2,
+        callbacks=[Scores(val, y), Precise(x, images=16, batch_size=8)])
+    assert [name for name, _ in order] == ["bn", "scores", "bn", "scores"]
+    clean_mean = float(x[Precise(x, images=16).index].astype(np.float32).mean())
+    for name, seen in order:
+        if name == "scores":
+            assert seen == pytest.approx(clean_mean, rel=1e-4)  # not ~150 higher
+
+
+def test_precise_batchnorm_sample_is_fixed_and_bounded():
+    x = np.zeros((1000, 4, 4, 3), np.uint8)
+    a, b = training.PreciseBatchNorm(x, images=64, seed=3), training.PreciseBatchNorm(x, images=64, seed=3)
+    assert len(a.index) == 64 and np.array_equal(a.index, b.index) and np.all(np.diff(a.index) > 0)
+    assert len(training.PreciseBatchNorm(x[:10], images=64).index) == 10

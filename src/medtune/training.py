@@ -34,6 +34,7 @@ from medtune.errors import ConfigError, DataError
 __all__ = [
     "EpochScores",
     "NaNGuard",
+    "PreciseBatchNorm",
     "TrainingDiverged",
     "augment_batch",
     "balanced_class_weights",
@@ -44,6 +45,7 @@ __all__ = [
     "fit_stages",
     "make_dataset",
     "predict_proba",
+    "reestimate_batchnorm",
     "release_model",
     "usable_cpus",
     "validation_scores",
@@ -357,6 +359,80 @@ class EpochScores(keras.callbacks.Callback):
         logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
+class PreciseBatchNorm(keras.callbacks.Callback):
+    """Re-estimates BatchNorm statistics on un-augmented training images after every epoch.
+
+    While training, a BatchNorm layer's moving mean and variance follow the last few augmented
+    batches (momentum 0.9: about ten) of weights that keep changing, so the model that is
+    validated and saved normalises with statistics that fit neither its current weights nor
+    clean images. On brain_mri at 64 px one configuration's validation macro-F1 jumped between
+    0.17 and 0.82 from epoch to epoch for that reason alone; with the statistics re-estimated it
+    rose steadily from 0.72 to 0.88 ("precise BatchNorm", Wu & Johnson 2021). Costs one
+    forward pass over ``images`` training images per epoch.
+
+    Must run before :class:`EpochScores` (:func:`fit` puts it first).
+
+    Args:
+        x: the training images (a memmap is fine); a fixed sample of ``images`` of them, drawn
+            once with ``seed``, is used every epoch.
+    """
+
+    def __init__(self, x: np.ndarray, *, images: int = 512, batch_size: int = 128, seed: int = 0):
+        super().__init__()
+        _check_images(x)
+        n = len(x)
+        pick = np.random.default_rng(seed).choice(n, size=images, replace=False) if n > images else np.arange(n)
+        self.x = x
+        self.index = np.sort(pick)
+        self.batch_size = int(batch_size)
+        self._images: np.ndarray | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._images is None:
+            self._images = np.asarray(self.x[self.index])  # one read; reused every epoch
+        reestimate_batchnorm(self.model, self._images, batch_size=self.batch_size)
+
+
+def reestimate_batchnorm(model: keras.Model, images: np.ndarray, *, batch_size: int = 128) -> int:
+    """Set every trainable BatchNorm layer's moving statistics to their average over ``images``.
+
+    The model runs forward in training mode batch by batch (each BatchNorm layer normalising with
+    its batch's statistics, as in training); each layer's moving mean and variance become the
+    mean of its per-batch values. Frozen BatchNorm layers (a pretrained backbone's) are left
+    alone, and so is everything when ``images`` holds fewer than two images.
+
+    Returns:
+        The number of BatchNorm layers re-estimated.
+    """
+    layers = [layer for layer in model._flatten_layers(include_self=False)
+              if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    starts = [s for s in range(0, len(images), max(2, int(batch_size))) if len(images) - s >= 2]
+    if not layers or not starts:
+        return 0
+    before = [(layer.moving_mean.numpy(), layer.moving_variance.numpy(), layer.momentum) for layer in layers]
+    sums = [[0.0, 0.0] for _ in layers]
+    try:
+        for layer in layers:
+            layer.momentum = 0.0  # each forward pass leaves exactly its batch's statistics
+        for start in starts:
+            model(tf.constant(np.asarray(images[start : start + batch_size], dtype=np.float32)), training=True)
+            for acc, layer in zip(sums, layers):
+                acc[0] += layer.moving_mean.numpy()
+                acc[1] += layer.moving_variance.numpy()
+        for acc, layer in zip(sums, layers):
+            layer.moving_mean.assign(acc[0] / len(starts))
+            layer.moving_variance.assign(acc[1] / len(starts))
+    except BaseException:
+        for layer, (mean, var, _) in zip(layers, before):
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(var)
+        raise
+    finally:
+        for layer, (_, _, momentum) in zip(layers, before):
+            layer.momentum = momentum
+    return len(layers)
+
+
 def validation_loss_accuracy(model: keras.Model, y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """``val_loss`` (compiled loss + regularisation, as Keras reports it) and ``val_accuracy``."""
     if len(probs) != len(y_true):
@@ -441,8 +517,9 @@ def fit(
 
     ``initial_epoch`` continues an earlier ``fit`` (epoch numbers run on; ``epochs`` is the end).
 
-    Runs ``[EpochScores, NaNGuard, *callbacks]`` so ``callbacks`` can monitor
-    ``val_macro_f1`` / ``val_balanced_accuracy``.
+    Runs ``[PreciseBatchNorm (if given), EpochScores, NaNGuard, *callbacks]`` so the validation
+    pass sees re-estimated BatchNorm statistics and ``callbacks`` can monitor ``val_macro_f1`` /
+    ``val_balanced_accuracy``.
 
     Returns:
         The history: ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``,
@@ -455,13 +532,14 @@ def fit(
     own = [cb for cb in callbacks if isinstance(cb, EpochScores)]
     scorer = own[0] if own else EpochScores(val_ds, y_val)
     guard = next((cb for cb in callbacks if isinstance(cb, NaNGuard)), None) or NaNGuard()
-    others = [cb for cb in callbacks if cb is not scorer and cb is not guard]
+    precise = [cb for cb in callbacks if isinstance(cb, PreciseBatchNorm)]
+    others = [cb for cb in callbacks if cb is not scorer and cb is not guard and cb not in precise]
     history = model.fit(
         train_ds,
         epochs=int(epochs),  # no validation_data: EpochScores scores the validation set once
         initial_epoch=int(initial_epoch),
         class_weight=class_weight,
-        callbacks=[scorer, guard, *others],
+        callbacks=[*precise, scorer, guard, *others],
         shuffle=False,  # the dataset shuffles itself
         verbose=verbose,
     )

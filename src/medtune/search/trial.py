@@ -133,7 +133,8 @@ def train_trial(
     try:
         result.history = training.fit_stages(
             model, params, train_ds, val_ds, y_val=data.y_val, epochs=epochs,
-            class_weight=class_weight, callbacks=[scorer, _Hook()], stop_requested=lambda: result.pruned,
+            class_weight=class_weight, callbacks=[training.PreciseBatchNorm(data.x_train, seed=seed), scorer, _Hook()],
+            stop_requested=lambda: result.pruned,
         )
     finally:
         result.seconds = time.perf_counter() - t0

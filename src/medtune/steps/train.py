@@ -202,6 +202,7 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Path(tmp) / "best.weights.h5"
             callbacks = [
+                training.PreciseBatchNorm(cache.x["train"], seed=opts.seed),
                 training.StagedEarlyStopping(monitor="val_macro_f1", mode="max", patience=opts.patience,
                                              restore_best_weights=True),
                 keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, opts.patience // 3),
