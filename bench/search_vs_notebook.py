@@ -13,13 +13,16 @@ score the same objective (validation macro-F1, ``medtune.training.validation_sco
 * medtune: ``split`` (scan, de-duplicate, split, decode once into the array cache; timed and
   counted), then ``medtune.steps.search.run_search`` with the Optuna engine, median pruning and
   full MLflow tracking (child run per trial, per-epoch metrics, learning curves, confusion matrix,
-  Grad-CAM, search summary and plots), in a fresh medtune home.
+  Grad-CAM, search summary and plots), in a fresh medtune home. Its trials re-estimate BatchNorm
+  statistics on un-augmented training images before each validation pass
+  (``medtune.training.PreciseBatchNorm``), as medtune always does.
 * notebook: ``kt.BayesianOptimization`` (keras-tuner defaults) over a ``kt.HyperModel`` whose
   ``fit`` calls ``keras.utils.image_dataset_from_directory(folder, validation_split=...,
   subset=..., seed=..., image_size=...)`` for training and validation in every trial (re-reading
   and re-decoding every JPEG), ``.cache()`` after decoding as the TensorFlow tutorial does
   (``--no-notebook-cache``: decode every epoch), trains every trial for all its epochs, and
-  scores val macro-F1 with a callback over the validation set.
+  scores val macro-F1 with a callback over the validation set; BatchNorm keeps Keras's moving
+  averages of the training batches, as in a notebook.
 
 The budget is run in ``--rounds`` alternating chunks (round 1: medtune then notebook, round 2:
 notebook then medtune, ...): both searches are resumed in the same process, as each engine

@@ -8,7 +8,9 @@ cached arrays (the split cache of ``--data`` at ``--image-size``), through the s
 pipeline (``medtune.training.make_dataset``), for the same epochs, with the same seed and the
 same balanced class weights, in rotating order for ``--repeats`` rounds:
 
-* bare:    ``model.fit(train_ds, validation_data=val_ds, epochs=...)`` and nothing else;
+* bare:    ``model.fit(train_ds, validation_data=val_ds, epochs=...)`` with the same training
+           recipe (``PreciseBatchNorm``: BatchNorm statistics re-estimated on clean training
+           images each epoch, as medtune trains) and nothing else;
 * trainer: ``medtune.search.trial.train_trial`` without a recorder (its one validation pass per
            epoch gives val loss/accuracy, macro-F1 and balanced accuracy, and the last one the
            final validation probabilities);
@@ -143,7 +145,8 @@ def main() -> None:
         val_ds = training.make_dataset(data.x_val, data.y_val, k, batch, training=False)
         model = training.compile_model(build_model(params, data.input_shape, k), params)
         weights = training.balanced_class_weights(data.y_train, k)
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights, verbose=0, shuffle=False)
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights, verbose=0, shuffle=False,
+                  callbacks=[training.PreciseBatchNorm(data.x_train, seed=args.seed)])
         del model
         training.release_model()
         return time.perf_counter() - t0
@@ -165,6 +168,21 @@ def main() -> None:
             training.predict_proba(model, data.x_val)
             spent.append(time.perf_counter() - t0)
         del model
+        training.release_model()
+        return statistics.median(spent)
+
+    def precise_batchnorm_seconds() -> float:
+        """Median time of one BatchNorm re-estimation (the recipe's per-epoch cost on both sides)."""
+        model = training.compile_model(build_model(params, data.input_shape, k), params)
+        callback = training.PreciseBatchNorm(data.x_train, seed=args.seed)
+        callback.set_model(model)
+        callback.on_epoch_end(0)
+        spent = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            callback.on_epoch_end(0)
+            spent.append(time.perf_counter() - t0)
+        del model, callback
         training.release_model()
         return statistics.median(spent)
 
@@ -220,6 +238,7 @@ def main() -> None:
 
         # what one pass over the validation set costs (trainer extras = epochs + 1 of them)
         val_pass = validation_pass_seconds()
+        bn_pass = precise_batchnorm_seconds()
 
     base = statistics.median(times[names[0]])
     described = {"bare": "bare model.fit", "trainer": "medtune train_trial, no tracking",
@@ -240,6 +259,8 @@ def main() -> None:
     tracked_s = statistics.median(times[names[2]])
     print(f"one validation pass (predict_proba on {len(data.x_val)} images): {val_pass:.2f} s "
           f"({val_pass / base:.1%} of bare); the trainer makes one per epoch in place of bare fit's own, and no other")
+    print(f"one BatchNorm re-estimation (PreciseBatchNorm, {min(512, len(data.x_train))} training images): "
+          f"{bn_pass:.2f} s ({bn_pass * args.epochs / base:.1%} of bare over {args.epochs} epochs), on every side")
     print()
     print(f"ratio tracked/bare:    {tracked_s / base:.3f}x -> target <= {TARGET}x {verdict(tracked_s / base <= TARGET)}")
     print(f"ratio tracked/trainer: {tracked_s / trainer_s:.3f}x (tracking alone)")

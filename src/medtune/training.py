@@ -404,6 +404,7 @@ def reestimate_batchnorm(model: keras.Model, images: np.ndarray, *, batch_size: 
     Returns:
         The number of BatchNorm layers re-estimated.
     """
+    # _flatten_layers: every layer, nested backbones included (what Keras itself walks)
     layers = [layer for layer in model._flatten_layers(include_self=False)
               if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
     starts = [s for s in range(0, len(images), max(2, int(batch_size))) if len(images) - s >= 2]

@@ -323,3 +323,31 @@ def test_median_pruning_stops_a_bad_trial_after_its_first_epoch_but_never_at_the
     out = optuna_engine.run_search(_tiny_space(tmp_path, [16, 32]), None, cfg, NullRecorder())
     assert [s.state for s in out] == [COMPLETE, COMPLETE, PRUNED, COMPLETE]
     assert seen == {0: 3, 1: 3, 2: 1, 3: 3}
+
+
+def test_a_trial_validates_and_keeps_batchnorm_statistics_of_clean_training_images():
+    """train_trial re-estimates BatchNorm on un-augmented training images before each validation
+    pass: the model it returns already holds those statistics (re-estimating again changes nothing)."""
+    import keras
+
+    from medtune import training
+    from medtune.search.trial import TrialData, train_trial
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8)
+    y = np.arange(48) % 3
+    data = TrialData(classes=["a", "b", "c"], x_train=x[:36], y_train=y[:36], x_val=x[36:], y_val=y[36:],
+                     probe_index=np.arange(3))
+    params = {"num_blocks": 2, "filters": 4, "dense_units": 8, "batch_norm": True, "augment": 0.5, "batch_size": 8}
+    result = train_trial(params, data, epochs=2, seed=7)
+    model = result.model
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns
+    kept = [(bn.moving_mean.numpy(), bn.moving_variance.numpy()) for bn in bns]
+    sample = training.PreciseBatchNorm(data.x_train, seed=7)
+    training.reestimate_batchnorm(model, data.x_train[sample.index], batch_size=sample.batch_size)
+    for bn, (mean, var) in zip(bns, kept):
+        np.testing.assert_allclose(bn.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(bn.moving_variance.numpy(), var, rtol=1e-4, atol=1e-5)
+    result.model = None
+    training.release_model()
