@@ -407,7 +407,8 @@ def reestimate_batchnorm(model: keras.Model, images: np.ndarray, *, batch_size: 
     # _flatten_layers: every layer, nested backbones included (what Keras itself walks)
     layers = [layer for layer in model._flatten_layers(include_self=False)
               if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
-    starts = [s for s in range(0, len(images), max(2, int(batch_size))) if len(images) - s >= 2]
+    step = max(2, int(batch_size))
+    starts = [s for s in range(0, len(images), step) if len(images) - s >= 2]
     if not layers or not starts:
         return 0
     before = [(layer.moving_mean.numpy(), layer.moving_variance.numpy(), layer.momentum) for layer in layers]
@@ -416,7 +417,7 @@ def reestimate_batchnorm(model: keras.Model, images: np.ndarray, *, batch_size: 
         for layer in layers:
             layer.momentum = 0.0  # each forward pass leaves exactly its batch's statistics
         for start in starts:
-            model(tf.constant(np.asarray(images[start : start + batch_size], dtype=np.float32)), training=True)
+            model(tf.constant(np.asarray(images[start : start + step], dtype=np.float32)), training=True)
             for acc, layer in zip(sums, layers):
                 acc[0] += layer.moving_mean.numpy()
                 acc[1] += layer.moving_variance.numpy()
