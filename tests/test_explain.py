@@ -205,6 +205,21 @@ def test_heatmap_concentration():
         heatmap_concentration(np.ones((4, 4)), np.zeros((4, 4), bool))
 
 
+def test_the_lesion_focus_control_catches_a_heatmap_that_only_favours_the_centre():
+    """`synthetic` lesions cluster near the centre: a fixed centre box beats a uniform map against
+    each image's own mask, but not against other images' masks; the true footprint beats both."""
+    from medtune.datasets.synthetic import generate
+    from tests.conftest import lesion_focus
+
+    _, _, masks = generate(20, 64, seed=5)
+    box = np.zeros((len(masks), 64, 64))
+    box[:, 21:43, 21:43] = 1.0  # the middle ninth
+    own, control = lesion_focus(box, masks)
+    assert own > 3.0 and own == pytest.approx(control, rel=0.1)  # "concentrated", yet blind
+    own, control = lesion_focus(masks.astype(float), masks)
+    assert own > 3.0 * control
+
+
 # --- learning test: Grad-CAM of a trained model points at the object -------------------------
 
 SIZE, OBJ = 48, 12
