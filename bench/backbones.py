@@ -12,7 +12,11 @@ initial values), in the same process:
   second extrapolated to one epoch over the whole training split;
 * validation: one timed ``predict`` pass over ``--steps`` batches, extrapolated to the whole
   validation split (each epoch also scores the validation set);
-* seconds per epoch = training images / training rate + validation images / prediction rate.
+* precise BatchNorm: one timed ``reestimate_batchnorm`` over the 512 training images a trial's
+  ``PreciseBatchNorm`` uses after every epoch (in each stage: it re-estimates the BatchNorm layers
+  that stage trains, none of a frozen pretrained backbone's);
+* seconds per epoch = training images / training rate + validation images / prediction rate
+  + the re-estimation.
 
 The custom CNN has one stage. After each backbone the model is released as a search does, and
 the memory is recorded: anonymous memory (heap: what a leak grows) and resident memory (which
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import time
+
+import numpy as np
 
 from _common import (QUICK_NOTE, add_data_args, data_folder, isolated_home, machine, memory, quiet,
                      remove_home_at_exit, table)
@@ -68,6 +74,15 @@ def timed_predict(model, x, steps: int, batch: int) -> float:
     return n / (time.perf_counter() - t)
 
 
+def timed_precise_bn(model, sample) -> float:
+    """Seconds of one re-estimation, as ``PreciseBatchNorm`` runs it after every epoch."""
+    from medtune import training
+
+    t = time.perf_counter()
+    training.reestimate_batchnorm(model, sample, batch_size=training.PreciseBatchNorm(sample).batch_size)
+    return time.perf_counter() - t
+
+
 def main() -> None:
     args = parse_args()
     home = isolated_home("backbones")
@@ -103,13 +118,14 @@ def main() -> None:
         split = caches[size]
         x, y = split.cache.x["train"], split.cache.y["train"]
         xv = split.cache.x["val"]
+        bn_sample = np.asarray(x[training.PreciseBatchNorm(x, seed=args.seed).index])
         k = len(split.classes)
         class_weight = training.balanced_class_weights(y, k)
         for name in args.backbones:
             if name != "custom" and size < BACKBONE_SPECS[name].min_size:
                 if cycle == 0:
                     rows.append({"px": size, "backbone": name, "stage": "-", "trainable_layers": "-", "params_M": "-",
-                                 "train_img_s": "-", "val_img_s": "-",
+                                 "train_img_s": "-", "val_img_s": "-", "precise_bn_s": "-",
                                  "s_per_epoch": f"needs >= {BACKBONE_SPECS[name].min_size} px", "build_s": "-"})
                 continue
             values = {}
@@ -127,23 +143,24 @@ def main() -> None:
                 layers = set_stage(model, stage)
                 if stage.number > 1:
                     training.compile_model(model, {**values, "learning_rate": stage.learning_rate})
-                rates[stage.number] = (timed_fit(model, ds, args.steps, args.batch_size, class_weight), layers)
+                rate = timed_fit(model, ds, args.steps, args.batch_size, class_weight)
+                rates[stage.number] = (rate, layers, timed_precise_bn(model, bn_sample))
             pred = timed_predict(model, xv, args.steps, args.batch_size)
             params_m = model.count_params() / 1e6
             del model, ds
             training.release_model()
             if cycle == 0:
-                for number, (rate, layers) in rates.items():
+                for number, (rate, layers, bn_s) in rates.items():
                     rows.append({
                         "px": size, "backbone": name, "stage": number, "trainable_layers": layers,
-                        "params_M": params_m, "train_img_s": rate, "val_img_s": pred,
-                        "s_per_epoch": len(x) / rate + len(xv) / pred, "build_s": build_s,
+                        "params_M": params_m, "train_img_s": rate, "val_img_s": pred, "precise_bn_s": bn_s,
+                        "s_per_epoch": len(x) / rate + len(xv) / pred + bn_s, "build_s": build_s,
                     })
             mem = memory()
             mem_rows.append({"px": size, "cycle": cycle + 1, "after": name, "rss_mib": mem.get("rss_mib", float("nan")),
                              "anon_mib": mem.get("anon_mib", float("nan")), "peak_mib": mem["maxrss_mib"]})
             print(f"  {size} px {name} (cycle {cycle + 1}): " + ", ".join(
-                f"stage {n} {r:.0f} img/s ({len(x) / r + len(xv) / pred:.0f} s/epoch)" for n, (r, _) in rates.items())
+                f"stage {n} {r:.0f} img/s ({len(x) / r + len(xv) / pred + bn:.0f} s/epoch)" for n, (r, _, bn) in rates.items())
                 + f"; RSS {mem.get('rss_mib', float('nan')):.0f} MiB", flush=True)
 
     print()
