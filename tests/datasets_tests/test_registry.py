@@ -180,6 +180,18 @@ def test_resolve_synthetic_calls_generator(places, monkeypatch):
     assert calls[-1] == places / "here"
 
 
+def test_own_images_in_data_dir_with_dataset_left_synthetic_say_how_to_name_them(places):
+    from medtune.errors import DataError
+
+    folder = _fill(places / "scans")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    with pytest.raises(DataError) as info:
+        resolve_dataset("synthetic", str(folder))
+    message = str(info.value)
+    assert "\n" not in message and "refusing to overwrite" in message and f"dataset={folder}" in message
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before  # nothing written or deleted
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medtune import settings
-from medtune.errors import DatasetNotFound
+from medtune.errors import DataError, DatasetNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,14 @@ def resolve_dataset(
 
         root = Path(data_dir).expanduser() if data_dir else settings.cache_dir() / "synthetic"
         per_class, size = settings.synthetic_shape()
-        root = ensure_synthetic_dataset(root, n_per_class=per_class, image_size=size)
+        try:
+            root = ensure_synthetic_dataset(root, n_per_class=per_class, image_size=size)
+        except DataError as exc:
+            if not data_dir or not root.is_dir():
+                raise
+            # the usual cause: a folder of one's own images, with `dataset` left at its default
+            raise DataError(f"{exc}. dataset=synthetic (the default) writes its phantoms into data_dir; "
+                            f"to use the images in {root}, name them: dataset=<a name> or dataset={root}") from exc
         return ResolvedDataset(name="synthetic", root=Path(root), spec=spec)
 
     if spec is None:
