@@ -102,17 +102,17 @@ def test_optuna_search_end_to_end_then_resume(project, store):
     check_launcher(store, parent.info.run_id)
     assert store.runs("tags.`medtune.step` = 'split'"), "the split step ran first"
     assert parent.data.tags["medtune.split_run_id"] == store.runs("tags.`medtune.step` = 'split'")[0].info.run_id
-    # Console progress: trial k, epoch, current and best objective.
-    assert re.search(r"trial 1 started \(0 of 2 done", output), output[-3000:]
-    assert re.search(r"trial 1 epoch 1/2 val_macro_f1=\d\.\d{4} \(best so far -\)", output), output[-3000:]
-    assert re.search(r"trial 2 epoch 2/2 val_macro_f1=\d\.\d{4} \(best so far \d\.\d{4}\)", output), output[-3000:]
-    assert re.search(r"trial 2 COMPLETE in \d+ s: val_macro_f1=\d\.\d{4} \(best \d\.\d{4}; 2 of 2 done\)", output)
+    # Console progress: trial k (counted from 0, as the runs trial-000...), epoch, current and best objective.
+    assert re.search(r"trial 0 started \(0 of 2 done", output), output[-3000:]
+    assert re.search(r"trial 0 epoch 1/2 val_macro_f1=\d\.\d{4} \(best so far -\)", output), output[-3000:]
+    assert re.search(r"trial 1 epoch 2/2 val_macro_f1=\d\.\d{4} \(best so far \d\.\d{4}\)", output), output[-3000:]
+    assert re.search(r"trial 1 COMPLETE in \d+ s: val_macro_f1=\d\.\d{4} \(best \d\.\d{4}; 2 of 2 done\)", output)
     assert "search synthetic-demo-optuna-32px-" in output
 
     # Resume: the same command with a larger budget adds one trial to the same study and parent.
     proc = project.medtune("search", "--dataset", "synthetic", "--trials", "3", "--epochs", str(EPOCHS),
                            "--image-size", "32", "--pruner", "none")  # all COMPLETE: no pruning luck
-    assert re.search(r"trial 3 started \(2 of 3 done, best \d\.\d{4}\)", proc.stderr), proc.stderr[-3000:]
+    assert re.search(r"trial 2 started \(2 of 3 done, best \d\.\d{4}\)", proc.stderr), proc.stderr[-3000:]
     [again] = store.searches()
     assert again.info.run_id == parent.info.run_id, "the parent run is reopened, not duplicated"
     resumed, children3 = check_search(store, "optuna", trials=3)
@@ -135,7 +135,7 @@ def test_bayesian_search_end_to_end_then_truncated_state(project, store):
     check_launcher(store, parent.info.run_id)
     assert parent.data.params["pruner"] == "none"
     assert {"plots/parallel_coordinate.png", "plots/param_importances.png"} <= store.artifacts(parent.info.run_id)
-    assert re.search(r"trial 2 epoch 2/2 val_macro_f1=\d\.\d{4} \(best so far \d\.\d{4}\)", output), output[-3000:]
+    assert re.search(r"trial 1 epoch 2/2 val_macro_f1=\d\.\d{4} \(best so far \d\.\d{4}\)", output), output[-3000:]
 
     # Same metric and param names as the Optuna engine, so both compare in one table.
     names = set(children[0].data.metrics)

@@ -74,7 +74,7 @@ def test_sigterm_ends_runs_killed_and_the_search_resumes(project, store, backgro
     assert [t.state.name for t in _study(project, "term").trials] == ["COMPLETE", "FAIL"]  # FAIL: not in the budget
 
     proc = project.medtune(*_args("term"))
-    assert "trial 3 started (1 of 2 done" in proc.stderr, proc.stderr[-3000:]
+    assert "trial 2 started (1 of 2 done" in proc.stderr, proc.stderr[-3000:]
     _check_completed(project, store, "term", parent.info.run_id)
     assert store.client.get_run(killed.info.run_id).info.status == "KILLED"  # history kept as it was
     assert store.client.get_run(first.info.run_id).info.end_time == first.info.end_time  # not touched

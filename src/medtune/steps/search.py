@@ -107,7 +107,8 @@ class MlflowRecorder:
             logger.tags({"medtune.weights_source": source.source if source else "none",
                          "medtune.weights_sha256": source.sha256 if source else ""})
         handle = _Handle(logger, number, time.perf_counter(), params)
-        progress_log.info("trial %d started (%s, best %s): %s", number + 1, self._done(), _fmt(self.best), _short(params))
+        # the number is Optuna's and the run's (trial-007 is "trial 7"), counted from 0
+        progress_log.info("trial %d started (%s, best %s): %s", number, self._done(), _fmt(self.best), _short(params))
         return handle
 
     def epoch_end(self, handle, epoch: int, logs: dict) -> None:
@@ -117,7 +118,7 @@ class MlflowRecorder:
         best = self.best
         progress_log.info(
             "trial %d epoch %d/%d %s=%s (best so far %s)",
-            handle.number + 1, epoch + 1, self.opts.epochs, self.opts.objective,
+            handle.number, epoch + 1, self.opts.epochs, self.opts.objective,
             _fmt(value), _fmt(best),
         )
 
@@ -152,7 +153,7 @@ class MlflowRecorder:
             self.done += 1
         progress_log.info(
             "trial %d %s in %.0f s: %s=%s (best %s; %s)%s",
-            handle.number + 1, "KILLED" if interrupted else state, seconds, self.opts.objective,
+            handle.number, "KILLED" if interrupted else state, seconds, self.opts.objective,
             _fmt(result.value if result is not None else None), _fmt(self.best), self._done(),
             f": {tracking.one_line(error)}" if error is not None and not interrupted else "",
         )
