@@ -74,12 +74,12 @@ def timed_predict(model, x, steps: int, batch: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def timed_precise_bn(model, sample) -> float:
+def timed_precise_bn(model, sample, batch: int) -> float:
     """Seconds of one re-estimation, as ``PreciseBatchNorm`` runs it after every epoch."""
     from medtune import training
 
     t = time.perf_counter()
-    training.reestimate_batchnorm(model, sample, batch_size=training.PreciseBatchNorm(sample).batch_size)
+    training.reestimate_batchnorm(model, sample, batch_size=batch)
     return time.perf_counter() - t
 
 
@@ -118,7 +118,8 @@ def main() -> None:
         split = caches[size]
         x, y = split.cache.x["train"], split.cache.y["train"]
         xv = split.cache.x["val"]
-        bn_sample = np.asarray(x[training.PreciseBatchNorm(x, seed=args.seed).index])
+        precise = training.PreciseBatchNorm(x, seed=args.seed)  # its sample, read once as the callback does
+        bn_sample = np.asarray(x[precise.index])
         k = len(split.classes)
         class_weight = training.balanced_class_weights(y, k)
         for name in args.backbones:
@@ -144,7 +145,7 @@ def main() -> None:
                 if stage.number > 1:
                     training.compile_model(model, {**values, "learning_rate": stage.learning_rate})
                 rate = timed_fit(model, ds, args.steps, args.batch_size, class_weight)
-                rates[stage.number] = (rate, layers, timed_precise_bn(model, bn_sample))
+                rates[stage.number] = (rate, layers, timed_precise_bn(model, bn_sample, precise.batch_size))
             pred = timed_predict(model, xv, args.steps, args.batch_size)
             params_m = model.count_params() / 1e6
             del model, ds
