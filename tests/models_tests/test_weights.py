@@ -36,7 +36,7 @@ def _save_legacy_h5(model, path):
 
 def _fresh(backbone: str, include_top: bool = False):
     keras.utils.set_random_seed(7)
-    ctor = getattr(keras.applications, BACKBONE_SPECS[backbone].constructor)
+    ctor = getattr(keras.applications, BACKBONE_SPECS[backbone].builder.split(":")[1])
     if include_top:
         return ctor(include_top=True, weights=None, input_shape=(32, 32, 3), classes=5)
     return ctor(include_top=False, weights=None, input_shape=(32, 32, 3))

@@ -1,8 +1,8 @@
 """Model builders: ``build_model(params, input_shape, n_classes)`` picks one by ``backbone``.
 
-``custom`` is the CNN of :mod:`medtune.models.cnn`; every other name is a ``keras.applications``
-backbone under the same head (:mod:`medtune.models.transfer`), initialised from
-:mod:`medtune.models.weights`.
+``custom`` is the CNN of :mod:`medtune.models.cnn`; every other name is a backbone of the table in
+:mod:`medtune.models.backbones` under the same head (:mod:`medtune.models.transfer`), initialised
+from :mod:`medtune.models.weights`.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from medtune.models.backbones import BACKBONE_SPECS
 
 __all__ = ["BACKBONES", "backbones_of", "build_model", "check_image_size"]
 
-BACKBONES = ("custom", "mobilenet_v2", "efficientnet_b0", "xception", "resnet50")
+BACKBONES = ("custom", *BACKBONE_SPECS)
 """Values of the ``backbone`` parameter that :func:`build_model` can build."""
 
 

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-
 import keras
 
-__all__ = ["BackbonePreprocess", "PREPROCESS_MODULES"]
+from medtune.models.backbones import BACKBONE_SPECS
 
-PREPROCESS_MODULES = {
-    "mobilenet_v2": "mobilenet_v2",
-    "efficientnet_b0": "efficientnet",
-    "xception": "xception",
-    "resnet50": "resnet50",
-}
-"""Backbone name -> the ``keras.applications`` module whose ``preprocess_input`` it needs."""
+__all__ = ["BackbonePreprocess"]
 
 
 @keras.saving.register_keras_serializable(package="medtune")
@@ -22,17 +14,16 @@ class BackbonePreprocess(keras.layers.Layer):
     """Raw pixels 0..255 -> what a ``keras.applications`` backbone expects.
 
     Grey images (1 channel) are repeated to 3 channels first; then the backbone's own
-    ``keras.applications.<module>.preprocess_input`` runs inside the model, so callers (the
+    ``preprocess_input`` (named in the backbone table) runs inside the model, so callers (the
     pyfunc, Grad-CAM, ``predict``) feed raw pixels exactly as for the custom CNN.
     """
 
     def __init__(self, backbone: str, **kwargs):
         super().__init__(**kwargs)
-        if backbone not in PREPROCESS_MODULES:
+        if backbone not in BACKBONE_SPECS:
             raise ValueError(f"backbone {backbone!r}: no preprocessing known")
         self.backbone = backbone
-        module = importlib.import_module(f"keras.applications.{PREPROCESS_MODULES[backbone]}")
-        self._preprocess = module.preprocess_input
+        self._preprocess = BACKBONE_SPECS[backbone].preprocess_input()
 
     def call(self, inputs):
         x = keras.ops.cast(inputs, "float32")

@@ -1,4 +1,4 @@
-"""Transfer-learning models: a ``keras.applications`` backbone under the custom CNN's head.
+"""Transfer-learning models: a pretrained backbone (:mod:`~medtune.models.backbones`) under the custom CNN's head.
 
 Layout::
 
@@ -19,12 +19,12 @@ budget of epochs splits between the stages and at which learning rate.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from medtune.errors import ConfigError
+from medtune.models.backbones import BACKBONE_LAYER, BACKBONE_SPECS, BackboneSpec, spec_of
 
 __all__ = [
     "BACKBONE_SPECS",
@@ -33,47 +33,12 @@ __all__ = [
     "build_transfer",
     "check_image_size",
     "set_stage",
+    "spec_of",
     "stage_plan",
 ]
 
-BACKBONE_LAYER = "backbone"
 SCRATCH_BN_MOMENTUM = 0.9  # as the custom CNN; keras.applications use 0.99-0.999 for ImageNet runs
 
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    constructor: str  # attribute of keras.applications
-    min_size: int  # smallest input side keras.applications accepts without top
-    imagenet_file: str  # Keras's file name for the ImageNet weights without top
-    imagenet_url: str
-
-    def build(self, input_shape: tuple[int, int, int]):
-        import keras
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "input_shape is undefined or non-square ..."
-            return getattr(keras.applications, self.constructor)(
-                include_top=False, weights=None, input_shape=input_shape, name=BACKBONE_LAYER
-            )
-
-
-_KERAS_APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
-BACKBONE_SPECS: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        BackboneSpec("mobilenet_v2", "MobileNetV2", 32,
-                     "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-                     _KERAS_APPS + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
-        BackboneSpec("efficientnet_b0", "EfficientNetB0", 32, "efficientnetb0_notop.h5",
-                     "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5"),
-        BackboneSpec("xception", "Xception", 71, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                     _KERAS_APPS + "xception/xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-        BackboneSpec("resnet50", "ResNet50", 32, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                     _KERAS_APPS + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    )
-}
-"""The ``keras.applications`` backbones a space's ``backbone`` parameter may name."""
 
 DEFAULTS: dict[str, Any] = {
     "dropout": 0.3,
@@ -84,14 +49,6 @@ DEFAULTS: dict[str, Any] = {
     "head_epochs": 2,
 }
 """Values used for head and fine-tuning parameters missing from ``params``."""
-
-
-def spec_of(backbone: str) -> BackboneSpec:
-    try:
-        return BACKBONE_SPECS[backbone]
-    except KeyError:
-        known = ", ".join(["custom", *BACKBONE_SPECS])
-        raise ConfigError(f"backbone: {backbone!r} is not one of {known}") from None
 
 
 def check_image_size(backbone: str, image_size: int) -> None:

@@ -5,13 +5,18 @@ user's option into one checked local file per backbone (or none), so a missing n
 file is a one-line error up front, never a hang or a traceback in the middle of a search:
 
 * ``none``: random initialisation.
-* ``imagenet``: Keras's own file, from its cache (``$KERAS_HOME/models`` or ``~/.keras/models``)
-  or downloaded with ``keras.utils.get_file`` when the download host answers within seconds.
-* a ``.h5`` / ``.weights.h5`` file: the weights of one backbone, saved with or without its top.
-* a folder: Keras's ImageNet file names looked up in it (a copy of ``~/.keras/models``).
+* ``imagenet``: for ``efficientnet_lite0``, the checkpoint its pip package ships (never a
+  download); for the ``keras.applications`` backbones, Keras's own file, from its cache
+  (``$KERAS_HOME/models`` or ``~/.keras/models``) or downloaded with ``keras.utils.get_file``
+  when the download host answers within seconds.
+* a ``.h5`` / ``.weights.h5`` file: the weights of one backbone, saved with or without its top;
+  for ``efficientnet_lite0`` also a legacy-format PyTorch ``.pth`` checkpoint of the same layout.
+* a folder: the ImageNet file names of the backbone table looked up in it (a copy of
+  ``~/.keras/models``).
 
-Every resolved file is checked (HDF5 signature, not an HTML page, readable to the end) and
-hashed; ``medtune`` logs the source and sha256 on every run that uses it.
+Every resolved file is checked (HDF5 signature, not an HTML page, readable to the end; a ``.pth``
+read whole by the safe reader) and hashed; ``medtune`` logs the source and sha256 on every run
+that uses it.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from medtune.errors import ConfigError
+from medtune.models.backbones import spec_of
 
 __all__ = ["WeightsError", "WeightsFile", "load_backbone_weights", "resolve_weights"]
 
 log = logging.getLogger(__name__)
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+TORCH_CHECKPOINT_BACKBONES = ("efficientnet_lite0",)  # their loader maps a PyTorch state dict
 PROBE_TIMEOUT_S = 3.0
 DOWNLOAD_TIMEOUT_S = 60.0
 
@@ -57,8 +64,6 @@ def resolve_weights(option: str | None, backbones) -> dict[str, WeightsFile]:
         WeightsError: no network for ``imagenet`` and no cached file, a missing or bad file, a
             single file offered for several backbones.
     """
-    from medtune.models.transfer import spec_of
-
     option = (option or "none").strip()
     names = [b for b in dict.fromkeys(backbones) if b != "custom"]
     for name in names:
@@ -101,6 +106,9 @@ def load_backbone_weights(base, backbone: str, path: str) -> None:
     import h5py
 
     name = Path(path).name
+    if _is_torch_checkpoint(path):
+        _load_torch_checkpoint(base, backbone, path)
+        return
     try:
         if name.endswith(".weights.h5"):
             base.load_weights(path)
@@ -131,9 +139,16 @@ def _keras_models_dir() -> Path:
 
 
 def _imagenet(backbone: str) -> WeightsFile:
-    from medtune.models.transfer import spec_of
+    import importlib
 
     spec = spec_of(backbone)
+    if spec.imagenet_package:  # shipped with a pip package: no network, ever
+        module, attr = spec.imagenet_package.split(":")
+        try:
+            path = getattr(importlib.import_module(module), attr)()
+        except FileNotFoundError as exc:
+            raise WeightsError(f"backbone {backbone}: ImageNet weights: {exc}; or use -P weights=none") from None
+        return _checked(backbone, "imagenet", path)
     cached = _keras_models_dir() / spec.imagenet_file
     if cached.is_file():
         return _checked(backbone, "imagenet", str(cached))
@@ -161,8 +176,15 @@ def _imagenet(backbone: str) -> WeightsFile:
 def _checked(backbone: str, source: str, path: str) -> WeightsFile:
     """Signature, HTML and readability checks; the sha256 of the file."""
     name = Path(path).name
+    if _is_torch_checkpoint(path):
+        if backbone not in TORCH_CHECKPOINT_BACKBONES:
+            raise WeightsError(f"weights file {path}: a PyTorch checkpoint can initialise only "
+                               f"{', '.join(TORCH_CHECKPOINT_BACKBONES)}, not backbone {backbone}")
+        _read_torch_checkpoint(path)  # read whole: truncated, zip-format or unsafe files fail here
+        return WeightsFile(backbone, source, str(path), _sha256(path))
     if not (name.endswith(".h5") or name.endswith(".hdf5")):
-        raise WeightsError(f"weights file {path}: expected a .h5 or .weights.h5 file for backbone {backbone}")
+        raise WeightsError(f"weights file {path}: expected a .h5 or .weights.h5 file for backbone {backbone}"
+                           + (" (or a legacy-format .pth checkpoint)" if backbone in TORCH_CHECKPOINT_BACKBONES else ""))
     try:
         with open(path, "rb") as f:
             head = f.read(1024)
@@ -174,11 +196,37 @@ def _checked(backbone: str, source: str, path: str) -> WeightsFile:
             raise WeightsError(f"weights file {path} is an HTML page, not HDF5 weights (a failed download?)")
         raise WeightsError(f"weights file {path} is not an HDF5 weights file (no HDF5 signature)")
     _check_readable(path)
+    return WeightsFile(backbone, source, str(path), _sha256(path))
+
+
+def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return WeightsFile(backbone, source, str(path), digest.hexdigest())
+    return digest.hexdigest()
+
+
+def _is_torch_checkpoint(path: str) -> bool:
+    return Path(path).suffix.lower() in (".pth", ".pt")
+
+
+def _read_torch_checkpoint(path: str) -> dict:
+    from medtune.models.torch_legacy import CheckpointError, read_state_dict
+
+    try:
+        return read_state_dict(path)
+    except CheckpointError as exc:
+        raise WeightsError(f"weights file {path}: {exc}") from None
+
+
+def _load_torch_checkpoint(base, backbone: str, path: str) -> None:
+    from medtune.models.efficientnet_lite import load_checkpoint
+
+    try:
+        load_checkpoint(base, _read_torch_checkpoint(path))
+    except ValueError as exc:
+        raise WeightsError(f"weights file {Path(path).name} does not fit backbone {backbone}: {exc}") from None
 
 
 def _check_readable(path: str) -> None:

