@@ -1,11 +1,13 @@
-"""Benchmark: seconds per epoch of every backbone (custom CNN and keras.applications), per stage.
+"""Benchmark: seconds per epoch of every backbone (custom CNN and the backbone table), per stage.
 
     python bench/backbones.py                 # brain_mri/Training at 64 px (search) and 128 px
     python bench/backbones.py --quick         # tiny subset, to check that it runs
 
 For each image size the split cache is built once (fresh medtune home); then, for each backbone
-(``search_spaces/transfer.yaml`` defaults, ``weights=none``: the cost does not depend on the
-initial values), in the same process:
+(``search_spaces/transfer.yaml`` defaults), in the same process. Backbones whose ImageNet weights
+ship with a package (EfficientNet-Lite0) start from them, as users run them (their BatchNorm
+stays frozen in inference mode); the others from random weights (``weights=none``: they cannot
+be downloaded here, and the cost does not depend on the initial values):
 
 * stage 1 (backbone frozen, head only) and stage 2 (top ``fine_tune_layers`` unfrozen): after an
   untimed warm-up of 2 batches, ``--steps`` training batches are timed and the training images per
@@ -35,7 +37,7 @@ import numpy as np
 from _common import (QUICK_NOTE, add_data_args, data_folder, isolated_home, machine, memory, quiet,
                      remove_home_at_exit, table)
 
-BACKBONES = ["custom", "mobilenet_v2", "efficientnet_b0", "xception", "resnet50"]
+from medtune.models import BACKBONES  # the backbone table; no TensorFlow yet
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,7 +45,7 @@ def parse_args() -> argparse.Namespace:
     add_data_args(p)
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128],
                    help="image sizes (default 64, the search size, and 128); a backbone needing more is skipped")
-    p.add_argument("--backbones", nargs="+", default=BACKBONES, choices=BACKBONES)
+    p.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
     p.add_argument("--steps", type=int, default=12, help="timed batches per stage (default 12)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--cycles", type=int, default=4,
@@ -93,6 +95,7 @@ def main() -> None:
     from medtune import tracking, training
     from medtune.models import build_model
     from medtune.models.transfer import BACKBONE_SPECS, set_stage, stage_plan
+    from medtune.models.weights import resolve_weights
     from medtune.space import load_space, resolve_space_path
     from medtune.steps.data import load_split
 
@@ -105,7 +108,9 @@ def main() -> None:
     print(f"TensorFlow threads intra={threads[0]} inter={threads[1]}; data {folder}"
           f"{f' (first {args.per_class} images per class)' if args.per_class else ''}")
     print(f"settings: sizes {args.sizes}, batch {args.batch_size}, {args.steps} timed batches per stage, "
-          f"weights=none, transfer.yaml defaults")
+          f"transfer.yaml defaults; ImageNet weights for "
+          f"{', '.join(n for n in args.backbones if n in BACKBONE_SPECS and BACKBONE_SPECS[n].imagenet_package) or 'none'}, "
+          f"random for the others")
     if args.quick:
         print(QUICK_NOTE)
 
@@ -136,7 +141,9 @@ def main() -> None:
             values.update(batch_size=args.batch_size, augment=0.2, head_epochs=1)
             keras.utils.set_random_seed(args.seed)
             t_build = time.perf_counter()
-            model = training.compile_model(build_model(values, x.shape[1:], k), values)
+            packaged = name in BACKBONE_SPECS and BACKBONE_SPECS[name].imagenet_package
+            weights = resolve_weights("imagenet", [name]) if packaged else {}
+            model = training.compile_model(build_model(values, x.shape[1:], k, weights=weights), values)
             build_s = time.perf_counter() - t_build
             ds = training.make_dataset(x, y, k, args.batch_size, training=True, augment=0.2, seed=args.seed).repeat()
             rates = {}

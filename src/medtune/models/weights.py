@@ -148,7 +148,11 @@ def _imagenet(backbone: str) -> WeightsFile:
             path = getattr(importlib.import_module(module), attr)()
         except FileNotFoundError as exc:
             raise WeightsError(f"backbone {backbone}: ImageNet weights: {exc}; or use -P weights=none") from None
-        return _checked(backbone, "imagenet", path)
+        checked = _checked(backbone, "imagenet", path)
+        if spec.imagenet_sha256 and checked.sha256 != spec.imagenet_sha256:
+            raise WeightsError(f"backbone {backbone}: ImageNet weights file {path} has sha256 {checked.sha256[:12]}..., "
+                               f"expected {spec.imagenet_sha256[:12]}... (a damaged install? reinstall its package)")
+        return checked
     cached = _keras_models_dir() / spec.imagenet_file
     if cached.is_file():
         return _checked(backbone, "imagenet", str(cached))
