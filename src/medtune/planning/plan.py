@@ -1,0 +1,153 @@
+"""The plan: what a budgeted ``main`` will do, derived from the fingerprints by documented rules.
+
+Every value comes with the rule that set it (``Plan.reasons``), a value the user gave overrides
+the rule, and the whole plan is logged as ``plan.json`` and printed as a short table before any
+training. The rules (docs/planning.md gives the measurements behind the constants):
+
+1. **Budget split.** The search gets ``SEARCH_SHARE`` of the budget, final training the rest.
+2. **Space.** Always the pretrained EfficientNet-Lite0 (its ImageNet weights are offline) beside
+   the custom CNN: ``auto_cpu`` on CPU (cnn_cpu-sized custom CNNs), ``auto_gpu`` with a GPU.
+3. **Image sizes.** The final size is the median image side, capped by the machine (CPU: 128 px
+   under 90 minutes, else 160; GPU: 224) and floored at 64. The search climbs rungs of
+   1/2, 3/4 and 1 of it (multiples of 16), so promising trials continue at larger sizes.
+4. **Cost model.** An epoch costs ``n_train x (size/128)^2 x`` seconds per image at 128 px
+   (measured per backbone kind, scaled by cores; a GPU is ``GPU_SPEEDUP`` faster).
+5. **Trials and epochs.** Search epochs per trial: 3 rungs x ``EPOCHS_PER_RUNG``; trials: what
+   the search budget pays for when pruning stops half of the rung-1 trials, at least
+   ``MIN_TRIALS``.
+6. **Final training and ensemble.** Final epochs: what the final budget pays for, between
+   ``MIN_FINAL_EPOCHS`` and ``MAX_FINAL_EPOCHS``; an ensemble of k members when k members still
+   get ``ENSEMBLE_MIN_EPOCHS`` each (k <= 3).
+7. **Batch and class weights.** Batch 32 on CPU, 64 on a GPU (128 with 40 GiB or more); balanced
+   class weights when the imbalance ratio exceeds 1.5; stronger augmentation under 200 images per
+   class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from medtune.planning.fingerprint import DataFingerprint, MachineFingerprint
+
+__all__ = ["Plan", "make_plan", "render_plan"]
+
+SEARCH_SHARE = 0.4
+CPU_SECONDS_PER_IMAGE_128 = {"custom": 0.016, "efficientnet_lite0": 0.007}  # 2 cores, measured on brain_mri
+REFERENCE_CORES = 2
+GPU_SPEEDUP = 25.0
+EPOCHS_PER_RUNG = 1
+MIN_TRIALS, MAX_TRIALS = 4, 60
+MIN_FINAL_EPOCHS, MAX_FINAL_EPOCHS = 4, 60
+ENSEMBLE_MIN_EPOCHS = 8
+DEFAULT_BUDGET_S = 2 * 3600  # a plan always has a budget; `main` without one plans for 2 hours
+
+
+@dataclass
+class Plan:
+    budget_s: float
+    search_s: float
+    final_s: float
+    space: str
+    rungs: tuple[int, ...]  # search image sizes, smallest first
+    search_epochs: int
+    trials: int
+    batch_size: int
+    image_size: int  # final training
+    epochs: int  # final training, per ensemble member
+    ensemble: int
+    class_weights: bool
+    augment: float
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def epoch_seconds(n_images: int, size: int, machine: MachineFingerprint, backbone: str = "efficientnet_lite0") -> float:
+    """Rule 4: the expected seconds of one training epoch (validation and re-estimation included)."""
+    per_image = CPU_SECONDS_PER_IMAGE_128[backbone] * (size / 128) ** 2
+    if machine.gpus:
+        per_image /= GPU_SPEEDUP
+    else:
+        per_image *= REFERENCE_CORES / max(1, machine.cpu_cores)
+    return n_images * per_image * 1.2  # + validation pass and precise BatchNorm, ~20 %
+
+
+def _round16(x: float) -> int:
+    return max(32, int(round(x / 16)) * 16)
+
+
+def make_plan(data: DataFingerprint, machine: MachineFingerprint, budget_s: float | None,
+              overrides: Mapping[str, Any] | None = None) -> Plan:
+    """Rules 1-7 on the fingerprints; ``overrides`` (the user's own values) win over every rule."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    why: dict[str, str] = {}
+    budget = float(budget_s or DEFAULT_BUDGET_S)
+    why["budget_s"] = "given" if budget_s else f"no budget given: planned for {DEFAULT_BUDGET_S // 60} minutes"
+    search_s, final_s = budget * SEARCH_SHARE, budget * (1 - SEARCH_SHARE)
+    why["search_s"] = f"rule 1: {SEARCH_SHARE:.0%} of the budget"
+
+    gpu = machine.gpus > 0
+    space = given.get("space") or ("auto_gpu" if gpu else "auto_cpu")
+    why["space"] = "given" if "space" in given else f"rule 2: {'GPU' if gpu else 'CPU'} machine"
+
+    cap = 224 if gpu else (128 if budget < 90 * 60 else 160)
+    native = data.median_side or cap
+    image_size = int(given.get("image_size") or max(64, min(cap, _round16(native))))
+    why["image_size"] = "given" if "image_size" in given else (
+        f"rule 3: median side {data.median_side} px, capped at {cap} px on this machine and budget")
+    rungs = tuple(sorted({_round16(image_size / 2), _round16(image_size * 3 / 4), image_size}))
+    if "search_image_size" in given:
+        rungs = (int(given["search_image_size"]),)
+    why["rungs"] = "given (one size)" if "search_image_size" in given else "rule 3: 1/2, 3/4 and 1 of the final size"
+
+    search_epochs = int(given.get("search_epochs") or len(rungs) * EPOCHS_PER_RUNG)
+    why["search_epochs"] = "given" if "search_epochs" in given else "rule 5: one epoch per rung"
+    n_train = max(1, data.n_train)
+    # With ASHA-like pruning at each rung, about half the trials stop after the first rung.
+    per_epoch = [epoch_seconds(n_train, s, machine) for s in rungs]
+    epochs_per_rung = max(1, search_epochs // len(rungs))
+    full_trial = sum(e * epochs_per_rung for e in per_epoch)
+    expected_trial = 0.5 * full_trial + 0.5 * per_epoch[0] * epochs_per_rung
+    trials = int(given.get("trials") or min(MAX_TRIALS, max(MIN_TRIALS, math.floor(search_s / expected_trial))))
+    why["trials"] = "given" if "trials" in given else (
+        f"rule 5: {search_s / 60:.0f} min of search at about {expected_trial / 60:.1f} min per trial")
+
+    final_epoch = epoch_seconds(n_train + data.n_val, image_size, machine)
+    affordable = math.floor(final_s / final_epoch)
+    ensemble = int(given.get("ensemble") or next(
+        (k for k in (3, 2) if affordable // k >= max(ENSEMBLE_MIN_EPOCHS, 12 if k == 3 else ENSEMBLE_MIN_EPOCHS)), 1))
+    why["ensemble"] = "given" if "ensemble" in given else (
+        f"rule 6: {affordable} final epochs affordable; {ensemble} member(s) of >= {ENSEMBLE_MIN_EPOCHS} epochs")
+    epochs = int(given.get("epochs") or max(MIN_FINAL_EPOCHS, min(MAX_FINAL_EPOCHS, affordable // ensemble)))
+    why["epochs"] = "given" if "epochs" in given else f"rule 6: {final_s / 60:.0f} min of final training"
+
+    batch = int(given.get("batch_size") or (32 if not gpu else (128 if machine.gpu_memory_gib >= 40 else 64)))
+    why["batch_size"] = "given" if "batch_size" in given else "rule 7"
+    class_weights = bool(given["class_weights"]) if "class_weights" in given else data.imbalance_ratio > 1.5
+    why["class_weights"] = "given" if "class_weights" in given else f"rule 7: imbalance ratio {data.imbalance_ratio:.1f}"
+    augment = float(given.get("augment") or (0.3 if data.smallest_class < 200 else 0.2))
+    why["augment"] = "given" if "augment" in given else f"rule 7: smallest class {data.smallest_class} images"
+    return Plan(budget_s=budget, search_s=search_s, final_s=final_s, space=space, rungs=rungs,
+                search_epochs=search_epochs, trials=trials, batch_size=batch, image_size=image_size, epochs=epochs,
+                ensemble=ensemble, class_weights=class_weights, augment=augment, reasons=why)
+
+
+def render_plan(plan: Plan, data: DataFingerprint, machine: MachineFingerprint) -> str:
+    """The short table printed before work starts."""
+    rows = [
+        ("data", f"{data.n_train} train / {data.n_val} val / {data.n_test} test images, {len(data.classes)} classes, "
+                 f"imbalance {data.imbalance_ratio:.1f}, median side {data.median_side} px, "
+                 f"{'colour' if data.colour_fraction > 0.5 else 'grey'}"),
+        ("machine", f"{machine.gpus} GPU(s), {machine.cpu_cores} cores, {machine.memory_gib:.0f} GiB"),
+        ("budget", f"{plan.budget_s / 60:.0f} min: search {plan.search_s / 60:.0f}, final {plan.final_s / 60:.0f}"),
+        ("search", f"{plan.trials} trials of {plan.search_epochs} epochs at {'/'.join(map(str, plan.rungs))} px, "
+                   f"space {plan.space}, batch {plan.batch_size}"),
+        ("final", f"{plan.ensemble} x {plan.epochs} epochs at {plan.image_size} px, class weights "
+                  f"{'on' if plan.class_weights else 'off'}, augment {plan.augment}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

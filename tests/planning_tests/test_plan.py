@@ -1,0 +1,110 @@
+"""Plan rules on fabricated fingerprints of different shapes, and the user's overrides."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medtune.planning import DataFingerprint, MachineFingerprint, image_stats, make_plan, render_plan
+
+CPU = MachineFingerprint(gpus=0, cpu_cores=2, memory_gib=24)
+GPU = MachineFingerprint(gpus=1, cpu_cores=16, memory_gib=128, gpu_memory_gib=139)
+
+
+def data(per_class: dict[str, int], median_side=512, colour=0.0) -> DataFingerprint:
+    return DataFingerprint(classes=tuple(per_class), train_per_class=per_class, n_train=sum(per_class.values()),
+                           n_val=sum(per_class.values()) // 5, n_test=sum(per_class.values()) // 5,
+                           median_side=median_side, small_side=median_side // 2, colour_fraction=colour)
+
+
+BRAIN = data({"glioma": 900, "meningioma": 920, "notumor": 1100, "pituitary": 960}, median_side=512)
+TINY = data({"a": 20, "b": 25}, median_side=300)
+IMBALANCED = data({f"c{i}": n for i, n in enumerate([1800, 500, 300, 120, 90, 60, 40, 30, 20])}, median_side=600, colour=1.0)
+SMALL_IMAGES = data({"a": 3000, "b": 3000}, median_side=48)
+
+
+@pytest.mark.parametrize("budget_min", [30, 60, 120])
+def test_the_plan_fits_the_budget_on_cpu(budget_min):
+    from medtune.planning.plan import epoch_seconds
+
+    plan = make_plan(BRAIN, CPU, budget_min * 60)
+    assert plan.search_s + plan.final_s == pytest.approx(budget_min * 60)
+    assert plan.space == "auto_cpu" and plan.batch_size == 32
+    final = plan.ensemble * plan.epochs * epoch_seconds(BRAIN.n_train + BRAIN.n_val, plan.image_size, CPU)
+    assert final <= plan.final_s * 1.01 or plan.epochs == 4  # the floor of 4 epochs may exceed a tiny budget
+    assert plan.rungs[-1] == plan.image_size and list(plan.rungs) == sorted(plan.rungs)
+    assert all(r % 16 == 0 for r in plan.rungs)
+
+
+def test_more_budget_buys_more_and_larger():
+    short, long = make_plan(BRAIN, CPU, 30 * 60), make_plan(BRAIN, CPU, 120 * 60)
+    assert short.image_size == 128 and long.image_size == 160
+    assert long.trials >= short.trials and long.epochs * long.ensemble > short.epochs * short.ensemble
+
+
+def test_gpu_plans_larger_images_batches_and_an_ensemble():
+    cpu, gpu = make_plan(BRAIN, CPU, 3600), make_plan(BRAIN, GPU, 3600)
+    assert gpu.space == "auto_gpu" and gpu.image_size == 224 and gpu.batch_size == 128
+    assert gpu.trials > cpu.trials and gpu.ensemble >= 2
+
+
+def test_tiny_data_gets_stronger_augmentation_and_the_plan_caps_its_counts():
+    plan = make_plan(TINY, CPU, 3600)
+    assert plan.augment == 0.3
+    assert plan.trials == 60 and plan.epochs == 60  # capped: the data is cheap, not worth more
+    assert "smallest class 20" in plan.reasons["augment"]
+
+
+def test_imbalanced_colour_data_turns_class_weights_on():
+    plan = make_plan(IMBALANCED, CPU, 3600)
+    assert plan.class_weights and "imbalance ratio 90.0" in plan.reasons["class_weights"]
+    assert not make_plan(BRAIN, CPU, 3600).class_weights
+    assert "colour" in render_plan(plan, IMBALANCED, CPU)
+
+
+def test_small_images_are_not_upsampled_beyond_their_size():
+    plan = make_plan(SMALL_IMAGES, CPU, 3600)
+    assert plan.image_size == 64  # the floor: the median side is 48
+    assert plan.rungs == (32, 48, 64)
+
+
+def test_the_users_values_override_every_rule():
+    plan = make_plan(BRAIN, CPU, 3600, {"trials": 7, "image_size": 96, "space": "cnn_cpu", "epochs": 11,
+                                        "ensemble": 1, "search_image_size": 64, "class_weights": True})
+    assert (plan.trials, plan.image_size, plan.space, plan.epochs, plan.ensemble, plan.rungs, plan.class_weights) == \
+        (7, 96, "cnn_cpu", 11, 1, (64,), True)
+    assert plan.reasons["trials"] == "given" and plan.reasons["rungs"] == "given (one size)"
+
+
+def test_no_budget_plans_for_two_hours_and_says_so():
+    plan = make_plan(BRAIN, CPU, None)
+    assert plan.budget_s == 7200 and "no budget given" in plan.reasons["budget_s"]
+    json.dumps(plan.to_dict())  # logged as plan.json
+
+
+def test_fingerprint_from_a_split_report_and_image_stats(tmp_path):
+    from PIL import Image
+
+    paths = []
+    for i in range(6):
+        rgb = np.zeros((40 + i, 60, 3), np.uint8)
+        rgb[..., 0] = 200 if i % 2 else 0  # odd images are red (colour), even ones black (grey)
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rgb).save(paths[-1])
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "grey.png")
+    stats = image_stats([*paths, str(tmp_path / "grey.png"), str(tmp_path / "missing.png")])
+    assert stats["sampled"] == 7 and stats["median_side"] == 42 and stats["colour_fraction"] == pytest.approx(3 / 7)
+    report = {"counts": {"train": {"a": 10, "b": 30}, "val": {"a": 2, "b": 6}, "test": {"a": 3, "b": 5}},
+              "removed_duplicates": [{"path": "x"}] * 4, "label_conflicts": [{"path": "y"}] * 2,
+              "conflicted": 2, "test_dropped_duplicates_of_train": 1}
+    fp = DataFingerprint.from_split(report, stats)
+    assert (fp.n_train, fp.n_val, fp.n_test, fp.imbalance_ratio) == (40, 8, 8, 3.0)
+    assert (fp.duplicates_removed, fp.label_conflicts, fp.test_duplicates_dropped) == (4, 2, 1)
+    assert json.loads(json.dumps(fp.to_dict()))["imbalance_ratio"] == 3.0
+
+
+def test_machine_detection_reads_this_machine():
+    machine = MachineFingerprint.detect()
+    assert machine.cpu_cores >= 1 and machine.memory_gib > 0 and machine.gpus >= 0
