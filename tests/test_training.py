@@ -414,3 +414,31 @@ def test_precise_batchnorm_sample_is_fixed_and_bounded():
     a, b = training.PreciseBatchNorm(x, images=64, seed=3), training.PreciseBatchNorm(x, images=64, seed=3)
     assert len(a.index) == 64 and np.array_equal(a.index, b.index) and np.all(np.diff(a.index) > 0)
     assert len(training.PreciseBatchNorm(x[:10], images=64).index) == 10
+
+
+def test_cosine_schedule_with_warmup_and_adamw_drive_the_optimizer():
+    """`lr_schedule: cosine` sets each epoch's rate (warm-up in the last stage); `optimizer: adamw` decays weights."""
+    import keras
+    import numpy as np
+    import pytest
+
+    from medtune import training
+    from medtune.errors import ConfigError
+    from medtune.models import build_model
+
+    cos = training.EpochCosine(first=2, end=8, base_lr=1.0, warmup=2)
+    assert [round(cos.rate(e), 3) for e in range(2, 8)] == [0.333, 0.667, 1.0, 0.854, 0.5, 0.146]
+    params = {"num_blocks": 1, "filters": 4, "dense_units": 8, "optimizer": "adamw", "weight_decay": 1e-3,
+              "learning_rate": 0.01, "lr_schedule": "cosine", "warmup_epochs": 1, "batch_size": 4}
+    model = training.compile_model(build_model(params, (16, 16, 1), 2), params)
+    assert isinstance(model.optimizer, keras.optimizers.AdamW) and model.optimizer.weight_decay == pytest.approx(1e-3)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (8, 16, 16, 1)).astype(np.uint8), np.array([0, 1] * 4)
+    ds = training.make_dataset(x, y, 2, 4, training=True)
+    history = training.fit_stages(model, params, ds, training.make_dataset(x, y, 2, 4, training=False), y_val=y, epochs=4)
+    assert history["learning_rate"] == pytest.approx([0.005, 0.01, 0.0075, 0.0025])  # 1 warm-up epoch, then a cosine
+    with pytest.raises(ConfigError, match="lr_schedule: 'step' is not constant or cosine"):
+        training.schedule_callbacks({"lr_schedule": "step"}, 0, 3, 1e-3)
+    with pytest.raises(ConfigError, match="optimizer: 'lion' is not adam, adamw"):
+        training.compile_model(model, {"optimizer": "lion"})
+    training.release_model()

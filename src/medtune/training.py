@@ -273,11 +273,11 @@ def _check_xy(x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def compile_model(model: keras.Model, params: Mapping[str, Any]) -> keras.Model:
-    """Compile with ``optimizer`` (adam | rmsprop | sgd + ``momentum``), ``learning_rate``
-    and categorical cross-entropy with ``label_smoothing``; metric ``accuracy``.
+    """Compile with ``optimizer`` (adam | adamw + ``weight_decay`` | rmsprop | sgd + ``momentum``),
+    ``learning_rate`` and categorical cross-entropy with ``label_smoothing``; metric ``accuracy``.
 
-    Defaults: adam, 1e-3, momentum 0.9, no label smoothing. XLA is left to Keras ("auto":
-    off on CPU-only machines).
+    Defaults: adam, 1e-3, weight decay 1e-4, momentum 0.9, no label smoothing. XLA is left to
+    Keras ("auto": off on CPU-only machines).
 
     Raises:
         ConfigError: an unknown optimizer or an invalid value; the message names the param.
@@ -287,13 +287,16 @@ def compile_model(model: keras.Model, params: Mapping[str, Any]) -> keras.Model:
     smoothing = _fraction(params.get("label_smoothing", 0.0), "label_smoothing")
     if name == "adam":
         optimizer = keras.optimizers.Adam(learning_rate=lr)
+    elif name == "adamw":
+        decay = params.get("weight_decay", 1e-4)
+        optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=_positive(decay, "weight_decay") if decay else 0.0)
     elif name == "rmsprop":
         optimizer = keras.optimizers.RMSprop(learning_rate=lr)
     elif name == "sgd":
         momentum = _fraction(params.get("momentum", 0.9), "momentum")
         optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
     else:
-        raise ConfigError(f"optimizer: {name!r} is not adam, rmsprop or sgd")
+        raise ConfigError(f"optimizer: {name!r} is not adam, adamw, rmsprop or sgd")
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=smoothing),
@@ -585,6 +588,56 @@ class StagedEarlyStopping(keras.callbacks.EarlyStopping):
         self._seen = True
 
 
+class EpochCosine(keras.callbacks.Callback):
+    """Cosine decay of the learning rate over the epochs ``[first, end)`` of one fit.
+
+    The first ``warmup`` epochs rise linearly to ``base_lr`` (from ``base_lr / (warmup + 1)``);
+    then the rate follows half a cosine from ``base_lr`` towards 0 at ``end``. Each epoch's logs
+    carry ``learning_rate``.
+    """
+
+    def __init__(self, first: int, end: int, base_lr: float, warmup: int = 0):
+        super().__init__()
+        self.first, self.end, self.base_lr, self.warmup = int(first), int(end), float(base_lr), max(0, int(warmup))
+
+    def rate(self, epoch: int) -> float:
+        k = epoch - self.first
+        if k < self.warmup:
+            return self.base_lr * (k + 1) / (self.warmup + 1)
+        span = max(1, self.end - self.first - self.warmup)
+        return self.base_lr * 0.5 * (1 + math.cos(math.pi * (k - self.warmup) / span))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.optimizer.learning_rate = self.rate(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = self.rate(epoch)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def schedule_callbacks(params: Mapping[str, Any], first: int, end: int, base_lr: float, *,
+                       last_stage: bool = True) -> list[keras.callbacks.Callback]:
+    """The ``lr_schedule`` of ``params`` for one stage: [] (constant) or an :class:`EpochCosine`.
+
+    Warm-up (``warmup_epochs``) belongs to the last stage, where the fine-tuning starts.
+
+    Raises:
+        ConfigError: an unknown schedule or a negative warm-up.
+    """
+    name = params.get("lr_schedule", "constant") or "constant"
+    if name not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule: {name!r} is not {' or '.join(LR_SCHEDULES)}")
+    warmup = params.get("warmup_epochs", 0) or 0
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"warmup_epochs: needs an integer >= 0 (got {warmup!r})")
+    if name == "constant":
+        return []
+    return [EpochCosine(first, end, base_lr, warmup if last_stage else 0)]
+
+
 class _StageMarker(keras.callbacks.Callback):
     def __init__(self, stage: int):
         super().__init__()
@@ -623,7 +676,8 @@ def fit_stages(
     from medtune.models.transfer import set_stage, stage_plan
 
     history: dict[str, list[float]] = {}
-    for stage in stage_plan(params, int(epochs)):
+    stages = stage_plan(params, int(epochs))
+    for stage in stages:
         if stage.number > 1:
             if stop_requested is not None and stop_requested():
                 break
@@ -633,9 +687,11 @@ def fit_stages(
             compile_model(model, {**params, "learning_rate": stage.learning_rate})
         if on_stage is not None:
             on_stage(stage, trainable)
+        schedule = schedule_callbacks(params, stage.first_epoch, stage.end_epoch, stage.learning_rate,
+                                      last_stage=stage is stages[-1])
         part = fit(
             model, train_ds, val_ds, y_val=y_val, epochs=stage.end_epoch, initial_epoch=stage.first_epoch,
-            class_weight=class_weight, callbacks=[_StageMarker(stage.number), *callbacks],
+            class_weight=class_weight, callbacks=[_StageMarker(stage.number), *schedule, *callbacks],
         )
         for key, values in part.items():
             history.setdefault(key, []).extend(values)

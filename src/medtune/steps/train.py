@@ -205,8 +205,9 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
                 training.PreciseBatchNorm(cache.x["train"], seed=opts.seed),
                 training.StagedEarlyStopping(monitor="val_macro_f1", mode="max", patience=opts.patience,
                                              restore_best_weights=True),
-                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, opts.patience // 3),
-                                                  min_lr=1e-6),
+                *([keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, opts.patience // 3),
+                                                     min_lr=1e-6)]
+                  if params.get("lr_schedule", "constant") == "constant" else []),  # cosine sets its own rate
                 keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_macro_f1", mode="max", save_best_only=True,
                                                 save_weights_only=True),
                 _epoch_logger(run),
