@@ -4,7 +4,7 @@ As nnU-Net fingerprints a dataset before it configures itself, medtune reads, af
 images per class and split, the imbalance ratio, the distribution of image sides, the share of
 colour images, and what de-duplication removed; and of the machine: GPUs, CPU cores, memory.
 Both are plain dataclasses, logged as ``fingerprint.json``; the rules that use them live in
-:mod:`medtune.planning.plan` and are tested on fabricated fingerprints.
+:mod:`medtune.planning.rules` and are tested on fabricated fingerprints.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ SMALL_IMAGES = data({"a": 3000, "b": 3000}, median_side=48)
 
 @pytest.mark.parametrize("budget_min", [30, 60, 120])
 def test_the_plan_fits_the_budget_on_cpu(budget_min):
-    from medtune.planning.plan import epoch_seconds
+    from medtune.planning.rules import epoch_seconds
 
     plan = make_plan(BRAIN, CPU, budget_min * 60)
     assert plan.search_s + plan.final_s == pytest.approx(budget_min * 60)
