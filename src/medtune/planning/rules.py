@@ -35,7 +35,7 @@ from medtune.planning.fingerprint import DataFingerprint, MachineFingerprint
 __all__ = ["Plan", "make_plan", "render_plan"]
 
 SEARCH_SHARE = 0.4
-CPU_SECONDS_PER_IMAGE_128 = {"custom": 0.016, "efficientnet_lite0": 0.007}  # 2 cores, measured on brain_mri
+CPU_SECONDS_PER_IMAGE_128 = {"custom": 0.0145, "efficientnet_lite0": 0.010}  # 2 cores, brain_mri, 2026-11-30
 REFERENCE_CORES = 2
 GPU_SPEEDUP = 25.0
 EPOCHS_PER_RUNG = 1
