@@ -1,0 +1,243 @@
+"""`medtune app` on loopback, driven through gradio_client and a headless Chromium.
+
+Two tiny models registered in a fresh SQLite store as medtune-synthetic v1 (@champion, with a
+model card) and v2 (@challenger), served by the real `run_app` path in this process.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import re
+import socket
+import zipfile
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from medtune import serving, training
+from medtune.datasets.synthetic import generate
+from medtune.models import build_model
+from tests.conftest import use_sqlite_store
+from tests.test_serving import PARAMS, encode
+
+CLASSES = ["crescent", "disc", "ring", "speckled"]
+NAME = "medtune-synthetic"
+CHAMPION, CHALLENGER = f"models:/{NAME}@champion", f"models:/{NAME}@challenger"
+SIZE = 32
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _register(experiment_id: str, seed: int, with_card: bool) -> str:
+    from medtune.evaluation import evaluate_model
+    from medtune.model_card import DataInfo
+    from medtune.steps import model_card as cards
+    from medtune.tracking import RunLogger
+
+    keras.utils.set_random_seed(seed)
+    x, y, _ = generate(8, SIZE, seed=seed)
+    model = training.compile_model(build_model(PARAMS, (SIZE, SIZE, 3), len(CLASSES)), PARAMS)
+    model.fit(x.astype("float32"), keras.utils.to_categorical(y, len(CLASSES)), epochs=2, batch_size=8, verbose=0)
+    meta = serving.build_metadata(CLASSES, SIZE, 3, dataset="synthetic", backbone="custom", params=PARAMS)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        info = serving.log_model(model, meta, example_images=[encode(Image.fromarray(x[0]), "PNG")],
+                                 registered_model_name=NAME)
+        if with_card:
+            ev = evaluate_model(model, x, y, CLASSES)
+            data = DataInfo("synthetic", "generated", "", CLASSES, {"test": dict.fromkeys(CLASSES, 8)}, {})
+            cards.log_model_card(RunLogger(run.info.run_id), ev, test_split="synthetic:test", gate=None,
+                                 model=cards.model_info(model, meta, name=NAME, version="1", run_id=run.info.run_id,
+                                                        params_source="test fixture"), data=data)
+    return str(info.registered_model_version)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from medtune.steps.app import run_app
+
+    root = tmp_path_factory.mktemp("app")
+    previous = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        experiment_id = use_sqlite_store(mp, root, "medtune-synthetic")
+        for env in ("GRADIO_TEMP_DIR", "GRADIO_ANALYTICS_ENABLED"):
+            mp.setenv(env, os.environ.get(env, ""))  # restored after the module
+        client = MlflowClient()
+        for version, alias, seed in ((_register(experiment_id, 1, True), "champion", 1),
+                                     (_register(experiment_id, 2, False), "challenger", 2)):
+            client.set_registered_model_alias(NAME, alias, version)
+        running = run_app(None, "127.0.0.1", free_port(), "2mb", block=False)
+        try:
+            yield {"app": running, "root": root}
+        finally:
+            running.close()
+    mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    from gradio_client import Client
+
+    downloads = served["root"] / "downloads"
+    return Client(served["app"].url, verbose=False, analytics_enabled=False, download_files=str(downloads))
+
+
+def phantom(index: int, size=(45, 37), mode="RGB") -> Image.Image:
+    x, _, _ = generate(1, 64, seed=11)
+    img = Image.fromarray(x[index]).resize(size)
+    return img.convert(mode) if mode != "RGB" else img
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def pyfunc_probabilities(uri: str, data: bytes) -> dict[str, float]:
+    row = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": [data]})).iloc[0]
+    return {c: float(row[f"prob_{c}"]) for c in CLASSES}
+
+
+def confidences(label: dict) -> dict[str, float]:
+    return {c["label"]: c["confidence"] for c in label["confidences"]}
+
+
+def images_in(page: str) -> list[tuple[str, Image.Image]]:
+    """(caption, image) of every inline PNG in an HTML output."""
+    found = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]*)"', page or "")
+    return [(html.unescape(alt), Image.open(io.BytesIO(base64.b64decode(data)))) for data, alt in found]
+
+
+def predict(client, path: str, uri: str = CHAMPION):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(path), uri, api_name="/predict")
+
+
+def test_safe_defaults_loopback_no_telemetry_no_run_history(served):
+    app = served["app"]
+    assert app.url.startswith("http://127.0.0.1:")
+    assert app.blocks.analytics_enabled is False and os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    assert app.blocks.run_history is False and app.blocks.max_file_size == 2 * 1024**2
+    assert Path(os.environ["GRADIO_TEMP_DIR"]) == app.cache_dir
+    assert not [r for r in MlflowClient().search_runs([MlflowClient().get_experiment_by_name(NAME).experiment_id])
+                if r.info.status == "RUNNING"]
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png16"])
+def test_an_image_gets_label_probabilities_and_an_overlay_of_its_size(served, client, tmp_path, kind):
+    if kind == "jpeg":
+        img, data = phantom(1, (45, 37)), None
+        data = encode(img, "JPEG", quality=90)
+    else:  # 16-bit grey, as PACS exports hold
+        grey = np.asarray(phantom(2, (40, 52)).convert("L"), dtype=np.uint16) * 257
+        img = Image.fromarray(grey)
+        data = encode(img, "PNG")
+        assert Image.open(io.BytesIO(data)).mode.startswith("I;16")
+    message, label, images, upload = predict(client, write(tmp_path, f"scan.{kind}", data))
+    probs = confidences(label)
+    assert sorted(probs) == CLASSES and sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+    assert label["label"] == max(probs, key=probs.get) and f"**{label['label']}**" in message
+    expected = pyfunc_probabilities(CHAMPION, data)  # decoded as in training and serving
+    assert probs == pytest.approx(expected, abs=1e-5)
+    (name, original), (caption, overlay) = images_in(images)
+    assert name == f"scan.{kind}" and caption == f"Grad-CAM of {label['label']}"
+    assert overlay.size == original.size == img.size
+    assert np.abs(np.asarray(overlay, float) - np.asarray(original.convert("RGB"), float)).mean() > 5  # heat drawn
+    assert upload is None  # the input is cleared: the upload is gone from the server
+
+
+@pytest.mark.parametrize(("name", "data", "reason"), [
+    ("notes.txt", b"patient notes, not an image\n", "notes.txt: not an image"),
+    ("cut.jpg", None, "cut.jpg: truncated image"),
+])
+def test_a_bad_file_gets_a_message_and_the_app_keeps_answering(served, client, tmp_path, name, data, reason):
+    if data is None:
+        whole = encode(phantom(0, (120, 90)), "JPEG", quality=95)
+        data = whole[: len(whole) // 2]
+    message, label, images, _ = predict(client, write(tmp_path, name, data))
+    assert reason in message and "Traceback" not in message and "**Could not use this input.**" in message
+    assert not label and not images
+    _, label, _, _ = predict(client, write(tmp_path, "ok.png", encode(phantom(3), "PNG")))
+    assert label["label"] in CLASSES
+
+
+def test_an_upload_over_the_size_limit_is_refused_and_the_app_keeps_answering(served, client, tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, (1100, 1100, 3), dtype=np.uint8)
+    big = write(tmp_path, "big.bmp", encode(Image.fromarray(noise), "BMP"))  # 3.6 MB > 2 MB
+    with pytest.raises(Exception, match="(?i)size|large"):
+        predict(client, big)
+    _, label, _, _ = predict(client, write(tmp_path, "ok.png", encode(phantom(3), "PNG")))
+    assert label["label"] in CLASSES
+
+
+def test_the_challenger_gives_its_own_answer_alone_and_side_by_side(served, client, tmp_path):
+    from gradio_client import handle_file
+
+    data = encode(phantom(1), "PNG")
+    path = write(tmp_path, "scan.png", data)
+    champion = confidences(predict(client, path, CHAMPION)[1])
+    message, challenger, *_ = predict(client, path, CHALLENGER)
+    assert "medtune-synthetic v2 (@challenger)" in message
+    assert confidences(challenger) == pytest.approx(pyfunc_probabilities(CHALLENGER, data), abs=1e-5)
+    assert confidences(challenger) != pytest.approx(champion, abs=1e-3)
+    out = client.predict(handle_file(path), CHAMPION, CHALLENGER, api_name="/compare")
+    _, title_a, label_a, overlay_a, title_b, label_b, overlay_b, _ = out
+    assert "v1 (@champion)" in title_a and "v2 (@challenger)" in title_b
+    assert confidences(label_a) == pytest.approx(champion, abs=1e-5)
+    assert confidences(label_b) == pytest.approx(confidences(challenger), abs=1e-5)
+    assert images_in(overlay_a)[0][1].size == images_in(overlay_b)[0][1].size == (45, 37)
+
+
+def test_a_batch_of_files_and_a_zip_gives_a_table_a_csv_and_thumbnails(served, client, tmp_path):
+    from gradio_client import handle_file
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("ward/a.png", encode(phantom(0), "PNG"))
+        z.writestr("ward/b.webp", encode(phantom(2), "WEBP"))
+        z.writestr("ward/readme.txt", "not an image")
+        z.writestr("__MACOSX/ward/._a.png", "resource fork")
+    files = [write(tmp_path, "one.jpg", encode(phantom(1), "JPEG")), write(tmp_path, "scans.zip", buf.getvalue())]
+    message, table, extras, _ = client.predict([handle_file(f) for f in files], CHAMPION, api_name="/batch")
+    frame = pd.DataFrame(table["data"], columns=table["headers"])
+    assert list(frame["file"]) == ["one.jpg", "scans.zip/ward/a.png", "scans.zip/ward/b.webp", "scans.zip/ward/readme.txt"]
+    assert list(frame["error"]) == ["", "", "", "not an image"] and message.startswith("3 images labelled")
+    probs = frame[[f"prob_{c}" for c in CLASSES]].iloc[:3].astype(float).to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    csv = re.search(r'download="predictions.csv" href="data:text/csv;base64,([^"]+)"', extras).group(1)
+    saved = pd.read_csv(io.BytesIO(base64.b64decode(csv)), keep_default_na=False)
+    assert list(saved["file"]) == list(frame["file"]) and list(saved["label"]) == list(frame["label"])
+    thumbnails = images_in(extras)
+    assert len(thumbnails) == 3 and thumbnails[0][0].startswith("one.jpg: ")
+    assert all(max(img.size) <= 160 for _, img in thumbnails)
+
+
+def test_the_model_card_panel_shows_the_chosen_versions_card(served, client):
+    card = client.predict(CHAMPION, api_name="/card")
+    from medtune.model_card import SECTIONS
+
+    assert all(f"## {s}" in card for s in SECTIONS) and "Research use only, not for diagnosis" in card
+    assert "medtune-synthetic v1" in card
+    assert "No model card was logged for medtune-synthetic v2" in client.predict(CHALLENGER, api_name="/card")
+    assert "not in the registry" in client.predict("models:/medtune-synthetic/9", api_name="/card")
+
+
+def test_nothing_uploaded_stays_on_the_server(served, client, tmp_path):
+    data = encode(phantom(2, (50, 41)), "PNG")
+    predict(client, write(tmp_path, "private.png", data))
+    files = [p for p in served["app"].cache_dir.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.stat().st_size]  # Gradio leaves an empty temp file per upload, no more
