@@ -241,3 +241,56 @@ def test_nothing_uploaded_stays_on_the_server(served, client, tmp_path):
     predict(client, write(tmp_path, "private.png", data))
     files = [p for p in served["app"].cache_dir.rglob("*") if p.is_file()]
     assert not [p for p in files if p.stat().st_size]  # Gradio leaves an empty temp file per upload, no more
+
+
+def artifacts_dir() -> Path:
+    """Where tests leave files for people to look at (``$MEDTUNE_TEST_ARTIFACTS``, else ./test-artifacts)."""
+    path = Path(os.environ.get("MEDTUNE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def browser():
+    import shutil
+
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_bin):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromium-driver are missing: .ci/run installs them from Debian's packages")
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1500",
+                "--proxy-server=127.0.0.1:9"):  # a dead proxy: Chromium reaches loopback (never proxied), nothing else
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_bin), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_the_page_in_chromium_shows_the_label_overlay_and_warning_after_an_upload(served, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    data = encode(phantom(1, (180, 150)), "JPEG", quality=92)
+    path = write(tmp_path, "phantom_scan.jpg", data)
+    expected = pyfunc_probabilities(CHAMPION, data)
+    label = max(expected, key=expected.get)
+    browser.get(served["app"].url)
+    wait = WebDriverWait(browser, 60)
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]"))).send_keys(path)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "message"), "phantom_scan.jpg"))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#result-images img")) == 2)
+    page = browser.find_element(By.TAG_NAME, "body").text
+    shot = artifacts_dir() / "app_screenshot.png"
+    browser.save_screenshot(str(shot))
+    assert f"{label} (" in browser.find_element(By.ID, "message").text
+    assert "Research use only, not for diagnosis" in page and "Traceback" not in page
+    sources = [img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, "#result-images img")]
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert Image.open(shot).size[0] >= 1000
