@@ -11,7 +11,12 @@ import html
 import io
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -294,3 +299,51 @@ def test_the_page_in_chromium_shows_the_label_overlay_and_warning_after_an_uploa
     sources = [img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, "#result-images img")]
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert Image.open(shot).size[0] >= 1000
+
+
+def app_env(served) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADIO_")}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{served['root'] / 'mlflow.db'}", MEDTUNE_HOME=str(served["root"]),
+               TF_CPP_MIN_LOG_LEVEL="2", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+def test_the_app_command_names_a_model_it_cannot_find_in_one_line(served):
+    proc = subprocess.run([str(Path(sys.executable).parent / "medtune"), "app", "--model", f"models:/{NAME}@nope"],
+                          env=app_env(served), cwd=served["root"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"medtune: error: model=models:/{NAME}@nope: not in the registry")
+
+
+@pytest.mark.slow
+def test_the_app_entry_point_serves_the_page_and_leaves_no_run_running(served):
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(Path(__file__).resolve().parents[2]),
+           "--env-manager", "local", "-e", "app", "-P", f"port={port}"]
+    log_file = served["root"] / "app.log"
+    with open(log_file, "w") as log:
+        server = subprocess.Popen(cmd, env=app_env(served), cwd=served["root"], stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, log_file.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                    if resp.status == 200 and b"medtune demo" in resp.read():
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"no page in 120 s:\n{log_file.read_text()[-3000:]}"
+            time.sleep(1)
+        client = MlflowClient()
+        launcher = client.search_runs([client.get_experiment_by_name("Default").experiment_id],
+                                      order_by=["attributes.start_time DESC"])[0]
+        assert launcher.info.status == "FINISHED" and "logs nothing" in launcher.data.tags["medtune.note"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    running = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                 filter_string="attributes.status = 'RUNNING'")
+    assert not running
