@@ -31,7 +31,7 @@ from PIL import Image
 from medtune import serving, training
 from medtune.datasets.synthetic import generate
 from medtune.models import build_model
-from tests.conftest import use_sqlite_store
+from tests.conftest import sqlite_store
 from tests.test_serving import PARAMS, encode
 
 CLASSES = ["crescent", "disc", "ring", "speckled"]
@@ -74,21 +74,16 @@ def served(tmp_path_factory):
     from medtune.steps.app import run_app
 
     root = tmp_path_factory.mktemp("app")
-    previous = mlflow.get_tracking_uri()
-    with pytest.MonkeyPatch.context() as mp:
-        experiment_id = use_sqlite_store(mp, root, "medtune-synthetic")
+    with sqlite_store(root, "medtune-synthetic") as (mp, experiment_id):
         for env in ("GRADIO_TEMP_DIR", "GRADIO_ANALYTICS_ENABLED"):
             mp.setenv(env, os.environ.get(env, ""))  # restored after the module
-        client = MlflowClient()
-        for version, alias, seed in ((_register(experiment_id, 1, True), "champion", 1),
-                                     (_register(experiment_id, 2, False), "challenger", 2)):
-            client.set_registered_model_alias(NAME, alias, version)
+        for seed, alias in ((1, "champion"), (2, "challenger")):
+            MlflowClient().set_registered_model_alias(NAME, alias, _register(experiment_id, seed, seed == 1))
         running = run_app(None, "127.0.0.1", free_port(), "2mb", block=False)
         try:
             yield {"app": running, "root": root}
         finally:
             running.close()
-    mlflow.set_tracking_uri(previous)
 
 
 @pytest.fixture(scope="module")
