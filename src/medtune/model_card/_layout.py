@@ -117,7 +117,7 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
     else:
         before = "none" if g.champion_version is None else f"v{g.champion_version}"
         score = "n/a" if g.champion_score is None else f"{g.champion_score:.4f}"
-        blocks += [Text(f"Decision: @{g.alias}. {g.reason}."), Table(["", "model", "test macro-F1"], [
+        blocks += [Text(f"Decision: @{g.alias} ({g.reason})."), Table(["", "model", "test macro-F1"], [
             ["this version", f"v{m.version}", f"{g.score:.4f}"], ["champion before", before, score]]),
             Text(f"Margin required: {'not recorded' if g.margin is None else g.margin}.")]
 
