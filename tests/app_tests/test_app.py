@@ -304,11 +304,15 @@ def app_env(served) -> dict:
     return env
 
 
-def test_the_app_command_names_a_model_it_cannot_find_in_one_line(served):
-    proc = subprocess.run([str(Path(sys.executable).parent / "medtune"), "app", "--model", f"models:/{NAME}@nope"],
+@pytest.mark.parametrize(("args", "error"), [
+    (["--model", f"models:/{NAME}@nope"], f"model=models:/{NAME}@nope: not in the registry"),
+    (["--max-file-size", "lots"], "max_file_size=lots: expected a size such as 20mb"),
+])
+def test_the_app_command_names_a_bad_option_in_one_line(served, args, error):
+    proc = subprocess.run([str(Path(sys.executable).parent / "medtune"), "app", *args],
                           env=app_env(served), cwd=served["root"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"medtune: error: model=models:/{NAME}@nope: not in the registry")
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"medtune: error: {error}")
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ Nothing is written to the tracking store.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import threading
 from collections import OrderedDict
@@ -113,6 +114,8 @@ def run_app(model_uri: str | None, host: str, port: int, max_file_size: str, *, 
     """Check the model, then serve the demo (see :func:`medtune.app.server.start`)."""
     from medtune.app.server import start
 
+    if not re.fullmatch(r"\d+\s*(b|kb|mb|gb)", max_file_size.strip().lower()):
+        raise ConfigError(f"max_file_size={max_file_size}: expected a size such as 20mb or 1gb")
     source = RegistryModels()
     default, other = (model_uri, None) if model_uri else source.default_uris()
     source.load(default)  # a wrong URI stops here, with one line
