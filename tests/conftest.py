@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -60,6 +61,19 @@ def use_sqlite_store(mp: pytest.MonkeyPatch, root: Path, experiment: str) -> str
 
     mlflow.set_tracking_uri(uri)
     return MlflowClient().create_experiment(experiment, artifact_location=(root / "mlruns").as_uri())
+
+
+@contextlib.contextmanager
+def sqlite_store(root: Path, experiment: str):
+    """A fresh SQLite store for a module-scoped fixture: yields (monkeypatch, experiment id); restores MLflow's URI."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            yield mp, use_sqlite_store(mp, root, experiment)
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 @pytest.fixture

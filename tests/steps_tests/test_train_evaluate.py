@@ -186,6 +186,54 @@ def test_evaluate_on_a_folder_of_class_subfolders(trained, tmp_path):
         run_evaluate(EvaluateOptions(model_uri=f"models:/{MODEL}/1", data_dir=str(folder)))
 
 
+def test_train_and_evaluate_log_a_model_card_whose_figures_are_the_logged_metrics(trained):
+    """Every section, the logged figures with intervals around them, HTML with no URL; the version's description."""
+    import re
+
+    from medtune.model_card import SECTIONS
+    from medtune.steps.model_card import load_card
+
+    run, client = trained["run"], MlflowClient()
+    assert {"model_card/model_card.md", "model_card/model_card.html", "model_card/model_card.json",
+            "model_card/figures/confusion_matrix.png", "model_card/figures/reliability.png"} <= set(
+        artifact_paths(run.info.run_id))
+    card, metrics = load_card(run.info.run_id), run.data.metrics
+    for key, est in card.results.headline.items():
+        assert est.value == pytest.approx(metrics[f"test_{key}"], abs=1e-9) and est.low <= est.value <= est.high, key
+    for c in card.results.per_class:
+        assert c.sensitivity.value == pytest.approx(metrics[f"test_recall_{c.name}"])
+        assert c.specificity.value == pytest.approx(metrics[f"test_specificity_{c.name}"])
+        assert c.sensitivity.low <= c.sensitivity.value <= c.sensitivity.high
+    assert card.results.ece == pytest.approx(metrics["test_ece"])
+    confusion = np.asarray(card.results.confusion)
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(metrics["test_accuracy"])
+    assert card.data.counts["test"] == {c: int(n) for c, n in zip(CLASSES, confusion.sum(1))}
+    assert card.model.parameters > 0 and card.model.params["num_blocks"] == 2
+    assert card.model.params_source == f"params file {trained['params_file']}"
+    assert card.gate.alias == "champion" and card.gate.reason == "no champion yet"
+
+    md = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model_card/model_card.md")).read_text()
+    page = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                    artifact_path="model_card/model_card.html")).read_text()
+    assert re.findall(r"^## (.+)$", md, flags=re.M) == list(SECTIONS)
+    assert all(f"<h2>{s}</h2>" in page for s in SECTIONS)
+    assert f"{metrics['test_macro_f1']:.3f} [" in md and f"{metrics['test_macro_f1']:.3f} [" in page
+    no_images = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
+    assert "http" not in no_images and 'src="data:image/png;base64,' in page
+
+    version = client.get_model_version(MODEL, "1")
+    assert version.description.startswith("medtune-synthetic v1: custom at 32 px")
+    assert f"macro-F1 {metrics['test_macro_f1']:.3f} [" in version.description
+    assert "not for diagnosis" in version.description
+
+    evaluation = next(r for r in step_runs("evaluate")  # the evaluate entry point's run, earlier in this module
+                      if r.data.tags["medtune.model_uri"] == f"models:/{MODEL}@champion")
+    ev_card = load_card(evaluation.info.run_id)
+    assert ev_card.title == "medtune-synthetic v1" and ev_card.model.run_id == run.info.run_id
+    assert ev_card.results.headline["macro_f1"].value == pytest.approx(evaluation.data.metrics["test_macro_f1"])
+    assert ev_card.gate == card.gate
+
+
 def test_champion_is_rescored_at_its_own_image_size(trained):
     """The gate re-scores a champion from another split on this split's test images, at its size."""
     from medtune.steps.data import load_split

@@ -12,6 +12,7 @@ import numpy as np
 from medtune import tracking
 from medtune.errors import DataError
 from medtune.evaluation import Evaluation, evaluate_model
+from medtune.steps import model_card as cards
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def run_evaluate(opts: EvaluateOptions) -> tuple[str, Evaluation]:
     tags = {"medtune.model_uri": opts.model_uri, **_registry_tags(opts.model_uri)}
     if opts.data_dir and opts.dataset is None:
         test = folder_test_set(opts.data_dir, classes, size, channels)
+        data = cards.folder_data(dataset, classes, test)
     else:
         from medtune.steps.data import load_split
 
@@ -121,15 +123,32 @@ def run_evaluate(opts: EvaluateOptions) -> tuple[str, Evaluation]:
             raise DataError(f"dataset={dataset}: classes {split.classes} differ from the model's {classes}")
         test = manifest_test_set(split)
         tags["medtune.split_run_id"] = split.run_id
+        data = cards.split_data(split)
     tags["medtune.test_split"] = test.split_id
     with tracking.step_run(dataset, "evaluate", run_name=f"evaluate-{dataset}", tags=tags) as run:
         run.params({"model_uri": opts.model_uri, "test_source": test.source, "n_test": len(test.y),
                     "image_size": size})
         ev = evaluate_model(model, test.x, test.y, classes, test.paths)
         log_evaluation(run, ev, classes)
+        _log_card(run, ev, model, meta, tags, data, test.split_id)
         log.info("test accuracy %.4f, macro-F1 %.4f, ROC-AUC %.4f", ev.metrics["test_accuracy"],
                  ev.metrics["test_macro_f1"], ev.metrics.get("test_roc_auc_macro", float("nan")))
         return run.run_id, ev
+
+
+def _log_card(run, ev, model, meta: dict, tags: dict, data, test_split: str) -> None:
+    """The model card of this evaluation; version, source and gate of a registered model from the registry."""
+    from mlflow.tracking import MlflowClient
+
+    name, version, train_run, gate = tags.get("medtune.model_name", ""), tags.get("medtune.model_version", ""), "", None
+    if name:
+        mv = MlflowClient().get_model_version(name, version)
+        train_run = mv.run_id
+        trained_card = cards.load_card(train_run)
+        gate = trained_card.gate if trained_card else cards.gate_of_version_tags(mv.tags or {})
+    info = cards.model_info(model, meta, name=name, version=version, run_id=train_run,
+                            params_source=cards.params_source(meta.get("search_run_id")))
+    cards.log_model_card(run, ev, model=info, data=data, test_split=test_split, gate=gate)
 
 
 def _model_split_run(meta: dict, dataset: str) -> str | None:

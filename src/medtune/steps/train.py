@@ -14,6 +14,7 @@ import yaml
 
 from medtune import tracking
 from medtune.errors import ConfigError
+from medtune.steps import model_card as cards
 
 log = logging.getLogger(__name__)
 
@@ -255,8 +256,19 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
             run.tags({**decision.tags(), "medtune.model_version": version})
             run.metrics({"champion_score_before": decision.champion_score if decision.champion_score is not None else float("nan"),
                          "promoted": 1.0 if decision.alias == promotion.CHAMPION else 0.0})
+        _log_card(run, ev, model, metadata, split, test, decision, model_name, version,
+                  cards.params_source(search_run_id, opts.params), opts.seed)
         training.release_model(model)
         return TrainOutcome(run.run_id, ev.metrics, model_name, version, decision, time.perf_counter() - t0)
+
+
+def _log_card(run, ev, model, metadata, split, test, decision, model_name, version, source: str, seed: int) -> None:
+    """The model card on the train run; its short form in the registered version's description."""
+    info = cards.model_info(model, metadata, name=model_name, version=version, run_id=run.run_id, params_source=source)
+    card = cards.log_model_card(run, ev, model=info, data=cards.split_data(split), test_split=test.split_id,
+                                gate=cards.gate_of_decision(decision), seed=seed)
+    if model_name:
+        cards.describe_version(model_name, version, card)
 
 
 def rescore_on_split(model_uri: str, split, test) -> float | None:

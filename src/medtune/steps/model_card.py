@@ -1,0 +1,124 @@
+"""Write a model card at the end of ``train`` and ``evaluate``: gather the facts, render, log.
+
+The content is computed by :mod:`medtune.model_card` from plain values; this module is the edge
+that reads the tracking store for them and logs the result under ``model_card/`` on the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from medtune import tracking
+from medtune.model_card import (
+    DataInfo,
+    GateInfo,
+    ModelCard,
+    ModelInfo,
+    build_card,
+    card_figures,
+    data_from_split_report,
+    data_from_test_labels,
+    gradcam_examples,
+    render_html,
+    render_markdown,
+    short_description,
+)
+
+log = logging.getLogger(__name__)
+
+CARD_DIR = "model_card"
+CARD_JSON = f"{CARD_DIR}/model_card.json"
+
+
+def model_info(model, metadata: dict, *, name: str, version: str, run_id: str, params_source: str) -> ModelInfo:
+    return ModelInfo(
+        name=name or "", version=str(version or ""), run_id=run_id, backbone=metadata.get("backbone", "custom"),
+        weights_source=metadata.get("weights_source", "none"), weights_sha256=metadata.get("weights_sha256", ""),
+        image_size=int(metadata["image_size"]), channels=int(metadata["channels"]),
+        parameters=int(model.count_params()), params=dict(metadata.get("params", {})), params_source=params_source,
+    )
+
+
+def params_source(search_run_id: str | None, params_file: str | None = None) -> str:
+    """"search run <id>, best trial <n>" (the trial read from the search run's tags), or the params file."""
+    if not search_run_id:
+        return f"params file {params_file}" if params_file else "unknown"
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        trial = MlflowClient().get_run(search_run_id).data.tags.get("medtune.best_trial", "?")
+    except MlflowException:
+        return f"search run {search_run_id} (not in this tracking store)"
+    return f"search run {search_run_id}, best trial {trial}"
+
+
+def split_data(split) -> DataInfo:
+    from medtune.datasets.cache import manifest_hash
+
+    return data_from_split_report(split.dataset, split.report, manifest_hash(split.manifest), f"split run {split.run_id}")
+
+
+def folder_data(dataset: str, classes: list[str], test) -> DataInfo:
+    return data_from_test_labels(dataset, classes, test.y, test.source, test.split_id)
+
+
+def gate_of_decision(decision) -> GateInfo | None:
+    if decision is None:
+        return None
+    return GateInfo(decision.alias, float(decision.score), decision.champion_version, decision.champion_score,
+                    float(decision.margin), decision.reason)
+
+
+def gate_of_version_tags(tags: dict) -> GateInfo | None:
+    """The gate decision recorded on a registered version (see :mod:`medtune.promotion`)."""
+    if "medtune.decision" not in tags:
+        return None
+    before = tags.get("medtune.champion_before", "none")
+    score_before = tags.get("medtune.champion_score_before", "")
+    return GateInfo(tags["medtune.decision"], float(tags.get("medtune.test_macro_f1", "nan")),
+                    None if before == "none" else before, float(score_before) if score_before else None,
+                    None, tags.get("medtune.decision_reason", ""))
+
+
+def log_model_card(run: tracking.RunLogger, ev, *, model: ModelInfo, data: DataInfo, test_split: str,
+                   gate: GateInfo | None, seed: int = 0) -> ModelCard:
+    """Compute the card of evaluation ``ev``, render it and log ``model_card/`` on ``run``."""
+    examples = gradcam_examples(ev.galleries)
+    card = build_card(model=model, data=data, metrics=ev.metrics, y_true=ev.y_true, proba=ev.proba,
+                      confusion=ev.confusion, test_split=test_split, gate=gate,
+                      examples={k: len(v) for k, v in examples.items()}, seed=seed)
+    figures = card_figures(ev.confusion, ev.roc, ev.reliability, data.classes, examples)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "figures").mkdir()
+        for key, png in figures.items():
+            (root / "figures" / f"{key}.png").write_bytes(png)
+        (root / "model_card.md").write_text(render_markdown(card, {k: f"figures/{k}.png" for k in figures}))
+        (root / "model_card.html").write_text(render_html(card, figures))
+        (root / "model_card.json").write_text(json.dumps(card.to_dict(), indent=2))
+        run.directory(root, CARD_DIR)
+    log.info("Model card logged: %s/model_card.html", CARD_DIR)
+    return card
+
+
+def describe_version(name: str, version: str, card: ModelCard) -> None:
+    """Put the card's short form in the registered version's description."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().update_model_version(name, version, description=short_description(card))
+
+
+def load_card(run_id: str) -> ModelCard | None:
+    """The card logged on a run, or None when it has none."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = tracking.download_artifact(run_id, CARD_JSON, Path(tmp))
+        except (MlflowException, OSError):
+            return None
+        return ModelCard.from_dict(json.loads(path.read_text()))
