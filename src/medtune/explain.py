@@ -300,6 +300,8 @@ def gradcam(
             (N, H, W) for grey images.
         class_indices: One target class per image; None explains the predicted class.
         layer_path: Feature-map layer as returned by :func:`find_last_conv_layer` (the default).
+            For an ensemble (:mod:`medtune.models.ensemble`) the default averages the members'
+            heatmaps, each taken for the ensemble's class.
         batch_size: Images per forward/backward pass.
 
     Returns:
@@ -312,6 +314,15 @@ def gradcam(
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    from medtune.models.ensemble import members_of
+
+    members = members_of(model) if layer_path is None else []
+    if members:  # an ensemble: each member's heatmap for the ensemble's class, averaged
+        x = _prepare_images(model, images)
+        proba = model.predict(x, batch_size=batch_size, verbose=0).astype(np.float32)
+        target = proba.argmax(1) if class_indices is None else class_indices
+        heat = np.mean([gradcam(m, x, target, None, batch_size)[0] for m in members], axis=0)
+        return heat.astype(np.float32), proba
     x = _prepare_images(model, images)
     layer = _resolve(model, layer_path or find_last_conv_layer(model))
     n = len(x)
