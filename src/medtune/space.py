@@ -146,6 +146,14 @@ class SearchSpace:
         value = values.get(parent.name, parent.default_value())
         return any(_same(value, v) for v in param.parent_values)
 
+    def fits(self, name: str, value: Any) -> bool:
+        """Whether ``value`` is a valid value of parameter ``name`` (type and range; not the step grid)."""
+        try:
+            _coerce_value(self[name], value, self.source)
+        except SpaceError:
+            return False
+        return True
+
     def defaults(self) -> dict[str, Any]:
         """Default value of every parameter that is active under the defaults."""
         out: dict[str, Any] = {}
