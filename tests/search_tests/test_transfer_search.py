@@ -82,9 +82,9 @@ def test_keras_tuner_searches_the_same_mixed_space(project, store, mixed_space):
 
 LITE0_SPACE = {
     "description": "test: custom CNN or EfficientNet-Lite0 from its packaged ImageNet weights",
-    "params": {**{k: v for k, v in MIXED_SPACE["params"].items() if k != "backbone"},
-               "backbone": {"type": "categorical", "choices": ["custom", "efficientnet_lite0"],
-                            "default": "efficientnet_lite0"}},
+    "params": {"backbone": {"type": "categorical", "choices": ["custom", "efficientnet_lite0"],
+                            "default": "efficientnet_lite0"},  # first: the others' conditions name it
+               **{k: v for k, v in MIXED_SPACE["params"].items() if k != "backbone"}},
 }
 for _name in TRANSFER_ONLY:
     LITE0_SPACE["params"][_name] = {**LITE0_SPACE["params"][_name], "condition": {"backbone": "efficientnet_lite0"}}
