@@ -296,6 +296,12 @@ def main_pipeline(ctx, dataset, data_dir, engine, space, trials, search_epochs, 
     click.echo(out.summary())
 
 
+def mlflow_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
 def main() -> None:
     """Console-script entry point: one-line errors, exit code 2 for user errors, 130 on interrupt."""
     try:
@@ -308,6 +314,13 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except MedtuneError as exc:
         click.echo(f"medtune: error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # an MLflow lookup medtune did not foresee: still one line
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException):
+            raise
+        click.echo(f"medtune: error: MLflow ({mlflow_uri()}): {' '.join(exc.message.split())[:300]}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("medtune: interrupted; runs were ended KILLED and the search can be resumed", err=True)

@@ -149,6 +149,20 @@ def safe_name(text: str) -> str:
     return out or "unnamed"
 
 
+def dataset_name(dataset: str) -> str:
+    """The name a dataset's runs are logged under, found without touching its files.
+
+    A registered name is itself; a folder gets the file-safe name of its last component (as
+    :func:`resolve_dataset` gives it); any other name its file-safe form.
+    """
+    if dataset in DATASETS:
+        return dataset
+    as_path = Path(dataset).expanduser()
+    if as_path.is_dir():
+        return safe_name(as_path.resolve().name)
+    return safe_name(dataset)
+
+
 def network_available(host: str = KAGGLE_HOST, port: int = 443, timeout: float = NETWORK_TIMEOUT_S) -> bool:
     """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds.
 

@@ -55,11 +55,20 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
     from medtune.steps.split import SplitOptions, run_split
     from medtune.steps.train import TrainOptions, run_train
 
+    from medtune.steps.search import check_options
+
+    split_opts = SplitOptions(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size, seed=opts.seed)
+    split_opts.check()  # every option is checked before the first step starts
+    check_options(SearchOptions(dataset=opts.dataset, engine=opts.engine, trials=opts.trials, epochs=opts.search_epochs,
+                                image_size=opts.search_image_size))
+    if opts.epochs < 1:
+        from medtune.errors import ConfigError
+
+        raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
     launcher_id = os.environ.pop("MLFLOW_RUN_ID", None)
     seconds = {}
     t = time.perf_counter()
-    split = run_split(SplitOptions(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size,
-                                   seed=opts.seed), reuse_run=True)
+    split = run_split(split_opts, reuse_run=True)
     seconds["split"] = time.perf_counter() - t
     _link(launcher_id, {"medtune.split_run_id": split.run_id})
     t = time.perf_counter()

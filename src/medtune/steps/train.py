@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 
 from medtune import tracking
+from medtune.datasets.registry import dataset_name
 from medtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,6 @@ def best_params_of_search(dataset: str, search_run: str | None) -> tuple[dict, s
 
     The params carry the search's ``weights`` option under the key ``weights`` when it had one.
     """
-    from mlflow.tracking import MlflowClient
-
     if search_run in (None, "", "latest"):
         runs = [r for r in tracking.find_runs(dataset, "search", max_results=20)
                 if r.data.tags.get("medtune.best_trial", "none") != "none"]
@@ -64,7 +63,7 @@ def best_params_of_search(dataset: str, search_run: str | None) -> tuple[dict, s
         run_id = runs[0].info.run_id
     else:
         run_id = search_run
-        run = MlflowClient().get_run(run_id)  # raises a clear MLflow error for an unknown id
+        run = tracking.get_step_run(run_id, "search", "search_run", dataset)
         if run.data.tags.get("medtune.step") != "search":
             raise ConfigError(f"search_run={run_id}: not a medtune search run")
         if run.data.tags.get("medtune.best_trial", "none") == "none":
@@ -132,19 +131,15 @@ def _epoch_logger(run: tracking.RunLogger):
 
 
 def run_train(opts: TrainOptions) -> TrainOutcome:
-    import keras
-
-    from medtune import training
-    from medtune.steps.data import load_split
-
     if opts.epochs < 1:
         raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
+    if not 16 <= opts.image_size <= 1024:
+        raise ConfigError(f"image_size={opts.image_size}: expected 16..1024 pixels")
     t0 = time.perf_counter()
-    split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
-    if opts.params:
+    if opts.params:  # what to train is found before any split is made or loaded
         params, search_run_id = params_from_file(opts.params), None
     else:
-        params, search_run_id = best_params_of_search(split.dataset, opts.search_run)
+        params, search_run_id = best_params_of_search(dataset_name(opts.dataset), opts.search_run)
     from medtune.models import backbones_of, check_image_size
     from medtune.models.weights import resolve_weights
 
@@ -153,6 +148,12 @@ def run_train(opts: TrainOptions) -> TrainOutcome:
     backbones = backbones_of(params)
     check_image_size(backbones, opts.image_size)
     weights = resolve_weights(weights_option, backbones)  # one line, before any training
+    import keras  # TensorFlow loads once the arguments are known to be good
+
+    from medtune import training
+    from medtune.steps.data import load_split
+
+    split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     training.configure_threads()
     device, mixed = device_summary(opts.mixed_precision)
     try:
