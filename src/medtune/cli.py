@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from medtune import __version__
 from medtune.errors import MedtuneError
 from medtune.search.base import PRUNERS
 
@@ -60,14 +61,39 @@ def _setup(verbose: bool, tracking_uri: str | None = None) -> None:
                   "optuna", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices are not for users
+    _require_tensorflow()
     from medtune import tracking
 
     tracking.configure(tracking_uri)
     tracking.install_signal_handlers()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _require_tensorflow() -> None:
+    """TensorFlow comes from an extra (or is preinstalled): without it, say how to get it, in one line."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise MedtuneError("TensorFlow is not installed: pip install 'medtune[cpu]' (CPU) "
+                           "or 'medtune[gpu]' (NVIDIA GPU on Linux, with CUDA)")
+
+
+def _verbose_after_command(ctx, param, value):  # noqa: ARG001
+    if value:
+        ctx.ensure_object(dict)["verbose"] = True
+
+
+class _Group(click.Group):
+    """Every command also takes ``-v/--verbose`` after its name (``medtune split -v``)."""
+
+    def add_command(self, cmd, name=None):
+        cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, is_eager=True,
+                                       callback=_verbose_after_command, help="Debug logging."))
+        super().add_command(cmd, name)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(__version__, "--version", prog_name="medtune")
 @click.pass_context
 def cli(ctx, verbose):
     """medtune: tracked hyperparameter search for medical-image classifiers."""

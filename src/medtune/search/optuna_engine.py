@@ -106,6 +106,7 @@ def make_storage(url: str | None) -> optuna.storages.RDBStorage:
     url = url or default_storage()
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
         raise ConfigError(f"storage={url!r}: expected an RDB URL such as sqlite:///optuna.db or postgresql://...")
+    check_driver(url)
     if url.startswith("postgresql://"):  # SQLAlchemy 2.1 defaults to psycopg 3; medtune ships psycopg2
         url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     import sqlalchemy.exc
@@ -128,6 +129,17 @@ def make_storage(url: str | None) -> optuna.storages.RDBStorage:
             time.sleep(1 + attempt)
         except Exception as exc:  # connection refused, unknown driver, bad credentials
             raise ConfigError(f"storage={_redact(url)}: cannot open Optuna storage ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+
+
+def check_driver(url: str) -> None:
+    """A PostgreSQL storage needs psycopg2, which only the ``postgres`` extra installs: say so in one line."""
+    if not url.startswith("postgresql"):
+        return
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"storage={_redact(url)}: PostgreSQL needs its driver, which is not installed: "
+                          "pip install 'medtune[postgres]' (or psycopg2-binary)") from exc
 
 
 def _redact(url: str) -> str:

@@ -241,6 +241,10 @@ def check_options(opts: SearchOptions) -> None:
     if not 16 <= opts.image_size <= 1024:
         raise ConfigError(f"image_size={opts.image_size}: expected 16..1024 pixels")
     objective_direction(opts.objective)
+    if opts.storage:
+        from medtune.search.optuna_engine import check_driver
+
+        check_driver(opts.storage)
 
 
 def run_search(opts: SearchOptions) -> SearchOutcome:
