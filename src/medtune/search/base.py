@@ -10,6 +10,9 @@ log = logging.getLogger(__name__)
 
 COMPLETE, PRUNED, FAILED, RUNNING = "COMPLETE", "PRUNED", "FAILED", "RUNNING"
 PRUNERS = ("median", "hyperband", "asha", "none")  # the Optuna engine's pruner names
+ENGINES = ("optuna", "bayesian", "keras_hyperband")
+ENGINE_ALIASES = {"hyperband": "keras_hyperband"}  # the old spelling; `hyperband` is also an Optuna pruner
+KERAS_TUNER_ENGINES = ("bayesian", "keras_hyperband")
 
 
 @dataclass

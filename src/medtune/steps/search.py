@@ -17,13 +17,15 @@ import numpy as np
 
 from medtune import settings, tracking
 from medtune.errors import ConfigError
-from medtune.search.base import COMPLETE, FAILED, PRUNED, SearchSettings, TrialSummary, best_trial
+from medtune.search.base import (
+    COMPLETE, ENGINE_ALIASES, ENGINES, FAILED, KERAS_TUNER_ENGINES, PRUNED, PRUNERS, SearchSettings, TrialSummary,
+    best_trial,
+)
 from medtune.search.trial import TrialData, objective_direction, probe_indices
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("medtune.progress")
 
-ENGINES = ("optuna", "bayesian", "hyperband")
 
 
 @dataclass
@@ -31,17 +33,17 @@ class SearchOptions:
     dataset: str = "synthetic"
     data_dir: str | None = None
     engine: str = "optuna"
-    space: str | None = None
-    trials: int = 10
-    epochs: int = 5
-    image_size: int = 64
+    space: str | None = None  # None (auto): sized from the machine, see medtune.plan
+    trials: int | None = None  # auto
+    epochs: int | None = None  # auto
+    image_size: int | None = None  # auto
     objective: str = "val_macro_f1"
     timeout: float | None = None
     study: str | None = None
     storage: str | None = None
     seed: int = 42
     class_weights: bool = True
-    pruner: str = "median"
+    pruner: str | None = None  # auto; Optuna only
     split_run: str | None = None
     weights: str = "imagenet"  # for keras.applications backbones: imagenet | none | file | folder
 
@@ -169,7 +171,7 @@ class MlflowRecorder:
         self.parent.metrics(metrics, step=len(summaries))
 
     def _done(self) -> str:
-        if self.opts.engine == "hyperband":  # Hyperband's brackets, not `trials`, set its budget
+        if self.opts.engine == "keras_hyperband":  # Hyperband's brackets, not `trials`, set its budget
             return f"{self.done} done"
         return f"{self.done} of {self.opts.trials} done"
 
@@ -222,24 +224,33 @@ def _short(params: dict) -> str:
 # ---------------------------------------------------------------- the step
 
 
-def default_space(dataset: str) -> str:
-    """``demo`` (small, minutes on 2 cores) for the synthetic set, else the full ``cnn`` space."""
-    return "demo" if dataset == "synthetic" else "cnn"
+PLANNED = {"space": "space", "trials": "trials", "epochs": "epochs", "image_size": "image_size"}
 
 
 def default_study(opts: SearchOptions, space_stem: str, manifest_hash: str) -> str:
-    return f"{opts.dataset}-{space_stem}-{opts.engine}-{opts.image_size}px-{manifest_hash[:8]}"
+    engine = "hyperband" if opts.engine == "keras_hyperband" else opts.engine  # studies of the old name resume
+    return f"{opts.dataset}-{space_stem}-{engine}-{opts.image_size}px-{manifest_hash[:8]}"
 
 
 def check_options(opts: SearchOptions) -> None:
+    """Check what is set (options left to the plan are None) and name the engine's canonical spelling."""
+    opts.engine = ENGINE_ALIASES.get(opts.engine, opts.engine)
     if opts.engine not in ENGINES:
         raise ConfigError(f"engine={opts.engine!r}: expected one of {', '.join(ENGINES)}")
-    if opts.trials < 1:
+    if opts.engine in KERAS_TUNER_ENGINES:  # keras-tuner has no pruner, Optuna storage or time limit
+        given = [f"{k}={v}" for k, v in (("pruner", opts.pruner), ("storage", opts.storage),
+                                          ("timeout", opts.timeout)) if v not in (None, "", 0, "none")]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only the optuna engine takes this; engine={opts.engine} "
+                              "(keras-tuner) would ignore it")
+    if opts.trials is not None and opts.trials < 1:
         raise ConfigError(f"trials={opts.trials}: expected at least 1")
-    if opts.epochs < 1:
+    if opts.epochs is not None and opts.epochs < 1:
         raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
-    if not 16 <= opts.image_size <= 1024:
+    if opts.image_size is not None and not 16 <= opts.image_size <= 1024:
         raise ConfigError(f"image_size={opts.image_size}: expected 16..1024 pixels")
+    if opts.pruner is not None and opts.pruner not in PRUNERS:
+        raise ConfigError(f"pruner={opts.pruner!r}: expected one of {', '.join(PRUNERS)}")
     objective_direction(opts.objective)
     if opts.storage:
         from medtune.search.optuna_engine import check_driver
@@ -255,9 +266,14 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     from medtune.space import load_space, resolve_space_path
     from medtune.steps.data import load_split, manifest_dataset
 
+    from medtune.datasets.registry import dataset_name
+    from medtune.plan import fill
+
+    check_options(opts)
+    fill(opts, dataset_name(opts.dataset), {**PLANNED, **({"pruner": "pruner"} if opts.engine == "optuna" else {})})
     check_options(opts)
     opts.weights = opts.weights or "none"
-    space_path = resolve_space_path(opts.space or default_space(opts.dataset))
+    space_path = resolve_space_path(opts.space)
     space = load_space(space_path)  # a bad space file stops here, before any trial
     from medtune.models import backbones_of, check_image_size
     from medtune.models.weights import resolve_weights
@@ -281,7 +297,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     cfg = SearchSettings(
         study=study, trials=opts.trials, epochs=opts.epochs, objective=opts.objective, direction=direction,
         timeout=opts.timeout, seed=opts.seed, class_weights=opts.class_weights, storage=opts.storage,
-        pruner=opts.pruner, workdir=str(settings.project_dir() / ".medtune" / "keras_tuner"),
+        pruner=opts.pruner or "none", workdir=str(settings.project_dir() / ".medtune" / "keras_tuner"),
         weights=weights,
     )
     if opts.engine != "optuna":  # unreadable keras-tuner state stops here, before the run is reopened

@@ -25,8 +25,8 @@ class TrainOptions:
     data_dir: str | None = None
     search_run: str | None = "latest"
     params: str | None = None  # a YAML/JSON file of explicit params
-    epochs: int = 50
-    image_size: int = 128
+    epochs: int | None = None  # None (auto): sized from the machine, see medtune.plan
+    image_size: int | None = None  # auto
     patience: int = 8
     mixed_precision: bool = True
     class_weights: bool = True
@@ -131,15 +131,18 @@ def _epoch_logger(run: tracking.RunLogger):
 
 
 def run_train(opts: TrainOptions) -> TrainOutcome:
-    if opts.epochs < 1:
+    if opts.epochs is not None and opts.epochs < 1:
         raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
-    if not 16 <= opts.image_size <= 1024:
+    if opts.image_size is not None and not 16 <= opts.image_size <= 1024:
         raise ConfigError(f"image_size={opts.image_size}: expected 16..1024 pixels")
     t0 = time.perf_counter()
     if opts.params:  # what to train is found before any split is made or loaded
         params, search_run_id = params_from_file(opts.params), None
     else:
         params, search_run_id = best_params_of_search(dataset_name(opts.dataset), opts.search_run)
+    from medtune.plan import fill
+
+    fill(opts, dataset_name(opts.dataset), {"epochs": "final_epochs", "image_size": "final_image_size"})
     from medtune.models import backbones_of, check_image_size
     from medtune.models.weights import resolve_weights
 
