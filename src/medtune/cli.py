@@ -168,6 +168,7 @@ def split(ctx, dataset, data_dir, image_size, val_fraction, test_fraction, phash
     click.echo(
         f"split {out.resolved.name}: train={counts.get('train', 0)} val={counts.get('val', 0)} "
         f"test={counts.get('test', 0)} skipped={len(out.result.report.get('skipped', []))} "
+        f"ignored={len(out.result.report.get('ignored_files', []))} (both listed in report.json) "
         f"cache={'reused' if out.cache_reused else 'built'} ({out.seconds:.1f} s) "
         f"run={out.run_id}{' (reused)' if out.reused_run else ''}"
     )

@@ -183,9 +183,12 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
 def open_study(space: SearchSpace, cfg: SearchSettings) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # medtune prints its own progress
     _no_trial_tracebacks()
-    sampler = TrialSeededTPESampler(
-        seed=cfg.seed, n_startup_trials=min(10, max(3, cfg.trials // 3)), multivariate=True, group=True,
-    )
+    if cfg.grid is not None:  # engine=grid: every point once, in an order drawn from the seed
+        sampler = optuna.samplers.GridSampler(cfg.grid, seed=cfg.seed)
+    else:
+        sampler = TrialSeededTPESampler(
+            seed=cfg.seed, n_startup_trials=min(10, max(3, cfg.trials // 3)), multivariate=True, group=True,
+        )
     study = optuna.create_study(
         study_name=cfg.study,
         storage=make_storage(cfg.storage),
@@ -329,6 +332,9 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
     while True:
         done = len(study.get_trials(deepcopy=False, states=counted))
         if done >= cfg.trials:
+            break
+        if cfg.grid is not None and study.sampler.is_exhausted(study):
+            log.info("Every point of the grid has been tried")
             break
         remaining = None
         if cfg.timeout:

@@ -270,11 +270,19 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     from medtune.plan import fill
 
     check_options(opts)
-    fill(opts, dataset_name(opts.dataset), {**PLANNED, **({"pruner": "pruner"} if opts.engine == "optuna" else {})})
-    check_options(opts)
+    fill(opts, dataset_name(opts.dataset), {**PLANNED, **({} if opts.engine in KERAS_TUNER_ENGINES else {"pruner": "pruner"}),
+                                            **({"trials": "trials"} if opts.engine != "grid" else {})})
     opts.weights = opts.weights or "none"
     space_path = resolve_space_path(opts.space)
     space = load_space(space_path)  # a bad space file stops here, before any trial
+    grid = None
+    if opts.engine == "grid":  # a continuous parameter without a step stops here, in one line
+        from medtune.search.grid import describe, grid_size, grid_values
+
+        grid = grid_values(space)
+        opts.trials = min(opts.trials or grid_size(grid), grid_size(grid))
+        log.info("Grid of %s: %s; %d trials", space_path.name, describe(grid), opts.trials)
+    check_options(opts)
     from medtune.models import backbones_of, check_image_size
     from medtune.models.weights import resolve_weights
 
@@ -298,9 +306,9 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         study=study, trials=opts.trials, epochs=opts.epochs, objective=opts.objective, direction=direction,
         timeout=opts.timeout, seed=opts.seed, class_weights=opts.class_weights, storage=opts.storage,
         pruner=opts.pruner or "none", workdir=str(settings.project_dir() / ".medtune" / "keras_tuner"),
-        weights=weights,
+        weights=weights, grid=grid,
     )
-    if opts.engine != "optuna":  # unreadable keras-tuner state stops here, before the run is reopened
+    if opts.engine in KERAS_TUNER_ENGINES:  # unreadable keras-tuner state stops here, before the run is reopened
         from medtune.search import keras_tuner_engine
 
         keras_tuner_engine.check_state(cfg)
@@ -324,7 +332,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
             "dataset": split.dataset, "engine": opts.engine, "space": space_path.name, "trials": opts.trials,
             "epochs": opts.epochs, "image_size": opts.image_size, "objective": opts.objective,
             "timeout": opts.timeout, "study": study, "seed": opts.seed, "class_weights": opts.class_weights,
-            "pruner": opts.pruner if opts.engine == "optuna" else "none",
+            "pruner": opts.pruner if opts.engine not in KERAS_TUNER_ENGINES else "none",
             "storage": _storage_label(opts.storage),
             "weights": opts.weights if backbones != ["custom"] else "n/a",
         })
@@ -335,7 +343,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         recorder = MlflowRecorder(parent, experiment_id, opts, study, data, split.classes, weights)
         log.info("Search %s: %s engine, %d trials x %d epochs at %d px, objective %s",
                  study, opts.engine, opts.trials, opts.epochs, opts.image_size, opts.objective)
-        if opts.engine == "optuna":
+        if opts.engine not in KERAS_TUNER_ENGINES:  # optuna and grid
             from medtune.search import optuna_engine
 
             summaries = optuna_engine.run_search(space, data, cfg, recorder)
