@@ -101,6 +101,13 @@ def _setup(verbose: bool, tracking_uri: str | None = None) -> None:
         datefmt="%H:%M:%S",
         force=True,
     )
+    from medtune import progress
+
+    root = logging.getLogger()
+    if progress.use_bars():  # on a terminal, log lines are written above the progress bars
+        handler = progress.TqdmHandler(sys.stderr)
+        handler.setFormatter(root.handlers[0].formatter)
+        root.handlers = [handler]
     for noisy in ("alembic", "mlflow.store.db", "mlflow.tracking.fluent", "absl", "h5py", "PIL", "matplotlib",
                   "optuna", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -110,6 +117,7 @@ def _setup(verbose: bool, tracking_uri: str | None = None) -> None:
 
     tracking.configure(tracking_uri)
     tracking.install_signal_handlers()
+    tracking.capture_console(root.handlers[0].formatter)  # each step run keeps its console.log
 
 
 def _require_tensorflow() -> None:

@@ -187,6 +187,37 @@ def process_tags() -> dict[str, str]:
     return {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname()}
 
 
+# ---------------------------------------------------------------- the console, saved with each step
+
+
+_CONSOLE: dict[str, Any] = {}
+
+
+def capture_console(formatter: logging.Formatter | None = None) -> Path:
+    """Copy this process's log lines into a file; each step run saves its share as ``console.log``."""
+    fd, name = tempfile.mkstemp(prefix="medtune-console-", suffix=".log")
+    os.close(fd)
+    handler = logging.FileHandler(name, encoding="utf-8")
+    handler.setFormatter(formatter or logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.getLogger().addHandler(handler)
+    _CONSOLE.update(path=Path(name), offset=0, handler=handler)
+    return Path(name)
+
+
+def save_console(run: RunLogger) -> None:
+    """Log the console lines written since the previous step saved its own, as ``console.log``."""
+    path = _CONSOLE.get("path")
+    if path is None:
+        return
+    _CONSOLE["handler"].flush()
+    data = path.read_bytes()
+    _CONSOLE["offset"], start = len(data), _CONSOLE["offset"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "console.log"
+        out.write_bytes(data[start:])
+        run.file(out)
+
+
 # ---------------------------------------------------------------- run lifecycle
 
 
@@ -293,6 +324,9 @@ def step_run(
         if error is not None:
             with contextlib.suppress(Exception):
                 client.set_tag(run.info.run_id, TAG_ERROR, one_line(error))
+                log.error("%s failed: %s", step, one_line(error))  # the reason is in console.log too
+        with contextlib.suppress(Exception):
+            save_console(logger)
         with contextlib.suppress(Exception):
             mlflow.flush_async_logging()
         mlflow.end_run(status)

@@ -322,6 +322,11 @@ def scan_dataset(
     return result, arrays
 
 
+def _counts(counts: Counter) -> str:
+    """``" (3 truncated image, 1 zero-byte file)"``, or nothing when there are none."""
+    return f" ({', '.join(f'{n} {what}' for what, n in counts.most_common())})" if counts else ""
+
+
 def _result(
     layout: Layout, records: list[ImageRecord], skipped: list[SkippedFile], ignored: Counter
 ) -> ScanResult:
@@ -330,11 +335,11 @@ def _result(
     skipped.sort(key=lambda s: s.path)
     reasons = Counter(s.reason for s in skipped)
     logger.info(
-        "scanned %s: %d valid images, %d skipped %s, ignored %s",
-        root, len(records), len(skipped), dict(reasons), dict(ignored),
+        "scanned %s: %d valid images, %d skipped%s, %d ignored%s",
+        root, len(records), len(skipped), _counts(reasons), sum(ignored.values()), _counts(ignored),
     )  # fmt: skip
     if not records:
-        raise DataError(f"no valid images in {root} ({len(skipped)} files failed: {dict(reasons)})")
+        raise DataError(f"no valid images in {root} ({len(skipped)} files failed{_counts(reasons)})")
     classes = sorted({r.label for r in records})
     empty = sorted(set(layout.classes) - set(classes))
     if empty:

@@ -74,6 +74,7 @@ class MlflowRecorder:
         self.best: float | None = None
         self.done = 0  # trials COMPLETE or PRUNED in the study (all sessions and workers)
         self.direction = objective_direction(opts.objective)
+        self.bar = None  # trials left in this session: a bar on a terminal, an ETA in each line
 
     # -- engine callbacks
     def trial_started(self, number: int, params: dict):
@@ -109,6 +110,11 @@ class MlflowRecorder:
             logger.tags({"medtune.weights_source": source.source if source else "none",
                          "medtune.weights_sha256": source.sha256 if source else ""})
         handle = _Handle(logger, number, time.perf_counter(), params)
+        if self.bar is None:
+            from medtune.progress import Counter
+
+            left = max(self.opts.trials - self.done, 1) if self.opts.engine != "keras_hyperband" else 0
+            self.bar = Counter("trials", left, "trial", lines=False)
         # the number is Optuna's and the run's (trial-007 is "trial 7"), counted from 0
         progress_log.info("trial %d started (%s, best %s): %s", number, self._done(), _fmt(self.best), _short(params))
         return handle
@@ -153,10 +159,12 @@ class MlflowRecorder:
                 self.best = result.value
         if state in (COMPLETE, PRUNED):
             self.done += 1
+            self.bar.update(1, postfix=f"best {_fmt(self.best)}")
         progress_log.info(
-            "trial %d %s in %.0f s: %s=%s (best %s; %s)%s",
+            "trial %d %s in %.0f s: %s=%s (best %s; %s%s)%s",
             handle.number, "KILLED" if interrupted else state, seconds, self.opts.objective,
             _fmt(result.value if result is not None else None), _fmt(self.best), self._done(),
+            f", {self.bar.eta()}" if self.bar.total else "",
             f": {tracking.one_line(error)}" if error is not None and not interrupted else "",
         )
 

@@ -67,7 +67,11 @@ def prepare(opts: SplitOptions) -> tuple[ResolvedDataset, SplitResult, dict, flo
     layout = detect_layout(resolved.root, resolved.spec.classes if resolved.spec else None)
     index = settings.cache_dir() / "index" / f"{safe_name(resolved.name)}.json"
     log.info("Scanning %s", resolved.root)
-    scan, arrays = scan_dataset(layout, index_path=index, keep_size=opts.image_size, channels=CHANNELS)
+    from medtune.progress import Counter
+
+    with Counter("validating files", 0, "file") as bar:
+        scan, arrays = scan_dataset(layout, index_path=index, keep_size=opts.image_size, channels=CHANNELS,
+                                    progress=bar.to)
     log.info(
         "Scanned %d valid images in %d classes (%d skipped)", len(scan.records), len(scan.classes), len(scan.skipped)
     )

@@ -110,12 +110,19 @@ def device_summary(mixed_precision: bool) -> tuple[str, bool]:
     return "CPU", False
 
 
-def _epoch_logger(run: tracking.RunLogger):
+def _epoch_logger(run: tracking.RunLogger, epochs: int):
     import keras
 
+    from medtune.progress import Counter
     from medtune.steps.search import _finite, _metric_name
 
     class EpochLogger(keras.callbacks.Callback):
+        """Per-epoch metrics to the run, and one readable line per epoch with the time left (a bar on a terminal)."""
+
+        def on_train_begin(self, logs=None):
+            if not hasattr(self, "bar"):  # one bar over all stages
+                self.bar = Counter("final training", epochs, "epoch", lines=False)
+
         def on_epoch_end(self, epoch, logs=None):
             logs = dict(logs or {})
             lr = getattr(self.model.optimizer, "learning_rate", None)
@@ -125,7 +132,14 @@ def _epoch_logger(run: tracking.RunLogger):
                 except Exception:  # noqa: BLE001
                     pass
             run.metrics({_metric_name(k): float(v) for k, v in logs.items() if _finite(v)}, step=epoch, synchronous=False)
-            log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={float(v):.4f}" for k, v in logs.items() if _finite(v)))
+            shown = {k: v for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1")}
+            text = ", ".join(f"{k}={float(v):.4f}" for k, v in shown.items() if _finite(v))
+            self.bar.to(epoch + 1)
+            log.info("epoch %d/%d: %s (%s; early stopping may end sooner)", epoch + 1, epochs, text, self.bar.eta())
+
+        def on_train_end(self, logs=None):
+            if self.model.stop_training or self.bar.done >= epochs:
+                self.bar.close()
 
     return EpochLogger()
 
@@ -196,7 +210,10 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
         if class_weight:
             run.json({classes[k]: v for k, v in class_weight.items()}, "class_weights.json")
         mlflow.log_input(manifest_dataset(split), context="training")
-        log.info("Final training on %s (%s, mixed precision %s): %s", device, split.dataset, mixed, params)
+        from medtune.steps.search import _short
+
+        log.info("Final training on %s (%s, mixed precision %s): %s", device, split.dataset, "on" if mixed else "off",
+                 _short(params))
         batch = int(params.get("batch_size", 32))
         train_ds = training.make_dataset(cache.x["train"], cache.y["train"], n_classes, batch, training=True,
                                          augment=float(params.get("augment", 0.0)), seed=opts.seed)
@@ -213,7 +230,7 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
                                                   min_lr=1e-6),
                 keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_macro_f1", mode="max", save_best_only=True,
                                                 save_weights_only=True),
-                _epoch_logger(run),
+                _epoch_logger(run, opts.epochs),
             ]
             history = training.fit_stages(
                 model, params, train_ds, val_ds, y_val=cache.y["val"], epochs=opts.epochs, class_weight=class_weight,
