@@ -138,8 +138,9 @@ class _Group(click.Group):
     """Every command also takes ``-v/--verbose`` after its name (``medtune split -v``)."""
 
     def add_command(self, cmd, name=None):
-        cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, is_eager=True,
-                                       callback=_verbose_after_command, help="Debug logging."))
+        if not any(p.name == "verbose" for p in cmd.params):  # a command may declare its own
+            cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, is_eager=True,
+                                           callback=_verbose_after_command, help="Debug logging."))
         super().add_command(cmd, name)
 
 
