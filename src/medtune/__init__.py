@@ -6,6 +6,7 @@ From Python (notebooks): ``medtune.split``, ``medtune.search``, ``medtune.train`
 
 __version__ = "0.1.0"
 
-from medtune.api import Model, load, search, split, train  # noqa: E402
+from medtune import search  # noqa: E402 - the package, callable: medtune.search(...) is medtune.api.search
+from medtune.api import Model, load, split, train  # noqa: E402
 
 __all__ = ["Model", "__version__", "load", "search", "split", "train"]
