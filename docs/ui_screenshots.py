@@ -116,7 +116,8 @@ def main() -> None:
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="medtune-ui-"))
     env = {**os.environ, "MEDTUNE_HOME": str(home), "MEDTUNE_SYNTHETIC": os.environ.get("MEDTUNE_SYNTHETIC", "60,48"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
+           "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # this medtune
     if args.home is None:
         run_pipeline(home, env)
     server = start_server(home, env)

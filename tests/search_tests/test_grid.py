@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -66,6 +67,9 @@ params:
     size_line = next(i for i, m in enumerate(messages) if m.startswith("Grid of grid.yaml: 4 points"))
     first_trial = next(i for i, m in enumerate(messages) if m.startswith("trial 0 started"))
     assert size_line < first_trial
+    finished = [m for m in messages if " COMPLETE in " in m]
+    assert re.search(r"; 1 of 4 done, ETA \d+ s\)$", finished[0]), finished  # time left, after each trial
+    assert finished[-1].endswith("; 4 of 4 done)"), finished
     points = {(s.params["batch_norm"], s.params["dropout"]) for s in out.summaries}
     assert len(out.summaries) == 4 and points == {(False, 0.0), (False, 0.2), (True, 0.0), (True, 0.2)}
     parent = store.client.get_run(out.run_id)

@@ -164,7 +164,7 @@ class MlflowRecorder:
             "trial %d %s in %.0f s: %s=%s (best %s; %s%s)%s",
             handle.number, "KILLED" if interrupted else state, seconds, self.opts.objective,
             _fmt(result.value if result is not None else None), _fmt(self.best), self._done(),
-            f", {self.bar.eta()}" if self.bar.total else "",
+            f", {self.bar.eta()}" if 0 < self.bar.done < self.bar.total else "",
             f": {tracking.one_line(error)}" if error is not None and not interrupted else "",
         )
 
