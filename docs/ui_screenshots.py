@@ -21,12 +21,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "ui"
 PORT = 5055
+TRIALS_ONLY = "tags.`medtune.step` = 'trial'"
 
 
 def run_pipeline(home: Path, env: dict) -> None:
@@ -72,7 +74,8 @@ def shoot(found: dict) -> list[Path]:
     exp = found["exp"]
     pages = [
         ("1_runs", f"/experiments/{exp}/runs?workflowType=machine_learning", "expand"),
-        ("2_trials_chart", f"/experiments/{exp}/runs?workflowType=machine_learning&compareRunsMode=CHART", None),
+        ("2_trials_chart", f"/experiments/{exp}/runs?workflowType=machine_learning&compareRunsMode=CHART"
+                           f"&searchFilter={urllib.parse.quote(TRIALS_ONLY)}", None),
         ("3_parallel_coordinates",
          f"/compare-runs?runs={json.dumps(found['trials'])}&experiments={json.dumps([exp])}", None),
         ("4_gradcam", f"/experiments/{exp}/runs/{found['train']}/artifacts/evaluation/gradcam", "first_image"),
@@ -87,8 +90,8 @@ def shoot(found: dict) -> list[Path]:
                                     args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         for name, route, action in pages:
-            page.goto(base + route, wait_until="networkidle")
-            page.wait_for_timeout(2500)
+            page.goto(base + route, wait_until="load")  # the runs page keeps polling: no "network idle"
+            page.wait_for_timeout(5000)
             for text in ("Got it",):  # first-visit hints
                 hint = page.get_by_text(text, exact=True)
                 if hint.count():
@@ -97,7 +100,7 @@ def shoot(found: dict) -> list[Path]:
             if close.count():
                 close.first.click(timeout=3000)
             if action == "expand":  # show a search's trials under it
-                expander = page.locator("[data-testid*='expander'], [aria-label*='xpand']")
+                expander = page.locator("button[data-component-id*='runnamecellrenderer']")  # the + before a parent
                 if expander.count():
                     expander.first.click(timeout=3000)
             if action == "first_image":
