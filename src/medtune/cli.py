@@ -11,10 +11,55 @@ import sys
 
 import click
 
+from medtune import __version__
 from medtune.errors import MedtuneError
-from medtune.search.base import PRUNERS
+from medtune.plan import AUTO
+from medtune.search.base import ENGINE_ALIASES, ENGINES, PRUNERS
+from medtune.search.trial import OBJECTIVES
 
 log = logging.getLogger("medtune")
+
+
+class _Auto(click.ParamType):
+    """A value, or ``auto`` (the default): sized from the machine and dataset (see medtune.plan)."""
+
+    def __init__(self, inner: click.ParamType):
+        self.inner, self.name = inner, inner.name
+
+    def convert(self, value, param, ctx):
+        if value is None or str(value).strip().lower() in ("", AUTO):
+            return None
+        return self.inner.convert(value, param, ctx)
+
+    def get_metavar(self, param, ctx=None):  # noqa: ARG002
+        choices = getattr(self.inner, "choices", None)
+        return f"[{'|'.join((*choices, AUTO))}]" if choices else f"{self.name.upper()}|{AUTO}"
+
+
+def _auto(flag: str, kind, help_text: str):
+    """An option whose default is ``auto`` (sized from the machine, see medtune.plan)."""
+    return click.option(flag, default=AUTO, show_default=True, type=_Auto(kind),
+                        help=f"{help_text} (auto: sized from the machine, GPU or CPU)")
+
+
+ENGINE = click.option(
+    "--engine", default="optuna", show_default=True,
+    type=click.Choice([*ENGINES, *ENGINE_ALIASES]), callback=lambda ctx, p, v: ENGINE_ALIASES.get(v, v),
+    help="optuna (TPE), bayesian or keras_hyperband (keras-tuner); hyperband is an old name for keras_hyperband.",
+)
+OBJECTIVE = click.option("--objective", default="val_macro_f1", show_default=True, type=click.Choice(list(OBJECTIVES)))
+PRUNER = _auto("--pruner", click.Choice(PRUNERS), "Optuna pruner, per epoch")
+CLASS_WEIGHTS = click.option("--class-weights", default=True, show_default=True, type=click.BOOL,
+                             help="Weight classes by inverse frequency (balanced): true or false.")
+TIMEOUT = click.option("--timeout", default=0.0, show_default=True, type=float, help="Seconds; 0 = no limit (Optuna).")
+STUDY = click.option("--study", default="", callback=lambda ctx, p, v: _none_if_empty(ctx, p, v),
+                     help="Study name; the same name resumes (default: derived from dataset, space, engine, size, split).")
+STORAGE = click.option("--storage", default="", callback=lambda ctx, p, v: _none_if_empty(ctx, p, v),
+                       envvar="MEDTUNE_OPTUNA_STORAGE",
+                       help="Optuna storage URL, e.g. postgresql://user@host/db (default: sqlite:///optuna.db).")
+SPACE = click.option("--space", default="", callback=lambda ctx, p, v: _none_if_empty(ctx, p, v),
+                     help="Space file or name in search_spaces/ (default: demo for synthetic, else cnn_cpu on CPU, "
+                          "cnn on a GPU).")
 
 
 def _none_if_empty(ctx, param, value):  # noqa: ARG001
@@ -56,18 +101,52 @@ def _setup(verbose: bool, tracking_uri: str | None = None) -> None:
         datefmt="%H:%M:%S",
         force=True,
     )
+    from medtune import progress
+
+    root = logging.getLogger()
+    if progress.use_bars():  # on a terminal, log lines are written above the progress bars
+        handler = progress.TqdmHandler(sys.stderr)
+        handler.setFormatter(root.handlers[0].formatter)
+        root.handlers = [handler]
     for noisy in ("alembic", "mlflow.store.db", "mlflow.tracking.fluent", "absl", "h5py", "PIL", "matplotlib",
                   "optuna", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices are not for users
+    _require_tensorflow()
     from medtune import tracking
 
     tracking.configure(tracking_uri)
     tracking.install_signal_handlers()
+    tracking.capture_console(root.handlers[0].formatter)  # each step run keeps its console.log
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _require_tensorflow() -> None:
+    """TensorFlow comes from an extra (or is preinstalled): without it, say how to get it, in one line."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise MedtuneError("TensorFlow is not installed: pip install 'medtune[cpu]' (CPU) "
+                           "or 'medtune[gpu]' (NVIDIA GPU on Linux, with CUDA)")
+
+
+def _verbose_after_command(ctx, param, value):  # noqa: ARG001
+    if value:
+        ctx.ensure_object(dict)["verbose"] = True
+
+
+class _Group(click.Group):
+    """Every command also takes ``-v/--verbose`` after its name (``medtune split -v``)."""
+
+    def add_command(self, cmd, name=None):
+        if not any(p.name == "verbose" for p in cmd.params):  # a command may declare its own
+            cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, is_eager=True,
+                                           callback=_verbose_after_command, help="Debug logging."))
+        super().add_command(cmd, name)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(__version__, "--version", prog_name="medtune")
 @click.pass_context
 def cli(ctx, verbose):
     """medtune: tracked hyperparameter search for medical-image classifiers."""
@@ -98,6 +177,7 @@ def split(ctx, dataset, data_dir, image_size, val_fraction, test_fraction, phash
     click.echo(
         f"split {out.resolved.name}: train={counts.get('train', 0)} val={counts.get('val', 0)} "
         f"test={counts.get('test', 0)} skipped={len(out.result.report.get('skipped', []))} "
+        f"ignored={len(out.result.report.get('ignored_files', []))} (both listed in report.json) "
         f"cache={'reused' if out.cache_reused else 'built'} ({out.seconds:.1f} s) "
         f"run={out.run_id}{' (reused)' if out.reused_run else ''}"
     )
@@ -110,42 +190,37 @@ def WEIGHTS_OPTION(default: str):  # noqa: N802 - reads like the other option co
              + ("" if default else " (default: what the search used)") + ".")
 
 
-def _search_options(fn):
-    """Options of `search` and its engine shortcuts, defined once."""
+def _search_options(optuna_only: bool = True):
+    """Options of `search` and its engine shortcuts, defined once (`bayesian` has no Optuna-only ones)."""
     decorators = [
         DATASET,
         DATA_DIR,
-        click.option("--space", default="", callback=_none_if_empty,
-                     help="Space file or name in search_spaces/ (default: cnn)."),
-        click.option("--trials", default=10, show_default=True, type=int, help="Trials to complete (resumed searches count earlier ones)."),
-        click.option("--epochs", default=5, show_default=True, type=int, help="Maximum epochs per trial."),
-        click.option("--image-size", default=64, show_default=True, type=int,
-                     help="Search at a smaller size than final training (see README, Performance)."),
-        click.option("--objective", default="val_macro_f1", show_default=True,
-                     type=click.Choice(["val_macro_f1", "val_accuracy", "val_balanced_accuracy", "val_loss"])),
-        click.option("--timeout", default=0.0, show_default=True, type=float, help="Seconds; 0 = no limit (Optuna)."),
-        click.option("--study", default="", callback=_none_if_empty,
-                     help="Study name; the same name resumes (default: derived from dataset, space, engine, size, split)."),
-        click.option("--storage", default="", callback=_none_if_empty, envvar="MEDTUNE_OPTUNA_STORAGE",
-                     help="Optuna storage URL, e.g. postgresql://user@host/db (default: sqlite:///optuna.db)."),
-        click.option("--pruner", default="median", show_default=True, type=click.Choice(PRUNERS)),
-        click.option("--class-weights", default=True, show_default=True, type=click.BOOL,
-                     help="Weight classes by inverse frequency (balanced): true or false."),
+        SPACE,
+        _auto("--trials", click.INT, "Trials to complete (resumed searches count earlier ones)"),
+        _auto("--epochs", click.INT, "Maximum epochs per trial"),
+        _auto("--image-size", click.INT, "Search at a smaller size than final training (see README, Performance)"),
+        OBJECTIVE,
+        *([TIMEOUT, STUDY, STORAGE, PRUNER] if optuna_only else [STUDY]),
+        CLASS_WEIGHTS,
         click.option("--split-run", default="latest", show_default=True, help="Split run id to train on."),
         WEIGHTS_OPTION("imagenet"),
         SEED,
         TRACKING_URI,
     ]
-    for deco in reversed(decorators):
-        fn = deco(fn)
-    return fn
+
+    def wrap(fn):
+        for deco in reversed(decorators):
+            fn = deco(fn)
+        return fn
+
+    return wrap
 
 
 def _run_search(ctx, engine, **kw):
     _setup(ctx.obj["verbose"], kw.pop("tracking_uri"))
     from medtune.steps.search import SearchOptions, run_search
 
-    kw["timeout"] = kw["timeout"] or None
+    kw["timeout"] = kw.get("timeout") or None
     kw["split_run"] = None if kw["split_run"] in ("", "latest") else kw["split_run"]
     out = run_search(SearchOptions(engine=engine, **kw))
     best = f"best trial {out.best.number}: {kw['objective']}={out.best.value:.4f}" if out.best else "no trial completed"
@@ -153,8 +228,8 @@ def _run_search(ctx, engine, **kw):
 
 
 @cli.command()
-@click.option("--engine", default="optuna", show_default=True, type=click.Choice(["optuna", "bayesian", "hyperband"]))
-@_search_options
+@ENGINE
+@_search_options()
 @click.pass_context
 def search(ctx, engine, **kw):
     """Hyperparameter search: Optuna TPE (default) or keras-tuner Bayesian/Hyperband."""
@@ -162,7 +237,7 @@ def search(ctx, engine, **kw):
 
 
 @cli.command()
-@_search_options
+@_search_options()
 @click.pass_context
 def optuna(ctx, **kw):
     """Shortcut for `search --engine optuna`."""
@@ -170,7 +245,7 @@ def optuna(ctx, **kw):
 
 
 @cli.command()
-@_search_options
+@_search_options(optuna_only=False)
 @click.pass_context
 def bayesian(ctx, **kw):
     """Shortcut for `search --engine bayesian` (keras-tuner BayesianOptimization)."""
@@ -180,8 +255,8 @@ def bayesian(ctx, **kw):
 TRAIN_OPTIONS = [
     click.option("--search-run", default="latest", show_default=True, help="Search run whose best trial to train."),
     click.option("--params", default="", callback=_none_if_empty, help="YAML/JSON file of explicit params (instead of a search)."),
-    click.option("--epochs", default=50, show_default=True, type=int, help="Maximum epochs (early stopping ends sooner)."),
-    click.option("--image-size", default=128, show_default=True, type=int),
+    _auto("--epochs", click.INT, "Maximum epochs (early stopping ends sooner)"),
+    _auto("--image-size", click.INT, "Final-training image size"),
     click.option("--patience", default=8, show_default=True, type=int, help="Early-stopping patience in epochs."),
     click.option("--mixed-precision", default=True, show_default=True, type=click.BOOL,
                  help="Mixed precision on GPU (ignored on CPU)."),
@@ -283,13 +358,19 @@ def app(ctx, model_uri, host, port, max_file_size, tracking_uri):
 @cli.command(name="main")
 @DATASET
 @DATA_DIR
-@click.option("--engine", default="optuna", show_default=True, type=click.Choice(["optuna", "bayesian", "hyperband"]))
-@click.option("--space", default="", callback=_none_if_empty)
-@click.option("--trials", default=4, show_default=True, type=int)
-@click.option("--search-epochs", default=3, show_default=True, type=int)
-@click.option("--search-image-size", default=48, show_default=True, type=int)
-@click.option("--epochs", default=12, show_default=True, type=int, help="Final-training epochs.")
-@click.option("--image-size", default=64, show_default=True, type=int, help="Final-training image size.")
+@ENGINE
+@SPACE
+@_auto("--trials", click.INT, "Search trials")
+@_auto("--search-epochs", click.INT, "Maximum epochs per search trial")
+@_auto("--search-image-size", click.INT, "Search image size")
+@_auto("--epochs", click.INT, "Final-training epochs")
+@_auto("--image-size", click.INT, "Final-training image size")
+@OBJECTIVE
+@PRUNER
+@CLASS_WEIGHTS
+@TIMEOUT
+@STUDY
+@STORAGE
 @click.option("--patience", default=8, show_default=True, type=int, help="Final-training early-stopping patience.")
 @click.option("--margin", default=0.0, show_default=True, type=float,
               help="Macro-F1 margin a new model must beat the champion by.")
@@ -299,17 +380,19 @@ def app(ctx, model_uri, host, port, max_file_size, tracking_uri):
 @SEED
 @TRACKING_URI
 @click.pass_context
-def main_pipeline(ctx, dataset, data_dir, engine, space, trials, search_epochs, search_image_size, epochs, image_size,
-                  patience, margin, mixed_precision, weights, seed, tracking_uri):
+def main_pipeline(ctx, tracking_uri, timeout, **kw):
     """Split, search, train, evaluate and promote in one go (each step its own run)."""
     _setup(ctx.obj["verbose"], tracking_uri)
     from medtune.steps.pipeline import PipelineOptions, run_pipeline
 
-    out = run_pipeline(PipelineOptions(dataset=dataset, data_dir=data_dir, engine=engine, space=space, trials=trials,
-                                       search_epochs=search_epochs, search_image_size=search_image_size, epochs=epochs,
-                                       image_size=image_size, patience=patience, margin=margin,
-                                       mixed_precision=mixed_precision, weights=weights, seed=seed))
+    out = run_pipeline(PipelineOptions(timeout=timeout or None, **kw))
     click.echo(out.summary())
+
+
+def mlflow_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
 
 
 def main() -> None:
@@ -324,6 +407,13 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except MedtuneError as exc:
         click.echo(f"medtune: error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # an MLflow lookup medtune did not foresee: still one line
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException):
+            raise
+        click.echo(f"medtune: error: MLflow ({mlflow_uri()}): {' '.join(exc.message.split())[:300]}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("medtune: interrupted; runs were ended KILLED and the search can be resumed", err=True)

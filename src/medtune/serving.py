@@ -187,17 +187,26 @@ def _requirements() -> list[str]:
 
 
 def load_keras_from_uri(model_uri: str, dst: Path):
-    """Download a logged medtune model and return (keras model, metadata)."""
-    import keras
+    """Download a logged medtune model and return (keras model, metadata).
+
+    An unknown URI is a one-line error naming it and what the store holds, before TensorFlow loads.
+    """
     import mlflow
 
-    import medtune.models.layers  # noqa: F401 - registers the layers transfer models contain
+    from medtune import tracking
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+    except (mlflow.exceptions.MlflowException, OSError) as exc:
+        raise tracking.model_lookup_error(model_uri, exc) from exc
     keras_file = next(local.rglob("model.keras"), None)
     meta_file = next(local.rglob("metadata.json"), None)
     if keras_file is None or meta_file is None:
         from medtune.errors import ConfigError
 
         raise ConfigError(f"model_uri={model_uri}: not a medtune model (no model.keras/metadata.json inside)")
+    import keras
+
+    import medtune.models.layers  # noqa: F401 - registers the layers transfer models contain
+
     return keras.models.load_model(keras_file, compile=False), json.loads(meta_file.read_text())

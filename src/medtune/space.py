@@ -279,9 +279,8 @@ def resolve_space_path(name_or_path: str | Path | None) -> Path:
 
     ``None`` means :data:`DEFAULT_SPACE`. A bare name (no ``/``, no ``.yaml``/``.yml``
     suffix), e.g. ``transfer``, is looked up as ``search_spaces/<name>.yaml`` first in the
-    project directory (:func:`medtune.settings.project_dir`), then in the medtune source
-    checkout (found by walking up from ``medtune.__file__``, which works for editable
-    installs). Anything else is taken as a path and returned as given (a missing file is
+    project directory (:func:`medtune.settings.project_dir`), then among the spaces shipped
+    in the package (``medtune/search_spaces/``, package data). Anything else is taken as a path and returned as given (a missing file is
     reported by :func:`load_space`).
 
     Raises:
@@ -310,17 +309,12 @@ def resolve_space_path(name_or_path: str | Path | None) -> Path:
 
 
 def _space_dirs() -> list[Path]:
+    """``search_spaces/`` in the project directory (the user's own), then the spaces shipped in the package."""
     from medtune import settings  # late: settings reads the environment when called
 
-    dirs = [settings.project_dir() / SPACES_DIRNAME]
-    here = Path(__file__).resolve().parent
-    for parent in here.parents:
-        candidate = parent / SPACES_DIRNAME
-        if candidate.is_dir():
-            if candidate not in dirs:
-                dirs.append(candidate)
-            break
-    return dirs
+    shipped = Path(__file__).resolve().parent / SPACES_DIRNAME  # package data: found by wheels and editable installs
+    own = settings.project_dir() / SPACES_DIRNAME
+    return [own] if own.resolve() == shipped else [own, shipped]
 
 
 # --------------------------------------------------------------------------- validation

@@ -206,3 +206,27 @@ def test_scan_real_brain_mri_sample(tmp_path):
     assert all(len(r.phash) == 16 and r.mode in ("L", "RGB") for r in result.records)
     assert len(arrays) == 40 and all(a.shape == (32, 32, 3) for a in arrays.values())
     shutil.rmtree(tmp_path / "Training")
+
+
+def test_every_ignored_entry_is_named_with_its_reason(messy):
+    _put(messy / "train" / "cat" / "notes.txt", b"taken on the old scanner\n")
+    result, _ = scan_dataset(detect_layout(messy))
+    named = {str(Path(s.path).relative_to(messy)): s.reason for s in result.ignored_files}
+    assert named["train/cat/notes.txt"] == "not an image file (.txt)"
+    assert named["train/cat/labels.csv"] == "not an image file (.csv)"
+    assert named["train/cat/._a.jpg"] == "hidden (name starts with a dot)"
+    assert named["train/cat/.ipynb_checkpoints"] == "notebook checkpoint folder"
+    assert named["train/dog/images/link_out.png"] == "symbolic link to outside the dataset"
+    assert any(reason.startswith("mask folder") for reason in named.values())
+    assert len(result.ignored_files) == sum(result.ignored.values()), "one named entry per counted one"
+
+
+def test_the_split_report_lists_ignored_files_as_it_lists_skipped_ones(messy):
+    from medtune.datasets.splitting import make_split
+
+    _put(messy / "train" / "cat" / "notes.txt", b"x")
+    result, _ = scan_dataset(detect_layout(messy))
+    report = make_split(result, seed=1).report
+    assert {"path": str(messy / "train" / "cat" / "notes.txt"), "reason": "not an image file (.txt)"} \
+        in report["ignored_files"]
+    assert len(report["ignored_files"]) == sum(report["ignored"].values())

@@ -168,7 +168,7 @@ def test_hyperband_search(project, store, caplog):
     finished = [r.getMessage() for r in caplog.records if " COMPLETE in " in r.getMessage()]
     assert len(finished) == len(out.summaries) and finished[-1].endswith(f"; {len(out.summaries)} done)"), finished
     parent = store.client.get_run(out.run_id)
-    assert parent.info.status == "FINISHED" and parent.data.params["engine"] == "hyperband"
+    assert parent.info.status == "FINISHED" and parent.data.params["engine"] == "keras_hyperband"
     children = store.trials(parent=out.run_id)
     assert len(children) == len(out.summaries) >= 2
     assert all(r.info.status == "FINISHED" and r.data.tags["medtune.trial_state"] == "COMPLETE" for r in children)

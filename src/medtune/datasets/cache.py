@@ -137,8 +137,10 @@ def _split_rows(manifest: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def _default_decode(paths: list[str], size: int, channels: int) -> np.ndarray:
     from medtune.datasets.images import decode_many  # lazy: written separately, pulls in Pillow work
+    from medtune.progress import Counter
 
-    return decode_many(paths, size, channels)
+    with Counter(f"building the {size} px array cache", len(paths), "image") as bar:
+        return decode_many(paths, size, channels, progress=bar.to)
 
 
 def load_cache(path: Path) -> CachedSplits:

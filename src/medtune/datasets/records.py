@@ -48,6 +48,7 @@ class ScanResult:
         skipped: files that failed validation, with a reason each.
         ignored: counts of entries ignored on purpose, by kind
             (``hidden``, ``checkpoint``, ``symlink_outside``, ``mask``, ``non_image_extension``...).
+        ignored_files: the same entries by path, each with a readable reason.
         has_official_test: whether the layout had a separate test folder.
     """
 
@@ -56,4 +57,5 @@ class ScanResult:
     records: list[ImageRecord]
     skipped: list[SkippedFile] = field(default_factory=list)
     ignored: dict[str, int] = field(default_factory=dict)
+    ignored_files: list[SkippedFile] = field(default_factory=list)  # each ignored entry, with its reason
     has_official_test: bool = False

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
-import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,25 +147,25 @@ def safe_name(text: str) -> str:
     return out or "unnamed"
 
 
-def network_available(host: str = KAGGLE_HOST, port: int = 443, timeout: float = NETWORK_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds.
+def dataset_name(dataset: str) -> str:
+    """The name a dataset's runs are logged under, found without touching its files.
 
-    Name resolution is included in the timeout (it runs in a daemon thread), so a machine
-    without network answers ``False`` in at most ``timeout`` seconds.
+    A registered name is itself; a folder gets the file-safe name of its last component (as
+    :func:`resolve_dataset` gives it); any other name its file-safe form.
     """
-    result: list[bool] = []
+    if dataset in DATASETS:
+        return dataset
+    as_path = Path(dataset).expanduser()
+    if as_path.is_dir():
+        return safe_name(as_path.resolve().name)
+    return safe_name(dataset)
 
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
 
-    thread = threading.Thread(target=probe, name="medtune-net-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
+def network_available(host: str = KAGGLE_HOST, port: int = 443, timeout: float = NETWORK_TIMEOUT_S) -> bool:
+    """Whether ``host:port`` answers within ``timeout`` seconds, through ``HTTPS_PROXY`` when one applies."""
+    from medtune.network import reachable
+
+    return reachable(host, port, timeout)
 
 
 def _has_content(folder: Path) -> bool:
@@ -260,7 +258,9 @@ def resolve_dataset(
     if not allow_download:
         raise _not_found(name, places, spec.kaggle_handle, "download not allowed")
     if not network_available():
-        raise _not_found(name, places, spec.kaggle_handle, f"no network to {KAGGLE_HOST}")
+        from medtune.network import route
+
+        raise _not_found(name, places, spec.kaggle_handle, f"no network to {route(KAGGLE_HOST)}")
     return _download(spec, places)
 
 

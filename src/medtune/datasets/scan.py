@@ -47,6 +47,15 @@ NON_IMAGE_EXTENSIONS = frozenset(
     }
 )  # fmt: skip
 
+#: Why an entry is ignored on purpose, by kind (the report lists each entry with this reason).
+IGNORED_REASONS = {
+    "hidden": "hidden (name starts with a dot)",
+    "checkpoint": "notebook checkpoint folder",
+    "mask": "mask folder (segmentation masks are not training images)",
+    "symlink_outside": "symbolic link to outside the dataset",
+    "non_image_extension": "not an image file",
+}
+
 #: Bumped when what the index stores changes; an index of another version is ignored.
 INDEX_VERSION = 1
 
@@ -70,6 +79,7 @@ class _Walker:
     def __init__(self, root: Path) -> None:
         self.root_real = os.path.realpath(root)
         self.ignored: Counter[str] = Counter()
+        self.ignored_files: list[SkippedFile] = []  # what was passed over, by name, with the reason
         self.skipped: list[SkippedFile] = []
         self.candidates: list[_Candidate] = []
         self._seen: set[str] = set()
@@ -78,7 +88,7 @@ class _Walker:
     def walk(self, folder: Path, label: str, source: str) -> None:
         real = os.path.realpath(folder)
         if not _inside(real, self.root_real):
-            self.ignored["symlink_outside"] += 1
+            self._ignore(str(folder), "symlink_outside")
             logger.warning("class folder %s points outside the dataset root; ignored", folder)
             return
         stack = [os.path.abspath(folder)]
@@ -100,20 +110,27 @@ class _Walker:
                     subdirs.append(sub)
             stack.extend(reversed(subdirs))  # depth-first, in name order
 
+    def _ignore(self, path: str, kind: str) -> None:
+        self.ignored[kind] += 1
+        reason = IGNORED_REASONS[kind]
+        if kind == "non_image_extension":
+            reason = f"{reason} ({os.path.splitext(path)[1].lower()})"
+        self.ignored_files.append(SkippedFile(path, reason))
+
     def _visit(self, entry: os.DirEntry, label: str, source: str) -> str | None:
         name = entry.name
         if name == ".ipynb_checkpoints":
-            self.ignored["checkpoint"] += 1
+            self._ignore(entry.path, "checkpoint")
             return None
         if name.startswith("."):
-            self.ignored["hidden"] += 1
+            self._ignore(entry.path, "hidden")
             return None
         path = entry.path
         try:
             if entry.is_symlink():
                 target = os.path.realpath(path)
                 if not _inside(target, self.root_real):
-                    self.ignored["symlink_outside"] += 1
+                    self._ignore(path, "symlink_outside")
                     return None
                 if not os.path.exists(target):
                     self.skipped.append(SkippedFile(path, "broken symlink"))
@@ -124,11 +141,11 @@ class _Walker:
             return None
         if is_dir:
             if name.lower() in MASK_NAMES:
-                self.ignored["mask"] += 1
+                self._ignore(path, "mask")
                 return None
             return path
         if os.path.splitext(name)[1].lower() in NON_IMAGE_EXTENSIONS:
-            self.ignored["non_image_extension"] += 1
+            self._ignore(path, "non_image_extension")
             return None
         if path in self._seen:
             return None
@@ -300,7 +317,14 @@ def scan_dataset(
         kept.update(new_index)
         _save_index(Path(index_path), kept)
 
-    return _result(layout, records, skipped, walker.ignored), arrays
+    result = _result(layout, records, skipped, walker.ignored)
+    result.ignored_files = sorted(walker.ignored_files, key=lambda s: s.path)
+    return result, arrays
+
+
+def _counts(counts: Counter) -> str:
+    """``" (3 truncated image, 1 zero-byte file)"``, or nothing when there are none."""
+    return f" ({', '.join(f'{n} {what}' for what, n in counts.most_common())})" if counts else ""
 
 
 def _result(
@@ -311,11 +335,11 @@ def _result(
     skipped.sort(key=lambda s: s.path)
     reasons = Counter(s.reason for s in skipped)
     logger.info(
-        "scanned %s: %d valid images, %d skipped %s, ignored %s",
-        root, len(records), len(skipped), dict(reasons), dict(ignored),
+        "scanned %s: %d valid images, %d skipped%s, %d ignored%s",
+        root, len(records), len(skipped), _counts(reasons), sum(ignored.values()), _counts(ignored),
     )  # fmt: skip
     if not records:
-        raise DataError(f"no valid images in {root} ({len(skipped)} files failed: {dict(reasons)})")
+        raise DataError(f"no valid images in {root} ({len(skipped)} files failed{_counts(reasons)})")
     classes = sorted({r.label for r in records})
     empty = sorted(set(layout.classes) - set(classes))
     if empty:

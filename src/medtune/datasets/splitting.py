@@ -288,6 +288,7 @@ def make_split(
         "totals": totals,
         "skipped": skipped,
         "ignored": {str(k): int(v) for k, v in sorted(scan.ignored.items())},
+        "ignored_files": [{"path": s.path, "reason": s.reason} for s in scan.ignored_files],
         "duplicate_groups": {
             "count": len(groups),
             "largest": largest,

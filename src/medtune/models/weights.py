@@ -159,10 +159,11 @@ def _imagenet(backbone: str) -> WeightsFile:
     host = urlparse(spec.imagenet_url).hostname
     hint = (f"download {spec.imagenet_url} on a machine with network and pass -P weights=<that file> "
             f"(or put it in {cached.parent}), or use -P weights=none")
-    try:
-        socket.create_connection((host, 443), timeout=PROBE_TIMEOUT_S).close()
-    except OSError as exc:
-        raise WeightsError(f"backbone {backbone}: ImageNet weights cannot be downloaded here ({host}: {exc}); {hint}") from None
+    from medtune.network import reachable, route
+
+    if not reachable(host, 443, PROBE_TIMEOUT_S):  # through HTTPS_PROXY when one applies, as the download
+        raise WeightsError(f"backbone {backbone}: ImageNet weights cannot be downloaded here "
+                           f"({route(host)} does not answer within {PROBE_TIMEOUT_S:.0f} s); {hint}") from None
     import keras
 
     previous = socket.getdefaulttimeout()

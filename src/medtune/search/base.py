@@ -10,6 +10,9 @@ log = logging.getLogger(__name__)
 
 COMPLETE, PRUNED, FAILED, RUNNING = "COMPLETE", "PRUNED", "FAILED", "RUNNING"
 PRUNERS = ("median", "hyperband", "asha", "none")  # the Optuna engine's pruner names
+ENGINES = ("optuna", "bayesian", "keras_hyperband", "grid")  # grid: Optuna's GridSampler
+ENGINE_ALIASES = {"hyperband": "keras_hyperband"}  # the old spelling; `hyperband` is also an Optuna pruner
+KERAS_TUNER_ENGINES = ("bayesian", "keras_hyperband")
 
 
 @dataclass
@@ -28,6 +31,7 @@ class SearchSettings:
     pruner: str = "median"  # one of PRUNERS
     workdir: str = ".medtune/keras_tuner"  # keras-tuner state
     weights: dict = field(default_factory=dict)  # backbone -> resolved WeightsFile
+    grid: dict | None = None  # parameter -> values: Optuna's GridSampler instead of TPE
 
 
 @dataclass

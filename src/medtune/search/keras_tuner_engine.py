@@ -158,10 +158,10 @@ def make_tuner(engine: str, space: SearchSpace, data: TrialData, cfg: SearchSett
     try:
         if engine == "bayesian":
             tuner = TrackedBayesian(max_trials=cfg.trials, num_initial_points=min(3, cfg.trials), **common)
-        elif engine == "hyperband":
+        elif engine in ("keras_hyperband", "hyperband"):
             tuner = TrackedHyperband(max_epochs=max(cfg.epochs, 2), factor=3, hyperband_iterations=1, **common)
         else:
-            raise ConfigError(f"engine={engine!r}: expected bayesian or hyperband for keras-tuner")
+            raise ConfigError(f"engine={engine!r}: expected bayesian or keras_hyperband for keras-tuner")
     except (json.JSONDecodeError, KeyError, RuntimeError, ValueError, TypeError) as exc:
         if isinstance(exc, ConfigError):
             raise
@@ -223,7 +223,7 @@ def run_search(engine: str, space: SearchSpace, data: TrialData, cfg: SearchSett
     tuner = make_tuner(engine, space, data, cfg, recorder)
     if cfg.timeout:
         log.warning("timeout is not supported by keras-tuner engines; the trial budget applies")
-    if engine == "hyperband":
+    if engine in ("keras_hyperband", "hyperband"):
         log.info("Hyperband sets its own number of trials from epochs=%d (max_epochs) and factor 3; trials=%d is ignored",
                  cfg.epochs, cfg.trials)
     recorder.progress(summaries(tuner))  # a resumed search shows its best so far from the start

@@ -106,6 +106,7 @@ def make_storage(url: str | None) -> optuna.storages.RDBStorage:
     url = url or default_storage()
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
         raise ConfigError(f"storage={url!r}: expected an RDB URL such as sqlite:///optuna.db or postgresql://...")
+    check_driver(url)
     if url.startswith("postgresql://"):  # SQLAlchemy 2.1 defaults to psycopg 3; medtune ships psycopg2
         url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     import sqlalchemy.exc
@@ -128,6 +129,17 @@ def make_storage(url: str | None) -> optuna.storages.RDBStorage:
             time.sleep(1 + attempt)
         except Exception as exc:  # connection refused, unknown driver, bad credentials
             raise ConfigError(f"storage={_redact(url)}: cannot open Optuna storage ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+
+
+def check_driver(url: str) -> None:
+    """A PostgreSQL storage needs psycopg2, which only the ``postgres`` extra installs: say so in one line."""
+    if not url.startswith("postgresql"):
+        return
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"storage={_redact(url)}: PostgreSQL needs its driver, which is not installed: "
+                          "pip install 'medtune[postgres]' (or psycopg2-binary)") from exc
 
 
 def _redact(url: str) -> str:
@@ -171,9 +183,12 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
 def open_study(space: SearchSpace, cfg: SearchSettings) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # medtune prints its own progress
     _no_trial_tracebacks()
-    sampler = TrialSeededTPESampler(
-        seed=cfg.seed, n_startup_trials=min(10, max(3, cfg.trials // 3)), multivariate=True, group=True,
-    )
+    if cfg.grid is not None:  # engine=grid: every point once, in an order drawn from the seed
+        sampler = optuna.samplers.GridSampler(cfg.grid, seed=cfg.seed)
+    else:
+        sampler = TrialSeededTPESampler(
+            seed=cfg.seed, n_startup_trials=min(10, max(3, cfg.trials // 3)), multivariate=True, group=True,
+        )
     study = optuna.create_study(
         study_name=cfg.study,
         storage=make_storage(cfg.storage),
@@ -317,6 +332,9 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
     while True:
         done = len(study.get_trials(deepcopy=False, states=counted))
         if done >= cfg.trials:
+            break
+        if cfg.grid is not None and study.sampler.is_exhausted(study):
+            log.info("Every point of the grid has been tried")
             break
         remaining = None
         if cfg.timeout:

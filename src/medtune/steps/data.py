@@ -56,9 +56,7 @@ def load_split(
             runs = tracking.find_runs(name, "split", max_results=1)
         run = runs[0]
     else:
-        from mlflow.tracking import MlflowClient
-
-        run = MlflowClient().get_run(split_run)
+        run = tracking.get_step_run(split_run, "split", "split_run", name)
     with tempfile.TemporaryDirectory() as tmp:
         manifest = pd.read_csv(tracking.download_artifact(run.info.run_id, "manifest.csv", Path(tmp)), dtype=str, keep_default_na=False)
         report = json.loads(tracking.download_artifact(run.info.run_id, "report.json", Path(tmp)).read_text())

@@ -14,12 +14,18 @@ class PipelineOptions:
     dataset: str = "synthetic"
     data_dir: str | None = None
     engine: str = "optuna"
-    space: str | None = None
-    trials: int = 4
-    search_epochs: int = 3
-    search_image_size: int = 48
-    epochs: int = 12
-    image_size: int = 64
+    space: str | None = None  # None (auto): sized from the machine, as for the separate steps
+    trials: int | None = None
+    search_epochs: int | None = None
+    search_image_size: int | None = None
+    epochs: int | None = None
+    image_size: int | None = None
+    objective: str = "val_macro_f1"
+    pruner: str | None = None
+    class_weights: bool = True
+    timeout: float | None = None
+    study: str | None = None
+    storage: str | None = None
     patience: int = 8
     margin: float = 0.0
     mixed_precision: bool = True
@@ -55,17 +61,32 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
     from medtune.steps.split import SplitOptions, run_split
     from medtune.steps.train import TrainOptions, run_train
 
+    from medtune.datasets.registry import dataset_name
+    from medtune.plan import fill
+    from medtune.steps.search import check_options
+
+    search_opts = SearchOptions(dataset=opts.dataset, data_dir=opts.data_dir, engine=opts.engine, space=opts.space,
+                                trials=opts.trials, epochs=opts.search_epochs, image_size=opts.search_image_size,
+                                objective=opts.objective, pruner=opts.pruner, class_weights=opts.class_weights,
+                                timeout=opts.timeout, study=opts.study, storage=opts.storage, seed=opts.seed,
+                                weights=opts.weights)
+    check_options(search_opts)  # every option is checked before the first step starts
+    if opts.epochs is not None and opts.epochs < 1:
+        from medtune.errors import ConfigError
+
+        raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
+    fill(opts, dataset_name(opts.dataset), {"epochs": "final_epochs", "image_size": "final_image_size"})
+    split_opts = SplitOptions(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size, seed=opts.seed)
+    split_opts.check()
     launcher_id = os.environ.pop("MLFLOW_RUN_ID", None)
     seconds = {}
     t = time.perf_counter()
-    split = run_split(SplitOptions(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size,
-                                   seed=opts.seed), reuse_run=True)
+    split = run_split(split_opts, reuse_run=True)
     seconds["split"] = time.perf_counter() - t
     _link(launcher_id, {"medtune.split_run_id": split.run_id})
     t = time.perf_counter()
-    search = run_search(SearchOptions(dataset=opts.dataset, data_dir=opts.data_dir, engine=opts.engine, space=opts.space,
-                                      trials=opts.trials, epochs=opts.search_epochs, image_size=opts.search_image_size,
-                                      seed=opts.seed, split_run=split.run_id, weights=opts.weights))
+    search_opts.split_run = split.run_id
+    search = run_search(search_opts)
     seconds["search"] = time.perf_counter() - t
     _link(launcher_id, {"medtune.search_run_id": search.run_id}, step_run=search.run_id)
     if search.best is None:

@@ -17,13 +17,15 @@ import numpy as np
 
 from medtune import settings, tracking
 from medtune.errors import ConfigError
-from medtune.search.base import COMPLETE, FAILED, PRUNED, SearchSettings, TrialSummary, best_trial
+from medtune.search.base import (
+    COMPLETE, ENGINE_ALIASES, ENGINES, FAILED, KERAS_TUNER_ENGINES, PRUNED, PRUNERS, SearchSettings, TrialSummary,
+    best_trial,
+)
 from medtune.search.trial import TrialData, objective_direction, probe_indices
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("medtune.progress")
 
-ENGINES = ("optuna", "bayesian", "hyperband")
 
 
 @dataclass
@@ -31,17 +33,17 @@ class SearchOptions:
     dataset: str = "synthetic"
     data_dir: str | None = None
     engine: str = "optuna"
-    space: str | None = None
-    trials: int = 10
-    epochs: int = 5
-    image_size: int = 64
+    space: str | None = None  # None (auto): sized from the machine, see medtune.plan
+    trials: int | None = None  # auto
+    epochs: int | None = None  # auto
+    image_size: int | None = None  # auto
     objective: str = "val_macro_f1"
     timeout: float | None = None
     study: str | None = None
     storage: str | None = None
     seed: int = 42
     class_weights: bool = True
-    pruner: str = "median"
+    pruner: str | None = None  # auto; Optuna only
     split_run: str | None = None
     weights: str = "imagenet"  # for keras.applications backbones: imagenet | none | file | folder
 
@@ -72,6 +74,7 @@ class MlflowRecorder:
         self.best: float | None = None
         self.done = 0  # trials COMPLETE or PRUNED in the study (all sessions and workers)
         self.direction = objective_direction(opts.objective)
+        self.bar = None  # trials left in this session: a bar on a terminal, an ETA in each line
 
     # -- engine callbacks
     def trial_started(self, number: int, params: dict):
@@ -107,6 +110,11 @@ class MlflowRecorder:
             logger.tags({"medtune.weights_source": source.source if source else "none",
                          "medtune.weights_sha256": source.sha256 if source else ""})
         handle = _Handle(logger, number, time.perf_counter(), params)
+        if self.bar is None:
+            from medtune.progress import Counter
+
+            left = max(self.opts.trials - self.done, 1) if self.opts.engine != "keras_hyperband" else 0
+            self.bar = Counter("trials", left, "trial", lines=False)
         # the number is Optuna's and the run's (trial-007 is "trial 7"), counted from 0
         progress_log.info("trial %d started (%s, best %s): %s", number, self._done(), _fmt(self.best), _short(params))
         return handle
@@ -151,10 +159,12 @@ class MlflowRecorder:
                 self.best = result.value
         if state in (COMPLETE, PRUNED):
             self.done += 1
+            self.bar.update(1, postfix=f"best {_fmt(self.best)}")
         progress_log.info(
-            "trial %d %s in %.0f s: %s=%s (best %s; %s)%s",
+            "trial %d %s in %.0f s: %s=%s (best %s; %s%s)%s",
             handle.number, "KILLED" if interrupted else state, seconds, self.opts.objective,
             _fmt(result.value if result is not None else None), _fmt(self.best), self._done(),
+            f", {self.bar.eta()}" if 0 < self.bar.done < self.bar.total else "",
             f": {tracking.one_line(error)}" if error is not None and not interrupted else "",
         )
 
@@ -169,7 +179,7 @@ class MlflowRecorder:
         self.parent.metrics(metrics, step=len(summaries))
 
     def _done(self) -> str:
-        if self.opts.engine == "hyperband":  # Hyperband's brackets, not `trials`, set its budget
+        if self.opts.engine == "keras_hyperband":  # Hyperband's brackets, not `trials`, set its budget
             return f"{self.done} done"
         return f"{self.done} of {self.opts.trials} done"
 
@@ -222,25 +232,38 @@ def _short(params: dict) -> str:
 # ---------------------------------------------------------------- the step
 
 
-def default_space(dataset: str) -> str:
-    """``demo`` (small, minutes on 2 cores) for the synthetic set, else the full ``cnn`` space."""
-    return "demo" if dataset == "synthetic" else "cnn"
+PLANNED = {"space": "space", "trials": "trials", "epochs": "epochs", "image_size": "image_size"}
 
 
 def default_study(opts: SearchOptions, space_stem: str, manifest_hash: str) -> str:
-    return f"{opts.dataset}-{space_stem}-{opts.engine}-{opts.image_size}px-{manifest_hash[:8]}"
+    engine = "hyperband" if opts.engine == "keras_hyperband" else opts.engine  # studies of the old name resume
+    return f"{opts.dataset}-{space_stem}-{engine}-{opts.image_size}px-{manifest_hash[:8]}"
 
 
 def check_options(opts: SearchOptions) -> None:
+    """Check what is set (options left to the plan are None) and name the engine's canonical spelling."""
+    opts.engine = ENGINE_ALIASES.get(opts.engine, opts.engine)
     if opts.engine not in ENGINES:
         raise ConfigError(f"engine={opts.engine!r}: expected one of {', '.join(ENGINES)}")
-    if opts.trials < 1:
+    if opts.engine in KERAS_TUNER_ENGINES:  # keras-tuner has no pruner, Optuna storage or time limit
+        given = [f"{k}={v}" for k, v in (("pruner", opts.pruner), ("storage", opts.storage),
+                                          ("timeout", opts.timeout)) if v not in (None, "", 0, "none")]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only the optuna engine takes this; engine={opts.engine} "
+                              "(keras-tuner) would ignore it")
+    if opts.trials is not None and opts.trials < 1:
         raise ConfigError(f"trials={opts.trials}: expected at least 1")
-    if opts.epochs < 1:
+    if opts.epochs is not None and opts.epochs < 1:
         raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
-    if not 16 <= opts.image_size <= 1024:
+    if opts.image_size is not None and not 16 <= opts.image_size <= 1024:
         raise ConfigError(f"image_size={opts.image_size}: expected 16..1024 pixels")
+    if opts.pruner is not None and opts.pruner not in PRUNERS:
+        raise ConfigError(f"pruner={opts.pruner!r}: expected one of {', '.join(PRUNERS)}")
     objective_direction(opts.objective)
+    if opts.storage:
+        from medtune.search.optuna_engine import check_driver
+
+        check_driver(opts.storage)
 
 
 def run_search(opts: SearchOptions) -> SearchOutcome:
@@ -251,10 +274,23 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     from medtune.space import load_space, resolve_space_path
     from medtune.steps.data import load_split, manifest_dataset
 
+    from medtune.datasets.registry import dataset_name
+    from medtune.plan import fill
+
     check_options(opts)
+    fill(opts, dataset_name(opts.dataset), {**PLANNED, **({} if opts.engine in KERAS_TUNER_ENGINES else {"pruner": "pruner"}),
+                                            **({"trials": "trials"} if opts.engine != "grid" else {})})
     opts.weights = opts.weights or "none"
-    space_path = resolve_space_path(opts.space or default_space(opts.dataset))
+    space_path = resolve_space_path(opts.space)
     space = load_space(space_path)  # a bad space file stops here, before any trial
+    grid = None
+    if opts.engine == "grid":  # a continuous parameter without a step stops here, in one line
+        from medtune.search.grid import describe, grid_size, grid_values
+
+        grid = grid_values(space)
+        opts.trials = min(opts.trials or grid_size(grid), grid_size(grid))
+        log.info("Grid of %s: %s; %d trials", space_path.name, describe(grid), opts.trials)
+    check_options(opts)
     from medtune.models import backbones_of, check_image_size
     from medtune.models.weights import resolve_weights
 
@@ -277,10 +313,10 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     cfg = SearchSettings(
         study=study, trials=opts.trials, epochs=opts.epochs, objective=opts.objective, direction=direction,
         timeout=opts.timeout, seed=opts.seed, class_weights=opts.class_weights, storage=opts.storage,
-        pruner=opts.pruner, workdir=str(settings.project_dir() / ".medtune" / "keras_tuner"),
-        weights=weights,
+        pruner=opts.pruner or "none", workdir=str(settings.project_dir() / ".medtune" / "keras_tuner"),
+        weights=weights, grid=grid,
     )
-    if opts.engine != "optuna":  # unreadable keras-tuner state stops here, before the run is reopened
+    if opts.engine in KERAS_TUNER_ENGINES:  # unreadable keras-tuner state stops here, before the run is reopened
         from medtune.search import keras_tuner_engine
 
         keras_tuner_engine.check_state(cfg)
@@ -304,7 +340,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
             "dataset": split.dataset, "engine": opts.engine, "space": space_path.name, "trials": opts.trials,
             "epochs": opts.epochs, "image_size": opts.image_size, "objective": opts.objective,
             "timeout": opts.timeout, "study": study, "seed": opts.seed, "class_weights": opts.class_weights,
-            "pruner": opts.pruner if opts.engine == "optuna" else "none",
+            "pruner": opts.pruner if opts.engine not in KERAS_TUNER_ENGINES else "none",
             "storage": _storage_label(opts.storage),
             "weights": opts.weights if backbones != ["custom"] else "n/a",
         })
@@ -315,7 +351,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         recorder = MlflowRecorder(parent, experiment_id, opts, study, data, split.classes, weights)
         log.info("Search %s: %s engine, %d trials x %d epochs at %d px, objective %s",
                  study, opts.engine, opts.trials, opts.epochs, opts.image_size, opts.objective)
-        if opts.engine == "optuna":
+        if opts.engine not in KERAS_TUNER_ENGINES:  # optuna and grid
             from medtune.search import optuna_engine
 
             summaries = optuna_engine.run_search(space, data, cfg, recorder)

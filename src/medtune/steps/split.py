@@ -38,6 +38,13 @@ class SplitOptions:
             raise ConfigError(f"image_size={self.image_size}: expected 16..1024 pixels")
         if self.phash_distance < 0 or self.phash_distance > 32:
             raise ConfigError(f"phash_distance={self.phash_distance}: expected 0..32 bits")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"{name}={value}: expected a fraction between 0 and 1 (exclusive)")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ConfigError(f"val_fraction={self.val_fraction} + test_fraction={self.test_fraction} = "
+                              f"{self.val_fraction + self.test_fraction:.2f}: at least 10 % must be left for training")
 
 
 @dataclass
@@ -60,7 +67,11 @@ def prepare(opts: SplitOptions) -> tuple[ResolvedDataset, SplitResult, dict, flo
     layout = detect_layout(resolved.root, resolved.spec.classes if resolved.spec else None)
     index = settings.cache_dir() / "index" / f"{safe_name(resolved.name)}.json"
     log.info("Scanning %s", resolved.root)
-    scan, arrays = scan_dataset(layout, index_path=index, keep_size=opts.image_size, channels=CHANNELS)
+    from medtune.progress import Counter
+
+    with Counter("validating files", 0, "file") as bar:
+        scan, arrays = scan_dataset(layout, index_path=index, keep_size=opts.image_size, channels=CHANNELS,
+                                    progress=bar.to)
     log.info(
         "Scanned %d valid images in %d classes (%d skipped)", len(scan.records), len(scan.classes), len(scan.skipped)
     )

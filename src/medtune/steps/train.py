@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 
 from medtune import tracking
+from medtune.datasets.registry import dataset_name
 from medtune.errors import ConfigError
 from medtune.steps import model_card as cards
 
@@ -25,8 +26,8 @@ class TrainOptions:
     data_dir: str | None = None
     search_run: str | None = "latest"
     params: str | None = None  # a YAML/JSON file of explicit params
-    epochs: int = 50
-    image_size: int = 128
+    epochs: int | None = None  # None (auto): sized from the machine, see medtune.plan
+    image_size: int | None = None  # auto
     patience: int = 8
     mixed_precision: bool = True
     class_weights: bool = True
@@ -52,8 +53,6 @@ def best_params_of_search(dataset: str, search_run: str | None) -> tuple[dict, s
 
     The params carry the search's ``weights`` option under the key ``weights`` when it had one.
     """
-    from mlflow.tracking import MlflowClient
-
     if search_run in (None, "", "latest"):
         runs = [r for r in tracking.find_runs(dataset, "search", max_results=20)
                 if r.data.tags.get("medtune.best_trial", "none") != "none"]
@@ -65,7 +64,7 @@ def best_params_of_search(dataset: str, search_run: str | None) -> tuple[dict, s
         run_id = runs[0].info.run_id
     else:
         run_id = search_run
-        run = MlflowClient().get_run(run_id)  # raises a clear MLflow error for an unknown id
+        run = tracking.get_step_run(run_id, "search", "search_run", dataset)
         if run.data.tags.get("medtune.step") != "search":
             raise ConfigError(f"search_run={run_id}: not a medtune search run")
         if run.data.tags.get("medtune.best_trial", "none") == "none":
@@ -112,12 +111,19 @@ def device_summary(mixed_precision: bool) -> tuple[str, bool]:
     return "CPU", False
 
 
-def _epoch_logger(run: tracking.RunLogger):
+def _epoch_logger(run: tracking.RunLogger, epochs: int):
     import keras
 
+    from medtune.progress import Counter
     from medtune.steps.search import _finite, _metric_name
 
     class EpochLogger(keras.callbacks.Callback):
+        """Per-epoch metrics to the run, and one readable line per epoch with the time left (a bar on a terminal)."""
+
+        def on_train_begin(self, logs=None):
+            if not hasattr(self, "bar"):  # one bar over all stages
+                self.bar = Counter("final training", epochs, "epoch", lines=False)
+
         def on_epoch_end(self, epoch, logs=None):
             logs = dict(logs or {})
             lr = getattr(self.model.optimizer, "learning_rate", None)
@@ -127,25 +133,31 @@ def _epoch_logger(run: tracking.RunLogger):
                 except Exception:  # noqa: BLE001
                     pass
             run.metrics({_metric_name(k): float(v) for k, v in logs.items() if _finite(v)}, step=epoch, synchronous=False)
-            log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={float(v):.4f}" for k, v in logs.items() if _finite(v)))
+            shown = {k: v for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1")}
+            text = ", ".join(f"{k}={float(v):.4f}" for k, v in shown.items() if _finite(v))
+            self.bar.to(epoch + 1)
+            log.info("epoch %d/%d: %s (%s; early stopping may end sooner)", epoch + 1, epochs, text, self.bar.eta())
+
+        def on_train_end(self, logs=None):
+            if self.model.stop_training or self.bar.done >= epochs:
+                self.bar.close()
 
     return EpochLogger()
 
 
 def run_train(opts: TrainOptions) -> TrainOutcome:
-    import keras
-
-    from medtune import training
-    from medtune.steps.data import load_split
-
-    if opts.epochs < 1:
+    if opts.epochs is not None and opts.epochs < 1:
         raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
+    if opts.image_size is not None and not 16 <= opts.image_size <= 1024:
+        raise ConfigError(f"image_size={opts.image_size}: expected 16..1024 pixels")
     t0 = time.perf_counter()
-    split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
-    if opts.params:
+    if opts.params:  # what to train is found before any split is made or loaded
         params, search_run_id = params_from_file(opts.params), None
     else:
-        params, search_run_id = best_params_of_search(split.dataset, opts.search_run)
+        params, search_run_id = best_params_of_search(dataset_name(opts.dataset), opts.search_run)
+    from medtune.plan import fill
+
+    fill(opts, dataset_name(opts.dataset), {"epochs": "final_epochs", "image_size": "final_image_size"})
     from medtune.models import backbones_of, check_image_size
     from medtune.models.weights import resolve_weights
 
@@ -154,6 +166,12 @@ def run_train(opts: TrainOptions) -> TrainOutcome:
     backbones = backbones_of(params)
     check_image_size(backbones, opts.image_size)
     weights = resolve_weights(weights_option, backbones)  # one line, before any training
+    import keras  # TensorFlow loads once the arguments are known to be good
+
+    from medtune import training
+    from medtune.steps.data import load_split
+
+    split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     training.configure_threads()
     device, mixed = device_summary(opts.mixed_precision)
     try:
@@ -193,7 +211,10 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
         if class_weight:
             run.json({classes[k]: v for k, v in class_weight.items()}, "class_weights.json")
         mlflow.log_input(manifest_dataset(split), context="training")
-        log.info("Final training on %s (%s, mixed precision %s): %s", device, split.dataset, mixed, params)
+        from medtune.steps.search import _short
+
+        log.info("Final training on %s (%s, mixed precision %s): %s", device, split.dataset, "on" if mixed else "off",
+                 _short(params))
         batch = int(params.get("batch_size", 32))
         train_ds = training.make_dataset(cache.x["train"], cache.y["train"], n_classes, batch, training=True,
                                          augment=float(params.get("augment", 0.0)), seed=opts.seed)
@@ -211,7 +232,7 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
                   if params.get("lr_schedule", "constant") == "constant" else []),  # cosine sets its own rate
                 keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_macro_f1", mode="max", save_best_only=True,
                                                 save_weights_only=True),
-                _epoch_logger(run),
+                _epoch_logger(run, opts.epochs),
             ]
             history = training.fit_stages(
                 model, params, train_ds, val_ds, y_val=cache.y["val"], epochs=opts.epochs, class_weight=class_weight,
