@@ -340,19 +340,19 @@ def predict(ctx, model_uri, inputs, output, gradcam, tracking_uri):
 
 
 @cli.command()
-@click.option("--model", "model_uri", default="", callback=_none_if_empty,
+@click.option("--model", default="", callback=_none_if_empty,
               help="Preselected model, e.g. models:/medtune-brain_mri@champion (default: the first medtune-* model's @champion).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 opens the demo to the network.")
 @click.option("--port", default=7860, show_default=True, type=int)
 @click.option("--max-file-size", default="20mb", show_default=True, help="Largest upload accepted, e.g. 5mb, 1gb.")
 @TRACKING_URI
 @click.pass_context
-def app(ctx, model_uri, host, port, max_file_size, tracking_uri):
+def app(ctx, model, host, port, max_file_size, tracking_uri):
     """A web demo (Gradio) of the registered models: upload an image, see the label, probabilities and Grad-CAM."""
     _setup(ctx.obj["verbose"], tracking_uri)
     from medtune.steps.app import run_app
 
-    run_app(model_uri, host, port, max_file_size)
+    run_app(model, host, port, max_file_size)
 
 
 @cli.command(name="main")
