@@ -186,29 +186,8 @@ def test_gradcam_of_a_fine_tuned_imagenet_lite0_concentrates_on_the_lesion():
     settings, 160 px (5x5 map) gave 2.63 against 2.23 and 224 px (7x7) 4.47 against 3.04 (4.49 against
     3.07 with every layer unfrozen); 288 px (9x9) gave 5.69 against 3.37.
     """
-    from medtune.datasets.synthetic import generate
-    from medtune.explain import gradcam
-    from tests.conftest import lesion_focus
+    from tests.conftest import transfer_lesion_focus
 
-    training.configure_threads()
-    size = 288
-    x, y, masks = generate(150, size, seed=3)
-    order = np.random.default_rng(0).permutation(len(y))
-    train, test = order[:450], order[450:]
-    keras.utils.set_random_seed(0)
-    params = {**HEAD, "backbone": "efficientnet_lite0", "dense_units": 128, "fine_tune_layers": 60,
-              "fine_tune_lr_factor": 0.1, "head_epochs": 3, "learning_rate": 1e-3, "optimizer": "adam"}
     weights = resolve_weights("imagenet", ["efficientnet_lite0"])
-    model = training.compile_model(build_model(params, (size, size, 3), 4, weights=weights), params)
-    history = training.fit_stages(
-        model, params, training.make_dataset(x[train], y[train], 4, 32, training=True, seed=0),
-        training.make_dataset(x[test], y[test], 4, 64, training=False), y_val=y[test], epochs=8)
-    assert set(history["stage"]) == {1, 2}
-
-    proba = training.predict_proba(model, x[test])
-    correct = proba.argmax(1) == y[test]
-    assert correct.mean() >= 0.9, correct.mean()  # ImageNet features learn `synthetic` quickly (chance 0.25)
-    heat, _ = gradcam(model, x[test][correct], class_indices=y[test][correct])
-    assert heat.shape[1:] == (size, size)
-    own, control = lesion_focus(heat, masks[test][correct])
+    own, control = transfer_lesion_focus("efficientnet_lite0", weights, size=288, epochs=8, min_accuracy=0.9)
     assert own > 1.5 * control > 1.5, (own, control)
