@@ -282,3 +282,27 @@ def test_decode_many_with_process_pool_keeps_order(tmp_path, monkeypatch):
     assert out.shape == (20, 8, 8, 3)
     assert [abs(int(v) - i * 12) <= 2 for i, v in enumerate(out[:, 4, 4, 0])] == [True] * 20
     assert seen[-1] == (20, 20)
+
+
+def test_decoding_workers_do_not_rerun_a_script_without_main_guard(tmp_path):
+    """A notebook saved as a script calls medtune at top level; spawned workers must not run it again."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(70):  # above MIN_FILES_FOR_POOL: a pool of workers decodes them
+        Image.new("RGB", (20, 20), (i, 0, 0)).save(folder / f"{i}.png")
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "notebook_as_script.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        f"with open({str(runs)!r}, 'a') as fh: fh.write('x')\n"
+        "from medtune.datasets.images import decode_many\n"
+        f"x = decode_many(sorted(Path({str(folder)!r}).glob('*.png')), 16, 3, workers=2)\n"
+        "print(x.shape)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(70, 16, 16, 3)"
+    assert runs.read_text() == "x", "the script's top level ran once, in the parent only"

@@ -34,6 +34,28 @@ MAX_PIXELS = 90_000_000
 #: TensorFlow (forking a process that runs threads can deadlock).
 MP_START_METHOD = "spawn"
 
+def worker_pool(workers: int):
+    """A ``spawn`` pool whose workers do not run the user's script again.
+
+    A spawned worker imports the parent's ``__main__`` file before working; a script without an
+    ``if __name__ == "__main__":`` guard (a notebook saved as a script, calling ``medtune.split``
+    at top level) would then split again in every worker, and the pool never start. The workers
+    only run medtune's own functions, so the file is hidden from them while they start.
+    """
+    import sys
+
+    main = sys.modules.get("__main__")
+    hidden = None
+    if main is not None and getattr(main, "__spec__", None) is None and getattr(main, "__file__", None):
+        hidden = main.__file__
+        del main.__file__
+    try:
+        return multiprocessing.get_context(MP_START_METHOD).Pool(workers)
+    finally:
+        if hidden is not None:
+            main.__file__ = hidden
+
+
 #: Below this many files, :func:`decode_many` decodes in-process (a pool costs ~1 s to start).
 MIN_FILES_FOR_POOL = 64
 
@@ -308,8 +330,7 @@ def decode_many(
                 progress(i + 1, total)
         return out
     chunksize = max(1, min(64, total // (workers * 8)))
-    ctx = multiprocessing.get_context(MP_START_METHOD)
-    with ctx.Pool(workers) as pool:
+    with worker_pool(workers) as pool:
         for i, arr in enumerate(pool.imap(_decode_task, tasks, chunksize=chunksize)):
             out[i] = arr
             if progress:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -215,8 +214,7 @@ def _run(tasks: list[tuple], workers: int, on_result: Callable[[int, tuple], Non
             on_result(i, _probe(task))
         return
     chunksize = max(1, min(32, len(tasks) // (workers * 16)))
-    ctx = multiprocessing.get_context(images.MP_START_METHOD)
-    with ctx.Pool(workers) as pool:
+    with images.worker_pool(workers) as pool:
         for i, result in enumerate(pool.imap(_probe, tasks, chunksize=chunksize)):
             on_result(i, result)
 
