@@ -56,12 +56,15 @@ class DataFingerprint:
             n_test=int(sum(counts.get("test", {}).values())),
             median_side=int(stats["median_side"]), small_side=int(stats["small_side"]),
             colour_fraction=float(stats["colour_fraction"]),
-            duplicates_removed=int(report.get("removed_duplicates", 0) if not isinstance(report.get("removed_duplicates"), list)
-                                   else len(report["removed_duplicates"])),
-            label_conflicts=int(report.get("conflicted", 0) if not isinstance(report.get("label_conflicts"), list)
-                                else len(report["label_conflicts"])),
+            duplicates_removed=_count(report.get("removed_duplicates", 0)),
+            label_conflicts=_count(report.get("label_conflicts", report.get("conflicted", 0))),
             test_duplicates_dropped=int(report.get("test_dropped_duplicates_of_train", 0)),
         )
+
+
+def _count(value) -> int:
+    """A report entry that is either a count or the list of what it counts."""
+    return len(value) if isinstance(value, list) else int(value)
 
 
 def image_stats(paths: Sequence[str], sample: int = 400, seed: int = 0) -> dict[str, float]:
@@ -105,24 +108,20 @@ class MachineFingerprint:
 
     @classmethod
     def detect(cls) -> MachineFingerprint:
-        """This machine: GPUs TensorFlow sees, usable cores, physical memory."""
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            cores = os.cpu_count() or 1
+        """This machine: GPUs and usable cores as the defaults see them (``medtune.plan``), memory."""
+        from medtune.plan import detect_machine
+
+        machine = detect_machine()
         try:
             memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
         except (ValueError, OSError, AttributeError):
             memory = 0.0
-        gpus, gpu_memory = 0, 0.0
-        try:
+        gpu_memory = 0.0
+        if machine.gpus:
             import tensorflow as tf
 
-            devices = tf.config.list_physical_devices("GPU")
-            gpus = len(devices)
-            if devices:
-                details = tf.config.experimental.get_device_details(devices[0])
-                gpu_memory = float(details.get("memory_limit", 0) or 0) / 2**30
-        except Exception:  # noqa: BLE001 - no TF GPU support means no GPU for medtune
-            gpus = 0
-        return cls(gpus=gpus, cpu_cores=cores, memory_gib=round(memory, 1), gpu_memory_gib=round(gpu_memory, 1))
+            devices = tf.config.list_physical_devices("GPU")  # none when $MEDTUNE_GPUS plans for absent GPUs
+            details = tf.config.experimental.get_device_details(devices[0]) if devices else {}
+            gpu_memory = float(details.get("memory_limit", 0) or 0) / 2**30
+        return cls(gpus=machine.gpus, cpu_cores=machine.cores, memory_gib=round(memory, 1),
+                   gpu_memory_gib=round(gpu_memory, 1))
