@@ -62,6 +62,49 @@ SPACE = click.option("--space", default="", callback=lambda ctx, p, v: _none_if_
                           "cnn on a GPU).")
 
 
+class _Duration(click.ParamType):
+    """A time budget: minutes (90) or 90m, 2h, 1h30m, 45s; empty or 0 for none. Converts to seconds."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, float):
+            return value
+        from medtune.errors import ConfigError
+        from medtune.planning.budget import parse_budget
+
+        try:
+            return parse_budget(value)
+        except ConfigError as exc:
+            self.fail(str(exc).split(": ", 1)[-1], param, ctx)
+
+
+class _Sizes(click.ParamType):
+    """Comma-separated image sizes (resolution rungs), e.g. 64,96,128; empty for one size."""
+
+    name = "sizes"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        if text in ("", AUTO, "none"):
+            return None
+        try:
+            return tuple(int(v) for v in text.split(","))
+        except ValueError:
+            self.fail(f"{text!r} is not a comma-separated list of sizes such as 64,96,128", param, ctx)
+
+
+BUDGET = click.option("--budget", default="", type=_Duration(),
+                      help="Time budget: minutes (90) or 90m, 2h, 1h30m (default: none). No trial starts after it "
+                           "is spent; a running trial stops at its next epoch boundary.")
+WARM_START = click.option(
+    "--warm-start", default="recipes", show_default=True,
+    help="Seed a new Optuna study: recipes (documented known-good configurations), auto (recipes and the "
+         "finished trials of earlier studies on the same split), none, or study names to import.")
+
+
 def _none_if_empty(ctx, param, value):  # noqa: ARG001
     return None if value in ("", "none", "None") else value
 
@@ -199,8 +242,14 @@ def _search_options(optuna_only: bool = True):
         _auto("--trials", click.INT, "Trials to complete (resumed searches count earlier ones)"),
         _auto("--epochs", click.INT, "Maximum epochs per trial"),
         _auto("--image-size", click.INT, "Search at a smaller size than final training (see README, Performance)"),
+        click.option("--image-sizes", default="", type=_Sizes(),
+                     help="Resolution rungs, e.g. 64,96,128: trials start small and promising ones continue larger "
+                          "from their own weights (overrides --image-size)."),
         OBJECTIVE,
-        *([TIMEOUT, STUDY, STORAGE, PRUNER] if optuna_only else [STUDY]),
+        BUDGET,
+        click.option("--plateau", default=0, show_default=True, type=int,
+                     help="Stop after this many finished trials without improvement (0: never)."),
+        *([TIMEOUT, STUDY, STORAGE, PRUNER, WARM_START] if optuna_only else [STUDY]),
         CLASS_WEIGHTS,
         click.option("--split-run", default="latest", show_default=True, help="Split run id to train on."),
         WEIGHTS_OPTION("imagenet"),
@@ -221,6 +270,7 @@ def _run_search(ctx, engine, **kw):
     from medtune.steps.search import SearchOptions, run_search
 
     kw["timeout"] = kw.get("timeout") or None
+    kw["rungs"] = kw.pop("image_sizes")
     kw["split_run"] = None if kw["split_run"] in ("", "latest") else kw["split_run"]
     out = run_search(SearchOptions(engine=engine, **kw))
     best = f"best trial {out.best.number}: {kw['objective']}={out.best.value:.4f}" if out.best else "no trial completed"
@@ -264,6 +314,9 @@ TRAIN_OPTIONS = [
     click.option("--margin", default=0.0, show_default=True, type=float,
                  help="Macro-F1 margin a new model must beat the champion by."),
     WEIGHTS_OPTION(""),
+    click.option("--ensemble", default=1, show_default=True, type=int,
+                 help="Members (seeds of the configuration) averaged in one model."),
+    BUDGET,
 ]
 
 
@@ -292,7 +345,7 @@ def _train_summary(out) -> str:
 @TRACKING_URI
 @click.pass_context
 def train(ctx, dataset, data_dir, search_run, params, epochs, image_size, patience, mixed_precision, class_weights,
-          margin, weights, seed, tracking_uri):
+          margin, weights, ensemble, budget, seed, tracking_uri):
     """Train the best trial of a search (or explicit params), evaluate, register and gate @champion."""
     _setup(ctx.obj["verbose"], tracking_uri)
     from medtune.steps.train import TrainOptions, run_train
@@ -300,7 +353,7 @@ def train(ctx, dataset, data_dir, search_run, params, epochs, image_size, patien
     out = run_train(TrainOptions(dataset=dataset, data_dir=data_dir, search_run=search_run, params=params,
                                  epochs=epochs, image_size=image_size, patience=patience,
                                  mixed_precision=mixed_precision, class_weights=class_weights, margin=margin,
-                                 weights=weights, seed=seed))
+                                 weights=weights, ensemble=ensemble, budget=budget, seed=seed))
     click.echo(_train_summary(out))
 
 
@@ -358,6 +411,7 @@ def app(ctx, model, host, port, max_file_size, tracking_uri):
 @cli.command(name="main")
 @DATASET
 @DATA_DIR
+@BUDGET
 @ENGINE
 @SPACE
 @_auto("--trials", click.INT, "Search trials")
@@ -365,12 +419,14 @@ def app(ctx, model, host, port, max_file_size, tracking_uri):
 @_auto("--search-image-size", click.INT, "Search image size")
 @_auto("--epochs", click.INT, "Final-training epochs")
 @_auto("--image-size", click.INT, "Final-training image size")
+@_auto("--ensemble", click.INT, "Final-training ensemble members")
 @OBJECTIVE
 @PRUNER
 @CLASS_WEIGHTS
 @TIMEOUT
 @STUDY
 @STORAGE
+@WARM_START
 @click.option("--patience", default=8, show_default=True, type=int, help="Final-training early-stopping patience.")
 @click.option("--margin", default=0.0, show_default=True, type=float,
               help="Macro-F1 margin a new model must beat the champion by.")

@@ -588,6 +588,30 @@ class StagedEarlyStopping(keras.callbacks.EarlyStopping):
         self._seen = True
 
 
+class TimeLimit(keras.callbacks.Callback):
+    """Stops training at an epoch boundary when the next epoch would not fit in ``budget``.
+
+    ``budget`` is a :class:`medtune.planning.Budget`; the next epoch is expected to take as long
+    as the longest one so far.
+    """
+
+    def __init__(self, budget):
+        super().__init__()
+        self.budget, self.longest, self.stopped_epoch = budget, 0.0, None
+        self._t0 = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.longest = max(self.longest, time.monotonic() - self._t0)
+        if not self.budget.allows(self.longest):
+            self.model.stop_training = True
+            self.stopped_epoch = epoch
+            log.info("Time budget: stopping after epoch %d (%.0f s left, an epoch takes about %.0f s)",
+                     epoch + 1, self.budget.remaining() or 0.0, self.longest)
+
+
 class EpochCosine(keras.callbacks.Callback):
     """Cosine decay of the learning rate over the epochs ``[first, end)`` of one fit.
 
@@ -660,6 +684,7 @@ def fit_stages(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     stop_requested=None,
     on_stage=None,
+    window: tuple[int, int] | None = None,
 ) -> dict[str, list[float]]:
     """:func:`fit` through the stages of ``models.transfer.stage_plan(params, epochs)``.
 
@@ -668,7 +693,9 @@ def fit_stages(
     learning rate. Epoch numbers continue across stages, every epoch's logs carry ``stage``, and
     the same ``callbacks`` (pruning, early stopping, logging) and ``class_weight`` see both.
     Stage 2 is skipped when ``stop_requested()`` is true after stage 1 (a pruned trial).
-    ``on_stage(stage, trainable_layers)`` is called as each stage starts.
+    ``on_stage(stage, trainable_layers)`` is called as each stage starts. ``window=(first, end)``
+    trains only the epochs ``[first, end)`` of the plan for ``epochs`` (a resolution rung: the
+    stages, learning rates and schedules are those of the whole plan).
 
     Returns:
         The history of all stages, concatenated per key.
@@ -677,11 +704,17 @@ def fit_stages(
 
     history: dict[str, list[float]] = {}
     stages = stage_plan(params, int(epochs))
+    first_epoch, end_epoch = window or (0, int(epochs))
+    started = False
     for stage in stages:
-        if stage.number > 1:
+        begin, end = max(stage.first_epoch, first_epoch), min(stage.end_epoch, end_epoch)
+        if begin >= end:
+            continue
+        if started:
             if stop_requested is not None and stop_requested():
                 break
             model.stop_training = False
+        started = True
         trainable = set_stage(model, stage)
         if stage.number > 1 or not model.compiled:
             compile_model(model, {**params, "learning_rate": stage.learning_rate})
@@ -690,7 +723,7 @@ def fit_stages(
         schedule = schedule_callbacks(params, stage.first_epoch, stage.end_epoch, stage.learning_rate,
                                       last_stage=stage is stages[-1])
         part = fit(
-            model, train_ds, val_ds, y_val=y_val, epochs=stage.end_epoch, initial_epoch=stage.first_epoch,
+            model, train_ds, val_ds, y_val=y_val, epochs=end, initial_epoch=begin,
             class_weight=class_weight, callbacks=[_StageMarker(stage.number), *schedule, *callbacks],
         )
         for key, values in part.items():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from medtune.planning import DataFingerprint, MachineFingerprint, image_stats, make_plan, render_plan
+from medtune.planning.rules import FIT_OVERHEAD_S, epoch_seconds
 
 CPU = MachineFingerprint(gpus=0, cpu_cores=2, memory_gib=24)
 GPU = MachineFingerprint(gpus=1, cpu_cores=16, memory_gib=128, gpu_memory_gib=139)
@@ -53,7 +54,11 @@ def test_gpu_plans_larger_images_batches_and_an_ensemble():
 def test_tiny_data_gets_stronger_augmentation_and_the_plan_caps_its_counts():
     plan = make_plan(TINY, CPU, 3600)
     assert plan.augment == 0.3
-    assert plan.trials == 60 and plan.epochs == 60  # capped: the data is cheap, not worth more
+    assert plan.epochs == 60  # capped: the data is cheap, not worth more
+    # each rung of a trial pays a fixed cost (build and trace) however small the data
+    rungs = len(plan.rungs)
+    assert plan.trials == int(plan.search_s // (0.5 * rungs * FIT_OVERHEAD_S + 0.5 * FIT_OVERHEAD_S + 0.5 * sum(
+        epoch_seconds(TINY.n_train, s, CPU) for s in plan.rungs) + 0.5 * epoch_seconds(TINY.n_train, plan.rungs[0], CPU)))
     assert "smallest class 20" in plan.reasons["augment"]
 
 

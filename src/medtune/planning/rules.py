@@ -42,6 +42,9 @@ EPOCHS_PER_RUNG = 1
 MIN_TRIALS, MAX_TRIALS = 4, 60
 MIN_FINAL_EPOCHS, MAX_FINAL_EPOCHS = 4, 60
 ENSEMBLE_MIN_EPOCHS = 8
+FIT_OVERHEAD_S = 20.0  # building a model and tracing its graphs, per fit (each rung, each member)
+EPOCH_OVERHEAD_S = 2.0  # per epoch: precise BatchNorm, validation set-up, logging
+EVALUATION_S = 60.0  # after final training: test set, Grad-CAM, model card, registration
 DEFAULT_BUDGET_S = 2 * 3600  # a plan always has a budget; `main` without one plans for 2 hours
 
 
@@ -73,7 +76,7 @@ def epoch_seconds(n_images: int, size: int, machine: MachineFingerprint, backbon
         per_image /= GPU_SPEEDUP
     else:
         per_image *= REFERENCE_CORES / max(1, machine.cpu_cores)
-    return n_images * per_image * 1.2  # + validation pass and precise BatchNorm, ~20 %
+    return n_images * per_image * 1.2 + EPOCH_OVERHEAD_S  # + validation pass and precise BatchNorm, ~20 %
 
 
 def _round16(x: float) -> int:
@@ -110,19 +113,24 @@ def make_plan(data: DataFingerprint, machine: MachineFingerprint, budget_s: floa
     # With ASHA-like pruning at each rung, about half the trials stop after the first rung.
     per_epoch = [epoch_seconds(n_train, s, machine) for s in rungs]
     epochs_per_rung = max(1, search_epochs // len(rungs))
-    full_trial = sum(e * epochs_per_rung for e in per_epoch)
-    expected_trial = 0.5 * full_trial + 0.5 * per_epoch[0] * epochs_per_rung
+    full_trial = sum(e * epochs_per_rung + FIT_OVERHEAD_S for e in per_epoch)
+    expected_trial = 0.5 * full_trial + 0.5 * (per_epoch[0] * epochs_per_rung + FIT_OVERHEAD_S)
     trials = int(given.get("trials") or min(MAX_TRIALS, max(MIN_TRIALS, math.floor(search_s / expected_trial))))
     why["trials"] = "given" if "trials" in given else (
         f"rule 5: {search_s / 60:.0f} min of search at about {expected_trial / 60:.1f} min per trial")
 
     final_epoch = epoch_seconds(n_train + data.n_val, image_size, machine)
-    affordable = math.floor(final_s / final_epoch)
+    training_s = max(0.0, final_s - EVALUATION_S)
+
+    def per_member(k: int) -> int:  # epochs each of k members can afford
+        return max(0, math.floor((training_s / k - FIT_OVERHEAD_S) / final_epoch))
+
+    affordable = per_member(1)
     ensemble = int(given.get("ensemble") or next(
-        (k for k in (3, 2) if affordable // k >= max(ENSEMBLE_MIN_EPOCHS, 12 if k == 3 else ENSEMBLE_MIN_EPOCHS)), 1))
+        (k for k in (3, 2) if per_member(k) >= (12 if k == 3 else ENSEMBLE_MIN_EPOCHS)), 1))
     why["ensemble"] = "given" if "ensemble" in given else (
         f"rule 6: {affordable} final epochs affordable; {ensemble} member(s) of >= {ENSEMBLE_MIN_EPOCHS} epochs")
-    epochs = int(given.get("epochs") or max(MIN_FINAL_EPOCHS, min(MAX_FINAL_EPOCHS, affordable // ensemble)))
+    epochs = int(given.get("epochs") or max(MIN_FINAL_EPOCHS, min(MAX_FINAL_EPOCHS, per_member(ensemble))))
     why["epochs"] = "given" if "epochs" in given else f"rule 6: {final_s / 60:.0f} min of final training"
 
     batch = int(given.get("batch_size") or (32 if not gpu else (128 if machine.gpu_memory_gib >= 40 else 64)))
@@ -147,7 +155,7 @@ def render_plan(plan: Plan, data: DataFingerprint, machine: MachineFingerprint) 
         ("search", f"{plan.trials} trials of {plan.search_epochs} epochs at {'/'.join(map(str, plan.rungs))} px, "
                    f"space {plan.space}, batch {plan.batch_size}"),
         ("final", f"{plan.ensemble} x {plan.epochs} epochs at {plan.image_size} px, class weights "
-                  f"{'on' if plan.class_weights else 'off'}, augment {plan.augment}"),
+                  f"{'on' if plan.class_weights else 'off'}"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

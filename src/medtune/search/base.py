@@ -32,6 +32,19 @@ class SearchSettings:
     workdir: str = ".medtune/keras_tuner"  # keras-tuner state
     weights: dict = field(default_factory=dict)  # backbone -> resolved WeightsFile
     grid: dict | None = None  # parameter -> values: Optuna's GridSampler instead of TPE
+    budget: object | None = None  # a medtune.planning.Budget: the search's share of the time
+    rungs: tuple[int, ...] | None = None  # image sizes of the resolution rungs, smallest first
+    warm_start: str = "recipes"  # recipes | auto (recipes + earlier studies of this split) | none | study names
+    plateau_patience: int = 0  # stop when this many finished trials in a row improve nothing (0: never)
+    split: str = ""  # the split's manifest hash: which earlier studies a warm start may import
+
+    @property
+    def fidelity(self) -> str:
+        """What a trial's value measures: studies of equal fidelity can share trials."""
+        return f"{self.objective}:{self.epochs}ep:{'/'.join(map(str, self.rungs or ()))}"
+
+    def budget_spent(self) -> bool:
+        return self.budget is not None and self.budget.spent()
 
 
 @dataclass
@@ -56,9 +69,12 @@ class TrialRecorder(Protocol):
 
     def epoch_end(self, handle: object, epoch: int, logs: dict) -> None: ...
 
-    def trial_finished(self, handle: object, state: str, result=None, error: BaseException | None = None) -> None: ...
+    def trial_finished(self, handle: object, state: str, result=None, error: BaseException | None = None,
+                       reason: str | None = None) -> None: ...
 
     def progress(self, summaries: list[TrialSummary]) -> None: ...
+
+    def search_stopped(self, reason: str) -> None: ...
 
 
 class NullRecorder:
@@ -70,11 +86,23 @@ class NullRecorder:
     def epoch_end(self, handle, epoch, logs):
         pass
 
-    def trial_finished(self, handle, state, result=None, error=None):
+    def trial_finished(self, handle, state, result=None, error=None, reason=None):
         pass
 
     def progress(self, summaries):
         pass
+
+    def search_stopped(self, reason):
+        pass
+
+
+def rung_ends(rungs, epochs: int) -> set[int]:
+    """Epoch counts after which the pruner may decide: each rung's end (every epoch without rungs)."""
+    from medtune.search.trial import rung_schedule
+
+    if not rungs or len(rungs) <= 1:
+        return set(range(1, epochs + 1))
+    return {end for _, _, end in rung_schedule(rungs, epochs)}
 
 
 def best_trial(summaries: list[TrialSummary], direction: str) -> TrialSummary | None:

@@ -16,7 +16,8 @@ from pathlib import Path
 import keras_tuner as kt
 
 from medtune.errors import ConfigError
-from medtune.search.base import COMPLETE, FAILED, RUNNING, SearchSettings, TrialRecorder, TrialSummary
+from medtune.planning.budget import plateaued
+from medtune.search.base import COMPLETE, FAILED, PRUNED, RUNNING, SearchSettings, TrialRecorder, TrialSummary
 from medtune.search.trial import TrialData, train_trial
 from medtune.space import Param, SearchSpace
 
@@ -109,13 +110,21 @@ class _TrackedTunerMixin:
         number = int(trial.trial_id)
         handle = self._recorder.trial_started(number, params)
         result = None
+
+        def on_epoch(epoch: int, logs: dict) -> bool:
+            self._recorder.epoch_end(handle, epoch, logs)
+            return cfg.budget_spent() and epoch < epochs - 1  # stop at this epoch boundary
+
         try:
             result = train_trial(
                 params, self._data, epochs=epochs, objective=cfg.objective,
-                class_weights=cfg.class_weights, seed=cfg.seed + number,
-                on_epoch=lambda e, logs: self._recorder.epoch_end(handle, e, logs) and False,
-                weights=cfg.weights,
+                class_weights=cfg.class_weights, seed=cfg.seed + number, on_epoch=on_epoch,
+                weights=cfg.weights, rungs=None if "tuner/epochs" in hp_values else cfg.rungs,
             )
+            if result.pruned:  # keras-tuner has no pruned state: the oracle marks it FAILED with this message
+                self._recorder.trial_finished(handle, PRUNED, result, reason=BUDGET_STOP)
+                self._own_trials[number] = TrialSummary(number, PRUNED, None, params, epochs_run=result.epochs_run)
+                raise kt.errors.FailedTrialError(BUDGET_STOP)
             if not math.isfinite(result.value):
                 raise RuntimeError(f"objective {cfg.objective} is not finite")
             self._recorder.trial_finished(handle, COMPLETE, result)
@@ -123,6 +132,8 @@ class _TrackedTunerMixin:
                                                     duration_s=result.seconds, epochs_run=result.epochs_run)
             history = {k: v for k, v in result.history.items()}
             return {cfg.objective: result.value, **{k: v[-1] for k, v in history.items() if v and k != cfg.objective}}
+        except kt.errors.FailedTrialError:
+            raise
         except Exception as exc:
             self._recorder.trial_finished(handle, FAILED, result, error=exc)
             self._own_trials[number] = TrialSummary(number, FAILED, None, params, error=f"{type(exc).__name__}: {exc}"[:500])
@@ -138,6 +149,27 @@ class _TrackedTunerMixin:
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
         self._recorder.progress(summaries(self))
+
+    def pre_create_trial(self):
+        """No new trial once the time budget is spent or the search has plateaued."""
+        super().pre_create_trial()
+        cfg = self._cfg
+        reason = None
+        if cfg.budget_spent():
+            reason = f"time budget of {cfg.budget.seconds / 60:.1f} min spent"
+        elif cfg.plateau_patience:
+            done = [s for s in summaries(self) if s.state in (COMPLETE, PRUNED)]
+            reason = plateaued([s.value for s in done], patience=cfg.plateau_patience,
+                               maximize=cfg.direction == "maximize")
+        if reason:
+            raise _StopSearch(reason)
+
+
+class _StopSearch(Exception):
+    """Ends ``tuner.search`` between trials (keras-tuner has no time budget of its own)."""
+
+
+BUDGET_STOP = "stopped: time budget spent"
 
 
 class TrackedBayesian(_TrackedTunerMixin, kt.BayesianOptimization):
@@ -205,6 +237,8 @@ def summaries(tuner) -> list[TrialSummary]:
     for trial_id, trial in sorted(trials.items(), key=lambda kv: int(kv[0])):
         values = trial.hyperparameters.values
         state = _STATES.get(str(trial.status), str(trial.status))
+        if state == FAILED and BUDGET_STOP in (trial.message or ""):
+            state = PRUNED  # stopped at an epoch boundary by the time budget, as Optuna records it
         out.append(
             TrialSummary(
                 number=int(trial_id),
@@ -227,10 +261,16 @@ def run_search(engine: str, space: SearchSpace, data: TrialData, cfg: SearchSett
         log.info("Hyperband sets its own number of trials from epochs=%d (max_epochs) and factor 3; trials=%d is ignored",
                  cfg.epochs, cfg.trials)
     recorder.progress(summaries(tuner))  # a resumed search shows its best so far from the start
+    reason = "trial budget reached"
     try:
         tuner.search(verbose=0)
+    except _StopSearch as stop:
+        reason = str(stop)
     except RuntimeError as exc:  # keras-tuner gives up after too many consecutive failed trials
         if "consecutive failures" not in str(exc):
             raise
-        log.error("Stopping: %s (see the FAILED runs for reasons)", str(exc).splitlines()[0])
+        reason = str(exc).splitlines()[0]
+        log.error("Stopping: %s (see the FAILED runs for reasons)", reason)
+    log.info("Search stopped: %s", reason)
+    recorder.search_stopped(reason)
     return summaries(tuner)

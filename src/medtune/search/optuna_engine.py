@@ -14,7 +14,10 @@ from optuna.trial import TrialState
 
 from medtune import settings as medtune_settings
 from medtune.errors import ConfigError
-from medtune.search.base import COMPLETE, FAILED, PRUNED, PRUNERS, RUNNING, SearchSettings, TrialRecorder, TrialSummary
+from medtune.planning.budget import plateaued
+from medtune.search.base import (
+    COMPLETE, FAILED, PRUNED, PRUNERS, RUNNING, SearchSettings, TrialRecorder, TrialSummary, rung_ends,
+)
 from medtune.search.trial import TrialData, train_trial
 from medtune.space import Param, SearchSpace
 
@@ -200,7 +203,61 @@ def open_study(space: SearchSpace, cfg: SearchSettings) -> optuna.Study:
     if study.direction.name.lower() != cfg.direction:
         raise ConfigError(f"study={cfg.study!r} was created to {study.direction.name.lower()}; use another study name")
     study.set_user_attr("objective", cfg.objective)
+    if "fidelity" not in study.user_attrs:  # what its trials measured: warm starts import only equals
+        study.set_user_attr("fidelity", cfg.fidelity)
+        study.set_user_attr("split", cfg.split)
     return study
+
+
+# ---------------------------------------------------------------- warm starts
+
+
+def warm_start(study: optuna.Study, space: SearchSpace, cfg: SearchSettings) -> dict[str, int]:
+    """Seed a new study: import earlier studies' finished trials, then queue the recipes.
+
+    ``cfg.warm_start``: ``none``; ``recipes`` (the documented recipes the space can express, see
+    :mod:`medtune.planning.recipes`, then the space's defaults); ``auto`` (recipes, and every
+    other study in the storage on the same split with the same objective, epochs and rungs); or
+    a comma-separated list of study names to import from (their fidelity must match). Runs once,
+    on a study without trials. Returns what it did: ``{"imported": n, "enqueued": m}``.
+    """
+    mode = (cfg.warm_start or "none").strip()
+    done = {"imported": 0, "enqueued": 0}
+    if mode == "none" or cfg.grid is not None or study.get_trials(deepcopy=False):
+        return done
+    sources: list[str] = []
+    if mode == "auto":
+        sources = [s.study_name for s in optuna.get_all_study_summaries(study._storage, include_best_trial=False)
+                   if s.study_name != study.study_name and s.user_attrs.get("split") == cfg.split
+                   and s.user_attrs.get("fidelity") == cfg.fidelity]
+    elif mode != "recipes":
+        sources = [name.strip() for name in mode.split(",") if name.strip()]
+    wanted = distributions(space)
+    for name in sources:
+        try:
+            other = optuna.load_study(study_name=name, storage=study._storage)
+        except KeyError:
+            raise ConfigError(f"warm_start={name}: no such study in this storage") from None
+        if other.user_attrs.get("fidelity") != cfg.fidelity or other.user_attrs.get("split") != cfg.split:
+            raise ConfigError(f"warm_start={name}: that study measured {other.user_attrs.get('fidelity')} on split "
+                              f"{other.user_attrs.get('split', '?')[:8]}, this one {cfg.fidelity} on {cfg.split[:8]}")
+        for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if any(k not in wanted or wanted[k] != d for k, d in t.distributions.items()):
+                continue  # a parameter this space does not search the same way
+            study.add_trial(optuna.trial.create_trial(
+                params=t.params, distributions=t.distributions, value=t.value,
+                intermediate_values=t.intermediate_values,
+                user_attrs={"imported_from": f"{name}#{t.number}", "epochs_run": t.user_attrs.get("epochs_run")},
+            ))
+            done["imported"] += 1
+    from medtune.planning.recipes import recipes_for
+
+    for name, params in recipes_for(space):
+        study.enqueue_trial(params, user_attrs={"recipe": name}, skip_if_exists=True)
+        done["enqueued"] += 1
+    log.info("Warm start of %s: %d trials imported from %s, %d recipes queued", study.study_name, done["imported"],
+             ", ".join(sources) or "no earlier study", done["enqueued"])
+    return done
 
 
 class _OneLineTrialFailures(logging.Filter):
@@ -274,11 +331,13 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
     study = open_study(space, cfg)
     check_space_unchanged(study, space)
     fail_local_orphans(study)
+    warm_start(study, space, cfg)
     recorder.progress(summaries(study))  # a resumed search shows its best so far from the start
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
     started = time.monotonic()
     failures = 0
     last_state: dict[str, str] = {}
+    decide_at = rung_ends(cfg.rungs, cfg.epochs)
 
     def objective(trial: optuna.Trial) -> float:
         last_state["state"] = FAILED  # until the trial says otherwise: a failure anywhere counts
@@ -293,10 +352,14 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
         def on_epoch(epoch: int, logs: Mapping) -> bool:
             recorder.epoch_end(handle, epoch, dict(logs))
             value = logs.get(cfg.objective)
+            if cfg.budget_spent() and epoch < cfg.epochs - 1:  # stop at this epoch boundary
+                last_state["stopped"] = "budget"
+                return True
             if value is None or not math.isfinite(float(value)):
                 return False
             trial.report(float(value), epoch + 1)  # step = epochs trained: the pruners' resource
-            return epoch < cfg.epochs - 1 and trial.should_prune()  # pruning the last epoch saves nothing
+            # the pruner decides at the end of each rung; pruning the last epoch saves nothing
+            return epoch + 1 in decide_at and epoch < cfg.epochs - 1 and trial.should_prune()
 
         from medtune.training import release_model
 
@@ -305,11 +368,14 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
             result = train_trial(
                 params, data, epochs=cfg.epochs, objective=cfg.objective,
                 class_weights=cfg.class_weights, seed=cfg.seed + trial.number, on_epoch=on_epoch,
-                weights=cfg.weights,
+                weights=cfg.weights, rungs=cfg.rungs,
             )
             trial.set_user_attr("epochs_run", result.epochs_run)
             if result.pruned:
-                recorder.trial_finished(handle, PRUNED, result)
+                if last_state.get("stopped"):
+                    trial.set_user_attr("stopped", "time budget spent")
+                recorder.trial_finished(handle, PRUNED, result,
+                                        reason="time budget spent" if last_state.get("stopped") else "pruned")
                 last_state["state"] = PRUNED
                 raise optuna.TrialPruned(f"pruned after {result.epochs_run} epoch(s)")
             if not math.isfinite(result.value):
@@ -329,25 +395,38 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
                 result.model = None
             release_model()
 
-    while True:
+    reason = None
+    while reason is None:
         done = len(study.get_trials(deepcopy=False, states=counted))
+        remaining = None if not cfg.timeout else cfg.timeout - (time.monotonic() - started)
         if done >= cfg.trials:
-            break
-        if cfg.grid is not None and study.sampler.is_exhausted(study):
-            log.info("Every point of the grid has been tried")
-            break
-        remaining = None
-        if cfg.timeout:
-            remaining = cfg.timeout - (time.monotonic() - started)
-            if remaining <= 0:
-                log.info("Timeout of %.0f s reached after %d trials", cfg.timeout, done)
-                break
-        if failures > max(3, cfg.trials):
-            log.error("Stopping: %d trials failed in this session (see the FAILED runs for reasons)", failures)
+            reason = f"trial budget: {done} trials done"
+        elif cfg.grid is not None and study.sampler.is_exhausted(study):
+            reason = "every point of the grid has been tried"
+        elif remaining is not None and remaining <= 0:
+            reason = f"timeout of {cfg.timeout:.0f} s reached after {done} trials"
+        elif cfg.budget_spent():
+            reason = f"time budget of {cfg.budget.seconds / 60:.1f} min spent after {done} trials"
+        elif failures > max(3, cfg.trials):
+            reason = f"{failures} trials failed in this session (see the FAILED runs for reasons)"
+        elif cfg.plateau_patience:
+            reason = plateaued(_finished_values(study), patience=cfg.plateau_patience,
+                               maximize=cfg.direction == "maximize")
+        if reason is not None:
             break
         last_state.clear()
         study.optimize(objective, n_trials=1, catch=(Exception,), timeout=remaining)
         if last_state.get("state") == FAILED:
             failures += 1
         recorder.progress(summaries(study))
+    log.info("Search stopped: %s", reason)
+    recorder.search_stopped(reason)
     return summaries(study)
+
+
+def _finished_values(study: optuna.Study) -> list[float | None]:
+    """Objective values of the finished trials in the order they finished (None: pruned)."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    trials = [t for t in trials if "imported_from" not in t.user_attrs]
+    trials.sort(key=lambda t: t.datetime_complete or t.datetime_start)
+    return [t.value if t.state == TrialState.COMPLETE else None for t in trials]

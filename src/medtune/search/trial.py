@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,10 +42,54 @@ class TrialData:
     x_val: np.ndarray
     y_val: np.ndarray
     probe_index: np.ndarray  # fixed validation images for the Grad-CAM grid, the same for every trial
+    _sizes: dict = field(default_factory=dict, repr=False)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[1])
+
+    def at(self, size: int) -> TrialData:
+        """The same images resized to ``size`` px (made once per size, antialiased, uint8)."""
+        if size == self.image_size:
+            return self
+        if size not in self._sizes:
+            self._sizes[size] = TrialData(self.classes, resize_images(self.x_train, size), self.y_train,
+                                          resize_images(self.x_val, size), self.y_val, self.probe_index)
+        return self._sizes[size]
+
+
+def resize_images(x: np.ndarray, size: int, batch: int = 256) -> np.ndarray:
+    """uint8 images (N, H, W, C) resized to (N, size, size, C)."""
+    import tensorflow as tf
+
+    out = np.empty((len(x), size, size, x.shape[-1]), dtype=np.uint8)
+    for i in range(0, len(x), batch):
+        part = tf.image.resize(np.asarray(x[i:i + batch], dtype=np.float32), (size, size), antialias=True)
+        out[i:i + batch] = np.clip(np.round(part.numpy()), 0, 255).astype(np.uint8)
+    return out
+
+
+def rung_schedule(rungs: Sequence[int] | None, epochs: int) -> list[tuple[int | None, int, int]]:
+    """``(image size, first epoch, end epoch)`` per rung: the epochs split evenly, the rest to the last rung.
+
+    No rungs (or one): one window of all epochs at the data's own size (``None``).
+    """
+    sizes = list(rungs or [])
+    if len(sizes) <= 1:
+        return [(sizes[0] if sizes else None, 0, epochs)]
+    if epochs < len(sizes):
+        sizes = sizes[-epochs:]  # fewer epochs than rungs: the largest sizes
+    per = epochs // len(sizes)
+    out, first = [], 0
+    for i, size in enumerate(sizes):
+        end = epochs if i == len(sizes) - 1 else first + per
+        out.append((int(size), first, end))
+        first = end
+    return out
 
 
 def probe_indices(y_val: np.ndarray, n_classes: int, per_class: int = 2, seed: int = 0) -> np.ndarray:
@@ -92,6 +136,7 @@ def train_trial(
     seed: int = 0,
     on_epoch: Callable[[int, dict], bool] | None = None,
     weights: Mapping | None = None,
+    rungs: Sequence[int] | None = None,
 ) -> TrialResult:
     """Train one configuration for up to ``epochs`` epochs (both stages for a transfer backbone).
 
@@ -99,6 +144,10 @@ def train_trial(
         weights: backbone name -> resolved weights file (``medtune.models.weights``).
         on_epoch: called after every epoch with (epoch, logs); returning True stops the trial
             as pruned (the engine decides, e.g. Optuna's pruner).
+        rungs: image sizes, smallest first (the search's fidelity): the epochs split between them
+            (:func:`rung_schedule`); at each new size the network is rebuilt and continues from
+            its own weights (convolutions and global pooling take any size). Each epoch's logs
+            carry ``image_size``.
 
     Raises:
         medtune.training.TrainingDiverged: the loss became NaN or infinite.
@@ -112,33 +161,53 @@ def train_trial(
     keras.utils.set_random_seed(seed)
     n_classes = len(data.classes)
     batch_size = int(params.get("batch_size", 32))
-    train_ds = training.make_dataset(
-        data.x_train, data.y_train, n_classes, batch_size,
-        training=True, augment=float(params.get("augment", 0.0)), seed=seed,
-    )
-    val_ds = training.make_dataset(data.x_val, data.y_val, n_classes, batch_size, training=False)
-    model = training.compile_model(build_model(params, data.input_shape, n_classes, weights=weights), params)
     class_weight = training.balanced_class_weights(data.y_train, n_classes) if class_weights else None
-
-    result = TrialResult(model=model)
+    result = TrialResult()
 
     class _Hook(keras.callbacks.Callback):
+        def __init__(self, size: int):
+            super().__init__()
+            self.size = size
+
         def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["image_size"] = float(self.size)
             if on_epoch is not None and on_epoch(epoch, dict(logs or {})):
                 result.pruned = True
                 self.model.stop_training = True
 
-    scorer = training.EpochScores(val_ds, data.y_val)
     t0 = time.perf_counter()
+    model, scorer = None, None
     try:
-        result.history = training.fit_stages(
-            model, params, train_ds, val_ds, y_val=data.y_val, epochs=epochs,
-            class_weight=class_weight, callbacks=[training.PreciseBatchNorm(data.x_train, seed=seed), scorer, _Hook()],
-            stop_requested=lambda: result.pruned,
-        )
+        for size, first, end in rung_schedule(rungs, epochs):
+            rung = data.at(size) if size else data
+            train_ds = training.make_dataset(
+                rung.x_train, rung.y_train, n_classes, batch_size,
+                training=True, augment=float(params.get("augment", 0.0)), seed=seed + first,
+            )
+            val_ds = training.make_dataset(rung.x_val, rung.y_val, n_classes, batch_size, training=False)
+            grown = build_model(params, rung.input_shape, n_classes, weights=weights)  # (pretrained: BatchNorm stays frozen)
+            if model is not None:  # the next rung continues from this rung's weights
+                grown.set_weights(model.get_weights())
+                del model
+            model = result.model = grown
+            if first == 0:
+                model = result.model = training.compile_model(model, params)
+            scorer = training.EpochScores(val_ds, rung.y_val)
+            part = training.fit_stages(
+                model, params, train_ds, val_ds, y_val=rung.y_val, epochs=epochs, window=(first, end),
+                class_weight=class_weight,
+                callbacks=[training.PreciseBatchNorm(rung.x_train, seed=seed), scorer, _Hook(rung.image_size)],
+                stop_requested=lambda: result.pruned,
+            )
+            for key, values in part.items():
+                result.history.setdefault(key, []).extend(values)
+            if result.pruned:
+                break
     finally:
         result.seconds = time.perf_counter() - t0
     result.value, result.best_epoch = best_of(result.history.get(objective, []), direction)
     # The last epoch's validation pass already scored the final weights: no second pass.
-    result.val_proba = scorer.last_proba if scorer.last_proba is not None else training.predict_proba(model, data.x_val)
+    last = data.at(model.input_shape[1]) if rungs else data
+    result.val_proba = scorer.last_proba if scorer.last_proba is not None else training.predict_proba(model, last.x_val)
     return result

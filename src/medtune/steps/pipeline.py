@@ -31,6 +31,9 @@ class PipelineOptions:
     mixed_precision: bool = True
     weights: str = "imagenet"
     seed: int = 42
+    budget: float | None = None  # seconds for the whole pipeline: a plan from the fingerprints sizes everything
+    ensemble: int | None = None  # final-training members (auto: the plan's, 1 without a budget)
+    warm_start: str = "recipes"
 
 
 @dataclass
@@ -69,14 +72,25 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
                                 trials=opts.trials, epochs=opts.search_epochs, image_size=opts.search_image_size,
                                 objective=opts.objective, pruner=opts.pruner, class_weights=opts.class_weights,
                                 timeout=opts.timeout, study=opts.study, storage=opts.storage, seed=opts.seed,
-                                weights=opts.weights)
+                                weights=opts.weights, warm_start=opts.warm_start)
     check_options(search_opts)  # every option is checked before the first step starts
     if opts.epochs is not None and opts.epochs < 1:
         from medtune.errors import ConfigError
 
         raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
-    fill(opts, dataset_name(opts.dataset), {"epochs": "final_epochs", "image_size": "final_image_size"})
-    split_opts = SplitOptions(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size, seed=opts.seed)
+    if opts.ensemble is not None and not 1 <= opts.ensemble <= 10:
+        from medtune.errors import ConfigError
+
+        raise ConfigError(f"ensemble={opts.ensemble}: expected 1 (one model) to 10 members")
+    budget = None
+    if opts.budget:
+        from medtune.planning.budget import Budget
+
+        budget = Budget(opts.budget).start()
+    else:
+        fill(opts, dataset_name(opts.dataset), {"epochs": "final_epochs", "image_size": "final_image_size"})
+    split_opts = SplitOptions(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size or 128,
+                              seed=opts.seed)
     split_opts.check()
     launcher_id = os.environ.pop("MLFLOW_RUN_ID", None)
     seconds = {}
@@ -84,9 +98,14 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
     split = run_split(split_opts, reuse_run=True)
     seconds["split"] = time.perf_counter() - t
     _link(launcher_id, {"medtune.split_run_id": split.run_id})
+    plan_files = {}
+    if budget is not None:  # fingerprint the data and the machine, then plan the rest of the budget
+        plan_files = _plan(opts, search_opts, split, budget)
+        _log_files(launcher_id, plan_files)
     t = time.perf_counter()
     search_opts.split_run = split.run_id
     search = run_search(search_opts)
+    _log_files(search.run_id, plan_files)
     seconds["search"] = time.perf_counter() - t
     _link(launcher_id, {"medtune.search_run_id": search.run_id}, step_run=search.run_id)
     if search.best is None:
@@ -97,12 +116,76 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
     train = run_train(TrainOptions(dataset=opts.dataset, data_dir=opts.data_dir, search_run=search.run_id,
                                    epochs=opts.epochs, image_size=opts.image_size, patience=opts.patience,
                                    mixed_precision=opts.mixed_precision, margin=opts.margin, seed=opts.seed,
-                                   split_run=split.run_id, weights=opts.weights))
+                                   split_run=split.run_id, weights=opts.weights, class_weights=opts.class_weights,
+                                   ensemble=opts.ensemble or 1,
+                                   budget=budget.remaining() if budget is not None else None))
+    _log_files(train.run_id, plan_files)
     seconds["train+evaluate"] = time.perf_counter() - t
     _link(launcher_id, {"medtune.train_run_id": train.run_id, "medtune.model_version": train.model_version or "",
                         "medtune.decision": train.decision.alias if train.decision else ""}, step_run=train.run_id)
+    if budget is not None:
+        _record_budget(launcher_id, budget)
+        log.info("Budget: %.1f of %.1f minutes used", budget.elapsed() / 60, budget.seconds / 60)
     log.info("Pipeline done: %s", ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     return PipelineOutcome(split.run_id, search.run_id, train, seconds)
+
+
+PLATEAU_MIN_PATIENCE = 6  # finished trials without improvement before a planned search stops early
+
+
+def fingerprints(split):
+    """The data's fingerprint from a finished split (its report and a sample of its files), and the machine's."""
+    from pathlib import Path
+
+    from medtune.planning.fingerprint import DataFingerprint, MachineFingerprint, image_stats
+
+    manifest = split.result.manifest
+    root = Path(split.resolved.root)
+    paths = [p if Path(p).is_absolute() else str(root / p) for p in manifest["path"]]
+    data = DataFingerprint.from_split(split.result.report, image_stats(paths))
+    return data, MachineFingerprint.detect()
+
+
+def _plan(opts: PipelineOptions, search_opts, split, budget) -> dict:
+    """Derive the plan for what is left of ``budget``, apply it to the options, print it; the files to log."""
+    from medtune.planning.rules import make_plan, render_plan
+
+    data, machine = fingerprints(split)
+    given = {"space": opts.space, "trials": opts.trials, "search_epochs": opts.search_epochs,
+             "search_image_size": opts.search_image_size, "epochs": opts.epochs, "image_size": opts.image_size,
+             "ensemble": opts.ensemble}
+    plan = make_plan(data, machine, budget.remaining(), overrides=given)
+    log.info("Plan for %s (%.0f minutes left of the budget; any option you give overrides it):\n%s",
+             split.resolved.name, budget.remaining() / 60, render_plan(plan, data, machine))
+    search_opts.space = plan.space
+    search_opts.trials = plan.trials
+    search_opts.epochs = plan.search_epochs
+    search_opts.rungs = plan.rungs if len(plan.rungs) > 1 else None
+    search_opts.image_size = plan.rungs[-1]
+    search_opts.budget = plan.search_s
+    search_opts.plateau = max(PLATEAU_MIN_PATIENCE, plan.trials // 3)
+    if search_opts.rungs and opts.pruner is None and opts.engine == "optuna":
+        search_opts.pruner = "median"  # decides at the end of every rung (ASHA's rungs are 1, 3, 9 epochs)
+    opts.epochs, opts.image_size, opts.ensemble = plan.epochs, plan.image_size, plan.ensemble
+    return {"fingerprint.json": {"data": data.to_dict(), "machine": machine.to_dict()}, "plan.json": plan.to_dict()}
+
+
+def _log_files(run_id: str | None, files: dict) -> None:
+    if not run_id or not files:
+        return
+    from medtune.tracking import RunLogger
+
+    logger = RunLogger(run_id)
+    for name, content in files.items():
+        logger.json(content, name)
+
+
+def _record_budget(launcher_id: str | None, budget) -> None:
+    if not launcher_id:
+        return
+    from medtune.tracking import RunLogger
+
+    RunLogger(launcher_id).metrics(budget.record())
 
 
 def _link(launcher_id: str | None, tags: dict, step_run: str | None = None) -> None:

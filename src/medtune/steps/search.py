@@ -46,6 +46,10 @@ class SearchOptions:
     pruner: str | None = None  # auto; Optuna only
     split_run: str | None = None
     weights: str = "imagenet"  # for keras.applications backbones: imagenet | none | file | folder
+    budget: float | None = None  # seconds of wall clock for the whole search (None: no time limit)
+    rungs: tuple[int, ...] | None = None  # image sizes of the resolution rungs (None: image_size only)
+    warm_start: str = "recipes"  # recipes | auto | none | earlier study names (Optuna)
+    plateau: int = 0  # stop after this many finished trials without improvement (0: never)
 
 
 @dataclass
@@ -125,18 +129,22 @@ class MlflowRecorder:
         value = logs.get(self.opts.objective)
         best = self.best
         progress_log.info(
-            "trial %d epoch %d/%d %s=%s (best so far %s)",
-            handle.number, epoch + 1, self.opts.epochs, self.opts.objective,
+            "trial %d epoch %d/%d%s %s=%s (best so far %s)",
+            handle.number, epoch + 1, self.opts.epochs,
+            f" at {int(logs['image_size'])} px" if _finite(logs.get("image_size")) else "", self.opts.objective,
             _fmt(value), _fmt(best),
         )
 
-    def trial_finished(self, handle, state: str, result=None, error: BaseException | None = None) -> None:
+    def trial_finished(self, handle, state: str, result=None, error: BaseException | None = None,
+                       reason: str | None = None) -> None:
         logger = handle.logger
         seconds = time.perf_counter() - handle.t0
         interrupted = isinstance(error, KeyboardInterrupt)
         try:
             logger.metrics({"trial_seconds": seconds})
             tags = {"medtune.trial_state": "KILLED" if interrupted else state}
+            if reason:
+                tags["medtune.stop_reason"] = reason
             if error is not None:
                 tags[tracking.TAG_ERROR] = tracking.one_line(error)
             if result is not None and result.history:
@@ -162,7 +170,8 @@ class MlflowRecorder:
             self.bar.update(1, postfix=f"best {_fmt(self.best)}")
         progress_log.info(
             "trial %d %s in %.0f s: %s=%s (best %s; %s%s)%s",
-            handle.number, "KILLED" if interrupted else state, seconds, self.opts.objective,
+            handle.number, "KILLED" if interrupted else (f"{state} ({reason})" if reason and reason != "pruned" else state),
+            seconds, self.opts.objective,
             _fmt(result.value if result is not None else None), _fmt(self.best), self._done(),
             f", {self.bar.eta()}" if 0 < self.bar.done < self.bar.total else "",
             f": {tracking.one_line(error)}" if error is not None and not interrupted else "",
@@ -177,6 +186,10 @@ class MlflowRecorder:
             metrics["best_so_far"] = best.value
             self.best = best.value
         self.parent.metrics(metrics, step=len(summaries))
+
+    def search_stopped(self, reason: str) -> None:
+        self.stop_reason = reason
+        self.parent.tags({"medtune.stop_reason": reason})
 
     def _done(self) -> str:
         if self.opts.engine == "keras_hyperband":  # Hyperband's brackets, not `trials`, set its budget
@@ -193,7 +206,7 @@ class MlflowRecorder:
             logger.figure(reports.confusion_matrix_figure(cm, self.classes, title="validation"), "confusion_matrix.png")
         probe = self.data.probe_index
         if len(probe):
-            images = np.asarray(self.data.x_val[probe])
+            images = np.asarray(self.data.at(int(result.model.input_shape[1])).x_val[probe])  # the last rung's size
             heatmaps, proba = explain.gradcam(result.model, images)
             titles = [
                 f"{self.classes[int(t)]} -> {self.classes[int(p.argmax())]} {p.max():.2f}"
@@ -232,12 +245,14 @@ def _short(params: dict) -> str:
 # ---------------------------------------------------------------- the step
 
 
+MAX_BUDGETED_TRIALS = 200  # with a time budget and no trial count, the budget ends the search
 PLANNED = {"space": "space", "trials": "trials", "epochs": "epochs", "image_size": "image_size"}
 
 
 def default_study(opts: SearchOptions, space_stem: str, manifest_hash: str) -> str:
     engine = "hyperband" if opts.engine == "keras_hyperband" else opts.engine  # studies of the old name resume
-    return f"{opts.dataset}-{space_stem}-{engine}-{opts.image_size}px-{manifest_hash[:8]}"
+    sizes = "-".join(map(str, opts.rungs)) if opts.rungs and len(opts.rungs) > 1 else str(opts.image_size)
+    return f"{opts.dataset}-{space_stem}-{engine}-{sizes}px-{manifest_hash[:8]}"
 
 
 def check_options(opts: SearchOptions) -> None:
@@ -257,6 +272,16 @@ def check_options(opts: SearchOptions) -> None:
         raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
     if opts.image_size is not None and not 16 <= opts.image_size <= 1024:
         raise ConfigError(f"image_size={opts.image_size}: expected 16..1024 pixels")
+    if opts.rungs:
+        if any(not 16 <= r <= 1024 for r in opts.rungs) or list(opts.rungs) != sorted(set(opts.rungs)):
+            raise ConfigError(f"image_sizes={','.join(map(str, opts.rungs))}: expected increasing sizes of 16..1024 px")
+        opts.image_size = opts.rungs[-1]  # the split is loaded at the largest rung and resized down
+    if opts.budget is not None and opts.budget <= 0:
+        raise ConfigError(f"budget={opts.budget}: expected a positive duration")
+    if opts.plateau < 0:
+        raise ConfigError(f"plateau={opts.plateau}: expected 0 (never) or a number of trials")
+    if opts.warm_start in ("", None):
+        opts.warm_start = "none"
     if opts.pruner is not None and opts.pruner not in PRUNERS:
         raise ConfigError(f"pruner={opts.pruner!r}: expected one of {', '.join(PRUNERS)}")
     objective_direction(opts.objective)
@@ -278,6 +303,8 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     from medtune.plan import fill
 
     check_options(opts)
+    if opts.budget and opts.trials is None and opts.engine != "grid":
+        opts.trials = MAX_BUDGETED_TRIALS  # the time budget decides how many run
     fill(opts, dataset_name(opts.dataset), {**PLANNED, **({} if opts.engine in KERAS_TUNER_ENGINES else {"pruner": "pruner"}),
                                             **({"trials": "trials"} if opts.engine != "grid" else {})})
     opts.weights = opts.weights or "none"
@@ -314,7 +341,8 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         study=study, trials=opts.trials, epochs=opts.epochs, objective=opts.objective, direction=direction,
         timeout=opts.timeout, seed=opts.seed, class_weights=opts.class_weights, storage=opts.storage,
         pruner=opts.pruner or "none", workdir=str(settings.project_dir() / ".medtune" / "keras_tuner"),
-        weights=weights, grid=grid,
+        weights=weights, grid=grid, rungs=tuple(opts.rungs) if opts.rungs and len(opts.rungs) > 1 else None,
+        warm_start=opts.warm_start, plateau_patience=opts.plateau, split=manifest_hash(split.manifest),
     )
     if opts.engine in KERAS_TUNER_ENGINES:  # unreadable keras-tuner state stops here, before the run is reopened
         from medtune.search import keras_tuner_engine
@@ -343,14 +371,22 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
             "pruner": opts.pruner if opts.engine not in KERAS_TUNER_ENGINES else "none",
             "storage": _storage_label(opts.storage),
             "weights": opts.weights if backbones != ["custom"] else "n/a",
+            "budget_min": round(opts.budget / 60, 2) if opts.budget else "none",
+            "image_sizes": ",".join(map(str, cfg.rungs)) if cfg.rungs else opts.image_size,
+            "warm_start": opts.warm_start, "plateau": opts.plateau,
         })
         if weights:
             parent.json({name: w.tags() for name, w in weights.items()}, "weights.json")
         parent.file(space_path)
         mlflow.log_input(manifest_dataset(split), context="training")
         recorder = MlflowRecorder(parent, experiment_id, opts, study, data, split.classes, weights)
-        log.info("Search %s: %s engine, %d trials x %d epochs at %d px, objective %s",
-                 study, opts.engine, opts.trials, opts.epochs, opts.image_size, opts.objective)
+        log.info("Search %s: %s engine, %s trials x %d epochs at %s px, objective %s%s",
+                 study, opts.engine, "up to " + str(opts.trials) if opts.budget else opts.trials, opts.epochs,
+                 "/".join(map(str, cfg.rungs)) if cfg.rungs else opts.image_size, opts.objective,
+                 f", budget {opts.budget / 60:.1f} min" if opts.budget else "")
+        from medtune.planning.budget import Budget
+
+        cfg.budget = Budget(opts.budget).start() if opts.budget else None
         if opts.engine not in KERAS_TUNER_ENGINES:  # optuna and grid
             from medtune.search import optuna_engine
 
@@ -362,6 +398,8 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         summaries = _with_run_ids(summaries, parent, experiment_id, study)
         best = best_trial(summaries, direction)
         seconds = time.perf_counter() - t0
+        if cfg.budget is not None:
+            parent.metrics(cfg.budget.record())
         _log_summary(parent, summaries, best, space, opts, direction, seconds)
         return SearchOutcome(parent.run_id, study, summaries, best, seconds)
 

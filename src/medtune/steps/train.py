@@ -36,6 +36,8 @@ class TrainOptions:
     seed: int = 42
     split_run: str | None = None
     weights: str | None = None  # imagenet | none | file | folder; None: what the search used
+    ensemble: int = 1  # members (seeds of the configuration), averaged in one model
+    budget: float | None = None  # seconds for the whole step; each member stops at an epoch boundary in its share
 
 
 @dataclass
@@ -111,7 +113,7 @@ def device_summary(mixed_precision: bool) -> tuple[str, bool]:
     return "CPU", False
 
 
-def _epoch_logger(run: tracking.RunLogger, epochs: int):
+def _epoch_logger(run: tracking.RunLogger, epochs: int, prefix: str = "", title: str = "final training"):
     import keras
 
     from medtune.progress import Counter
@@ -122,7 +124,7 @@ def _epoch_logger(run: tracking.RunLogger, epochs: int):
 
         def on_train_begin(self, logs=None):
             if not hasattr(self, "bar"):  # one bar over all stages
-                self.bar = Counter("final training", epochs, "epoch", lines=False)
+                self.bar = Counter(title, epochs, "epoch", lines=False)
 
         def on_epoch_end(self, epoch, logs=None):
             logs = dict(logs or {})
@@ -132,11 +134,13 @@ def _epoch_logger(run: tracking.RunLogger, epochs: int):
                     logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
                 except Exception:  # noqa: BLE001
                     pass
-            run.metrics({_metric_name(k): float(v) for k, v in logs.items() if _finite(v)}, step=epoch, synchronous=False)
+            run.metrics({prefix + _metric_name(k): float(v) for k, v in logs.items() if _finite(v)}, step=epoch,
+                        synchronous=False)
             shown = {k: v for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1")}
             text = ", ".join(f"{k}={float(v):.4f}" for k, v in shown.items() if _finite(v))
             self.bar.to(epoch + 1)
-            log.info("epoch %d/%d: %s (%s; early stopping may end sooner)", epoch + 1, epochs, text, self.bar.eta())
+            log.info("%sepoch %d/%d: %s (%s; early stopping may end sooner)", prefix.replace("_", " "), epoch + 1, epochs,
+                     text, self.bar.eta())
 
         def on_train_end(self, logs=None):
             if self.model.stop_training or self.bar.done >= epochs:
@@ -150,6 +154,10 @@ def run_train(opts: TrainOptions) -> TrainOutcome:
         raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
     if opts.image_size is not None and not 16 <= opts.image_size <= 1024:
         raise ConfigError(f"image_size={opts.image_size}: expected 16..1024 pixels")
+    if not 1 <= opts.ensemble <= 10:
+        raise ConfigError(f"ensemble={opts.ensemble}: expected 1 (one model) to 10 members")
+    if opts.budget is not None and opts.budget <= 0:
+        raise ConfigError(f"budget={opts.budget}: expected a positive duration")
     t0 = time.perf_counter()
     if opts.params:  # what to train is found before any split is made or loaded
         params, search_run_id = params_from_file(opts.params), None
@@ -200,6 +208,7 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
     with tracking.step_run(split.dataset, "train", run_name=f"train-{split.dataset}", tags=tags) as run:
         class_weight = training.balanced_class_weights(cache.y["train"], n_classes) if opts.class_weights else None
         run.params({**params, "epochs": opts.epochs, "image_size": opts.image_size, "patience": opts.patience,
+                    "ensemble": opts.ensemble, "budget_min": round(opts.budget / 60, 2) if opts.budget else "none",
                     "mixed_precision": mixed, "class_weights": opts.class_weights, "seed": opts.seed,
                     "params_source": opts.params or f"search {search_run_id}"})
         backbone = params.get("backbone", "custom")
@@ -213,36 +222,35 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
         mlflow.log_input(manifest_dataset(split), context="training")
         from medtune.steps.search import _short
 
-        log.info("Final training on %s (%s, mixed precision %s): %s", device, split.dataset, "on" if mixed else "off",
-                 _short(params))
-        batch = int(params.get("batch_size", 32))
-        train_ds = training.make_dataset(cache.x["train"], cache.y["train"], n_classes, batch, training=True,
-                                         augment=float(params.get("augment", 0.0)), seed=opts.seed)
-        val_ds = training.make_dataset(cache.x["val"], cache.y["val"], n_classes, batch, training=False)
-        model = training.compile_model(
-            build_model(params, tuple(cache.x["train"].shape[1:]), n_classes, weights=weights), params)
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = Path(tmp) / "best.weights.h5"
-            callbacks = [
-                training.PreciseBatchNorm(cache.x["train"], seed=opts.seed),
-                training.StagedEarlyStopping(monitor="val_macro_f1", mode="max", patience=opts.patience,
-                                             restore_best_weights=True),
-                *([keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, opts.patience // 3),
-                                                     min_lr=1e-6)]
-                  if params.get("lr_schedule", "constant") == "constant" else []),  # cosine sets its own rate
-                keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_macro_f1", mode="max", save_best_only=True,
-                                                save_weights_only=True),
-                _epoch_logger(run, opts.epochs),
-            ]
-            history = training.fit_stages(
-                model, params, train_ds, val_ds, y_val=cache.y["val"], epochs=opts.epochs, class_weight=class_weight,
-                callbacks=callbacks,
-                on_stage=lambda st, n: log.info("Stage %d: epochs %d-%d, learning rate %.2g, %d trainable layers",
-                                                st.number, st.first_epoch + 1, st.end_epoch, st.learning_rate, n))
-            if ckpt.exists():
-                model.load_weights(ckpt)  # the best epoch, whatever early stopping did
-        if mixed:  # evaluate, explain and log a float32 model: it serves on any CPU
-            model = float32_copy(model, params, tuple(cache.x["train"].shape[1:]), n_classes)
+        log.info("Final training on %s (%s, mixed precision %s%s): %s", device, split.dataset, "on" if mixed else "off",
+                 f", ensemble of {opts.ensemble}" if opts.ensemble > 1 else "", _short(params))
+        from medtune.planning.budget import Budget
+
+        budget = Budget(opts.budget).start() if opts.budget else None
+        # evaluation, Grad-CAM, model card and registration after training: a reserve of the budget
+        reserve = min(max(30.0, 0.08 * opts.budget), 240.0) if opts.budget else 0.0
+        members, histories = [], []
+        for i in range(opts.ensemble):
+            share = (Budget(max(0.0, budget.remaining() - reserve) / (opts.ensemble - i)).start()
+                     if budget else None)  # what is left, split evenly between the members still to train
+            prefix = f"member{i}_" if opts.ensemble > 1 else ""
+            member, history = _fit_member(params, cache, n_classes, class_weight, weights, opts, run,
+                                          seed=opts.seed + i, prefix=prefix, budget=share)
+            if mixed:  # evaluate, explain and log a float32 model: it serves on any CPU
+                member = float32_copy(member, params, tuple(cache.x["train"].shape[1:]), n_classes)
+            members.append(member)
+            histories.append(history)
+        if budget is not None:
+            run.metrics(budget.record())
+        if opts.ensemble > 1:
+            from medtune.models.ensemble import build_ensemble
+
+            model = build_ensemble(members)
+            run.metrics({f"member{i}_best_val_macro_f1": float(np.nanmax(h["val_macro_f1"]))
+                         for i, h in enumerate(histories) if h.get("val_macro_f1")})
+        else:
+            model = members[0]
+        history = histories[0]
         best_epoch = int(np.nanargmax(history["val_macro_f1"])) if history.get("val_macro_f1") else -1
         run.metrics({"best_epoch": best_epoch, "epochs_run": len(history.get("loss", [])),
                      "best_val_macro_f1": float(np.nanmax(history["val_macro_f1"])) if best_epoch >= 0 else float("nan")})
@@ -281,6 +289,46 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
                   cards.params_source(search_run_id, opts.params), opts.seed)
         training.release_model(model)
         return TrainOutcome(run.run_id, ev.metrics, model_name, version, decision, time.perf_counter() - t0)
+
+
+def _fit_member(params: dict, cache, n_classes: int, class_weight, weights, opts: TrainOptions, run, *, seed: int,
+                prefix: str, budget=None):
+    """One model of the final training: fitted with early stopping, the best epoch's weights restored."""
+    import keras
+
+    from medtune import training
+    from medtune.models import build_model
+
+    keras.utils.set_random_seed(seed)
+    batch = int(params.get("batch_size", 32))
+    train_ds = training.make_dataset(cache.x["train"], cache.y["train"], n_classes, batch, training=True,
+                                     augment=float(params.get("augment", 0.0)), seed=seed)
+    val_ds = training.make_dataset(cache.x["val"], cache.y["val"], n_classes, batch, training=False)
+    model = training.compile_model(
+        build_model(params, tuple(cache.x["train"].shape[1:]), n_classes, weights=weights), params)
+    title = f"final training{' ' + prefix.rstrip('_') if prefix else ''}"
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "best.weights.h5"
+        callbacks = [
+            training.PreciseBatchNorm(cache.x["train"], seed=seed),
+            training.StagedEarlyStopping(monitor="val_macro_f1", mode="max", patience=opts.patience,
+                                         restore_best_weights=True),
+            *([keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, opts.patience // 3),
+                                                 min_lr=1e-6)]
+              if params.get("lr_schedule", "constant") == "constant" else []),  # cosine sets its own rate
+            keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_macro_f1", mode="max", save_best_only=True,
+                                            save_weights_only=True),
+            *([training.TimeLimit(budget)] if budget is not None else []),
+            _epoch_logger(run, opts.epochs, prefix, title),
+        ]
+        history = training.fit_stages(
+            model, params, train_ds, val_ds, y_val=cache.y["val"], epochs=opts.epochs, class_weight=class_weight,
+            callbacks=callbacks, stop_requested=(lambda: budget.spent()) if budget is not None else None,
+            on_stage=lambda st, n: log.info("Stage %d: epochs %d-%d, learning rate %.2g, %d trainable layers",
+                                            st.number, st.first_epoch + 1, st.end_epoch, st.learning_rate, n))
+        if ckpt.exists():
+            model.load_weights(ckpt)  # the best epoch, whatever early stopping did
+    return model, history
 
 
 def _log_card(run, ev, model, metadata, split, test, decision, model_name, version, source: str, seed: int) -> None:
