@@ -63,7 +63,7 @@ class SearchOutcome:
 
 
 def _metric_name(key: str) -> str:
-    if key.startswith("val_") or key in ("epoch_seconds", "learning_rate", "stage"):
+    if key.startswith("val_") or key in ("epoch_seconds", "learning_rate", "stage", "image_size"):
         return key
     return f"train_{key}"
 
@@ -397,11 +397,26 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
             summaries = keras_tuner_engine.run_search(opts.engine, space, data, cfg, recorder)
         summaries = _with_run_ids(summaries, parent, experiment_id, study)
         best = best_trial(summaries, direction)
+        if best is None and cfg.budget is not None:
+            best = _best_stopped(summaries, direction)
+            if best is not None:  # the budget ended every trial early: the best one stopped by it
+                log.warning("No trial completed within the time budget: trial %d, stopped by the budget at "
+                            "%s=%.4f, is taken as the best", best.number, opts.objective, best.value)
+                parent.tags({"medtune.best_is_partial": "true"})
         seconds = time.perf_counter() - t0
         if cfg.budget is not None:
             parent.metrics(cfg.budget.record())
         _log_summary(parent, summaries, best, space, opts, direction, seconds)
         return SearchOutcome(parent.run_id, study, summaries, best, seconds)
+
+
+def _best_stopped(summaries: list[TrialSummary], direction: str) -> TrialSummary | None:
+    """Among PRUNED trials, the best by its last reported value (a stand-in when none completed)."""
+    from dataclasses import replace
+
+    candidates = [replace(s, value=s.intermediate[max(s.intermediate)], state=COMPLETE)
+                  for s in summaries if s.state == PRUNED and s.intermediate]
+    return best_trial(candidates, direction)
 
 
 def _storage_label(storage: str | None) -> str:

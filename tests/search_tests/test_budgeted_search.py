@@ -1,0 +1,231 @@
+"""The budgeted search: time budget (fake clock), resolution rungs, warm starts, the plateau stop.
+
+The engines run for real (Optuna's study in SQLite, keras-tuner's oracle on disk); only
+``train_trial`` is replaced by a scripted stand-in where the test is about the engine's
+decisions, and runs for real on the synthetic images where it is about the rungs themselves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medtune.planning.budget import Budget
+from medtune.search.base import COMPLETE, PRUNED, NullRecorder, SearchSettings
+from medtune.search.trial import TrialResult, rung_schedule
+from medtune.space import load_space
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder(NullRecorder):
+    """Remembers which trials started, how they ended and why the search stopped."""
+
+    def __init__(self, clock: FakeClock | None = None):
+        self.started, self.finished, self.stopped, self.clock = [], [], None, clock
+        self.start_times = []
+
+    def trial_started(self, number, params):
+        self.started.append(number)
+        self.start_times.append(self.clock.now if self.clock else 0.0)
+        return number
+
+    def trial_finished(self, handle, state, result=None, error=None, reason=None):
+        self.finished.append((handle, state, reason))
+
+    def search_stopped(self, reason):
+        self.stopped = reason
+
+
+def _space(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("params:\n  filters: {type: categorical, choices: [16, 32], default: 16}\n"
+                    "  dense_units: {type: int, low: 4, high: 8, default: 8}\n")
+    return load_space(path)
+
+
+def _scripted(values_of, clock: FakeClock | None = None, epoch_s: float = 0.0, seen: dict | None = None):
+    """A ``train_trial`` stand-in: trial ``seed - 42`` reports ``values_of(n)`` per epoch; each epoch
+    advances the fake clock by ``epoch_s``."""
+
+    def fake(params, data, *, epochs, seed, on_epoch, rungs=None, **kwargs):
+        number = seed - 42
+        result = TrialResult()
+        for epoch, value in enumerate(values_of(number)[:epochs]):
+            if clock is not None:
+                clock.now += epoch_s
+            result.history.setdefault("val_macro_f1", []).append(value)
+            result.history.setdefault("loss", []).append(1.0)
+            if on_epoch(epoch, {"val_macro_f1": value}):
+                result.pruned = True
+                break
+        if seen is not None:
+            seen[number] = len(result.history["val_macro_f1"])
+        result.value, result.best_epoch = max(result.history["val_macro_f1"]), 0
+        return result
+
+    return fake
+
+
+# ---------------------------------------------------------------- the time budget
+
+
+def test_optuna_starts_no_trial_after_the_budget_and_stops_the_running_one_at_an_epoch(tmp_path, monkeypatch):
+    from medtune.search import optuna_engine
+
+    clock = FakeClock()
+    seen = {}
+    monkeypatch.setattr(optuna_engine, "train_trial",
+                        _scripted(lambda n: [0.5, 0.6, 0.7, 0.8], clock, epoch_s=10.0, seen=seen))
+    cfg = SearchSettings(study="b", trials=50, epochs=4, seed=42, pruner="none", storage=f"sqlite:///{tmp_path / 'o.db'}",
+                         budget=Budget(100.0, clock).start())
+    recorder = Recorder(clock)
+    out = optuna_engine.run_search(_space(tmp_path), None, cfg, recorder)
+    # 40 s per full trial: trials 0 and 1 complete (80 s), trial 2 is stopped after its 2nd epoch (100 s)
+    assert [s.state for s in out] == [COMPLETE, COMPLETE, PRUNED]
+    assert seen == {0: 4, 1: 4, 2: 2}
+    assert all(t < 100.0 for t in recorder.start_times)  # no trial started once the budget was spent
+    assert recorder.finished[-1] == (2, PRUNED, "time budget spent")
+    assert recorder.stopped.startswith("time budget of 1.7 min spent after 3 trials")
+    assert cfg.budget.record() == {"budget_planned_s": 100.0, "budget_used_s": 100.0}
+
+
+def test_keras_tuner_honours_the_budget_too(tmp_path, monkeypatch):
+    from medtune.search import keras_tuner_engine
+    from medtune.search.trial import TrialData
+
+    clock = FakeClock()
+    seen = {}
+    monkeypatch.setattr(keras_tuner_engine, "train_trial",
+                        _scripted(lambda n: [0.5, 0.6, 0.7, 0.8], clock, epoch_s=10.0, seen=seen))
+    x = np.zeros((4, 8, 8, 1), np.uint8)
+    data = TrialData(["a", "b"], x, np.array([0, 1, 0, 1]), x, np.array([0, 1, 0, 1]), np.array([0]))
+    cfg = SearchSettings(study="kt", trials=20, epochs=4, seed=42, workdir=str(tmp_path / "kt"),
+                         budget=Budget(100.0, clock).start())
+    recorder = Recorder(clock)
+    out = keras_tuner_engine.run_search("bayesian", _space(tmp_path), data, cfg, recorder)
+    numbers = sorted(seen)
+    assert [seen[n] for n in numbers] == [4, 4, 2]  # the third trial stops at its epoch boundary
+    assert [s.state for s in out] == [COMPLETE, COMPLETE, PRUNED]  # recorded as Optuna records it
+    assert recorder.finished[-1][1:] == (PRUNED, "stopped: time budget spent")
+    assert recorder.stopped.startswith("time budget of 1.7 min spent")
+    assert all(t < 100.0 for t in recorder.start_times)
+
+
+# ---------------------------------------------------------------- the plateau stop
+
+
+def test_the_search_stops_when_it_has_plateaued(tmp_path, monkeypatch):
+    from medtune.search import optuna_engine
+
+    script = {0: 0.60, 1: 0.70, 2: 0.69, 3: 0.70, 4: 0.65, 5: 0.7005, 6: 0.99}
+    monkeypatch.setattr(optuna_engine, "train_trial", _scripted(lambda n: [script[n]]))
+    cfg = SearchSettings(study="p", trials=7, epochs=1, seed=42, pruner="none", plateau_patience=4,
+                         storage=f"sqlite:///{tmp_path / 'o.db'}")
+    recorder = Recorder()
+    out = optuna_engine.run_search(_space(tmp_path), None, cfg, recorder)
+    assert len(out) == 6  # trials 2-5 improved nothing beyond 1e-3: trial 6 never runs
+    assert recorder.stopped == ("plateau: no trial improved the best value 0.7000 by more than 0.001 "
+                                "in the last 4 trials")
+
+
+# ---------------------------------------------------------------- rungs
+
+
+def test_rung_schedule_splits_the_epochs_and_keeps_the_largest_sizes():
+    assert rung_schedule(None, 5) == [(None, 0, 5)]
+    assert rung_schedule((32, 48, 64), 3) == [(32, 0, 1), (48, 1, 2), (64, 2, 3)]
+    assert rung_schedule((32, 48, 64), 7) == [(32, 0, 2), (48, 2, 4), (64, 4, 7)]
+    assert rung_schedule((32, 48, 64), 2) == [(48, 0, 1), (64, 1, 2)]
+
+
+def test_the_pruner_decides_only_at_the_end_of_a_rung(tmp_path, monkeypatch):
+    from medtune.search import optuna_engine
+
+    curves = {0: [0.6, 0.7, 0.8, 0.9], 1: [0.6, 0.7, 0.8, 0.9], 2: [0.1, 0.2, 0.3, 0.4]}
+    seen = {}
+    monkeypatch.setattr(optuna_engine, "train_trial", _scripted(lambda n: curves[n], seen=seen))
+    cfg = SearchSettings(study="r", trials=3, epochs=4, seed=42, pruner="median", rungs=(32, 48),
+                         storage=f"sqlite:///{tmp_path / 'o.db'}")
+    out = optuna_engine.run_search(_space(tmp_path), None, cfg, NullRecorder())
+    # below the median from its first epoch, trial 2 is still trained to the end of rung 1 (2 epochs)
+    assert [s.state for s in out] == [COMPLETE, COMPLETE, PRUNED]
+    assert seen == {0: 4, 1: 4, 2: 2}
+
+
+def test_a_promoted_trial_continues_from_its_own_weights_at_the_larger_size(monkeypatch):
+    """Real training on synthetic images: 32 px for one epoch, then 48 px from the same weights."""
+    import medtune.models as models
+    from medtune.datasets.synthetic import CLASSES, generate
+    from medtune.search import trial as trial_module
+    from medtune.search.trial import TrialData, train_trial
+
+    x, y, _ = generate(8, 48, seed=0)
+    data = TrialData(list(CLASSES), x, y.astype(np.int32), x[::2], y[::2].astype(np.int32), np.arange(4))
+    built, handed = [], []
+    real_build = models.build_model
+
+    def spy(params, input_shape, n_classes, **kwargs):
+        model = real_build(params, input_shape, n_classes, **kwargs)
+        real_set = model.set_weights
+        model.set_weights = lambda w: (handed.append([a.copy() for a in w]), real_set(w))[1]
+        built.append(model)
+        return model
+
+    monkeypatch.setattr(models, "build_model", spy)
+    sizes = []
+    params = {"num_blocks": 2, "filters": 8, "dense_units": 8, "learning_rate": 1e-3, "augment": 0.0}
+    result = train_trial(params, data, epochs=2, rungs=(32, 48), seed=1,
+                         on_epoch=lambda e, logs: sizes.append(logs["image_size"]) and False)
+    assert [m.input_shape[1] for m in built] == [32, 48]
+    assert sizes == [32.0, 48.0] and result.history["image_size"] == [32.0, 48.0]
+    # the 48 px network was given exactly the weights the 32 px one ended its rung with
+    assert len(handed) == 1
+    assert all(np.array_equal(a, b) for a, b in zip(handed[0], built[0].get_weights()))
+    assert result.model is built[1] and result.model.input_shape[1] == 48
+    assert result.val_proba.shape == (len(data.x_val), len(data.classes))
+    assert trial_module.resize_images(x[:2], 32).shape == (2, 32, 32, x.shape[-1])
+
+
+# ---------------------------------------------------------------- warm starts
+
+
+def test_a_new_study_runs_the_recipes_first_and_imports_earlier_studies(tmp_path, monkeypatch):
+    import optuna
+
+    from medtune.planning.recipes import recipes_for
+    from medtune.search import optuna_engine
+    from medtune.space import resolve_space_path
+
+    space = load_space(resolve_space_path("auto_cpu"))
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    monkeypatch.setattr(optuna_engine, "train_trial", _scripted(lambda n: [0.5 + 0.01 * n]))
+    first = SearchSettings(study="first", trials=4, epochs=1, seed=42, pruner="none", storage=storage,
+                           warm_start="recipes", split="abc")
+    out = optuna_engine.run_search(space, None, first, NullRecorder())
+    recipes = recipes_for(space)
+    assert [s.params for s in out[: len(recipes)]] == [p for _, p in recipes]
+    study = optuna.load_study(study_name="first", storage=storage)
+    assert [t.user_attrs.get("recipe") for t in study.trials[: len(recipes)]] == [n for n, _ in recipes]
+
+    # same split and fidelity: `auto` imports the first study's trials; another fidelity is not imported
+    other = SearchSettings(study="other", trials=1, epochs=3, seed=42, pruner="none", storage=storage, split="abc")
+    optuna_engine.run_search(space, None, other, NullRecorder())
+    second = SearchSettings(study="second", trials=6, epochs=1, seed=7, pruner="none", storage=storage,
+                            warm_start="auto", split="abc")
+    out2 = optuna_engine.run_search(space, None, second, NullRecorder())
+    imported = [t for t in optuna.load_study(study_name="second", storage=storage).trials
+                if "imported_from" in t.user_attrs]
+    assert sorted(t.user_attrs["imported_from"] for t in imported) == [f"first#{i}" for i in range(4)]
+    assert [t.value for t in imported] == [s.value for s in out]
+    assert len([s for s in out2 if s.state == COMPLETE]) == 6  # the imported 4 count towards the budget
+
+    with pytest.raises(Exception, match="warm_start=other: that study measured val_macro_f1:3ep"):
+        optuna_engine.run_search(space, None, SearchSettings(
+            study="third", trials=1, epochs=1, storage=storage, warm_start="other", split="abc"), NullRecorder())

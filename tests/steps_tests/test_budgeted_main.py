@@ -1,0 +1,82 @@
+"""``medtune main --budget``: the plan from the fingerprints, the rungs, an ensemble of two, end to end.
+
+One real pipeline on the small synthetic set (SQLite MLflow store, real Optuna study): the plan
+is printed and logged, the search climbs image-size rungs within its share of the budget, and
+final training averages two members in one model that is registered, served through pyfunc and
+explained with averaged Grad-CAM.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _json(client, run_id: str, name: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(client.download_artifacts(run_id, name, tmp)).read_text())
+
+
+def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
+    import mlflow
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    proc = project.medtune("main", "--budget", "4m", "--ensemble", "2", timeout=900)
+    out = proc.stdout + proc.stderr
+    assert "Plan for synthetic" in out and "2 x " in out  # the table, with the ensemble the user gave
+
+    client = MlflowClient(project.tracking_uri)
+    exp = client.get_experiment_by_name("medtune-synthetic")
+    runs = {r.data.tags["medtune.step"]: r for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("medtune.step") in ("search", "train")}
+    search, train = runs["search"], runs["train"]
+
+    plan = _json(client, search.info.run_id, "plan.json")
+    fingerprint = _json(client, train.info.run_id, "fingerprint.json")
+    assert plan["ensemble"] == 2 and plan["reasons"]["ensemble"] == "given"
+    assert plan["budget_s"] <= 240 and plan["search_s"] == pytest.approx(0.4 * plan["budget_s"])
+    assert len(plan["rungs"]) == 3 and plan["rungs"][-1] == plan["image_size"]
+    assert fingerprint["data"]["n_train"] > 0 and fingerprint["machine"]["cpu_cores"] >= 1
+
+    # the search: its share of the budget recorded, every trial's sizes logged per epoch
+    assert search.data.params["budget_min"] == str(round(plan["search_s"] / 60, 2))
+    assert search.data.metrics["budget_used_s"] > 0 and "medtune.stop_reason" in search.data.tags
+    trials = client.search_runs([exp.experiment_id], "tags.`medtune.step` = 'trial'")
+    sizes = [[m.value for m in sorted(client.get_metric_history(t.info.run_id, "image_size"), key=lambda m: m.step)]
+             for t in trials]
+    assert [plan["rungs"][0]] == sorted({s[0] for s in sizes if s})  # every trial starts at the smallest rung
+    climbed = [s for s in sizes if len(s) > 1]
+    assert climbed and all(s == sorted(s) and len(set(s)) > 1 for s in climbed)
+
+    # final training: two members, one registered model
+    assert train.data.params["ensemble"] == "2"
+    assert {"member0_best_val_macro_f1", "member1_best_val_macro_f1"} <= set(train.data.metrics)
+    assert "test_accuracy" in train.data.metrics
+    version = train.data.tags["medtune.model_version"]
+    from medtune import explain, serving
+    from medtune.models.ensemble import members_of
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, meta = serving.load_keras_from_uri(f"models:/medtune-synthetic/{version}", Path(tmp))
+    assert len(members_of(model)) == 2
+    size = int(meta["image_size"])
+    images = np.stack([np.full((size, size, 3), v, np.uint8) for v in (40, 200)])
+    heatmaps, proba = explain.gradcam(model, images)
+    assert heatmaps.shape[0] == 2 and np.allclose(proba.sum(1), 1, atol=1e-4)
+
+    buf = io.BytesIO()
+    Image.fromarray(images[1]).save(buf, format="PNG")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/medtune-synthetic/{version}")
+    served = pyfunc.predict(pd.DataFrame({"image": [buf.getvalue()]}))
+    keras_proba = model.predict(images[1:].astype("float32"), verbose=0)[0]
+    prob_cols = [c for c in served.columns if c.startswith("prob_")]
+    assert np.allclose(served[prob_cols].to_numpy(dtype=float)[0], keras_proba, atol=1e-4)
