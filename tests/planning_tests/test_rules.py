@@ -40,9 +40,11 @@ def test_the_plan_fits_the_budget_on_cpu(budget_min):
 
 
 def test_more_budget_buys_more_and_larger():
-    short, long = make_plan(BRAIN, CPU, 30 * 60), make_plan(BRAIN, CPU, 120 * 60)
-    assert short.image_size == 128 and long.image_size == 160
+    tiny, short, long = make_plan(BRAIN, CPU, 15 * 60), make_plan(BRAIN, CPU, 30 * 60), make_plan(BRAIN, CPU, 120 * 60)
+    assert tiny.image_size == 128 and short.image_size == long.image_size == 160
     assert long.trials >= short.trials and long.epochs * long.ensemble > short.epochs * short.ensemble
+    # an ensemble only when every member still gets enough epochs: one model at 30 minutes, three at 2 hours
+    assert (short.ensemble, long.ensemble) == (1, 3) and long.epochs >= 12
 
 
 def test_gpu_plans_larger_images_batches_and_an_ensemble():

@@ -7,8 +7,8 @@ training. The rules (docs/planning.md gives the measurements behind the constant
 1. **Budget split.** The search gets ``SEARCH_SHARE`` of the budget, final training the rest.
 2. **Space.** Always the pretrained EfficientNet-Lite0 (its ImageNet weights are offline) beside
    the custom CNN: ``auto_cpu`` on CPU (cnn_cpu-sized custom CNNs), ``auto_gpu`` with a GPU.
-3. **Image sizes.** The final size is the median image side, capped by the machine (CPU: 128 px
-   under 90 minutes, else 160; GPU: 224) and floored at 64. The search climbs rungs of
+3. **Image sizes.** The final size is the median image side, capped by the machine (CPU: 160 px,
+   128 under 20 minutes; GPU: 224) and floored at 64. The search climbs rungs of
    1/2, 3/4 and 1 of it (multiples of 16), so promising trials continue at larger sizes.
 4. **Cost model.** An epoch costs ``n_train x (size/128)^2 x`` seconds per image at 128 px
    (measured per backbone kind, scaled by cores; a GPU is ``GPU_SPEEDUP`` faster).
@@ -17,7 +17,7 @@ training. The rules (docs/planning.md gives the measurements behind the constant
    ``MIN_TRIALS``.
 6. **Final training and ensemble.** Final epochs: what the final budget pays for, between
    ``MIN_FINAL_EPOCHS`` and ``MAX_FINAL_EPOCHS``; an ensemble of k members when k members still
-   get ``ENSEMBLE_MIN_EPOCHS`` each (k <= 3).
+   get ``ENSEMBLE_MIN_EPOCHS`` each (two members) or two more (three members).
 7. **Batch and class weights.** Batch 32 on CPU, 64 on a GPU (128 with 40 GiB or more); balanced
    class weights when the imbalance ratio exceeds 1.5; stronger augmentation under 200 images per
    class.
@@ -41,7 +41,8 @@ GPU_SPEEDUP = 25.0
 EPOCHS_PER_RUNG = 1
 MIN_TRIALS, MAX_TRIALS = 4, 60
 MIN_FINAL_EPOCHS, MAX_FINAL_EPOCHS = 4, 60
-ENSEMBLE_MIN_EPOCHS = 8
+ENSEMBLE_MIN_EPOCHS = 10  # per member of two; three members need 12 each
+SMALL_BUDGET_S = 20 * 60  # under it, CPU plans cap images at 128 px instead of 160
 FIT_OVERHEAD_S = 20.0  # building a model and tracing its graphs, per fit (each rung, each member)
 EPOCH_OVERHEAD_S = 2.0  # per epoch: precise BatchNorm, validation set-up, logging
 EVALUATION_S = 60.0  # after final training: test set, Grad-CAM, model card, registration
@@ -97,7 +98,7 @@ def make_plan(data: DataFingerprint, machine: MachineFingerprint, budget_s: floa
     space = given.get("space") or ("auto_gpu" if gpu else "auto_cpu")
     why["space"] = "given" if "space" in given else f"rule 2: {'GPU' if gpu else 'CPU'} machine"
 
-    cap = 224 if gpu else (128 if budget < 90 * 60 else 160)
+    cap = 224 if gpu else (128 if budget < SMALL_BUDGET_S else 160)
     native = data.median_side or cap
     image_size = int(given.get("image_size") or max(64, min(cap, _round16(native))))
     why["image_size"] = "given" if "image_size" in given else (
@@ -127,7 +128,7 @@ def make_plan(data: DataFingerprint, machine: MachineFingerprint, budget_s: floa
 
     affordable = per_member(1)
     ensemble = int(given.get("ensemble") or next(
-        (k for k in (3, 2) if per_member(k) >= (12 if k == 3 else ENSEMBLE_MIN_EPOCHS)), 1))
+        (k for k in (3, 2) if per_member(k) >= (ENSEMBLE_MIN_EPOCHS + 2 if k == 3 else ENSEMBLE_MIN_EPOCHS)), 1))
     why["ensemble"] = "given" if "ensemble" in given else (
         f"rule 6: {affordable} final epochs affordable; {ensemble} member(s) of >= {ENSEMBLE_MIN_EPOCHS} epochs")
     epochs = int(given.get("epochs") or max(MIN_FINAL_EPOCHS, min(MAX_FINAL_EPOCHS, per_member(ensemble))))
