@@ -131,7 +131,8 @@ class MlflowRecorder:
         progress_log.info(
             "trial %d epoch %d/%d%s %s=%s (best so far %s)",
             handle.number, epoch + 1, self.opts.epochs,
-            f" at {int(logs['image_size'])} px" if _finite(logs.get("image_size")) else "", self.opts.objective,
+            f" at {int(logs['image_size'])} px" if self.opts.rungs and _finite(logs.get("image_size")) else "",
+            self.opts.objective,
             _fmt(value), _fmt(best),
         )
 
