@@ -20,7 +20,7 @@ from medtune import serving, training
 from medtune.datasets.images import decode_image
 from medtune.datasets.synthetic import generate
 from medtune.models import build_model
-from tests.conftest import use_sqlite_store
+from tests.helpers import use_sqlite_store
 
 CLASSES = ["crescent", "disc", "ring tumour", "speckled"]  # one name with a space
 SIZE = 32
