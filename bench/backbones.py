@@ -35,7 +35,6 @@ import time
 import numpy as np
 
 from _common import QUICK_NOTE, add_data_args, machine, memory, set_up, table
-
 from medtune.models import BACKBONES  # the backbone table; no TensorFlow yet
 
 
@@ -89,14 +88,14 @@ def main() -> None:
     bench = set_up("backbones", args)
     folder, threads = bench.data, bench.threads
 
+    import keras
+
     from medtune import training
     from medtune.models import build_model
     from medtune.models.transfer import BACKBONE_SPECS, set_stage, stage_plan
     from medtune.models.weights import resolve_weights
     from medtune.space import load_space, resolve_space_path
     from medtune.steps.data import load_split
-
-    import keras
 
     space = load_space(resolve_space_path("transfer"))
     print(machine())

@@ -57,13 +57,12 @@ def main() -> None:
     bench = set_up("input-pipeline", args)
     folder, threads = bench.data, bench.threads
 
-    from medtune.space import load_space, resolve_space_path
-    from medtune.steps.data import load_split
-
     import keras
 
     from medtune import training
     from medtune.models import build_model
+    from medtune.space import load_space, resolve_space_path
+    from medtune.steps.data import load_split
 
     params = load_space(resolve_space_path("cnn")).defaults()
     if args.batch_size:
@@ -88,7 +87,7 @@ def main() -> None:
         x, y, k = split.cache.x["train"], split.cache.y["train"], len(split.classes)
         weights = training.balanced_class_weights(y, k)
 
-        def dataset(aug: float):
+        def dataset(aug: float, x=x, y=y, k=k):  # this size's arrays, bound now
             return training.make_dataset(x, y, k, batch, training=True, augment=aug, seed=args.seed)
 
         keras.utils.set_random_seed(args.seed)

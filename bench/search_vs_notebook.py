@@ -47,6 +47,7 @@ import math
 import time
 
 import numpy as np
+
 from _common import QUICK_NOTE, add_data_args, machine, set_up, table, verdict
 
 TARGET = 3.0

@@ -39,7 +39,7 @@ ISOLATED_ENV = {
 }
 
 
-def activate_project(mp: pytest.MonkeyPatch, home: Path) -> "Project":
+def activate_project(mp: pytest.MonkeyPatch, home: Path) -> Project:
     """Point this process (through ``mp``) and the returned subprocess env at an isolated home."""
     env = {**ISOLATED_ENV, "MEDTUNE_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
     for key, value in env.items():

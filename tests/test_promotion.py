@@ -11,7 +11,6 @@ from medtune import promotion
 from tests.helpers import use_sqlite_store
 
 
-
 class Constant(mlflow.pyfunc.PythonModel):
     """A model whose only output is a fixed number (its 'test macro-F1', for the rescore callback)."""
 
