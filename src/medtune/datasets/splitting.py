@@ -13,6 +13,11 @@ The rules, applied in this order:
 
 Every file the scan saw is accounted for in the report: kept, skipped by the scan, removed as a
 duplicate, left out for a label conflict, or dropped from the official test set.
+
+:func:`make_split` runs the phases in that order: :func:`check_parameters`, grouping
+(:func:`~medtune.datasets.dedup.find_groups`), :func:`find_removals` (rules 1 to 3, in
+:mod:`medtune.datasets.split_phases`), units and assignment (rule 4, same module),
+:func:`build_manifest`, :func:`account_for_files` and :func:`build_report`.
 """
 
 from __future__ import annotations
