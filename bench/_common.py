@@ -1,13 +1,54 @@
-"""Helpers shared by the benchmarks: where the real data is, an isolated medtune home, a table."""
+"""Helpers shared by the benchmarks: the one set-up, where the real data is, an isolated medtune home, a table."""
 
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Bench:
+    """What :func:`set_up` gives a benchmark.
+
+    Attributes:
+        home: its isolated medtune home (tracking store, caches), removed at exit unless ``--keep-home``.
+        data: the image folder it reads (``--data``, cut to ``--per-class``; see :func:`add_data_args`).
+        threads: TensorFlow's (intra, inter) op threads as medtune sets them, or None if not asked for.
+    """
+
+    home: Path
+    data: Path
+    threads: tuple[int, int] | None
+
+
+def set_up(name: str, args, *, progress: bool = False, threads: bool = True) -> Bench:
+    """The set-up every benchmark shares, in this order: an isolated home, quiet logging, the data
+    folder, medtune's TensorFlow threads (``threads``), MLflow pointed at the home's store.
+
+    Args:
+        name: the benchmark's name, part of the home's folder name.
+        args: its parsed arguments: ``keep_home`` and those of :func:`add_data_args`.
+        progress: show medtune's per-trial progress lines.
+        threads: configure TensorFlow's threads as medtune does (imports TensorFlow).
+    """
+    home = isolated_home(name)
+    quiet(progress=progress)
+    remove_home_at_exit(home, args.keep_home)
+    folder = data_folder(args, home)
+    configured = None
+    if threads:
+        from medtune.training import configure_threads
+
+        configured = configure_threads()
+    from medtune import tracking
+
+    tracking.configure()
+    return Bench(home, folder, configured)
 
 
 def shared_data(name: str) -> Path:
@@ -102,17 +143,9 @@ def remove_home_at_exit(home: Path, keep: bool = False) -> None:
 
 def machine() -> str:
     """One line: cores (all / usable by this process), load, CPU model, RAM."""
-    cores = os.cpu_count() or 1
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = cores
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            usable = min(usable, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
+    from medtune.training import usable_cpus  # affinity mask and cgroup quota, as medtune counts them
+
+    cores, usable = os.cpu_count() or 1, usable_cpus()
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

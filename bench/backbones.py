@@ -34,9 +34,7 @@ import time
 
 import numpy as np
 
-from _common import (QUICK_NOTE, add_data_args, data_folder, isolated_home, machine, memory, quiet,
-                     remove_home_at_exit, table)
-
+from _common import QUICK_NOTE, add_data_args, machine, memory, set_up, table
 from medtune.models import BACKBONES  # the backbone table; no TensorFlow yet
 
 
@@ -87,21 +85,17 @@ def timed_precise_bn(model, sample, batch: int) -> float:
 
 def main() -> None:
     args = parse_args()
-    home = isolated_home("backbones")
-    quiet()
-    remove_home_at_exit(home, args.keep_home)
-    folder = data_folder(args, home)
+    bench = set_up("backbones", args)
+    folder, threads = bench.data, bench.threads
 
-    from medtune import tracking, training
+    import keras
+
+    from medtune import training
     from medtune.models import build_model
     from medtune.models.transfer import BACKBONE_SPECS, set_stage, stage_plan
     from medtune.models.weights import resolve_weights
     from medtune.space import load_space, resolve_space_path
     from medtune.steps.data import load_split
-
-    threads = training.configure_threads()
-    tracking.configure()
-    import keras
 
     space = load_space(resolve_space_path("transfer"))
     print(machine())

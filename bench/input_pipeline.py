@@ -22,8 +22,7 @@ import argparse
 import statistics
 import time
 
-from _common import (QUICK_NOTE, add_data_args, data_folder, isolated_home, machine, quiet, remove_home_at_exit,
-                     table, verdict)
+from _common import QUICK_NOTE, add_data_args, machine, set_up, table, verdict
 
 TARGET = 10.0
 
@@ -55,22 +54,15 @@ def pipeline_pass(ds) -> tuple[int, float]:
 
 def main() -> None:
     args = parse_args()
-    home = isolated_home("input-pipeline")
-    quiet()
-    remove_home_at_exit(home, args.keep_home)
-    folder = data_folder(args, home)
+    bench = set_up("input-pipeline", args)
+    folder, threads = bench.data, bench.threads
 
-    from medtune import tracking
-    from medtune.space import load_space, resolve_space_path
-    from medtune.steps.data import load_split
-    from medtune.training import configure_threads
-
-    threads = configure_threads()
-    tracking.configure()
     import keras
 
     from medtune import training
     from medtune.models import build_model
+    from medtune.space import load_space, resolve_space_path
+    from medtune.steps.data import load_split
 
     params = load_space(resolve_space_path("cnn")).defaults()
     if args.batch_size:
@@ -95,7 +87,7 @@ def main() -> None:
         x, y, k = split.cache.x["train"], split.cache.y["train"], len(split.classes)
         weights = training.balanced_class_weights(y, k)
 
-        def dataset(aug: float):
+        def dataset(aug: float, x=x, y=y, k=k):  # this size's arrays, bound now
             return training.make_dataset(x, y, k, batch, training=True, augment=aug, seed=args.seed)
 
         keras.utils.set_random_seed(args.seed)

@@ -23,8 +23,7 @@ import argparse
 import time
 from pathlib import Path
 
-from _common import (QUICK_NOTE, add_data_args, data_folder, isolated_home, machine, memory, quiet,
-                     remove_home_at_exit, table, verdict)
+from _common import QUICK_NOTE, add_data_args, machine, memory, set_up, table, verdict
 
 TARGET = 0.10
 
@@ -37,7 +36,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=64, help="pixels (default 64)")
     p.add_argument("--space", default="fixed",
                    help="'fixed' (cnn.yaml defaults, the same model every trial), or a space name/path (default fixed)")
-    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    from medtune.search.base import PRUNERS  # no TensorFlow yet
+
+    p.add_argument("--pruner", default="median", choices=PRUNERS)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--purge-custom-gradients", action="store_true",
                    help="demonstrate the proposed fix: after each trial, drop the CustomGradient-* entries TensorFlow "
@@ -92,16 +93,12 @@ def purge_custom_gradients() -> None:
 
 def main() -> None:
     args = parse_args()
-    home = isolated_home("memory")
-    quiet(progress=args.verbose)
-    remove_home_at_exit(home, args.keep_home)
-    folder = data_folder(args, home)
-    space = str(fixed_space(home / "fixed.yaml")) if args.space == "fixed" else args.space
+    bench = set_up("memory", args, progress=args.verbose, threads=False)  # the search sets its threads
+    folder = bench.data
+    space = str(fixed_space(bench.home / "fixed.yaml")) if args.space == "fixed" else args.space
 
-    from medtune import tracking
     from medtune.steps import search as search_step
 
-    tracking.configure()
     samples: dict[int, dict] = {}
     between: list[dict] = []
 

@@ -47,8 +47,8 @@ import math
 import time
 
 import numpy as np
-from _common import (QUICK_NOTE, add_data_args, data_folder, isolated_home, machine, quiet, remove_home_at_exit,
-                     table, verdict)
+
+from _common import QUICK_NOTE, add_data_args, machine, set_up, table, verdict
 
 TARGET = 3.0
 
@@ -92,16 +92,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    home = isolated_home("search-vs-notebook")
-    quiet(progress=args.verbose)
-    remove_home_at_exit(home, args.keep_home)
-    folder = data_folder(args, home)
+    bench = set_up("search-vs-notebook", args, progress=args.verbose)
+    folder, threads = bench.data, bench.threads
 
-    from medtune import tracking
-    from medtune.training import configure_threads
-
-    threads = configure_threads()
-    tracking.configure()
     import keras
     import keras_tuner as kt
     import tensorflow as tf
@@ -181,7 +174,7 @@ def main() -> None:
             keras.utils.set_random_seed(args.seed)
             tuner = kt.BayesianOptimization(
                 NotebookHyperModel(), objective=kt.Objective("val_macro_f1", direction="max"),
-                max_trials=target, seed=args.seed, directory=str(home / "keras_tuner"), project_name="notebook",
+                max_trials=target, seed=args.seed, directory=str(bench.home / "keras_tuner"), project_name="notebook",
                 overwrite=True,
             )
         tuner.oracle.max_trials = target  # resume the same search with a larger budget

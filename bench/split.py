@@ -1,6 +1,7 @@
 """Benchmark 4: `split` on the whole of brain_mri/Training, first run and cached re-run.
 
     python bench/split.py            # prints a table and the ratio; target: first < 30 s, re-run < 3 s
+    python bench/split.py --per-class 50 --keep-home   # a subset; keep the home (runs, caches) afterwards
 
 Both runs go through the real step (scan, de-duplication, split, array cache, MLflow run) in a
 fresh medtune home; the re-run finds every file in the scan index and the arrays in the cache.
@@ -8,18 +9,25 @@ fresh medtune home; the re-run finds every file in the scan index and the arrays
 
 from __future__ import annotations
 
+import argparse
 import time
 
-from _common import isolated_home, shared_data, table
+from _common import add_data_args, set_up, table
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p)
+    p.add_argument("--keep-home", action="store_true", help="keep the temporary medtune home (runs, caches)")
+    return p.parse_args()
 
 
 def main() -> None:
-    data = shared_data("brain_mri") / "Training"
-    home = isolated_home("split")
-    from medtune import tracking
+    args = parse_args()
+    bench = set_up("split", args, threads=False)
+    data, home = bench.data, bench.home
     from medtune.steps.split import SplitOptions, run_split
 
-    tracking.configure()
     rows = []
     outcomes = []
     for label in ("first run", "re-run (cached)"):

@@ -31,8 +31,7 @@ import statistics
 import time
 from collections import defaultdict
 
-from _common import (QUICK_NOTE, add_data_args, data_folder, isolated_home, machine, quiet, remove_home_at_exit,
-                     table, verdict)
+from _common import QUICK_NOTE, add_data_args, machine, set_up, table, verdict
 
 TARGET = 1.05
 
@@ -57,19 +56,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    home = isolated_home("tracking")
-    quiet()
-    remove_home_at_exit(home, args.keep_home)
-    folder = data_folder(args, home)
+    bench = set_up("tracking", args)
+    folder, threads = bench.data, bench.threads
 
-    from medtune import tracking
-    from medtune.training import configure_threads
-
-    threads = configure_threads()
-    tracking.configure()
     import keras
 
-    from medtune import training
+    from medtune import tracking, training
     from medtune.models import build_model
     from medtune.search.base import COMPLETE
     from medtune.search.trial import TrialData, probe_indices, train_trial

@@ -187,7 +187,7 @@ def test_gradcam_of_a_trained_cnn_concentrates_on_the_lesion():
     from medtune.datasets.synthetic import generate
     from medtune.explain import gradcam
     from medtune.models import build_model
-    from tests.conftest import lesion_focus
+    from tests.helpers import lesion_focus
 
     training.configure_threads()
     x, y, masks = generate(100, 64, seed=3)

@@ -209,7 +209,7 @@ def test_the_lesion_focus_control_catches_a_heatmap_that_only_favours_the_centre
     """`synthetic` lesions cluster near the centre: a fixed centre box beats a uniform map against
     each image's own mask, but not against other images' masks; the true footprint beats both."""
     from medtune.datasets.synthetic import generate
-    from tests.conftest import lesion_focus
+    from tests.helpers import lesion_focus
 
     _, _, masks = generate(20, 64, seed=5)
     box = np.zeros((len(masks), 64, 64))

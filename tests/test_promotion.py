@@ -8,8 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medtune import promotion
-from tests.conftest import use_sqlite_store
-
+from tests.helpers import use_sqlite_store
 
 
 class Constant(mlflow.pyfunc.PythonModel):

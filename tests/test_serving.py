@@ -20,7 +20,7 @@ from medtune import serving, training
 from medtune.datasets.images import decode_image
 from medtune.datasets.synthetic import generate
 from medtune.models import build_model
-from tests.conftest import use_sqlite_store
+from tests.helpers import use_sqlite_store
 
 CLASSES = ["crescent", "disc", "ring tumour", "speckled"]  # one name with a space
 SIZE = 32
@@ -47,7 +47,7 @@ def odd_images() -> dict[str, bytes]:
         "rgba_png": encode(Image.fromarray(rgba, "RGBA"), "PNG"),
         "palette_png": encode(palette, "PNG"),
         "palette_transparent_png": encode(palette, "PNG", transparency=0),
-        "grey16_png": encode(Image.fromarray((x[2][:, :, 0].astype(np.uint16) * 257)), "PNG"),
+        "grey16_png": encode(Image.fromarray(x[2][:, :, 0].astype(np.uint16) * 257), "PNG"),
         "rgb_jpeg_37x53": encode(rgb.resize((37, 53)), "JPEG", quality=90),
         "cmyk_jpeg": encode(Image.fromarray(x[3]).resize((30, 44)).convert("CMYK"), "JPEG"),
         "rgb_png_large": encode(rgb.resize((300, 211)), "PNG"),

@@ -23,3 +23,7 @@ class ConfigError(MedtuneError):
 
 class WeightsError(MedtuneError):
     """Pretrained weights cannot be found or loaded."""
+
+
+class InternalError(MedtuneError):
+    """A check of medtune's own bookkeeping failed: a bug to report, not a fault of the data or settings."""

@@ -31,7 +31,7 @@ from PIL import Image
 from medtune import serving, training
 from medtune.datasets.synthetic import generate
 from medtune.models import build_model
-from tests.conftest import sqlite_store
+from tests.helpers import sqlite_store
 from tests.test_serving import PARAMS, encode
 
 CLASSES = ["crescent", "disc", "ring", "speckled"]

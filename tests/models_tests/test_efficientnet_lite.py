@@ -186,7 +186,7 @@ def test_gradcam_of_a_fine_tuned_imagenet_lite0_concentrates_on_the_lesion():
     settings, 160 px (5x5 map) gave 2.63 against 2.23 and 224 px (7x7) 4.47 against 3.04 (4.49 against
     3.07 with every layer unfrozen); 288 px (9x9) gave 5.69 against 3.37.
     """
-    from tests.conftest import transfer_lesion_focus
+    from tests.helpers import transfer_lesion_focus
 
     weights = resolve_weights("imagenet", ["efficientnet_lite0"])
     own, control = transfer_lesion_focus("efficientnet_lite0", weights, size=288, epochs=8, min_accuracy=0.9)

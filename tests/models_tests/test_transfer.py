@@ -194,7 +194,7 @@ def _imagenet_mobilenet_file() -> str | None:
 def test_gradcam_of_a_fine_tuned_mobilenet_concentrates_on_the_lesion():
     """A MobileNetV2 fine-tuned on `synthetic` in medtune's two stages looks at the lesion, as the custom CNN does."""
     from medtune.models.weights import resolve_weights
-    from tests.conftest import transfer_lesion_focus
+    from tests.helpers import transfer_lesion_focus
 
     # 160 px: a 5x5 last map; upsampled, a perfect 5x5 map beats the control 2.4x (a 3x3 one at 96 px: 1.4x)
     weights = resolve_weights(_imagenet_mobilenet_file(), ["mobilenet_v2"])

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import activate_project
+from tests.helpers import activate_project
 
 pytestmark = pytest.mark.slow
 

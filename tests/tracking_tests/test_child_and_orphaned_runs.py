@@ -1,0 +1,122 @@
+"""Nested runs (child_run), runs orphaned by a killed process, and the launcher run set aside or linked."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from medtune import tracking
+
+
+@pytest.fixture
+def parent(client, dataset):
+    """A RunLogger of a plain run in the dataset's experiment, and that experiment's id."""
+    experiment_id = tracking.ensure_experiment(dataset)
+    run = client.create_run(experiment_id, run_name="parent")
+    return tracking.RunLogger(run.info.run_id, client), experiment_id
+
+
+def test_a_child_run_is_nested_under_its_parent_and_ends_finished(client, parent):
+    logger, experiment_id = parent
+    with tracking.child_run(logger, experiment_id, run_name="trial-0", tags={"medtune.trial": 0}) as child:
+        child.metrics({"val_accuracy": 0.5}, step=1)
+    got = client.get_run(child.run_id)
+    assert got.info.status == "FINISHED" and got.info.run_name == "trial-0"
+    assert got.data.tags["mlflow.parentRunId"] == logger.run_id
+    assert (got.data.tags["medtune.trial"], got.data.tags[tracking.TAG_PID]) == ("0", str(os.getpid()))
+    assert got.data.metrics == {"val_accuracy": 0.5}
+    assert client.get_run(logger.run_id).info.status == "RUNNING"  # the parent is the caller's to end
+
+
+@pytest.mark.parametrize(("error", "status"), [(MemoryError("out of memory"), "FAILED"),
+                                               (tracking.Interrupted("received signal 15"), "KILLED")])
+def test_a_child_run_that_raises_ends_failed_or_killed(client, parent, error, status):
+    logger, experiment_id = parent
+    with pytest.raises(type(error)), tracking.child_run(logger, experiment_id, run_name="trial-1") as child:
+        raise error
+    got = client.get_run(child.run_id)
+    assert got.info.status == status
+    assert got.data.tags[tracking.TAG_ERROR] == tracking.one_line(error)
+
+
+def test_a_status_set_by_the_caller_is_kept(client, parent):
+    logger, experiment_id = parent
+    with tracking.child_run(logger, experiment_id, run_name="pruned") as child:
+        child.end("KILLED")  # e.g. a pruned trial
+    assert tracking.run_status(child.run_id) == "KILLED"
+
+
+def test_a_child_run_can_be_reopened_by_id(client, parent):
+    logger, experiment_id = parent
+    with tracking.child_run(logger, experiment_id, run_name="trial-2") as first:
+        first.end("FAILED")
+    with tracking.child_run(logger, experiment_id, run_name="ignored", run_id=first.run_id) as again:
+        assert client.get_run(first.run_id).info.status == "RUNNING"
+    assert again.run_id == first.run_id
+    assert tracking.run_status(first.run_id) == "FINISHED"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_running_runs_of_dead_processes_on_this_host_are_ended_killed(client, dataset):
+    experiment_id = tracking.ensure_experiment(dataset)
+    host, dead = socket.gethostname(), _dead_pid()
+
+    def running(pid, run_host=host):
+        tags = {tracking.TAG_HOST: run_host, **({tracking.TAG_PID: str(pid)} if pid is not None else {})}
+        return client.create_run(experiment_id, tags=tags).info.run_id
+
+    orphan = running(dead)
+    alive = running(os.getppid())  # the process that started pytest
+    mine = running(os.getpid())
+    elsewhere = running(dead, run_host=f"not-{host}")
+    no_pid = running(None)
+    ended = client.create_run(experiment_id, tags={tracking.TAG_HOST: host, tracking.TAG_PID: str(dead)}).info.run_id
+    client.set_terminated(ended, "FINISHED")
+
+    assert tracking.end_orphaned_runs(experiment_id) == [orphan]
+    assert tracking.run_status(orphan) == "KILLED"
+    assert client.get_run(orphan).data.tags[tracking.TAG_ERROR] == f"process {dead} died without ending this run"
+    for run_id in (alive, mine, elsewhere, no_pid):
+        assert tracking.run_status(run_id) == "RUNNING"
+    assert tracking.run_status(ended) == "FINISHED"
+
+
+def test_a_step_run_repairs_orphans_before_it_starts(client, dataset):
+    experiment_id = tracking.ensure_experiment(dataset)
+    tags = {tracking.TAG_HOST: socket.gethostname(), tracking.TAG_PID: str(_dead_pid())}
+    orphan = client.create_run(experiment_id, tags=tags).info.run_id
+    with tracking.step_run(dataset, "split"):
+        assert tracking.run_status(orphan) == "KILLED"
+
+
+def test_the_launcher_can_be_set_aside_for_a_nested_step(monkeypatch):
+    monkeypatch.setenv("MLFLOW_RUN_ID", "abc")
+    with tracking.launcher_set_aside() as launcher_id:
+        assert launcher_id == "abc" and "MLFLOW_RUN_ID" not in os.environ
+    assert os.environ["MLFLOW_RUN_ID"] == "abc"
+    monkeypatch.delenv("MLFLOW_RUN_ID")
+    with tracking.launcher_set_aside() as launcher_id:
+        assert launcher_id is None
+    assert "MLFLOW_RUN_ID" not in os.environ
+
+
+def test_a_reused_step_run_is_linked_from_the_launcher(client, dataset, monkeypatch):
+    experiment_id = tracking.ensure_experiment(dataset)
+    reused = client.create_run(experiment_id).info.run_id
+    launcher = client.create_run(experiment_id).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
+    tracking.link_launcher(reused, "reused the finished split run")
+    tags = client.get_run(launcher).data.tags
+    assert (tags["medtune.step_run_id"], tags["medtune.note"]) == (reused, "reused the finished split run")
+    assert "MLFLOW_RUN_ID" not in os.environ
+    tracking.link_launcher(reused, "no launcher: nothing to do")  # without MLFLOW_RUN_ID it is a no-op
+    assert client.get_run(launcher).data.tags["medtune.note"] == "reused the finished split run"
