@@ -272,9 +272,9 @@ def run_medtune(budget: str, args, data: Path, dataset: str, home: Path) -> None
                               max_results=1)
     train = runs[0]
     split, test = the_split(dataset, data, int(train.data.params["image_size"]))
-    from medtune import serving
-
     import tempfile
+
+    from medtune import serving
 
     with tempfile.TemporaryDirectory() as tmp:
         model, meta = serving.load_keras_from_uri(f"runs:/{train.info.run_id}/model", Path(tmp))

@@ -16,7 +16,15 @@ from medtune import settings as medtune_settings
 from medtune.errors import ConfigError
 from medtune.planning.budget import plateaued
 from medtune.search.base import (
-    COMPLETE, FAILED, PRUNED, PRUNERS, RUNNING, SearchSettings, TrialRecorder, TrialSummary, rung_ends,
+    COMPLETE,
+    FAILED,
+    PRUNED,
+    PRUNERS,
+    RUNNING,
+    SearchSettings,
+    TrialRecorder,
+    TrialSummary,
+    rung_ends,
 )
 from medtune.search.trial import TrialData, train_trial
 from medtune.space import Param, SearchSpace

@@ -195,7 +195,6 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
 
     from medtune import promotion, serving, training
     from medtune.evaluation import evaluate_model
-    from medtune.models import build_model
     from medtune.steps.data import manifest_dataset
     from medtune.steps.evaluate import log_evaluation, manifest_test_set
 
