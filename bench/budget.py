@@ -260,11 +260,13 @@ def run_medtune(budget: str, args, data: Path, dataset: str, home: Path) -> None
 
     from medtune.planning.budget import parse_budget
 
-    cmd = ["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "main", "-P", f"dataset={dataset}",
+    bin_dir = Path(sys.executable).parent  # the environment's mlflow and medtune scripts
+    cmd = [str(bin_dir / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", "main", "-P", f"dataset={dataset}",
            "-P", f"data_dir={data}", "-P", f"budget={budget}", "-P", f"seed={args.seed}"]
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=home)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    subprocess.run(cmd, check=True, cwd=home, env=env)
     minutes = (time.perf_counter() - t0) / 60
     client = mlflow.tracking.MlflowClient()
     experiment = client.get_experiment_by_name(f"medtune-{dataset}")
