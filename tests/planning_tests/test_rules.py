@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medtune.planning import DataFingerprint, MachineFingerprint, image_stats, make_plan, render_plan
-from medtune.planning.rules import FIT_OVERHEAD_S, epoch_seconds
+from medtune.planning.rules import EVALUATION_S, FIT_OVERHEAD_S, epoch_seconds, plan_final
 
 CPU = MachineFingerprint(gpus=0, cpu_cores=2, memory_gib=24)
 GPU = MachineFingerprint(gpus=1, cpu_cores=16, memory_gib=128, gpu_memory_gib=139)
@@ -33,7 +33,9 @@ def test_the_plan_fits_the_budget_on_cpu(budget_min):
     plan = make_plan(BRAIN, CPU, budget_min * 60)
     assert plan.search_s + plan.final_s == pytest.approx(budget_min * 60)
     assert plan.space == "auto_cpu" and plan.batch_size == 32
-    final = plan.ensemble * plan.epochs * epoch_seconds(BRAIN.n_train + BRAIN.n_val, plan.image_size, CPU)
+    # final training fits the training images; each member pays a fixed cost, then evaluation
+    member = FIT_OVERHEAD_S + plan.epochs * epoch_seconds(BRAIN.n_train, plan.image_size, CPU)
+    final = plan.ensemble * member + EVALUATION_S
     assert final <= plan.final_s * 1.01 or plan.epochs == 4  # the floor of 4 epochs may exceed a tiny budget
     assert plan.rungs[-1] == plan.image_size and list(plan.rungs) == sorted(plan.rungs)
     assert all(r % 16 == 0 for r in plan.rungs)
@@ -115,3 +117,14 @@ def test_fingerprint_from_a_split_report_and_image_stats(tmp_path):
 def test_machine_detection_reads_this_machine():
     machine = MachineFingerprint.detect()
     assert machine.cpu_cores >= 1 and machine.memory_gib > 0 and machine.gpus >= 0
+
+
+def test_final_training_is_re_planned_from_a_measured_epoch_time():
+    """After the search, rule 6 runs again with the epoch time it measured: faster epochs buy more."""
+    planned = make_plan(BRAIN, CPU, 60 * 60)
+    slow = plan_final(planned.final_s, 60.0)
+    fast = plan_final(planned.final_s, 30.0)
+    assert fast[0] * fast[1] > slow[0] * slow[1]
+    assert plan_final(planned.final_s, 30.0, {"ensemble": 1})[:2] == (1, min(60, int((planned.final_s - EVALUATION_S
+                                                                                       - FIT_OVERHEAD_S) // 30)))
+    assert plan_final(600, 30.0, {"epochs": 5}) == (1, 5, plan_final(600, 30.0, {"epochs": 5})[2])

@@ -32,10 +32,11 @@ from typing import Any
 
 from medtune.planning.fingerprint import DataFingerprint, MachineFingerprint
 
-__all__ = ["Plan", "make_plan", "render_plan"]
+__all__ = ["Plan", "make_plan", "plan_final", "render_plan"]
 
 SEARCH_SHARE = 0.4
-CPU_SECONDS_PER_IMAGE_128 = {"custom": 0.0145, "efficientnet_lite0": 0.010}  # 2 cores, brain_mri, 2026-11-30
+# 2 cores, brain_mri, 2026-11-30: the custom CNN (cnn_cpu sizes); Lite0 fine-tuning, measured alone
+CPU_SECONDS_PER_IMAGE_128 = {"custom": 0.0145, "efficientnet_lite0": 0.007}
 REFERENCE_CORES = 2
 GPU_SPEEDUP = 25.0
 EPOCHS_PER_RUNG = 1
@@ -120,19 +121,9 @@ def make_plan(data: DataFingerprint, machine: MachineFingerprint, budget_s: floa
     why["trials"] = "given" if "trials" in given else (
         f"rule 5: {search_s / 60:.0f} min of search at about {expected_trial / 60:.1f} min per trial")
 
-    final_epoch = epoch_seconds(n_train + data.n_val, image_size, machine)
-    training_s = max(0.0, final_s - EVALUATION_S)
-
-    def per_member(k: int) -> int:  # epochs each of k members can afford
-        return max(0, math.floor((training_s / k - FIT_OVERHEAD_S) / final_epoch))
-
-    affordable = per_member(1)
-    ensemble = int(given.get("ensemble") or next(
-        (k for k in (3, 2) if per_member(k) >= (ENSEMBLE_MIN_EPOCHS + 2 if k == 3 else ENSEMBLE_MIN_EPOCHS)), 1))
-    why["ensemble"] = "given" if "ensemble" in given else (
-        f"rule 6: {affordable} final epochs affordable; {ensemble} member(s) of >= {ENSEMBLE_MIN_EPOCHS} epochs")
-    epochs = int(given.get("epochs") or max(MIN_FINAL_EPOCHS, min(MAX_FINAL_EPOCHS, per_member(ensemble))))
-    why["epochs"] = "given" if "epochs" in given else f"rule 6: {final_s / 60:.0f} min of final training"
+    final_epoch = epoch_seconds(n_train, image_size, machine)  # final training fits the training images
+    ensemble, epochs, reasons = plan_final(final_s, final_epoch, given)
+    why.update(reasons)
 
     batch = int(given.get("batch_size") or (32 if not gpu else (128 if machine.gpu_memory_gib >= 40 else 64)))
     why["batch_size"] = "given" if "batch_size" in given else "rule 7"
@@ -143,6 +134,31 @@ def make_plan(data: DataFingerprint, machine: MachineFingerprint, budget_s: floa
     return Plan(budget_s=budget, search_s=search_s, final_s=final_s, space=space, rungs=rungs,
                 search_epochs=search_epochs, trials=trials, batch_size=batch, image_size=image_size, epochs=epochs,
                 ensemble=ensemble, class_weights=class_weights, augment=augment, reasons=why)
+
+
+def plan_final(final_s: float, epoch_s: float, given: Mapping[str, Any] | None = None) -> tuple[int, int, dict]:
+    """Rule 6: ensemble members and epochs per member that ``final_s`` seconds pay for at ``epoch_s`` per epoch.
+
+    Used twice: in the plan (``epoch_s`` from the cost model) and after the search, with the epoch
+    time the search measured at the final size. Returns ``(ensemble, epochs, reasons)``.
+    """
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    training_s = max(0.0, final_s - EVALUATION_S)
+
+    def per_member(k: int) -> int:  # epochs each of k members can afford
+        return max(0, math.floor((training_s / k - FIT_OVERHEAD_S) / epoch_s))
+
+    affordable = per_member(1)
+    ensemble = int(given.get("ensemble") or next(
+        (k for k in (3, 2) if per_member(k) >= (ENSEMBLE_MIN_EPOCHS + 2 if k == 3 else ENSEMBLE_MIN_EPOCHS)), 1))
+    epochs = int(given.get("epochs") or max(MIN_FINAL_EPOCHS, min(MAX_FINAL_EPOCHS, per_member(ensemble))))
+    why = {
+        "ensemble": "given" if "ensemble" in given else (
+            f"rule 6: {affordable} final epochs of {epoch_s:.0f} s affordable; {ensemble} member(s) of "
+            f">= {ENSEMBLE_MIN_EPOCHS} epochs"),
+        "epochs": "given" if "epochs" in given else f"rule 6: {final_s / 60:.0f} min of final training",
+    }
+    return ensemble, epochs, why
 
 
 def render_plan(plan: Plan, data: DataFingerprint, machine: MachineFingerprint) -> str:

@@ -112,6 +112,8 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
         from medtune.errors import ConfigError
 
         raise ConfigError(f"search run {search.run_id}: no trial completed, nothing to train (see its trial runs)")
+    if budget is not None and plan_files:
+        _replan_final(opts, search, plan_files, budget)
     t = time.perf_counter()
     train = run_train(TrainOptions(dataset=opts.dataset, data_dir=opts.data_dir, search_run=search.run_id,
                                    epochs=opts.epochs, image_size=opts.image_size, patience=opts.patience,
@@ -130,7 +132,8 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
     return PipelineOutcome(split.run_id, search.run_id, train, seconds)
 
 
-PLATEAU_MIN_PATIENCE = 6  # finished trials without improvement before a planned search stops early
+PLATEAU_MIN_PATIENCE = 6
+MAX_BUDGETED_TRIALS = 200  # finished trials without improvement before a planned search stops early
 
 
 def fingerprints(split):
@@ -158,7 +161,8 @@ def _plan(opts: PipelineOptions, search_opts, split, budget) -> dict:
     log.info("Plan for %s (%.0f minutes left of the budget; any option you give overrides it):\n%s",
              split.resolved.name, budget.remaining() / 60, render_plan(plan, data, machine))
     search_opts.space = plan.space
-    search_opts.trials = plan.trials
+    # the time budget ends the search; a trial count the user gave caps it
+    search_opts.trials = opts.trials or MAX_BUDGETED_TRIALS
     search_opts.epochs = plan.search_epochs
     search_opts.rungs = plan.rungs if len(plan.rungs) > 1 else None
     search_opts.image_size = plan.rungs[-1]
@@ -168,6 +172,34 @@ def _plan(opts: PipelineOptions, search_opts, split, budget) -> dict:
         search_opts.pruner = "median"  # decides at the end of every rung (ASHA's rungs are 1, 3, 9 epochs)
     opts.epochs, opts.image_size, opts.ensemble = plan.epochs, plan.image_size, plan.ensemble
     return {"fingerprint.json": {"data": data.to_dict(), "machine": machine.to_dict()}, "plan.json": plan.to_dict()}
+
+
+def _replan_final(opts: PipelineOptions, search, plan_files: dict, budget) -> None:
+    """Rule 6 again, with what the search measured: the best trial's epoch time at the final size."""
+    from mlflow.tracking import MlflowClient
+
+    from medtune.planning.rules import plan_final
+
+    plan = plan_files["plan.json"]
+    if search.best is None or not search.best.run_id:
+        return
+    client = MlflowClient()
+    seconds = [m.value for m in client.get_metric_history(search.best.run_id, "epoch_seconds")]
+    sizes = [m.value for m in client.get_metric_history(search.best.run_id, "image_size")]
+    if not seconds or not sizes:
+        return
+    measured = max(seconds[-1], 1.0) * (plan["image_size"] / sizes[-1]) ** 2 * 1.1  # a 10 % margin
+    given = {"ensemble": plan["ensemble"] if plan["reasons"]["ensemble"] == "given" else None,
+             "epochs": plan["epochs"] if plan["reasons"]["epochs"] == "given" else None}
+    ensemble, epochs, why = plan_final(budget.remaining(), measured, given)
+    if (ensemble, epochs) != (opts.ensemble, opts.epochs):
+        log.info("Final training re-planned from the search's measured epoch time (%.0f s at %d px): %d x %d epochs "
+                 "(planned %d x %d)", measured, plan["image_size"], ensemble, epochs, opts.ensemble, opts.epochs)
+    opts.ensemble, opts.epochs = ensemble, epochs
+    plan_files["plan.json"] = {**plan, "ensemble": ensemble, "epochs": epochs,
+                               "measured_epoch_s": round(measured, 1),
+                               "reasons": {**plan["reasons"], **{k: f"{v} (re-planned after the search)"
+                                                                 for k, v in why.items() if v != "given"}}}
 
 
 def _log_files(run_id: str | None, files: dict) -> None:
