@@ -164,7 +164,10 @@ def _plan(opts: PipelineOptions, search_opts, split, budget) -> dict:
     search_opts.image_size = plan.rungs[-1]
     search_opts.budget = plan.search_s
     search_opts.plateau = max(PLATEAU_MIN_PATIENCE, plan.trials // 3)
-    if search_opts.rungs and opts.pruner is None and opts.engine == "optuna":
+    from medtune.search.engines import get_engine
+
+    engine = get_engine(opts.engine)
+    if search_opts.rungs and opts.pruner is None and engine.optuna_options and not engine.grid:
         search_opts.pruner = "median"  # decides at the end of every rung (ASHA's rungs are 1, 3, 9 epochs)
     opts.epochs, opts.image_size, opts.ensemble = plan.epochs, plan.image_size, plan.ensemble
     return {"fingerprint.json": {"data": data.to_dict(), "machine": machine.to_dict()}, "plan.json": plan.to_dict()}

@@ -18,9 +18,10 @@ import numpy as np
 from medtune import settings, tracking
 from medtune.errors import ConfigError
 from medtune.search.base import (
-    COMPLETE, ENGINE_ALIASES, ENGINES, FAILED, KERAS_TUNER_ENGINES, PRUNED, PRUNERS, SearchSettings, TrialSummary,
+    COMPLETE, FAILED, PRUNED, PRUNERS, SearchSettings, TrialSummary,
     best_trial,
 )
+from medtune.search.engines import get_engine
 from medtune.search.trial import TrialData, objective_direction, probe_indices
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class MlflowRecorder:
         if self.bar is None:
             from medtune.progress import Counter
 
-            left = max(self.opts.trials - self.done, 1) if self.opts.engine != "keras_hyperband" else 0
+            left = max(self.opts.trials - self.done, 1) if get_engine(self.opts.engine).counts_trials else 0
             self.bar = Counter("trials", left, "trial", lines=False)
         # the number is Optuna's and the run's (trial-007 is "trial 7"), counted from 0
         progress_log.info("trial %d started (%s, best %s): %s", number, self._done(), _fmt(self.best), _short(params))
@@ -193,7 +194,7 @@ class MlflowRecorder:
         self.parent.tags({"medtune.stop_reason": reason})
 
     def _done(self) -> str:
-        if self.opts.engine == "keras_hyperband":  # Hyperband's brackets, not `trials`, set its budget
+        if not get_engine(self.opts.engine).counts_trials:  # Hyperband's brackets, not `trials`, set its budget
             return f"{self.done} done"
         return f"{self.done} of {self.opts.trials} done"
 
@@ -251,17 +252,16 @@ PLANNED = {"space": "space", "trials": "trials", "epochs": "epochs", "image_size
 
 
 def default_study(opts: SearchOptions, space_stem: str, manifest_hash: str) -> str:
-    engine = "hyperband" if opts.engine == "keras_hyperband" else opts.engine  # studies of the old name resume
+    engine = get_engine(opts.engine).study_label
     sizes = "-".join(map(str, opts.rungs)) if opts.rungs and len(opts.rungs) > 1 else str(opts.image_size)
     return f"{opts.dataset}-{space_stem}-{engine}-{sizes}px-{manifest_hash[:8]}"
 
 
 def check_options(opts: SearchOptions) -> None:
     """Check what is set (options left to the plan are None) and name the engine's canonical spelling."""
-    opts.engine = ENGINE_ALIASES.get(opts.engine, opts.engine)
-    if opts.engine not in ENGINES:
-        raise ConfigError(f"engine={opts.engine!r}: expected one of {', '.join(ENGINES)}")
-    if opts.engine in KERAS_TUNER_ENGINES:  # keras-tuner has no pruner, Optuna storage or time limit
+    engine = get_engine(opts.engine)
+    opts.engine = engine.name
+    if not engine.optuna_options:  # keras-tuner has no pruner, Optuna storage or time limit
         given = [f"{k}={v}" for k, v in (("pruner", opts.pruner), ("storage", opts.storage),
                                           ("timeout", opts.timeout)) if v not in (None, "", 0, "none")]
         if given:
@@ -304,15 +304,16 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     from medtune.plan import fill
 
     check_options(opts)
-    if opts.budget and opts.trials is None and opts.engine != "grid":
+    engine = get_engine(opts.engine)
+    if opts.budget and opts.trials is None and not engine.grid:
         opts.trials = MAX_BUDGETED_TRIALS  # the time budget decides how many run
-    fill(opts, dataset_name(opts.dataset), {**PLANNED, **({} if opts.engine in KERAS_TUNER_ENGINES else {"pruner": "pruner"}),
-                                            **({"trials": "trials"} if opts.engine != "grid" else {})})
+    fill(opts, dataset_name(opts.dataset), {**PLANNED, **({"pruner": "pruner"} if engine.optuna_options else {}),
+                                            **({"trials": "trials"} if not engine.grid else {})})
     opts.weights = opts.weights or "none"
     space_path = resolve_space_path(opts.space)
     space = load_space(space_path)  # a bad space file stops here, before any trial
     grid = None
-    if opts.engine == "grid":  # a continuous parameter without a step stops here, in one line
+    if engine.grid:  # a continuous parameter without a step stops here, in one line
         from medtune.search.grid import describe, grid_size, grid_values
 
         grid = grid_values(space)
@@ -345,14 +346,8 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         weights=weights, grid=grid, rungs=tuple(opts.rungs) if opts.rungs and len(opts.rungs) > 1 else None,
         warm_start=opts.warm_start, plateau_patience=opts.plateau, split=manifest_hash(split.manifest),
     )
-    if opts.engine in KERAS_TUNER_ENGINES:  # unreadable keras-tuner state stops here, before the run is reopened
-        from medtune.search import keras_tuner_engine
-
-        keras_tuner_engine.check_state(cfg)
-    else:  # so does a study that searched other categorical choices
-        from medtune.search import optuna_engine
-
-        optuna_engine.check_state(space, cfg)
+    # unreadable keras-tuner state, or a study that searched other categorical choices, stops here
+    engine.check_state(space, cfg)
     configure_threads()
     experiment_id = tracking.ensure_experiment(split.dataset)
     resume = (
@@ -369,7 +364,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
             "dataset": split.dataset, "engine": opts.engine, "space": space_path.name, "trials": opts.trials,
             "epochs": opts.epochs, "image_size": opts.image_size, "objective": opts.objective,
             "timeout": opts.timeout, "study": study, "seed": opts.seed, "class_weights": opts.class_weights,
-            "pruner": opts.pruner if opts.engine not in KERAS_TUNER_ENGINES else "none",
+            "pruner": opts.pruner if engine.optuna_options else "none",
             "storage": _storage_label(opts.storage),
             "weights": opts.weights if backbones != ["custom"] else "n/a",
             "budget_min": round(opts.budget / 60, 2) if opts.budget else "none",
@@ -388,14 +383,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         from medtune.planning.budget import Budget
 
         cfg.budget = Budget(opts.budget).start() if opts.budget else None
-        if opts.engine not in KERAS_TUNER_ENGINES:  # optuna and grid
-            from medtune.search import optuna_engine
-
-            summaries = optuna_engine.run_search(space, data, cfg, recorder)
-        else:
-            from medtune.search import keras_tuner_engine
-
-            summaries = keras_tuner_engine.run_search(opts.engine, space, data, cfg, recorder)
+        summaries = engine.run(space, data, cfg, recorder)
         summaries = _with_run_ids(summaries, parent, experiment_id, study)
         best = best_trial(summaries, direction)
         if best is None and cfg.budget is not None:
