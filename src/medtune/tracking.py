@@ -96,6 +96,13 @@ def ensure_experiment(dataset: str) -> str:
 # ---------------------------------------------------------------- logging helpers
 
 
+def metric_name(key: str) -> str:
+    """The MLflow name of a Keras log key: validation and schedule keys as they are, the rest ``train_``."""
+    if key.startswith("val_") or key in ("epoch_seconds", "learning_rate", "stage", "image_size"):
+        return key
+    return f"train_{key}"
+
+
 class RunLogger:
     """Thin logging facade over one run id, usable for parent and child runs alike."""
 

@@ -21,6 +21,7 @@ from medtune.search.base import (
     COMPLETE, FAILED, PRUNED, PRUNERS, SearchSettings, TrialSummary,
     best_trial,
 )
+from medtune.progress import finite, fmt, short_params
 from medtune.search.engines import get_engine
 from medtune.search.trial import TrialData, objective_direction, probe_indices
 
@@ -61,12 +62,6 @@ class SearchOutcome:
     best: TrialSummary | None
     seconds: float
     extra: dict = field(default_factory=dict)
-
-
-def _metric_name(key: str) -> str:
-    if key.startswith("val_") or key in ("epoch_seconds", "learning_rate", "stage", "image_size"):
-        return key
-    return f"train_{key}"
 
 
 class MlflowRecorder:
@@ -121,20 +116,20 @@ class MlflowRecorder:
             left = max(self.opts.trials - self.done, 1) if get_engine(self.opts.engine).counts_trials else 0
             self.bar = Counter("trials", left, "trial", lines=False)
         # the number is Optuna's and the run's (trial-007 is "trial 7"), counted from 0
-        progress_log.info("trial %d started (%s, best %s): %s", number, self._done(), _fmt(self.best), _short(params))
+        progress_log.info("trial %d started (%s, best %s): %s", number, self._done(), fmt(self.best), short_params(params))
         return handle
 
     def epoch_end(self, handle, epoch: int, logs: dict) -> None:
-        metrics = {_metric_name(k): float(v) for k, v in logs.items() if _finite(v)}
+        metrics = {tracking.metric_name(k): float(v) for k, v in logs.items() if finite(v)}
         handle.logger.metrics(metrics, step=epoch)  # one small batch per epoch; async costs ~1.5 s per trial to drain
         value = logs.get(self.opts.objective)
         best = self.best
         progress_log.info(
             "trial %d epoch %d/%d%s %s=%s (best so far %s)",
             handle.number, epoch + 1, self.opts.epochs,
-            f" at {int(logs['image_size'])} px" if self.opts.rungs and _finite(logs.get("image_size")) else "",
+            f" at {int(logs['image_size'])} px" if self.opts.rungs and finite(logs.get("image_size")) else "",
             self.opts.objective,
-            _fmt(value), _fmt(best),
+            fmt(value), fmt(best),
         )
 
     def trial_finished(self, handle, state: str, result=None, error: BaseException | None = None,
@@ -161,7 +156,7 @@ class MlflowRecorder:
         finally:
             status = "KILLED" if interrupted else ("FAILED" if state == FAILED else "FINISHED")
             logger.end(status)
-        if state == COMPLETE and result is not None and _finite(result.value):
+        if state == COMPLETE and result is not None and finite(result.value):
             better = self.best is None or (
                 result.value > self.best if self.direction == "maximize" else result.value < self.best
             )
@@ -169,12 +164,12 @@ class MlflowRecorder:
                 self.best = result.value
         if state in (COMPLETE, PRUNED):
             self.done += 1
-            self.bar.update(1, postfix=f"best {_fmt(self.best)}")
+            self.bar.update(1, postfix=f"best {fmt(self.best)}")
         progress_log.info(
             "trial %d %s in %.0f s: %s=%s (best %s; %s%s)%s",
             handle.number, "KILLED" if interrupted else (f"{state} ({reason})" if reason and reason != "pruned" else state),
             seconds, self.opts.objective,
-            _fmt(result.value if result is not None else None), _fmt(self.best), self._done(),
+            fmt(result.value if result is not None else None), fmt(self.best), self._done(),
             f", {self.bar.eta()}" if 0 < self.bar.done < self.bar.total else "",
             f": {tracking.one_line(error)}" if error is not None and not interrupted else "",
         )
@@ -227,21 +222,6 @@ class _Handle:
     @property
     def run_id(self) -> str:
         return self.logger.run_id
-
-
-def _finite(v) -> bool:
-    try:
-        return np.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
-
-
-def _fmt(v) -> str:
-    return "-" if v is None or not _finite(v) else f"{float(v):.4f}"
-
-
-def _short(params: dict) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 # ---------------------------------------------------------------- the step

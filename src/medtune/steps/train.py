@@ -116,8 +116,7 @@ def device_summary(mixed_precision: bool) -> tuple[str, bool]:
 def _epoch_logger(run: tracking.RunLogger, epochs: int, prefix: str = "", title: str = "final training"):
     import keras
 
-    from medtune.progress import Counter
-    from medtune.steps.search import _finite, _metric_name
+    from medtune.progress import Counter, finite
 
     class EpochLogger(keras.callbacks.Callback):
         """Per-epoch metrics to the run, and one readable line per epoch with the time left (a bar on a terminal)."""
@@ -134,10 +133,10 @@ def _epoch_logger(run: tracking.RunLogger, epochs: int, prefix: str = "", title:
                     logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
                 except Exception:  # noqa: BLE001
                     pass
-            run.metrics({prefix + _metric_name(k): float(v) for k, v in logs.items() if _finite(v)}, step=epoch,
+            run.metrics({prefix + tracking.metric_name(k): float(v) for k, v in logs.items() if finite(v)}, step=epoch,
                         synchronous=False)
             shown = {k: v for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1")}
-            text = ", ".join(f"{k}={float(v):.4f}" for k, v in shown.items() if _finite(v))
+            text = ", ".join(f"{k}={float(v):.4f}" for k, v in shown.items() if finite(v))
             self.bar.to(epoch + 1)
             log.info("%sepoch %d/%d: %s (%s; early stopping may end sooner)", prefix.replace("_", " "), epoch + 1, epochs,
                      text, self.bar.eta())
@@ -219,10 +218,10 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
         if class_weight:
             run.json({classes[k]: v for k, v in class_weight.items()}, "class_weights.json")
         mlflow.log_input(manifest_dataset(split), context="training")
-        from medtune.steps.search import _short
+        from medtune.progress import short_params
 
         log.info("Final training on %s (%s, mixed precision %s%s): %s", device, split.dataset, "on" if mixed else "off",
-                 f", ensemble of {opts.ensemble}" if opts.ensemble > 1 else "", _short(params))
+                 f", ensemble of {opts.ensemble}" if opts.ensemble > 1 else "", short_params(params))
         from medtune.planning.budget import Budget
 
         budget = Budget(opts.budget).start() if opts.budget else None
