@@ -8,6 +8,7 @@ explained with averaged Grad-CAM.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import tempfile
@@ -72,6 +73,12 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
     images = np.stack([np.full((size, size, 3), v, np.uint8) for v in (40, 200)])
     heatmaps, proba = explain.gradcam(model, images)
     assert heatmaps.shape[0] == 2 and np.allclose(proba.sum(1), 1, atol=1e-4)
+
+    # the registered model's input example is made up, never a patient's image
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/medtune-synthetic/{version}"))
+    example = mlflow.models.Model.load(str(local)).load_input_example(str(local))
+    as_bytes = [base64.b64decode(v) if isinstance(v, str) else bytes(v) for v in example["image"]]
+    assert as_bytes == serving.generated_examples(size)
 
     buf = io.BytesIO()
     Image.fromarray(images[1]).save(buf, format="PNG")

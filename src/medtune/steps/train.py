@@ -269,9 +269,8 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
             weights_sha256=source.sha256 if source else "",
             params=params, split_run_id=split.run_id, search_run_id=search_run_id or "",
         )
-        examples = _example_images(split, classes)
         model_name = f"medtune-{split.dataset}" if opts.register else None
-        info = serving.log_model(model, metadata, example_images=examples, registered_model_name=model_name)
+        info = serving.log_model(model, metadata, registered_model_name=model_name)
         version, decision = None, None
         if model_name:
             client = mlflow.tracking.MlflowClient()
@@ -392,9 +391,3 @@ def float32_copy(model, params: dict, input_shape: tuple, n_classes: int):
     copy = build_model(params, input_shape, n_classes)
     copy.set_weights(model.get_weights())
     return copy
-
-
-def _example_images(split, classes) -> list[bytes]:
-    """Two real encoded test images, as the pyfunc's input example."""
-    rows = split.manifest[split.manifest["split"] == "test"].head(2)
-    return [(split.root / p).read_bytes() for p in rows["path"]]
