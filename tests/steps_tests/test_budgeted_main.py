@@ -60,6 +60,8 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
 
     # final training: two members, one registered model
     assert train.data.params["ensemble"] == "2"
+    assert train.data.tags["mlflow.runName"].startswith(f"train-synthetic-{train.data.params['backbone']}-"
+                                                        f"{plan['image_size']}px-x2-")  # told apart in the table
     assert {"member0_best_val_macro_f1", "member1_best_val_macro_f1"} <= set(train.data.metrics)
     assert "test_accuracy" in train.data.metrics
     version = train.data.tags["medtune.model_version"]

@@ -203,7 +203,9 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
     tags = {"medtune.split_run_id": split.run_id, "medtune.device": device}
     if search_run_id:
         tags["medtune.search_run_id"] = search_run_id
-    with tracking.step_run(split.dataset, "train", run_name=f"train-{split.dataset}", tags=tags) as run:
+    run_name = (f"train-{split.dataset}-{params.get('backbone', 'custom')}-{opts.image_size}px"
+                f"{f'-x{opts.ensemble}' if opts.ensemble > 1 else ''}-{time.strftime('%m%d-%H%M')}")
+    with tracking.step_run(split.dataset, "train", run_name=run_name, tags=tags) as run:
         class_weight = training.balanced_class_weights(cache.y["train"], n_classes) if opts.class_weights else None
         run.params({**params, "epochs": opts.epochs, "image_size": opts.image_size, "patience": opts.patience,
                     "ensemble": opts.ensemble, "budget_min": round(opts.budget / 60, 2) if opts.budget else "none",
