@@ -41,6 +41,11 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
             if r.data.tags.get("medtune.step") in ("search", "train")}
     search, train = runs["search"], runs["train"]
 
+    pipeline = client.get_run(search.data.tags["mlflow.parentRunId"])  # `main` has a run of its own, the parent
+    assert pipeline.data.tags["medtune.step"] == "main" and pipeline.info.status == "FINISHED"
+    assert train.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+    assert _json(client, pipeline.info.run_id, "plan.json") == _json(client, search.info.run_id, "plan.json")
+    assert 0 < pipeline.data.metrics["budget_used_s"] and pipeline.data.metrics["budget_planned_s"] == 240
     plan = _json(client, search.info.run_id, "plan.json")
     fingerprint = _json(client, train.info.run_id, "fingerprint.json")
     assert plan["ensemble"] == 2 and plan["reasons"]["ensemble"] == "given"
