@@ -168,3 +168,14 @@ def test_image_column_is_required_without_a_signature_too(logged):
     empty = classifier.predict(None, pd.DataFrame({"image": []}))
     assert list(empty.columns) == ["label", "prob_crescent", "prob_disc", "prob_ring_tumour", "prob_speckled"]
     assert len(empty) == 0
+
+
+def test_generated_examples_are_two_different_images_of_the_model_size():
+    from PIL import Image
+
+    from medtune.serving import generated_examples
+
+    images = [Image.open(io.BytesIO(b)) for b in generated_examples(40)]
+    assert [im.size for im in images] == [(40, 40), (40, 40)] and [im.mode for im in images] == ["RGB", "RGB"]
+    a, b = (np.asarray(im) for im in images)
+    assert a.std() > 20 and np.array_equal(a.astype(int) + b, np.full_like(a, 255, dtype=int))

@@ -118,3 +118,26 @@ class TqdmHandler(logging.StreamHandler):
             tqdm.write(self.format(record), file=self.stream)
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
+
+
+# ---------------------------------------------------------------- values in progress lines
+
+
+def finite(value) -> bool:
+    """Whether ``value`` is a finite number (metrics from Keras logs may be None, NaN or tensors)."""
+    import math
+
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt(value) -> str:
+    """A metric for a progress line: 4 decimals, or ``-`` when there is none."""
+    return "-" if value is None or not finite(value) else f"{float(value):.4f}"
+
+
+def short_params(params: dict) -> str:
+    """``k=v, ...`` with floats to 3 significant digits."""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())

@@ -125,9 +125,13 @@ def predictions_frame(model, images: np.ndarray, classes) -> pd.DataFrame:
     return frame
 
 
-def log_model(model, metadata: dict, *, example_images: list[bytes], registered_model_name: str | None = None,
-              name: str = "model"):
-    """Log the Keras model as a pyfunc with signature, input example and metadata."""
+def log_model(model, metadata: dict, *, example_images: list[bytes] | None = None,
+              registered_model_name: str | None = None, name: str = "model"):
+    """Log the Keras model as a pyfunc with signature, input example and metadata.
+
+    The input example is ``example_images`` (at most two) or, by default, two generated images: a
+    registered model must not carry patient data.
+    """
     import tempfile
 
     import mlflow
@@ -140,7 +144,7 @@ def log_model(model, metadata: dict, *, example_images: list[bytes], registered_
         model.save(keras_path)
         meta_path = Path(tmp) / "metadata.json"
         meta_path.write_text(json.dumps(metadata, indent=2))
-        example_images = list(example_images[:2]) or [_blank_png(metadata["image_size"])]
+        example_images = list((example_images or [])[:2]) or generated_examples(int(metadata["image_size"]))
         example = pd.DataFrame({"image": example_images})
         output = predictions_frame(model, _decode_all(example_images, metadata), metadata["classes"])
         signature = infer_signature(example, output)
@@ -158,14 +162,20 @@ def log_model(model, metadata: dict, *, example_images: list[bytes], registered_
     return info
 
 
-def _blank_png(size: int) -> bytes:
+def generated_examples(size: int) -> list[bytes]:
+    """Two made-up PNG images (a radial gradient and its negative): an input example without patient data."""
     import io
 
     from PIL import Image
 
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size)).save(buf, "PNG")
-    return buf.getvalue()
+    yy, xx = np.mgrid[0:size, 0:size] / max(1, size - 1) - 0.5
+    disc = (255 * np.clip(1 - 2 * np.hypot(xx, yy), 0, 1)).astype(np.uint8)
+    out = []
+    for image in (disc, 255 - disc):
+        buf = io.BytesIO()
+        Image.fromarray(image, "L").convert("RGB").save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
 
 
 def _decode_all(images: list[bytes], metadata: dict) -> np.ndarray:

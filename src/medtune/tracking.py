@@ -18,6 +18,7 @@ Run-lifecycle policy (deliberate, see README "How medtune uses MLflow runs"):
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -94,6 +95,13 @@ def ensure_experiment(dataset: str) -> str:
 
 
 # ---------------------------------------------------------------- logging helpers
+
+
+def metric_name(key: str) -> str:
+    """The MLflow name of a Keras log key: validation and schedule keys as they are, the rest ``train_``."""
+    if key.startswith("val_") or key in ("epoch_seconds", "learning_rate", "stage", "image_size"):
+        return key
+    return f"train_{key}"
 
 
 class RunLogger:
@@ -258,6 +266,43 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+_PIPELINE_RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("medtune_pipeline_run", default=None)
+
+
+@contextlib.contextmanager
+def pipeline_run(dataset: str, *, run_name: str, launcher_id: str | None = None,
+                 tags: Mapping[str, Any] | None = None) -> Iterator[RunLogger]:
+    """The run of ``main`` in the dataset's experiment; every step run opened inside is its child.
+
+    Ends FINISHED, FAILED (with a ``medtune.error`` tag) or KILLED as the pipeline ends; the
+    ``mlflow run`` launcher run, if any, is linked both ways (``medtune.pipeline_run_id``).
+    """
+    experiment_id = ensure_experiment(dataset)
+    client = MlflowClient()
+    all_tags = {TAG_STEP: "main", TAG_DATASET: dataset, **process_tags(), **(tags or {})}
+    if launcher_id:
+        all_tags["medtune.launcher_run_id"] = launcher_id
+    run = client.create_run(experiment_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
+    run_id = run.info.run_id
+    if launcher_id:
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            client.set_tag(launcher_id, "medtune.pipeline_run_id", run_id)
+    log.info("MLflow run %s (main) in experiment %s", run_id, experiment_name(dataset))
+    token = _PIPELINE_RUN.set(run_id)
+    error: BaseException | None = None
+    try:
+        yield RunLogger(run_id, client)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        _PIPELINE_RUN.reset(token)
+        with contextlib.suppress(Exception):
+            if error is not None:
+                client.set_tag(run_id, TAG_ERROR, one_line(error))
+            client.set_terminated(run_id, status_for(error))
+
+
 @contextlib.contextmanager
 def step_run(
     dataset: str,
@@ -289,6 +334,9 @@ def step_run(
     while mlflow.active_run() is not None:  # e.g. a previous step of `main`
         mlflow.end_run()
     all_tags = {TAG_STEP: step, TAG_DATASET: dataset, **process_tags(), **(tags or {})}
+    pipeline = _PIPELINE_RUN.get()
+    if pipeline:  # a step of `main`: shown nested under the pipeline's run
+        all_tags.update({"mlflow.parentRunId": pipeline, "medtune.pipeline_run_id": pipeline})
     resume_id = None
     if resume_filter:
         previous = client.search_runs(

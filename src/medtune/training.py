@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from medtune.errors import ConfigError, DataError
+from medtune.errors import ConfigError, DataError, TrainingDiverged
 
 __all__ = [
     "EpochScores",
@@ -66,20 +66,6 @@ def _without_autotune_thread(ds: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; the trial should be recorded as failed.
-
-    Attributes:
-        epoch: 0-based epoch in which the loss diverged.
-        history: the history dict up to and including that epoch.
-    """
-
-    def __init__(self, message: str, *, epoch: int = -1, history: dict | None = None):
-        super().__init__(message)
-        self.epoch = epoch
-        self.history = history or {}
 
 
 # --------------------------------------------------------------------------- threads

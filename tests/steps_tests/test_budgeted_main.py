@@ -8,6 +8,7 @@ explained with averaged Grad-CAM.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import tempfile
@@ -40,6 +41,11 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
             if r.data.tags.get("medtune.step") in ("search", "train")}
     search, train = runs["search"], runs["train"]
 
+    pipeline = client.get_run(search.data.tags["mlflow.parentRunId"])  # `main` has a run of its own, the parent
+    assert pipeline.data.tags["medtune.step"] == "main" and pipeline.info.status == "FINISHED"
+    assert train.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+    assert _json(client, pipeline.info.run_id, "plan.json") == _json(client, search.info.run_id, "plan.json")
+    assert 0 < pipeline.data.metrics["budget_used_s"] and pipeline.data.metrics["budget_planned_s"] == 240
     plan = _json(client, search.info.run_id, "plan.json")
     fingerprint = _json(client, train.info.run_id, "fingerprint.json")
     assert plan["ensemble"] == 2 and plan["reasons"]["ensemble"] == "given"
@@ -59,6 +65,8 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
 
     # final training: two members, one registered model
     assert train.data.params["ensemble"] == "2"
+    assert train.data.tags["mlflow.runName"].startswith(f"train-synthetic-{train.data.params['backbone']}-"
+                                                        f"{plan['image_size']}px-x2-")  # told apart in the table
     assert {"member0_best_val_macro_f1", "member1_best_val_macro_f1"} <= set(train.data.metrics)
     assert "test_accuracy" in train.data.metrics
     version = train.data.tags["medtune.model_version"]
@@ -72,6 +80,12 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
     images = np.stack([np.full((size, size, 3), v, np.uint8) for v in (40, 200)])
     heatmaps, proba = explain.gradcam(model, images)
     assert heatmaps.shape[0] == 2 and np.allclose(proba.sum(1), 1, atol=1e-4)
+
+    # the registered model's input example is made up, never a patient's image
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/medtune-synthetic/{version}"))
+    example = mlflow.models.Model.load(str(local)).load_input_example(str(local))
+    as_bytes = [base64.b64decode(v) if isinstance(v, str) else bytes(v) for v in example["image"]]
+    assert as_bytes == serving.generated_examples(size)
 
     buf = io.BytesIO()
     Image.fromarray(images[1]).save(buf, format="PNG")

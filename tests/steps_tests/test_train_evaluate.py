@@ -387,4 +387,13 @@ def test_main_entry_point_runs_each_step_as_its_own_run(trained):
     assert tags["medtune.split_run_id"] == split_id
     assert tags["medtune.search_run_id"] == search.info.run_id
     assert tags["medtune.train_run_id"] == train.info.run_id
-    assert train.data.tags["medtune.pipeline_run_id"] == launcher.info.run_id
+    # the pipeline's own run, in the dataset's experiment, is the parent of the steps it ran
+    pipeline = MlflowClient().get_run(tags["medtune.pipeline_run_id"])
+    assert pipeline.data.tags["medtune.step"] == "main" and pipeline.info.status == "FINISHED"
+    assert pipeline.info.experiment_id == train.info.experiment_id
+    assert pipeline.data.tags["medtune.launcher_run_id"] == launcher.info.run_id
+    for step_run in (search, train):
+        assert step_run.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+        assert step_run.data.tags["medtune.pipeline_run_id"] == pipeline.info.run_id
+    assert pipeline.data.tags["medtune.train_run_id"] == train.info.run_id
+    assert pipeline.data.metrics["test_accuracy"] == train.data.metrics["test_accuracy"]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from medtune.errors import ConfigError
+from medtune.errors import WeightsError
 from medtune.models.backbones import spec_of
 
 __all__ = ["WeightsError", "WeightsFile", "load_backbone_weights", "resolve_weights"]
@@ -40,10 +40,6 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 TORCH_CHECKPOINT_BACKBONES = ("efficientnet_lite0",)  # their loader maps a PyTorch state dict
 PROBE_TIMEOUT_S = 3.0
 DOWNLOAD_TIMEOUT_S = 60.0
-
-
-class WeightsError(ConfigError):
-    """A weights option or file that cannot be used (one line, names the backbone or file)."""
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from medtune.search.engines import ENGINE_ALIASES, ENGINES  # noqa: E402,F401 - the names, defined with the registry
+
 log = logging.getLogger(__name__)
 
 COMPLETE, PRUNED, FAILED, RUNNING = "COMPLETE", "PRUNED", "FAILED", "RUNNING"
 PRUNERS = ("median", "hyperband", "asha", "none")  # the Optuna engine's pruner names
-ENGINES = ("optuna", "bayesian", "keras_hyperband", "grid")  # grid: Optuna's GridSampler
-ENGINE_ALIASES = {"hyperband": "keras_hyperband"}  # the old spelling; `hyperband` is also an Optuna pruner
-KERAS_TUNER_ENGINES = ("bayesian", "keras_hyperband")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import keras_tuner as kt
 
-from medtune.errors import ConfigError
+from medtune.errors import ConfigError, InternalError, as_search_error, stops_the_search
 from medtune.planning.budget import plateaued
 from medtune.search.base import COMPLETE, FAILED, PRUNED, RUNNING, SearchSettings, TrialRecorder, TrialSummary
 from medtune.search.trial import TrialData, train_trial
@@ -137,6 +137,9 @@ class _TrackedTunerMixin:
         except Exception as exc:
             self._recorder.trial_finished(handle, FAILED, result, error=exc)
             self._own_trials[number] = TrialSummary(number, FAILED, None, params, error=f"{type(exc).__name__}: {exc}"[:500])
+            if stops_the_search(exc):  # keras-tuner lets a FatalError end the search at once
+                error = as_search_error(exc, number)
+                raise kt.errors.FatalError(str(error)) from error
             raise kt.errors.FailedTrialError(f"{type(exc).__name__}: {exc}") from exc
         except BaseException as exc:  # interrupted: end the run KILLED, let the tuner stop
             self._recorder.trial_finished(handle, FAILED, result, error=exc)
@@ -266,6 +269,9 @@ def run_search(engine: str, space: SearchSpace, data: TrialData, cfg: SearchSett
         tuner.search(verbose=0)
     except _StopSearch as stop:
         reason = str(stop)
+    except kt.errors.FatalError as fatal:  # a trial's error that every trial would hit
+        recorder.search_stopped(f"trial failed with an error every trial would hit: {fatal}")
+        raise fatal.__cause__ if isinstance(fatal.__cause__, Exception) else InternalError(str(fatal)) from None
     except RuntimeError as exc:  # keras-tuner gives up after too many consecutive failed trials
         if "consecutive failures" not in str(exc):
             raise

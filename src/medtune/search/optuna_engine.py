@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from medtune import settings as medtune_settings
-from medtune.errors import ConfigError
+from medtune.errors import ConfigError, as_search_error, stops_the_search
 from medtune.planning.budget import plateaued
 from medtune.search.base import (
     COMPLETE,
@@ -397,6 +397,8 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
             trial.set_user_attr("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500])
             recorder.trial_finished(handle, FAILED, result, error=exc)
             last_state["state"] = FAILED
+            if stops_the_search(exc):  # every trial would fail the same way: stop after this one
+                last_state["fatal"] = as_search_error(exc, trial.number)
             raise
         finally:
             if result is not None:
@@ -427,6 +429,9 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
         if last_state.get("state") == FAILED:
             failures += 1
         recorder.progress(summaries(study))
+        if "fatal" in last_state:
+            recorder.search_stopped(f"trial failed with an error every trial would hit: {last_state['fatal']}")
+            raise last_state["fatal"]
     log.info("Search stopped: %s", reason)
     recorder.search_stopped(reason)
     return summaries(study)

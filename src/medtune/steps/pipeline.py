@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,13 @@ class PipelineOutcome:
 def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
     """Split (reusing a finished split of the same files), search, train with evaluation and the gate.
 
-    Under ``mlflow run -e main`` the launcher run stays the pipeline's own run: no step adopts it
-    (each step logs its own run in ``medtune-<dataset>``); it gets tags with the step run ids.
+    The pipeline has its own run in ``medtune-<dataset>``, the parent of its step runs, with the
+    plan, the budget used and the test metrics; under ``mlflow run -e main`` the launcher run is
+    linked to it and tagged with the step run ids.
     """
     import os
 
+    from medtune import tracking
     from medtune.steps.search import SearchOptions, run_search
     from medtune.steps.split import SplitOptions, run_split
     from medtune.steps.train import TrainOptions, run_train
@@ -93,47 +95,54 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
                               seed=opts.seed)
     split_opts.check()
     launcher_id = os.environ.pop("MLFLOW_RUN_ID", None)
-    seconds = {}
-    t = time.perf_counter()
-    split = run_split(split_opts, reuse_run=True)
-    seconds["split"] = time.perf_counter() - t
-    _link(launcher_id, {"medtune.split_run_id": split.run_id})
-    plan_files = {}
-    if budget is not None:  # fingerprint the data and the machine, then plan the rest of the budget
-        plan_files = _plan(opts, search_opts, split, budget)
-        _log_files(launcher_id, plan_files)
-    t = time.perf_counter()
-    search_opts.split_run = split.run_id
-    search = run_search(search_opts)
-    _log_files(search.run_id, plan_files)
-    seconds["search"] = time.perf_counter() - t
-    _link(launcher_id, {"medtune.search_run_id": search.run_id}, step_run=search.run_id)
-    if search.best is None:
-        from medtune.errors import ConfigError
+    name = dataset_name(opts.dataset)
+    run_name = f"main-{name}-{f'{opts.budget / 60:.0f}min' if opts.budget else 'defaults'}-{time.strftime('%m%d-%H%M')}"
+    with tracking.pipeline_run(name, run_name=run_name, launcher_id=launcher_id) as pipeline:
+        pipeline.params({k: v for k, v in asdict(opts).items() if v is not None and k not in ("data_dir", "storage")})
+        seconds = {}
+        t = time.perf_counter()
+        split = run_split(split_opts, reuse_run=True)
+        seconds["split"] = time.perf_counter() - t
+        _link(launcher_id, pipeline, {"medtune.split_run_id": split.run_id})
+        plan_files = {}
+        if budget is not None:  # fingerprint the data and the machine, then plan the rest of the budget
+            plan_files = _plan(opts, search_opts, split, budget)
+            _log_files(pipeline.run_id, plan_files)
+        t = time.perf_counter()
+        search_opts.split_run = split.run_id
+        search = run_search(search_opts)
+        _log_files(search.run_id, plan_files)
+        seconds["search"] = time.perf_counter() - t
+        _link(launcher_id, pipeline, {"medtune.search_run_id": search.run_id})
+        if search.best is None:
+            from medtune.errors import ConfigError
 
-        raise ConfigError(f"search run {search.run_id}: no trial completed, nothing to train (see its trial runs)")
-    if budget is not None and plan_files:
-        _replan_final(opts, search, plan_files, budget)
-    t = time.perf_counter()
-    train = run_train(TrainOptions(dataset=opts.dataset, data_dir=opts.data_dir, search_run=search.run_id,
-                                   epochs=opts.epochs, image_size=opts.image_size, patience=opts.patience,
-                                   mixed_precision=opts.mixed_precision, margin=opts.margin, seed=opts.seed,
-                                   split_run=split.run_id, weights=opts.weights, class_weights=opts.class_weights,
-                                   ensemble=opts.ensemble or 1,
-                                   budget=budget.remaining() if budget is not None else None))
-    _log_files(train.run_id, plan_files)
-    seconds["train+evaluate"] = time.perf_counter() - t
-    _link(launcher_id, {"medtune.train_run_id": train.run_id, "medtune.model_version": train.model_version or "",
-                        "medtune.decision": train.decision.alias if train.decision else ""}, step_run=train.run_id)
-    if budget is not None:
-        _record_budget(launcher_id, budget)
-        log.info("Budget: %.1f of %.1f minutes used", budget.elapsed() / 60, budget.seconds / 60)
+            raise ConfigError(f"search run {search.run_id}: no trial completed, nothing to train (see its trial runs)")
+        if budget is not None and plan_files:
+            _replan_final(opts, search, plan_files, budget)
+        t = time.perf_counter()
+        train = run_train(TrainOptions(dataset=opts.dataset, data_dir=opts.data_dir, search_run=search.run_id,
+                                       epochs=opts.epochs, image_size=opts.image_size, patience=opts.patience,
+                                       mixed_precision=opts.mixed_precision, margin=opts.margin, seed=opts.seed,
+                                       split_run=split.run_id, weights=opts.weights, class_weights=opts.class_weights,
+                                       ensemble=opts.ensemble or 1,
+                                       budget=budget.remaining() if budget is not None else None))
+        _log_files(train.run_id, plan_files)
+        seconds["train+evaluate"] = time.perf_counter() - t
+        _link(launcher_id, pipeline, {"medtune.train_run_id": train.run_id, "medtune.model_version": train.model_version or "",
+                                      "medtune.decision": train.decision.alias if train.decision else ""})
+        pipeline.metrics({f"{k.replace('+', '_')}_seconds": v for k, v in seconds.items()})
+        pipeline.metrics({k: train.metrics[k] for k in PIPELINE_METRICS if k in train.metrics})
+        if budget is not None:
+            pipeline.metrics(budget.record())
+            log.info("Budget: %.1f of %.1f minutes used", budget.elapsed() / 60, budget.seconds / 60)
     log.info("Pipeline done: %s", ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     return PipelineOutcome(split.run_id, search.run_id, train, seconds)
 
 
-PLATEAU_MIN_PATIENCE = 6
-MAX_BUDGETED_TRIALS = 200  # finished trials without improvement before a planned search stops early
+PIPELINE_METRICS = ("test_accuracy", "test_macro_f1", "test_balanced_accuracy", "test_roc_auc_macro", "test_ece")
+PLATEAU_MIN_PATIENCE = 6  # finished trials without improvement before a planned search stops early
+MAX_BUDGETED_TRIALS = 200  # with a budget and no trial count, the time ends the search
 
 
 def fingerprints(split):
@@ -168,7 +177,10 @@ def _plan(opts: PipelineOptions, search_opts, split, budget) -> dict:
     search_opts.image_size = plan.rungs[-1]
     search_opts.budget = plan.search_s
     search_opts.plateau = max(PLATEAU_MIN_PATIENCE, plan.trials // 3)
-    if search_opts.rungs and opts.pruner is None and opts.engine == "optuna":
+    from medtune.search.engines import get_engine
+
+    engine = get_engine(opts.engine)
+    if search_opts.rungs and opts.pruner is None and engine.optuna_options and not engine.grid:
         search_opts.pruner = "median"  # decides at the end of every rung (ASHA's rungs are 1, 3, 9 epochs)
     opts.epochs, opts.image_size, opts.ensemble = plan.epochs, plan.image_size, plan.ensemble
     return {"fingerprint.json": {"data": data.to_dict(), "machine": machine.to_dict()}, "plan.json": plan.to_dict()}
@@ -212,16 +224,9 @@ def _log_files(run_id: str | None, files: dict) -> None:
         logger.json(content, name)
 
 
-def _record_budget(launcher_id: str | None, budget) -> None:
-    if not launcher_id:
-        return
-    from medtune.tracking import RunLogger
-
-    RunLogger(launcher_id).metrics(budget.record())
-
-
-def _link(launcher_id: str | None, tags: dict, step_run: str | None = None) -> None:
-    """Tag the ``mlflow run`` launcher run with a step's run id (and the step run with the launcher's)."""
+def _link(launcher_id: str | None, pipeline, tags: dict) -> None:
+    """Tag the pipeline's run (and the ``mlflow run`` launcher run, if any) with a step's outcome."""
+    pipeline.tags(tags)
     if not launcher_id:
         return
     from mlflow.exceptions import MlflowException
@@ -231,7 +236,5 @@ def _link(launcher_id: str | None, tags: dict, step_run: str | None = None) -> N
     try:
         for key, value in {"medtune.step": "main", **tags}.items():
             client.set_tag(launcher_id, key, str(value))
-        if step_run:
-            client.set_tag(step_run, "medtune.pipeline_run_id", launcher_id)
     except MlflowException as exc:
         log.warning("could not link the launcher run %s: %s", launcher_id, exc)

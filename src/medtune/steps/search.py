@@ -18,9 +18,11 @@ import numpy as np
 from medtune import settings, tracking
 from medtune.errors import ConfigError
 from medtune.search.base import (
-    COMPLETE, ENGINE_ALIASES, ENGINES, FAILED, KERAS_TUNER_ENGINES, PRUNED, PRUNERS, SearchSettings, TrialSummary,
+    COMPLETE, FAILED, PRUNED, PRUNERS, SearchSettings, TrialSummary,
     best_trial,
 )
+from medtune.progress import finite, fmt, short_params
+from medtune.search.engines import get_engine
 from medtune.search.trial import TrialData, objective_direction, probe_indices
 
 log = logging.getLogger(__name__)
@@ -60,12 +62,6 @@ class SearchOutcome:
     best: TrialSummary | None
     seconds: float
     extra: dict = field(default_factory=dict)
-
-
-def _metric_name(key: str) -> str:
-    if key.startswith("val_") or key in ("epoch_seconds", "learning_rate", "stage", "image_size"):
-        return key
-    return f"train_{key}"
 
 
 class MlflowRecorder:
@@ -117,23 +113,23 @@ class MlflowRecorder:
         if self.bar is None:
             from medtune.progress import Counter
 
-            left = max(self.opts.trials - self.done, 1) if self.opts.engine != "keras_hyperband" else 0
+            left = max(self.opts.trials - self.done, 1) if get_engine(self.opts.engine).counts_trials else 0
             self.bar = Counter("trials", left, "trial", lines=False)
         # the number is Optuna's and the run's (trial-007 is "trial 7"), counted from 0
-        progress_log.info("trial %d started (%s, best %s): %s", number, self._done(), _fmt(self.best), _short(params))
+        progress_log.info("trial %d started (%s, best %s): %s", number, self._done(), fmt(self.best), short_params(params))
         return handle
 
     def epoch_end(self, handle, epoch: int, logs: dict) -> None:
-        metrics = {_metric_name(k): float(v) for k, v in logs.items() if _finite(v)}
+        metrics = {tracking.metric_name(k): float(v) for k, v in logs.items() if finite(v)}
         handle.logger.metrics(metrics, step=epoch)  # one small batch per epoch; async costs ~1.5 s per trial to drain
         value = logs.get(self.opts.objective)
         best = self.best
         progress_log.info(
             "trial %d epoch %d/%d%s %s=%s (best so far %s)",
             handle.number, epoch + 1, self.opts.epochs,
-            f" at {int(logs['image_size'])} px" if self.opts.rungs and _finite(logs.get("image_size")) else "",
+            f" at {int(logs['image_size'])} px" if self.opts.rungs and finite(logs.get("image_size")) else "",
             self.opts.objective,
-            _fmt(value), _fmt(best),
+            fmt(value), fmt(best),
         )
 
     def trial_finished(self, handle, state: str, result=None, error: BaseException | None = None,
@@ -160,7 +156,7 @@ class MlflowRecorder:
         finally:
             status = "KILLED" if interrupted else ("FAILED" if state == FAILED else "FINISHED")
             logger.end(status)
-        if state == COMPLETE and result is not None and _finite(result.value):
+        if state == COMPLETE and result is not None and finite(result.value):
             better = self.best is None or (
                 result.value > self.best if self.direction == "maximize" else result.value < self.best
             )
@@ -168,12 +164,12 @@ class MlflowRecorder:
                 self.best = result.value
         if state in (COMPLETE, PRUNED):
             self.done += 1
-            self.bar.update(1, postfix=f"best {_fmt(self.best)}")
+            self.bar.update(1, postfix=f"best {fmt(self.best)}")
         progress_log.info(
             "trial %d %s in %.0f s: %s=%s (best %s; %s%s)%s",
             handle.number, "KILLED" if interrupted else (f"{state} ({reason})" if reason and reason != "pruned" else state),
             seconds, self.opts.objective,
-            _fmt(result.value if result is not None else None), _fmt(self.best), self._done(),
+            fmt(result.value if result is not None else None), fmt(self.best), self._done(),
             f", {self.bar.eta()}" if 0 < self.bar.done < self.bar.total else "",
             f": {tracking.one_line(error)}" if error is not None and not interrupted else "",
         )
@@ -193,7 +189,7 @@ class MlflowRecorder:
         self.parent.tags({"medtune.stop_reason": reason})
 
     def _done(self) -> str:
-        if self.opts.engine == "keras_hyperband":  # Hyperband's brackets, not `trials`, set its budget
+        if not get_engine(self.opts.engine).counts_trials:  # Hyperband's brackets, not `trials`, set its budget
             return f"{self.done} done"
         return f"{self.done} of {self.opts.trials} done"
 
@@ -228,21 +224,6 @@ class _Handle:
         return self.logger.run_id
 
 
-def _finite(v) -> bool:
-    try:
-        return np.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
-
-
-def _fmt(v) -> str:
-    return "-" if v is None or not _finite(v) else f"{float(v):.4f}"
-
-
-def _short(params: dict) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-
-
 # ---------------------------------------------------------------- the step
 
 
@@ -251,17 +232,16 @@ PLANNED = {"space": "space", "trials": "trials", "epochs": "epochs", "image_size
 
 
 def default_study(opts: SearchOptions, space_stem: str, manifest_hash: str) -> str:
-    engine = "hyperband" if opts.engine == "keras_hyperband" else opts.engine  # studies of the old name resume
+    engine = get_engine(opts.engine).study_label
     sizes = "-".join(map(str, opts.rungs)) if opts.rungs and len(opts.rungs) > 1 else str(opts.image_size)
     return f"{opts.dataset}-{space_stem}-{engine}-{sizes}px-{manifest_hash[:8]}"
 
 
 def check_options(opts: SearchOptions) -> None:
     """Check what is set (options left to the plan are None) and name the engine's canonical spelling."""
-    opts.engine = ENGINE_ALIASES.get(opts.engine, opts.engine)
-    if opts.engine not in ENGINES:
-        raise ConfigError(f"engine={opts.engine!r}: expected one of {', '.join(ENGINES)}")
-    if opts.engine in KERAS_TUNER_ENGINES:  # keras-tuner has no pruner, Optuna storage or time limit
+    engine = get_engine(opts.engine)
+    opts.engine = engine.name
+    if not engine.optuna_options:  # keras-tuner has no pruner, Optuna storage or time limit
         given = [f"{k}={v}" for k, v in (("pruner", opts.pruner), ("storage", opts.storage),
                                           ("timeout", opts.timeout)) if v not in (None, "", 0, "none")]
         if given:
@@ -304,15 +284,16 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     from medtune.plan import fill
 
     check_options(opts)
-    if opts.budget and opts.trials is None and opts.engine != "grid":
+    engine = get_engine(opts.engine)
+    if opts.budget and opts.trials is None and not engine.grid:
         opts.trials = MAX_BUDGETED_TRIALS  # the time budget decides how many run
-    fill(opts, dataset_name(opts.dataset), {**PLANNED, **({} if opts.engine in KERAS_TUNER_ENGINES else {"pruner": "pruner"}),
-                                            **({"trials": "trials"} if opts.engine != "grid" else {})})
+    fill(opts, dataset_name(opts.dataset), {**PLANNED, **({"pruner": "pruner"} if engine.optuna_options else {}),
+                                            **({"trials": "trials"} if not engine.grid else {})})
     opts.weights = opts.weights or "none"
     space_path = resolve_space_path(opts.space)
     space = load_space(space_path)  # a bad space file stops here, before any trial
     grid = None
-    if opts.engine == "grid":  # a continuous parameter without a step stops here, in one line
+    if engine.grid:  # a continuous parameter without a step stops here, in one line
         from medtune.search.grid import describe, grid_size, grid_values
 
         grid = grid_values(space)
@@ -345,14 +326,8 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         weights=weights, grid=grid, rungs=tuple(opts.rungs) if opts.rungs and len(opts.rungs) > 1 else None,
         warm_start=opts.warm_start, plateau_patience=opts.plateau, split=manifest_hash(split.manifest),
     )
-    if opts.engine in KERAS_TUNER_ENGINES:  # unreadable keras-tuner state stops here, before the run is reopened
-        from medtune.search import keras_tuner_engine
-
-        keras_tuner_engine.check_state(cfg)
-    else:  # so does a study that searched other categorical choices
-        from medtune.search import optuna_engine
-
-        optuna_engine.check_state(space, cfg)
+    # unreadable keras-tuner state, or a study that searched other categorical choices, stops here
+    engine.check_state(space, cfg)
     configure_threads()
     experiment_id = tracking.ensure_experiment(split.dataset)
     resume = (
@@ -369,7 +344,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
             "dataset": split.dataset, "engine": opts.engine, "space": space_path.name, "trials": opts.trials,
             "epochs": opts.epochs, "image_size": opts.image_size, "objective": opts.objective,
             "timeout": opts.timeout, "study": study, "seed": opts.seed, "class_weights": opts.class_weights,
-            "pruner": opts.pruner if opts.engine not in KERAS_TUNER_ENGINES else "none",
+            "pruner": opts.pruner if engine.optuna_options else "none",
             "storage": _storage_label(opts.storage),
             "weights": opts.weights if backbones != ["custom"] else "n/a",
             "budget_min": round(opts.budget / 60, 2) if opts.budget else "none",
@@ -388,14 +363,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         from medtune.planning.budget import Budget
 
         cfg.budget = Budget(opts.budget).start() if opts.budget else None
-        if opts.engine not in KERAS_TUNER_ENGINES:  # optuna and grid
-            from medtune.search import optuna_engine
-
-            summaries = optuna_engine.run_search(space, data, cfg, recorder)
-        else:
-            from medtune.search import keras_tuner_engine
-
-            summaries = keras_tuner_engine.run_search(opts.engine, space, data, cfg, recorder)
+        summaries = engine.run(space, data, cfg, recorder)
         summaries = _with_run_ids(summaries, parent, experiment_id, study)
         best = best_trial(summaries, direction)
         if best is None and cfg.budget is not None:

@@ -116,8 +116,7 @@ def device_summary(mixed_precision: bool) -> tuple[str, bool]:
 def _epoch_logger(run: tracking.RunLogger, epochs: int, prefix: str = "", title: str = "final training"):
     import keras
 
-    from medtune.progress import Counter
-    from medtune.steps.search import _finite, _metric_name
+    from medtune.progress import Counter, finite
 
     class EpochLogger(keras.callbacks.Callback):
         """Per-epoch metrics to the run, and one readable line per epoch with the time left (a bar on a terminal)."""
@@ -134,10 +133,10 @@ def _epoch_logger(run: tracking.RunLogger, epochs: int, prefix: str = "", title:
                     logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
                 except Exception:  # noqa: BLE001
                     pass
-            run.metrics({prefix + _metric_name(k): float(v) for k, v in logs.items() if _finite(v)}, step=epoch,
+            run.metrics({prefix + tracking.metric_name(k): float(v) for k, v in logs.items() if finite(v)}, step=epoch,
                         synchronous=False)
             shown = {k: v for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1")}
-            text = ", ".join(f"{k}={float(v):.4f}" for k, v in shown.items() if _finite(v))
+            text = ", ".join(f"{k}={float(v):.4f}" for k, v in shown.items() if finite(v))
             self.bar.to(epoch + 1)
             log.info("%sepoch %d/%d: %s (%s; early stopping may end sooner)", prefix.replace("_", " "), epoch + 1, epochs,
                      text, self.bar.eta())
@@ -204,7 +203,9 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
     tags = {"medtune.split_run_id": split.run_id, "medtune.device": device}
     if search_run_id:
         tags["medtune.search_run_id"] = search_run_id
-    with tracking.step_run(split.dataset, "train", run_name=f"train-{split.dataset}", tags=tags) as run:
+    run_name = (f"train-{split.dataset}-{params.get('backbone', 'custom')}-{opts.image_size}px"
+                f"{f'-x{opts.ensemble}' if opts.ensemble > 1 else ''}-{time.strftime('%m%d-%H%M')}")
+    with tracking.step_run(split.dataset, "train", run_name=run_name, tags=tags) as run:
         class_weight = training.balanced_class_weights(cache.y["train"], n_classes) if opts.class_weights else None
         run.params({**params, "epochs": opts.epochs, "image_size": opts.image_size, "patience": opts.patience,
                     "ensemble": opts.ensemble, "budget_min": round(opts.budget / 60, 2) if opts.budget else "none",
@@ -219,10 +220,10 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
         if class_weight:
             run.json({classes[k]: v for k, v in class_weight.items()}, "class_weights.json")
         mlflow.log_input(manifest_dataset(split), context="training")
-        from medtune.steps.search import _short
+        from medtune.progress import short_params
 
         log.info("Final training on %s (%s, mixed precision %s%s): %s", device, split.dataset, "on" if mixed else "off",
-                 f", ensemble of {opts.ensemble}" if opts.ensemble > 1 else "", _short(params))
+                 f", ensemble of {opts.ensemble}" if opts.ensemble > 1 else "", short_params(params))
         from medtune.planning.budget import Budget
 
         budget = Budget(opts.budget).start() if opts.budget else None
@@ -270,9 +271,8 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
             weights_sha256=source.sha256 if source else "",
             params=params, split_run_id=split.run_id, search_run_id=search_run_id or "",
         )
-        examples = _example_images(split, classes)
         model_name = f"medtune-{split.dataset}" if opts.register else None
-        info = serving.log_model(model, metadata, example_images=examples, registered_model_name=model_name)
+        info = serving.log_model(model, metadata, registered_model_name=model_name)
         version, decision = None, None
         if model_name:
             client = mlflow.tracking.MlflowClient()
@@ -393,9 +393,3 @@ def float32_copy(model, params: dict, input_shape: tuple, n_classes: int):
     copy = build_model(params, input_shape, n_classes)
     copy.set_weights(model.get_weights())
     return copy
-
-
-def _example_images(split, classes) -> list[bytes]:
-    """Two real encoded test images, as the pyfunc's input example."""
-    rows = split.manifest[split.manifest["split"] == "test"].head(2)
-    return [(split.root / p).read_bytes() for p in rows["path"]]
