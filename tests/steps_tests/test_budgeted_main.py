@@ -44,11 +44,14 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
     pipeline = client.get_run(search.data.tags["mlflow.parentRunId"])  # `main` has a run of its own, the parent
     assert pipeline.data.tags["medtune.step"] == "main" and pipeline.info.status == "FINISHED"
     assert train.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
-    assert _json(client, pipeline.info.run_id, "plan.json") == _json(client, search.info.run_id, "plan.json")
+    assert _json(client, pipeline.info.run_id, "plan.json") == _json(client, train.info.run_id, "plan.json")
     assert 0 < pipeline.data.metrics["budget_used_s"] and pipeline.data.metrics["budget_planned_s"] == 240
     plan = _json(client, search.info.run_id, "plan.json")
     fingerprint = _json(client, train.info.run_id, "fingerprint.json")
     assert plan["ensemble"] == 2 and plan["reasons"]["ensemble"] == "given"
+    final_plan = _json(client, train.info.run_id, "plan.json")  # rule 6 again, with the search's epoch time
+    assert final_plan["measured_epoch_s"] > 0 and final_plan["ensemble"] == 2
+    assert train.data.params["epochs"] == str(final_plan["epochs"])
     assert plan["budget_s"] <= 240 and plan["search_s"] == pytest.approx(0.4 * plan["budget_s"])
     assert len(plan["rungs"]) == 3 and plan["rungs"][-1] == plan["image_size"]
     assert fingerprint["data"]["n_train"] > 0 and fingerprint["machine"]["cpu_cores"] >= 1

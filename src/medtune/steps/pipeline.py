@@ -120,6 +120,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
             raise ConfigError(f"search run {search.run_id}: no trial completed, nothing to train (see its trial runs)")
         if budget is not None and plan_files:
             _replan_final(opts, search, plan_files, budget)
+            _log_files(pipeline.run_id, plan_files)  # the plan as final training will follow it
         t = time.perf_counter()
         train = run_train(TrainOptions(dataset=opts.dataset, data_dir=opts.data_dir, search_run=search.run_id,
                                        epochs=opts.epochs, image_size=opts.image_size, patience=opts.patience,
