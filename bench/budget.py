@@ -262,7 +262,8 @@ def run_medtune(budget: str, args, data: Path, dataset: str, home: Path) -> None
 
     bin_dir = Path(sys.executable).parent  # the environment's mlflow and medtune scripts
     cmd = [str(bin_dir / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", "main", "-P", f"dataset={dataset}",
-           "-P", f"data_dir={data}", "-P", f"budget={budget}", "-P", f"seed={args.seed}"]
+           "-P", f"data_dir={data}", "-P", f"budget={budget}", "-P", f"seed={args.seed}",
+           "-P", f"study=bench-{budget}-{time.strftime('%Y%m%d-%H%M%S')}"]  # each row searches from scratch
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
