@@ -166,7 +166,7 @@ def _plan(opts: PipelineOptions, search_opts, split, budget) -> dict:
     data, machine = fingerprints(split)
     given = {"space": opts.space, "trials": opts.trials, "search_epochs": opts.search_epochs,
              "search_image_size": opts.search_image_size, "epochs": opts.epochs, "image_size": opts.image_size,
-             "ensemble": opts.ensemble}
+             "ensemble": opts.ensemble, "class_weights": opts.class_weights}  # applied as given
     plan = make_plan(data, machine, budget.remaining(), overrides=given)
     log.info("Plan for %s (%.0f minutes left of the budget; any option you give overrides it):\n%s",
              split.resolved.name, budget.remaining() / 60, render_plan(plan, data, machine))
