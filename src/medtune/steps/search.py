@@ -189,6 +189,9 @@ class MlflowRecorder:
         self.parent.tags({"medtune.stop_reason": reason})
 
     def _done(self) -> str:
+        budget = getattr(self, "budget", None)
+        if budget is not None and budget.seconds is not None:  # the time, not the trial count, ends it
+            return f"{self.done} done, {budget.remaining() / 60:.1f} min of the search's budget left"
         if not get_engine(self.opts.engine).counts_trials:  # Hyperband's brackets, not `trials`, set its budget
             return f"{self.done} done"
         return f"{self.done} of {self.opts.trials} done"
@@ -362,7 +365,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
                  f", budget {opts.budget / 60:.1f} min" if opts.budget else "")
         from medtune.planning.budget import Budget
 
-        cfg.budget = Budget(opts.budget).start() if opts.budget else None
+        cfg.budget = recorder.budget = Budget(opts.budget).start() if opts.budget else None
         summaries = engine.run(space, data, cfg, recorder)
         summaries = _with_run_ids(summaries, parent, experiment_id, study)
         best = best_trial(summaries, direction)
