@@ -75,6 +75,7 @@ class MlflowRecorder:
         self.done = 0  # trials COMPLETE or PRUNED in the study (all sessions and workers)
         self.direction = objective_direction(opts.objective)
         self.bar = None  # trials left in this session: a bar on a terminal, an ETA in each line
+        self.budget = None  # the search's time budget (a medtune.planning.Budget), when it has one
 
     # -- engine callbacks
     def trial_started(self, number: int, params: dict):
@@ -170,7 +171,8 @@ class MlflowRecorder:
             handle.number, "KILLED" if interrupted else (f"{state} ({reason})" if reason and reason != "pruned" else state),
             seconds, self.opts.objective,
             fmt(result.value if result is not None else None), fmt(self.best), self._done(),
-            f", {self.bar.eta()}" if 0 < self.bar.done < self.bar.total else "",
+            f", {self.bar.eta()}" if 0 < self.bar.done < self.bar.total and getattr(self, "budget", None) is None
+            else "",
             f": {tracking.one_line(error)}" if error is not None and not interrupted else "",
         )
 
