@@ -91,10 +91,15 @@ def _fmt(v) -> str:
 
 def add_data_args(parser, *, per_class: int = 0) -> None:
     """``--data`` (default: the shared brain_mri/Training) and ``--per-class`` (a subset)."""
-    parser.add_argument("--data", default=None,
-                        help="image folder, one sub-folder per class (default: shared brain_mri/Training)")
-    parser.add_argument("--per-class", type=int, default=per_class,
-                        help="use only the first N images of each class (copied into the bench home); 0 = all")
+    parser.add_argument(
+        "--data", default=None, help="image folder, one sub-folder per class (default: shared brain_mri/Training)"
+    )
+    parser.add_argument(
+        "--per-class",
+        type=int,
+        default=per_class,
+        help="use only the first N images of each class (copied into the bench home); 0 = all",
+    )
 
 
 def data_folder(args, home: Path) -> Path:
@@ -202,10 +207,16 @@ def quiet(progress: bool = False) -> None:
     import warnings
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow resets its logger's level on import
-    for message in (".*is experimental.*", ".*is an experimental feature.*",
-                    ".*dataset source can be interpreted in multiple ways.*", ".*Do not pass an `input_shape`.*",
-                    ".*Add type hints to the `predict` method.*", ".*Skipping variable loading for optimizer.*",
-                    ".*`shuffle=True` was passed.*", ".*RetryFailedTrialCallback has been deprecated.*"):
+    for message in (
+        ".*is experimental.*",
+        ".*is an experimental feature.*",
+        ".*dataset source can be interpreted in multiple ways.*",
+        ".*Do not pass an `input_shape`.*",
+        ".*Add type hints to the `predict` method.*",
+        ".*Skipping variable loading for optimizer.*",
+        ".*`shuffle=True` was passed.*",
+        ".*RetryFailedTrialCallback has been deprecated.*",
+    ):
         warnings.filterwarnings("ignore", message=message)
     for noisy in ("alembic", "mlflow", "absl", "h5py", "PIL", "matplotlib", "optuna", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

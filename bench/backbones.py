@@ -39,15 +39,26 @@ from medtune.models import BACKBONES  # the backbone table; no TensorFlow yet
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_data_args(p)
-    p.add_argument("--sizes", type=int, nargs="+", default=[64, 128],
-                   help="image sizes (default 64, the search size, and 128); a backbone needing more is skipped")
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[64, 128],
+        help="image sizes (default 64, the search size, and 128); a backbone needing more is skipped",
+    )
     p.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
     p.add_argument("--steps", type=int, default=12, help="timed batches per stage (default 12)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--cycles", type=int, default=4,
-                   help="passes over the backbones at the first size (default 4; growth is cycle 2 -> last)")
+    p.add_argument(
+        "--cycles",
+        type=int,
+        default=4,
+        help="passes over the backbones at the first size (default 4; growth is cycle 2 -> last)",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--keep-home", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny settings (20 images per class, 80 px, 2 steps)")
@@ -99,12 +110,16 @@ def main() -> None:
 
     space = load_space(resolve_space_path("transfer"))
     print(machine())
-    print(f"TensorFlow threads intra={threads[0]} inter={threads[1]}; data {folder}"
-          f"{f' (first {args.per_class} images per class)' if args.per_class else ''}")
-    print(f"settings: sizes {args.sizes}, batch {args.batch_size}, {args.steps} timed batches per stage, "
-          f"transfer.yaml defaults; ImageNet weights for "
-          f"{', '.join(n for n in args.backbones if n in BACKBONE_SPECS and BACKBONE_SPECS[n].imagenet_package) or 'none'}, "
-          f"random for the others")
+    print(
+        f"TensorFlow threads intra={threads[0]} inter={threads[1]}; data {folder}"
+        f"{f' (first {args.per_class} images per class)' if args.per_class else ''}"
+    )
+    print(
+        f"settings: sizes {args.sizes}, batch {args.batch_size}, {args.steps} timed batches per stage, "
+        f"transfer.yaml defaults; ImageNet weights for "
+        f"{', '.join(n for n in args.backbones if n in BACKBONE_SPECS and BACKBONE_SPECS[n].imagenet_package) or 'none'}, "
+        f"random for the others"
+    )
     if args.quick:
         print(QUICK_NOTE)
 
@@ -124,9 +139,20 @@ def main() -> None:
         for name in args.backbones:
             if name != "custom" and size < BACKBONE_SPECS[name].min_size:
                 if cycle == 0:
-                    rows.append({"px": size, "backbone": name, "stage": "-", "trainable_layers": "-", "params_M": "-",
-                                 "train_img_s": "-", "val_img_s": "-", "precise_bn_s": "-",
-                                 "s_per_epoch": f"needs >= {BACKBONE_SPECS[name].min_size} px", "build_s": "-"})
+                    rows.append(
+                        {
+                            "px": size,
+                            "backbone": name,
+                            "stage": "-",
+                            "trainable_layers": "-",
+                            "params_M": "-",
+                            "train_img_s": "-",
+                            "val_img_s": "-",
+                            "precise_bn_s": "-",
+                            "s_per_epoch": f"needs >= {BACKBONE_SPECS[name].min_size} px",
+                            "build_s": "-",
+                        }
+                    )
                 continue
             values = {}
             for p in space:
@@ -153,17 +179,40 @@ def main() -> None:
             training.release_model()
             if cycle == 0:
                 for number, (rate, layers, bn_s) in rates.items():
-                    rows.append({
-                        "px": size, "backbone": name, "stage": number, "trainable_layers": layers,
-                        "params_M": params_m, "train_img_s": rate, "val_img_s": pred, "precise_bn_s": bn_s,
-                        "s_per_epoch": len(x) / rate + len(xv) / pred + bn_s, "build_s": build_s,
-                    })
+                    rows.append(
+                        {
+                            "px": size,
+                            "backbone": name,
+                            "stage": number,
+                            "trainable_layers": layers,
+                            "params_M": params_m,
+                            "train_img_s": rate,
+                            "val_img_s": pred,
+                            "precise_bn_s": bn_s,
+                            "s_per_epoch": len(x) / rate + len(xv) / pred + bn_s,
+                            "build_s": build_s,
+                        }
+                    )
             mem = memory()
-            mem_rows.append({"px": size, "cycle": cycle + 1, "after": name, "rss_mib": mem.get("rss_mib", float("nan")),
-                             "anon_mib": mem.get("anon_mib", float("nan")), "peak_mib": mem["maxrss_mib"]})
-            print(f"  {size} px {name} (cycle {cycle + 1}): " + ", ".join(
-                f"stage {n} {r:.0f} img/s ({len(x) / r + len(xv) / pred + bn:.0f} s/epoch)" for n, (r, _, bn) in rates.items())
-                + f"; RSS {mem.get('rss_mib', float('nan')):.0f} MiB", flush=True)
+            mem_rows.append(
+                {
+                    "px": size,
+                    "cycle": cycle + 1,
+                    "after": name,
+                    "rss_mib": mem.get("rss_mib", float("nan")),
+                    "anon_mib": mem.get("anon_mib", float("nan")),
+                    "peak_mib": mem["maxrss_mib"],
+                }
+            )
+            print(
+                f"  {size} px {name} (cycle {cycle + 1}): "
+                + ", ".join(
+                    f"stage {n} {r:.0f} img/s ({len(x) / r + len(xv) / pred + bn:.0f} s/epoch)"
+                    for n, (r, _, bn) in rates.items()
+                )
+                + f"; RSS {mem.get('rss_mib', float('nan')):.0f} MiB",
+                flush=True,
+            )
 
     print()
     print(table(rows, f"seconds per epoch on {len(x)} training + {len(xv)} validation images (extrapolated)"))
@@ -174,8 +223,10 @@ def main() -> None:
             first = [r[key] for r in mem_rows if r["cycle"] == 2 and r["px"] == args.sizes[0]]
             last = [r[key] for r in mem_rows if r["cycle"] == args.cycles and r["px"] == args.sizes[0]]
             growth = (last[-1] - first[-1]) / first[-1] * 100
-            print(f"{what} memory after the last backbone: cycle 2 {first[-1]:.0f} MiB, cycle {args.cycles} "
-                  f"{last[-1]:.0f} MiB ({growth:+.1f} %) when trials switch backbones")
+            print(
+                f"{what} memory after the last backbone: cycle 2 {first[-1]:.0f} MiB, cycle {args.cycles} "
+                f"{last[-1]:.0f} MiB ({growth:+.1f} %) when trials switch backbones"
+            )
     if args.quick:
         print(QUICK_NOTE)
 

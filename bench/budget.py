@@ -42,8 +42,12 @@ REFERENCES = ("reference_cnn", "reference_lite0")
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="brain_mri/Training", help="folder under ../shared/data (default brain_mri/Training)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data", default="brain_mri/Training", help="folder under ../shared/data (default brain_mri/Training)"
+    )
     p.add_argument("--dataset", default=None, help="medtune dataset name (default: from --data, e.g. brain_mri)")
     p.add_argument("--budgets", nargs="*", default=["30m", "60m", "120m"], help="main's budgets (default 30m 60m 120m)")
     p.add_argument("--only", choices=["references", "medtune", *REFERENCES], default=None, help="run only these rows")
@@ -57,7 +61,9 @@ def parse_args() -> argparse.Namespace:
 def setup(args) -> tuple[Path, Path, str]:
     data = Path(args.data) if Path(args.data).is_absolute() else shared_data(args.data.split("/")[0]).parent / args.data
     dataset = args.dataset or (data.name if Path(args.data).is_absolute() else Path(args.data).parts[0])
-    home = Path(args.home or Path.home() / ".cache" / "medtune-bench" / f"budget-{dataset}{'-quick' if args.quick else ''}")
+    home = Path(
+        args.home or Path.home() / ".cache" / "medtune-bench" / f"budget-{dataset}{'-quick' if args.quick else ''}"
+    )
     home.mkdir(parents=True, exist_ok=True)
     os.environ["MEDTUNE_HOME"] = str(home)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
@@ -84,10 +90,19 @@ def score(name: str, y, proba, classes, minutes: float, split_id: str, extra: di
     from medtune.metrics import classification_metrics
 
     m = classification_metrics(y, proba, classes, prefix="")
-    return {"row": name, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-            "balanced_accuracy": m["balanced_accuracy"], "roc_auc": m["roc_auc_macro"], "ece": m["ece"],
-            "minutes": minutes, "test_split": split_id, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": machine(), **(extra or {})}
+    return {
+        "row": name,
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "balanced_accuracy": m["balanced_accuracy"],
+        "roc_auc": m["roc_auc_macro"],
+        "ece": m["ece"],
+        "minutes": minutes,
+        "test_split": split_id,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        **(extra or {}),
+    }
 
 
 def print_table(home: Path) -> None:
@@ -98,8 +113,19 @@ def print_table(home: Path) -> None:
     splits = {r["test_split"] for r in results.values()}
     order = sorted(results.values(), key=lambda r: (not r["row"].startswith("reference"), r.get("budget_min", 0)))
     cols = ("row", "accuracy", "macro_f1", "balanced_accuracy", "roc_auc", "ece", "minutes", "date")
-    rows = [{c: (round(r[c], 4) if isinstance(r[c], float) and c != "minutes" else
-                 round(r[c], 1) if c == "minutes" else r[c]) for c in cols} for r in order]
+    rows = [
+        {
+            c: (
+                round(r[c], 4)
+                if isinstance(r[c], float) and c != "minutes"
+                else round(r[c], 1)
+                if c == "minutes"
+                else r[c]
+            )
+            for c in cols
+        }
+        for r in order
+    ]
     print(table(rows, f"Budgeted main vs hand-made references, test split {', '.join(sorted(splits))}"))
     if len(splits) > 1:
         print("WARNING: rows come from different test splits; they are not comparable")
@@ -178,13 +204,20 @@ def reference_cnn(split, epochs: int, seed: int):
     outputs = layers.Dense(n, activation="softmax")(x)
     model = keras.Model(inputs, outputs)
     steps = -(-len(c.x["train"]) // 32)
-    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, steps * epochs)),
-                  keras.losses.CategoricalCrossentropy(label_smoothing=0.05), metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, steps * epochs)),
+        keras.losses.CategoricalCrossentropy(label_smoothing=0.05),
+        metrics=["accuracy"],
+    )
     augment = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.05), layers.RandomZoom(0.1)])
     keep = _KeepBest()
-    model.fit(_datasets(c.x["train"], c.y["train"], n, 32, True, augment),
-              validation_data=_datasets(c.x["val"], c.y["val"], n, 64, False, None),
-              epochs=epochs, callbacks=[keep], verbose=2)
+    model.fit(
+        _datasets(c.x["train"], c.y["train"], n, 32, True, augment),
+        validation_data=_datasets(c.x["val"], c.y["val"], n, 64, False, None),
+        epochs=epochs,
+        callbacks=[keep],
+        verbose=2,
+    )
     model.set_weights(keep.weights)
     return model
 
@@ -222,11 +255,13 @@ def reference_lite0(split, head_epochs: int, epochs: int, seed: int):
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
     steps = -(-len(c.x["train"]) // 32)
-    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-4, steps * epochs)), loss,
-                  metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-4, steps * epochs)), loss, metrics=["accuracy"]
+    )
     keep = _KeepBest()
-    model.fit(train, validation_data=val, epochs=head_epochs + epochs, initial_epoch=head_epochs, callbacks=[keep],
-              verbose=2)
+    model.fit(
+        train, validation_data=val, epochs=head_epochs + epochs, initial_epoch=head_epochs, callbacks=[keep], verbose=2
+    )
     model.set_weights(keep.weights)
     return model
 
@@ -248,8 +283,11 @@ def run_reference(name: str, args, data: Path, dataset: str, home: Path) -> None
     minutes = (time.perf_counter() - t0) / 60
     row = score(name, test.y, proba, split.classes, minutes, test.split_id, {"image_size": size})
     save_row(home, name, row)
-    print(f"{name}: accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, "
-          f"ROC-AUC {row['roc_auc']:.4f}, ECE {row['ece']:.4f}, {minutes:.1f} min", flush=True)
+    print(
+        f"{name}: accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, "
+        f"ROC-AUC {row['roc_auc']:.4f}, ECE {row['ece']:.4f}, {minutes:.1f} min",
+        flush=True,
+    )
 
 
 # ---------------------------------------------------------------- medtune's budgeted main
@@ -261,9 +299,25 @@ def run_medtune(budget: str, args, data: Path, dataset: str, home: Path) -> None
     from medtune.planning.budget import parse_budget
 
     bin_dir = Path(sys.executable).parent  # the environment's mlflow and medtune scripts
-    cmd = [str(bin_dir / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", "main", "-P", f"dataset={dataset}",
-           "-P", f"data_dir={data}", "-P", f"budget={budget}", "-P", f"seed={args.seed}",
-           "-P", f"study=bench-{budget}-{time.strftime('%Y%m%d-%H%M%S')}"]  # each row searches from scratch
+    cmd = [
+        str(bin_dir / "mlflow"),
+        "run",
+        str(REPO),
+        "--env-manager",
+        "local",
+        "-e",
+        "main",
+        "-P",
+        f"dataset={dataset}",
+        "-P",
+        f"data_dir={data}",
+        "-P",
+        f"budget={budget}",
+        "-P",
+        f"seed={args.seed}",
+        "-P",
+        f"study=bench-{budget}-{time.strftime('%Y%m%d-%H%M%S')}",
+    ]  # each row searches from scratch
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -271,8 +325,9 @@ def run_medtune(budget: str, args, data: Path, dataset: str, home: Path) -> None
     minutes = (time.perf_counter() - t0) / 60
     client = mlflow.tracking.MlflowClient()
     experiment = client.get_experiment_by_name(f"medtune-{dataset}")
-    runs = client.search_runs([experiment.experiment_id], "tags.`medtune.step` = 'train'", order_by=["start_time DESC"],
-                              max_results=1)
+    runs = client.search_runs(
+        [experiment.experiment_id], "tags.`medtune.step` = 'train'", order_by=["start_time DESC"], max_results=1
+    )
     train = runs[0]
     split, test = the_split(dataset, data, int(train.data.params["image_size"]))
     import tempfile
@@ -284,12 +339,25 @@ def run_medtune(budget: str, args, data: Path, dataset: str, home: Path) -> None
     import numpy as np
 
     proba = model.predict(test.x.astype(np.float32), batch_size=64, verbose=0)
-    row = score(f"medtune_{budget}", test.y, proba, split.classes, minutes, test.split_id,
-                {"budget_min": parse_budget(budget) / 60, "train_run": train.info.run_id,
-                 "logged_test_accuracy": train.data.metrics.get("test_accuracy")})
+    row = score(
+        f"medtune_{budget}",
+        test.y,
+        proba,
+        split.classes,
+        minutes,
+        test.split_id,
+        {
+            "budget_min": parse_budget(budget) / 60,
+            "train_run": train.info.run_id,
+            "logged_test_accuracy": train.data.metrics.get("test_accuracy"),
+        },
+    )
     save_row(home, f"medtune_{budget}", row)
-    print(f"medtune {budget}: accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, "
-          f"ROC-AUC {row['roc_auc']:.4f}, {minutes:.1f} min", flush=True)
+    print(
+        f"medtune {budget}: accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, "
+        f"ROC-AUC {row['roc_auc']:.4f}, {minutes:.1f} min",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -301,8 +369,11 @@ def main() -> None:
         return
     if args.quick:
         args.budgets = ["3m"]
-    wanted = [*REFERENCES, "medtune"] if args.only is None else (
-        list(REFERENCES) if args.only == "references" else [args.only])
+    wanted = (
+        [*REFERENCES, "medtune"]
+        if args.only is None
+        else (list(REFERENCES) if args.only == "references" else [args.only])
+    )
     for name in wanted:
         if name == "medtune":
             for budget in args.budgets:

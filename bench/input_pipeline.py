@@ -28,7 +28,9 @@ TARGET = 10.0
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_data_args(p)
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="image sizes in pixels (default 64 128)")
     p.add_argument("--repeats", type=int, default=3, help="alternating pipeline/training rounds per size (default 3)")
@@ -72,10 +74,14 @@ def main() -> None:
     batch, augment = int(params["batch_size"]), float(params["augment"])
 
     print(machine())
-    print(f"TensorFlow threads intra={threads[0]} inter={threads[1]}; data {folder}"
-          f"{f' (first {args.per_class} images per class)' if args.per_class else ''}")
-    print(f"settings: sizes {args.sizes}, batch {batch}, augment {augment}, {args.repeats} alternating round(s), "
-          f"model: cnn.yaml defaults ({', '.join(f'{k}={v}' for k, v in params.items())})")
+    print(
+        f"TensorFlow threads intra={threads[0]} inter={threads[1]}; data {folder}"
+        f"{f' (first {args.per_class} images per class)' if args.per_class else ''}"
+    )
+    print(
+        f"settings: sizes {args.sizes}, batch {batch}, augment {augment}, {args.repeats} alternating round(s), "
+        f"model: cnn.yaml defaults ({', '.join(f'{k}={v}' for k, v in params.items())})"
+    )
     if args.quick:
         print(QUICK_NOTE)
 
@@ -92,7 +98,9 @@ def main() -> None:
 
         keras.utils.set_random_seed(args.seed)
         model = training.compile_model(build_model(params, x.shape[1:], k), params)
-        model.fit(dataset(augment).take(2), epochs=1, verbose=0, class_weight=weights, shuffle=False)  # trace once, untimed
+        model.fit(
+            dataset(augment).take(2), epochs=1, verbose=0, class_weight=weights, shuffle=False
+        )  # trace once, untimed
         pipe_aug, pipe_plain, train_ds = dataset(augment), dataset(0.0), dataset(augment)
         pipeline_pass(pipe_aug.take(2))  # first-iteration set-up of the pipeline, untimed
 
@@ -112,8 +120,17 @@ def main() -> None:
         del model
         training.release_model()
         for side, values in got.items():
-            rows.append({"px": size, "side": side, "images_per_s": statistics.median(values),
-                         "min": min(values), "max": max(values), "runs": len(values), "train_images": len(x)})
+            rows.append(
+                {
+                    "px": size,
+                    "side": side,
+                    "images_per_s": statistics.median(values),
+                    "min": min(values),
+                    "max": max(values),
+                    "runs": len(values),
+                    "train_images": len(x),
+                }
+            )
         ratios[size] = statistics.median(got["pipeline (augment)"]) / statistics.median(got["training (model.fit)"])
         print(f"  {size} px: split cache ready in {prep:.1f} s ({len(x)} training images)")
 
@@ -121,7 +138,9 @@ def main() -> None:
     print(table(rows, "images per second (median of the rounds)"))
     print()
     for size, ratio in ratios.items():
-        print(f"ratio pipeline/training at {size} px: {ratio:.1f}x -> target >= {TARGET:.0f}x {verdict(ratio >= TARGET)}")
+        print(
+            f"ratio pipeline/training at {size} px: {ratio:.1f}x -> target >= {TARGET:.0f}x {verdict(ratio >= TARGET)}"
+        )
     print(f"target (all sizes): {verdict(all(r >= TARGET for r in ratios.values()))}")
     if args.quick:
         print(QUICK_NOTE)

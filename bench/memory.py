@@ -29,20 +29,28 @@ TARGET = 0.10
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_data_args(p)
     p.add_argument("--trials", type=int, default=10, help="trials in the search (default 10; at least 3)")
     p.add_argument("--epochs", type=int, default=2, help="epochs per trial (default 2)")
     p.add_argument("--image-size", type=int, default=64, help="pixels (default 64)")
-    p.add_argument("--space", default="fixed",
-                   help="'fixed' (cnn.yaml defaults, the same model every trial), or a space name/path (default fixed)")
+    p.add_argument(
+        "--space",
+        default="fixed",
+        help="'fixed' (cnn.yaml defaults, the same model every trial), or a space name/path (default fixed)",
+    )
     from medtune.search.base import PRUNERS  # no TensorFlow yet
 
     p.add_argument("--pruner", default="median", choices=PRUNERS)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--purge-custom-gradients", action="store_true",
-                   help="demonstrate the proposed fix: after each trial, drop the CustomGradient-* entries TensorFlow "
-                        "left in its global gradient registry (they pin every trial's train-step graph)")
+    p.add_argument(
+        "--purge-custom-gradients",
+        action="store_true",
+        help="demonstrate the proposed fix: after each trial, drop the CustomGradient-* entries TensorFlow "
+        "left in its global gradient registry (they pin every trial's train-step graph)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show medtune's per-trial progress lines")
     p.add_argument("--keep-home", action="store_true", help="keep the temporary medtune home (runs, caches)")
     p.add_argument("--quick", action="store_true", help="tiny settings (20 images per class, 32 px, 1 epoch, 6 trials)")
@@ -106,8 +114,12 @@ def main() -> None:
         def trial_finished(self, handle, state, result=None, error=None):
             super().trial_finished(handle, state, result, error)
             m = memory()
-            samples[handle.number] = {"state": state, "epochs": result.epochs_run if result is not None else 0,
-                                      "maxrss_mib": m["maxrss_mib"], "rss_end_mib": m["rss_mib"]}
+            samples[handle.number] = {
+                "state": state,
+                "epochs": result.epochs_run if result is not None else 0,
+                "maxrss_mib": m["maxrss_mib"],
+                "rss_end_mib": m["rss_mib"],
+            }
 
         def progress(self, summaries):
             super().progress(summaries)
@@ -118,16 +130,26 @@ def main() -> None:
         purge_custom_gradients()
     print(machine())
     print(f"data {folder}{f' (first {args.per_class} images per class)' if args.per_class else ''}")
-    print(f"settings: {args.trials} trials x {args.epochs} epochs at {args.image_size} px, space {args.space}, "
-          f"optuna engine, {args.pruner} pruning, full tracking, seed {args.seed}"
-          f"{'; with the CustomGradient purge (proposed fix)' if args.purge_custom_gradients else ''}")
+    print(
+        f"settings: {args.trials} trials x {args.epochs} epochs at {args.image_size} px, space {args.space}, "
+        f"optuna engine, {args.pruner} pruning, full tracking, seed {args.seed}"
+        f"{'; with the CustomGradient purge (proposed fix)' if args.purge_custom_gradients else ''}"
+    )
     if args.quick:
         print(QUICK_NOTE)
     start = memory()
     t0 = time.perf_counter()
-    out = search_step.run_search(search_step.SearchOptions(
-        dataset=str(folder), space=space, trials=args.trials, epochs=args.epochs, image_size=args.image_size,
-        seed=args.seed, pruner=args.pruner))
+    out = search_step.run_search(
+        search_step.SearchOptions(
+            dataset=str(folder),
+            space=space,
+            trials=args.trials,
+            epochs=args.epochs,
+            image_size=args.image_size,
+            seed=args.seed,
+            pruner=args.pruner,
+        )
+    )
     seconds = time.perf_counter() - t0
 
     after = between[1:]  # one sample after each trial, in trial order
@@ -135,13 +157,23 @@ def main() -> None:
     for i, number in enumerate(sorted(samples)):
         s = samples[number]
         b = after[i] if i < len(after) else {}
-        rows.append({"trial": number + 1, "state": s["state"], "epochs": s["epochs"],
-                     "peak_rss_mib": s["maxrss_mib"], "rss_at_end_mib": s["rss_end_mib"],
-                     "rss_released_mib": b.get("rss_mib", float("nan")),
-                     "threads": b.get("threads", "-"), "open_fds": b.get("fds", "-")})
+        rows.append(
+            {
+                "trial": number + 1,
+                "state": s["state"],
+                "epochs": s["epochs"],
+                "peak_rss_mib": s["maxrss_mib"],
+                "rss_at_end_mib": s["rss_end_mib"],
+                "rss_released_mib": b.get("rss_mib", float("nan")),
+                "threads": b.get("threads", "-"),
+                "open_fds": b.get("fds", "-"),
+            }
+        )
     print()
-    print(f"before the search: RSS {start['rss_mib']:.0f} MiB (peak {start['maxrss_mib']:.0f}), "
-          f"{start.get('threads', '-')} threads; after loading the split: RSS {between[0]['rss_mib']:.0f} MiB")
+    print(
+        f"before the search: RSS {start['rss_mib']:.0f} MiB (peak {start['maxrss_mib']:.0f}), "
+        f"{start.get('threads', '-')} threads; after loading the split: RSS {between[0]['rss_mib']:.0f} MiB"
+    )
     print(table(rows, f"memory per trial ({seconds:.0f} s search; study {out.study})"))
     if len(rows) < 3:
         print("fewer than 3 trials recorded: no growth to report")
@@ -155,10 +187,14 @@ def main() -> None:
     mx, my = sum(xs) / n, sum(ys) / n
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(sum((x - mx) ** 2 for x in xs), 1e-9)
     print()
-    print(f"peak RSS, trial 2 -> {last['trial']}: {second['peak_rss_mib']:.0f} -> {last['peak_rss_mib']:.0f} MiB "
-          f"= {growth:+.1%} -> target < {TARGET:.0%} {verdict(growth < TARGET)}")
-    print(f"RSS after release, trial 2 -> {last['trial']}: {second['rss_released_mib']:.0f} -> "
-          f"{last['rss_released_mib']:.0f} MiB = {rss_growth:+.1%}; trend {slope:+.1f} MiB per trial")
+    print(
+        f"peak RSS, trial 2 -> {last['trial']}: {second['peak_rss_mib']:.0f} -> {last['peak_rss_mib']:.0f} MiB "
+        f"= {growth:+.1%} -> target < {TARGET:.0%} {verdict(growth < TARGET)}"
+    )
+    print(
+        f"RSS after release, trial 2 -> {last['trial']}: {second['rss_released_mib']:.0f} -> "
+        f"{last['rss_released_mib']:.0f} MiB = {rss_growth:+.1%}; trend {slope:+.1f} MiB per trial"
+    )
     print(f"threads {second['threads']} -> {last['threads']}, open files {second['open_fds']} -> {last['open_fds']}")
     if args.quick:
         print(QUICK_NOTE)

@@ -54,7 +54,9 @@ TARGET = 3.0
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_data_args(p)
     p.add_argument("--trials", type=int, default=8, help="trial budget of each search (default 8)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per trial (default 4)")
@@ -64,17 +66,25 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="alternating chunks the budget is run in (default 2)")
     from medtune.search.base import PRUNERS
 
-    p.add_argument("--pruner", default="median", choices=PRUNERS,
-                   help="medtune's Optuna pruner (default median)")
-    p.add_argument("--notebook-validation-split", type=float, default=None,
-                   help="validation_split of image_dataset_from_directory (default: the share medtune does not "
-                        "train on, so that both sides train on as many files)")
-    p.add_argument("--no-notebook-cache", dest="notebook_cache", action="store_false",
-                   help="notebook side: no .cache(), i.e. decode the JPEGs every epoch, not once per trial")
+    p.add_argument("--pruner", default="median", choices=PRUNERS, help="medtune's Optuna pruner (default median)")
+    p.add_argument(
+        "--notebook-validation-split",
+        type=float,
+        default=None,
+        help="validation_split of image_dataset_from_directory (default: the share medtune does not "
+        "train on, so that both sides train on as many files)",
+    )
+    p.add_argument(
+        "--no-notebook-cache",
+        dest="notebook_cache",
+        action="store_false",
+        help="notebook side: no .cache(), i.e. decode the JPEGs every epoch, not once per trial",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show medtune's per-trial progress lines")
     p.add_argument("--keep-home", action="store_true", help="keep the temporary medtune home (runs, caches, tuner)")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny settings (40 images per class, 3 trials x 2 epochs, the demo space)")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny settings (40 images per class, 3 trials x 2 epochs, the demo space)"
+    )
     args = p.parse_args()
     if args.quick:
         args.per_class = args.per_class or 40
@@ -135,7 +145,8 @@ def main() -> None:
                 ys.append(np.argmax(onehot.numpy(), axis=-1))
             logs.update(training.validation_scores(np.concatenate(ys), np.concatenate(probs)))
             (notebook_log["first_epoch_s"] if epoch == 0 else notebook_log["epoch_s"]).append(
-                time.perf_counter() - self.t0)
+                time.perf_counter() - self.t0
+            )
 
     class NotebookHyperModel(kt.HyperModel):
         def build(self, hp):
@@ -146,8 +157,15 @@ def main() -> None:
             params = active_values(space, hp.values)
             batch = int(params.get("batch_size", 32))
             t0 = time.perf_counter()
-            common = dict(validation_split=args.notebook_validation_split, seed=args.seed, image_size=(size, size),
-                          batch_size=batch, label_mode="categorical", class_names=classes, verbose=False)
+            common = dict(
+                validation_split=args.notebook_validation_split,
+                seed=args.seed,
+                image_size=(size, size),
+                batch_size=batch,
+                label_mode="categorical",
+                class_names=classes,
+                verbose=False,
+            )
             with contextlib.redirect_stdout(io.StringIO()):  # "Using N files for training."
                 train = keras.utils.image_dataset_from_directory(folder, subset="training", **common)
                 val = keras.utils.image_dataset_from_directory(folder, subset="validation", **common)
@@ -160,7 +178,8 @@ def main() -> None:
             if strength > 0:
                 seeds = tf.data.Dataset.random(seed=args.seed, rerandomize_each_iteration=True).batch(2)
                 train = tf.data.Dataset.zip((train, seeds)).map(
-                    lambda b, s: (training.augment_batch(b[0], s, strength), b[1]), num_parallel_calls=tf.data.AUTOTUNE)
+                    lambda b, s: (training.augment_batch(b[0], s, strength), b[1]), num_parallel_calls=tf.data.AUTOTUNE
+                )
             train, val = train.prefetch(tf.data.AUTOTUNE), val.prefetch(tf.data.AUTOTUNE)
             kwargs.pop("verbose", None)
             callbacks = [ValMacroF1(val), *kwargs.pop("callbacks", [])]
@@ -173,8 +192,12 @@ def main() -> None:
         if tuner is None:
             keras.utils.set_random_seed(args.seed)
             tuner = kt.BayesianOptimization(
-                NotebookHyperModel(), objective=kt.Objective("val_macro_f1", direction="max"),
-                max_trials=target, seed=args.seed, directory=str(bench.home / "keras_tuner"), project_name="notebook",
+                NotebookHyperModel(),
+                objective=kt.Objective("val_macro_f1", direction="max"),
+                max_trials=target,
+                seed=args.seed,
+                directory=str(bench.home / "keras_tuner"),
+                project_name="notebook",
                 overwrite=True,
             )
         tuner.oracle.max_trials = target  # resume the same search with a larger budget
@@ -191,17 +214,30 @@ def main() -> None:
             medtune_state["train_images"] = len(out.cache.x["train"])
             medtune_state["val_images"] = len(out.cache.x["val"])
             medtune_state["kept"] = out.result.report["accounted"]["kept"]
-        medtune_state["outcome"] = run_search(SearchOptions(
-            dataset=str(folder), space=str(space_path), trials=target, epochs=epochs, image_size=size,
-            seed=args.seed, pruner=args.pruner, study="bench-medtune"))
+        medtune_state["outcome"] = run_search(
+            SearchOptions(
+                dataset=str(folder),
+                space=str(space_path),
+                trials=target,
+                epochs=epochs,
+                image_size=size,
+                seed=args.seed,
+                pruner=args.pruner,
+                study="bench-medtune",
+            )
+        )
 
     print(machine())
-    print(f"TensorFlow threads intra={threads[0]} inter={threads[1]}; data {folder}"
-          f"{f' (first {args.per_class} images per class)' if args.per_class else ''}")
-    print(f"settings: space {space_path.name}, {args.trials} trials x {epochs} epochs at {size} px, seed {args.seed}, "
-          f"medtune pruner {args.pruner}, "
-          f"{args.rounds} alternating round(s) (cumulative budgets {budget}); notebook validation_split "
-          f"{args.notebook_validation_split:.2f}, {'cache() after decoding' if args.notebook_cache else 'no cache()'}")
+    print(
+        f"TensorFlow threads intra={threads[0]} inter={threads[1]}; data {folder}"
+        f"{f' (first {args.per_class} images per class)' if args.per_class else ''}"
+    )
+    print(
+        f"settings: space {space_path.name}, {args.trials} trials x {epochs} epochs at {size} px, seed {args.seed}, "
+        f"medtune pruner {args.pruner}, "
+        f"{args.rounds} alternating round(s) (cumulative budgets {budget}); notebook validation_split "
+        f"{args.notebook_validation_split:.2f}, {'cache() after decoding' if args.notebook_cache else 'no cache()'}"
+    )
     if args.quick:
         print(QUICK_NOTE)
 
@@ -212,8 +248,10 @@ def main() -> None:
             t0 = time.perf_counter()
             (medtune_round if side == "medtune" else notebook_round)(target)
             spent[side] += time.perf_counter() - t0
-        print(f"  round {r + 1}: {target} trials each; cumulative medtune {spent['medtune']:.0f} s, "
-              f"notebook {spent['notebook']:.0f} s")
+        print(
+            f"  round {r + 1}: {target} trials each; cumulative medtune {spent['medtune']:.0f} s, "
+            f"notebook {spent['notebook']:.0f} s"
+        )
 
     # ------------------------------------------------------------ report
     outcome = medtune_state["outcome"]
@@ -236,16 +274,39 @@ def main() -> None:
         return trials / seconds * 3600 if seconds > 0 else float("nan")
 
     rows = [
-        {"side": "medtune (split + search)", "trials": m_trials, "pruned": m_pruned, "epochs_run": m_epochs,
-         "seconds": spent["medtune"], "trials_per_h": per_hour(m_trials, spent["medtune"]),
-         "best_val_macro_f1": m_best, "train_imgs": medtune_state["train_images"],
-         "val_imgs": medtune_state["val_images"]},
-        {"side": "medtune (search only)", "trials": m_trials, "pruned": m_pruned, "epochs_run": m_epochs,
-         "seconds": m_search_s, "trials_per_h": per_hour(m_trials, m_search_s), "best_val_macro_f1": m_best,
-         "train_imgs": medtune_state["train_images"], "val_imgs": medtune_state["val_images"]},
-        {"side": "notebook keras-tuner", "trials": n_trials, "pruned": 0, "epochs_run": n_epochs, "seconds": n_s,
-         "trials_per_h": per_hour(n_trials, n_s), "best_val_macro_f1": n_best,
-         "train_imgs": notebook_log["train_images"], "val_imgs": notebook_log["val_images"]},
+        {
+            "side": "medtune (split + search)",
+            "trials": m_trials,
+            "pruned": m_pruned,
+            "epochs_run": m_epochs,
+            "seconds": spent["medtune"],
+            "trials_per_h": per_hour(m_trials, spent["medtune"]),
+            "best_val_macro_f1": m_best,
+            "train_imgs": medtune_state["train_images"],
+            "val_imgs": medtune_state["val_images"],
+        },
+        {
+            "side": "medtune (search only)",
+            "trials": m_trials,
+            "pruned": m_pruned,
+            "epochs_run": m_epochs,
+            "seconds": m_search_s,
+            "trials_per_h": per_hour(m_trials, m_search_s),
+            "best_val_macro_f1": m_best,
+            "train_imgs": medtune_state["train_images"],
+            "val_imgs": medtune_state["val_images"],
+        },
+        {
+            "side": "notebook keras-tuner",
+            "trials": n_trials,
+            "pruned": 0,
+            "epochs_run": n_epochs,
+            "seconds": n_s,
+            "trials_per_h": per_hour(n_trials, n_s),
+            "best_val_macro_f1": n_best,
+            "train_imgs": notebook_log["train_images"],
+            "val_imgs": notebook_log["val_images"],
+        },
     ]
     print()
     print(table(rows, f"search on {folder} ({space_path.name}, {args.trials} trials x {epochs} epochs, {size} px)"))
@@ -264,24 +325,34 @@ def main() -> None:
         return f"{np.mean(values):.1f} s" if values else "-"
 
     print()
-    print(f"medtune: split (scan, de-duplicate, decode once) {split_s:.1f} s, {medtune_state['kept']} images kept; "
-          f"first epoch (tracing) {mean(m_first)}, later epochs {mean(m_later)}; mean trial {mean(durations)} "
-          f"(with tracking); pruning saved {args.trials * epochs - m_epochs} of {args.trials * epochs} epochs")
-    print(f"notebook: image_dataset_from_directory x2 per trial {mean(notebook_log['load_s'])} (file listing); "
-          f"first epoch (decoding{' + caching' if args.notebook_cache else ''} + tracing) "
-          f"{mean(notebook_log['first_epoch_s'])}, later epochs {mean(notebook_log['epoch_s'])}; "
-          f"mean trial {n_s / max(n_trials, 1):.1f} s")
-    print("note: medtune's validation split is its own de-duplicated split; the notebook's is a random "
-          f"{args.notebook_validation_split:.0%} of the raw files (duplicates may straddle it): the F1 values are "
-          "each side's own estimate.")
+    print(
+        f"medtune: split (scan, de-duplicate, decode once) {split_s:.1f} s, {medtune_state['kept']} images kept; "
+        f"first epoch (tracing) {mean(m_first)}, later epochs {mean(m_later)}; mean trial {mean(durations)} "
+        f"(with tracking); pruning saved {args.trials * epochs - m_epochs} of {args.trials * epochs} epochs"
+    )
+    print(
+        f"notebook: image_dataset_from_directory x2 per trial {mean(notebook_log['load_s'])} (file listing); "
+        f"first epoch (decoding{' + caching' if args.notebook_cache else ''} + tracing) "
+        f"{mean(notebook_log['first_epoch_s'])}, later epochs {mean(notebook_log['epoch_s'])}; "
+        f"mean trial {n_s / max(n_trials, 1):.1f} s"
+    )
+    print(
+        "note: medtune's validation split is its own de-duplicated split; the notebook's is a random "
+        f"{args.notebook_validation_split:.0%} of the raw files (duplicates may straddle it): the F1 values are "
+        "each side's own estimate."
+    )
     ratio = rows[0]["trials_per_h"] / rows[2]["trials_per_h"]
     ratio_search = rows[1]["trials_per_h"] / rows[2]["trials_per_h"]
     per_image = ratio * medtune_state["train_images"] / max(notebook_log["train_images"], 1)
     print()
-    print(f"ratio trials/h medtune/notebook (split counted): {ratio:.2f}x -> target >= {TARGET:.0f}x "
-          f"{verdict(ratio >= TARGET)}")
-    print(f"ratio trials/h, search only: {ratio_search:.2f}x; per training image (trials x train images per hour): "
-          f"{per_image:.2f}x")
+    print(
+        f"ratio trials/h medtune/notebook (split counted): {ratio:.2f}x -> target >= {TARGET:.0f}x "
+        f"{verdict(ratio >= TARGET)}"
+    )
+    print(
+        f"ratio trials/h, search only: {ratio_search:.2f}x; per training image (trials x train images per hour): "
+        f"{per_image:.2f}x"
+    )
     f1_ok = math.isfinite(m_best) and (not math.isfinite(n_best) or m_best >= n_best)
     print(f"best val macro-F1 medtune {m_best:.4f} vs notebook {n_best:.4f} -> target no worse {verdict(f1_ok)}")
     if args.quick:

@@ -37,13 +37,20 @@ TARGET = 1.05
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_data_args(p)
     p.add_argument("--image-size", type=int, default=64, help="pixels (default 64, the search size)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per trial (default 3)")
     p.add_argument("--repeats", type=int, default=3, help="rounds of bare/trainer/tracked, order rotating (default 3)")
-    p.add_argument("--param", action="append", default=[], metavar="K=V",
-                   help="override a cnn.yaml default, e.g. --param filters=64 (repeatable)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="override a cnn.yaml default, e.g. --param filters=64 (repeatable)",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--keep-home", action="store_true", help="keep the temporary medtune home (runs, caches)")
     p.add_argument("--quick", action="store_true", help="tiny settings (40 images per class, 2 epochs, 1 round)")
@@ -70,13 +77,19 @@ def main() -> None:
     from medtune.steps.search import MlflowRecorder, SearchOptions
 
     space = load_space(resolve_space_path("cnn"))
-    params = space.check_values({**space.defaults(), **dict(kv.split("=", 1) for kv in args.param)}, fill_defaults=True) \
-        if args.param else space.defaults()
+    params = (
+        space.check_values({**space.defaults(), **dict(kv.split("=", 1) for kv in args.param)}, fill_defaults=True)
+        if args.param
+        else space.defaults()
+    )
     split = load_split(str(folder), args.image_size)
     cache = split.cache
     data = TrialData(
-        classes=split.classes, x_train=cache.x["train"], y_train=cache.y["train"],
-        x_val=cache.x["val"], y_val=cache.y["val"],
+        classes=split.classes,
+        x_train=cache.x["train"],
+        y_train=cache.y["train"],
+        x_val=cache.x["val"],
+        y_val=cache.y["val"],
         probe_index=probe_indices(cache.y["val"], len(split.classes), per_class=2, seed=args.seed),
     )
     k, batch = len(data.classes), int(params["batch_size"])
@@ -132,13 +145,21 @@ def main() -> None:
     def bare(epochs: int) -> float:
         t0 = time.perf_counter()
         keras.utils.set_random_seed(args.seed)
-        train_ds = training.make_dataset(data.x_train, data.y_train, k, batch, training=True,
-                                         augment=float(params["augment"]), seed=args.seed)
+        train_ds = training.make_dataset(
+            data.x_train, data.y_train, k, batch, training=True, augment=float(params["augment"]), seed=args.seed
+        )
         val_ds = training.make_dataset(data.x_val, data.y_val, k, batch, training=False)
         model = training.compile_model(build_model(params, data.input_shape, k), params)
         weights = training.balanced_class_weights(data.y_train, k)
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights, verbose=0, shuffle=False,
-                  callbacks=[training.PreciseBatchNorm(data.x_train, seed=args.seed)])
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            class_weight=weights,
+            verbose=0,
+            shuffle=False,
+            callbacks=[training.PreciseBatchNorm(data.x_train, seed=args.seed)],
+        )
         del model
         training.release_model()
         return time.perf_counter() - t0
@@ -203,10 +224,14 @@ def main() -> None:
         return time.perf_counter() - t0
 
     print(machine())
-    print(f"TensorFlow threads intra={threads[0]} inter={threads[1]}; data {folder}"
-          f"{f' (first {args.per_class} images per class)' if args.per_class else ''}")
-    print(f"settings: {args.image_size} px, {len(data.x_train)} train / {len(data.x_val)} val images, "
-          f"{args.epochs} epochs, {args.repeats} round(s), seed {args.seed}")
+    print(
+        f"TensorFlow threads intra={threads[0]} inter={threads[1]}; data {folder}"
+        f"{f' (first {args.per_class} images per class)' if args.per_class else ''}"
+    )
+    print(
+        f"settings: {args.image_size} px, {len(data.x_train)} train / {len(data.x_val)} val images, "
+        f"{args.epochs} epochs, {args.repeats} round(s), seed {args.seed}"
+    )
     print(f"model: {', '.join(f'{k}={v}' for k, v in params.items())}")
     if args.quick:
         print(QUICK_NOTE)
@@ -216,16 +241,18 @@ def main() -> None:
         importlib.import_module(module)
     times = defaultdict(list)
     experiment_id = tracking.ensure_experiment(split.dataset)
-    opts = SearchOptions(dataset=split.dataset, trials=args.repeats, epochs=args.epochs, image_size=args.image_size,
-                         seed=args.seed)
-    with tracking.step_run(split.dataset, "search", run_name="bench-tracking-overhead",
-                           tags={"medtune.study": "bench-tracking-overhead"}) as parent:
+    opts = SearchOptions(
+        dataset=split.dataset, trials=args.repeats, epochs=args.epochs, image_size=args.image_size, seed=args.seed
+    )
+    with tracking.step_run(
+        split.dataset, "search", run_name="bench-tracking-overhead", tags={"medtune.study": "bench-tracking-overhead"}
+    ) as parent:
         recorder = TimedRecorder(parent, experiment_id, opts, "bench-tracking-overhead", data, split.classes)
         recorder_ref.append(recorder)
         sides = {"bare": lambda: bare(args.epochs), "trainer": trainer, "tracked": lambda: tracked(recorder)}
         names = list(sides)
         for r in range(args.repeats):
-            for name in names[r % 3:] + names[:r % 3]:
+            for name in names[r % 3 :] + names[: r % 3]:
                 times[name].append(sides[name]())
             print(f"  round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.1f} s" for n in names))
         recorder_ref.clear()  # the parent run's own flush at exit is not a trial's
@@ -235,28 +262,54 @@ def main() -> None:
         bn_pass, bn_images = precise_batchnorm_seconds()
 
     base = statistics.median(times[names[0]])
-    described = {"bare": "bare model.fit", "trainer": "medtune train_trial, no tracking",
-                 "tracked": "train_trial + MlflowRecorder (as the engine)"}
-    rows = [{"side": described[n], "median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "runs": len(v),
-             "x_bare": statistics.median(v) / base} for n, v in times.items()]
+    described = {
+        "bare": "bare model.fit",
+        "trainer": "medtune train_trial, no tracking",
+        "tracked": "train_trial + MlflowRecorder (as the engine)",
+    }
+    rows = [
+        {
+            "side": described[n],
+            "median_s": statistics.median(v),
+            "min_s": min(v),
+            "max_s": max(v),
+            "runs": len(v),
+            "x_bare": statistics.median(v) / base,
+        }
+        for n, v in times.items()
+    ]
     print()
     print(table(rows, f"one trial, {args.epochs} epochs at {args.image_size} px"))
-    order = ["trial_started", "epoch_end", "trial_finished", "  of which artifacts",
-             "  of which mlflow.flush_async_logging", "  of which run end (set_terminated)"]
-    spent = [{"MlflowRecorder callback": n, "total_s": sum(v), "per_trial_s": sum(v) / args.repeats, "calls": len(v)}
-             for n, v in sorted(recorder.spent.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)]
+    order = [
+        "trial_started",
+        "epoch_end",
+        "trial_finished",
+        "  of which artifacts",
+        "  of which mlflow.flush_async_logging",
+        "  of which run end (set_terminated)",
+    ]
+    spent = [
+        {"MlflowRecorder callback": n, "total_s": sum(v), "per_trial_s": sum(v) / args.repeats, "calls": len(v)}
+        for n, v in sorted(recorder.spent.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+    ]
     print()
     print(table(spent, "time inside the recorder (all tracked trials)"))
     arts = sorted(a.path for a in parent.client.list_artifacts(last_run["id"])) if last_run else []
     print(f"artifacts of the last tracked trial run: {', '.join(arts) or 'none'}")
     trainer_s = statistics.median(times[names[1]])
     tracked_s = statistics.median(times[names[2]])
-    print(f"one validation pass (predict_proba on {len(data.x_val)} images): {val_pass:.2f} s "
-          f"({val_pass / base:.1%} of bare); the trainer makes one per epoch in place of bare fit's own, and no other")
-    print(f"one BatchNorm re-estimation (PreciseBatchNorm, {bn_images} training images): "
-          f"{bn_pass:.2f} s ({bn_pass * args.epochs / base:.1%} of bare over {args.epochs} epochs), on every side")
+    print(
+        f"one validation pass (predict_proba on {len(data.x_val)} images): {val_pass:.2f} s "
+        f"({val_pass / base:.1%} of bare); the trainer makes one per epoch in place of bare fit's own, and no other"
+    )
+    print(
+        f"one BatchNorm re-estimation (PreciseBatchNorm, {bn_images} training images): "
+        f"{bn_pass:.2f} s ({bn_pass * args.epochs / base:.1%} of bare over {args.epochs} epochs), on every side"
+    )
     print()
-    print(f"ratio tracked/bare:    {tracked_s / base:.3f}x -> target <= {TARGET}x {verdict(tracked_s / base <= TARGET)}")
+    print(
+        f"ratio tracked/bare:    {tracked_s / base:.3f}x -> target <= {TARGET}x {verdict(tracked_s / base <= TARGET)}"
+    )
     print(f"ratio tracked/trainer: {tracked_s / trainer_s:.3f}x (tracking alone)")
     print(f"ratio trainer/bare:    {trainer_s / base:.3f}x (validation scoring alone)")
     if args.quick:

@@ -92,12 +92,21 @@ class Project:
         cmd = [str(Path(sys.executable).parent / "medtune"), *args]
         proc = subprocess.run(cmd, env=self.env, cwd=self.home, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+            raise AssertionError(
+                f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+            )
         return proc
 
 
-def mlflow_run(project, entry: str, params: dict | None = None, *, timeout: int = 600, check: bool = True,
-               experiment: str | None = None) -> subprocess.CompletedProcess:
+def mlflow_run(
+    project,
+    entry: str,
+    params: dict | None = None,
+    *,
+    timeout: int = 600,
+    check: bool = True,
+    experiment: str | None = None,
+) -> subprocess.CompletedProcess:
     """``mlflow run <repo> --env-manager local -e <entry> -P k=v ...`` in the isolated project."""
     cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", entry]
     if experiment:
@@ -106,7 +115,9 @@ def mlflow_run(project, entry: str, params: dict | None = None, *, timeout: int 
         cmd += ["-P", f"{key}={value}"]
     proc = subprocess.run(cmd, env=project.env, cwd=project.home, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -148,12 +159,25 @@ def transfer_lesion_focus(backbone: str, weights, size: int, epochs: int, min_ac
     order = np.random.default_rng(0).permutation(len(y))
     train, test = order[:450], order[450:]
     keras.utils.set_random_seed(0)
-    params = {"dropout": 0.0, "backbone": backbone, "dense_units": 128, "fine_tune_layers": 60,
-              "fine_tune_lr_factor": 0.1, "head_epochs": 3, "learning_rate": 1e-3, "optimizer": "adam"}
+    params = {
+        "dropout": 0.0,
+        "backbone": backbone,
+        "dense_units": 128,
+        "fine_tune_layers": 60,
+        "fine_tune_lr_factor": 0.1,
+        "head_epochs": 3,
+        "learning_rate": 1e-3,
+        "optimizer": "adam",
+    }
     model = training.compile_model(build_model(params, (size, size, 3), 4, weights=weights), params)
     history = training.fit_stages(
-        model, params, training.make_dataset(x[train], y[train], 4, 32, training=True, seed=0),
-        training.make_dataset(x[test], y[test], 4, 64, training=False), y_val=y[test], epochs=epochs)
+        model,
+        params,
+        training.make_dataset(x[train], y[train], 4, 32, training=True, seed=0),
+        training.make_dataset(x[test], y[test], 4, 64, training=False),
+        y_val=y[test],
+        epochs=epochs,
+    )
     assert set(history["stage"]) == {1, 2}
     correct = training.predict_proba(model, x[test]).argmax(1) == y[test]
     assert correct.mean() >= min_accuracy, correct.mean()
@@ -163,8 +187,7 @@ def transfer_lesion_focus(backbone: str, weights, size: int, epochs: int, min_ac
     return lesion_focus(heat, masks[test][correct])
 
 
-def image_record(path: str, label: str, source: str = "train", *, sha: str | None = None,
-                 phash: str | None = None):
+def image_record(path: str, label: str, source: str = "train", *, sha: str | None = None, phash: str | None = None):
     """A fabricated :class:`~medtune.datasets.records.ImageRecord` (no file behind it).
 
     Its sha256 and phash derive from ``path`` unless given: unrelated records are ~32 bits apart.
@@ -173,9 +196,16 @@ def image_record(path: str, label: str, source: str = "train", *, sha: str | Non
 
     from medtune.datasets.records import ImageRecord
 
-    return ImageRecord(path=path, label=label, source=source, sha256=sha or hashlib.sha256(path.encode()).hexdigest(),
-                       phash=phash or hashlib.sha256(("phash" + path).encode()).hexdigest()[:16],
-                       width=8, height=8, mode="L")
+    return ImageRecord(
+        path=path,
+        label=label,
+        source=source,
+        sha256=sha or hashlib.sha256(path.encode()).hexdigest(),
+        phash=phash or hashlib.sha256(("phash" + path).encode()).hexdigest()[:16],
+        width=8,
+        height=8,
+        mode="L",
+    )
 
 
 def near_phash(phash: str, bits: int = 1) -> str:

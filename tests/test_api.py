@@ -18,8 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_import_is_light_and_documented():
-    code = ("import sys, medtune; print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('tensorflow', 'keras', 'mlflow', 'optuna')))")
+    code = (
+        "import sys, medtune; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'keras', 'mlflow', 'optuna')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", "nothing heavy until a function is called"
     for name in ("split", "search", "train", "load"):
@@ -39,8 +41,9 @@ def test_api_errors_are_the_cli_errors(project):
 @pytest.mark.slow
 def test_notebook_example_runs_and_its_model_predicts_and_explains(project):
     example = REPO / "docs" / "notebook_example.py"
-    proc = subprocess.run([sys.executable, str(example)], env=project.env, cwd=project.home, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(example)], env=project.env, cwd=project.home, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "best trial" in proc.stdout and "Grad-CAM overlay saved to" in proc.stdout
     client = MlflowClient(project.tracking_uri)

@@ -45,30 +45,35 @@ def test_each_command_help_shows_its_summary_and_options(command):
 
 
 def test_help_imports_neither_tensorflow_nor_mlflow():
-    code = ("import sys; from click.testing import CliRunner; from medtune.cli import cli; "
-            "[CliRunner().invoke(cli, [c, '--help']) for c in ('search', 'train', 'main')]; "
-            "print(sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules))")
+    code = (
+        "import sys; from click.testing import CliRunner; from medtune.cli import cli; "
+        "[CliRunner().invoke(cli, [c, '--help']) for c in ('search', 'train', 'main')]; "
+        "print(sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize(("args", "named"), [
-    (["split", "--seed", "abc"], "'--seed': 'abc' is not a valid integer"),
-    (["split", "--val-fraction", "half"], "'--val-fraction': 'half' is not a valid float"),
-    (["search", "--engine", "nope"], "'--engine': 'nope' is not one of 'optuna'"),
-    (["search", "--pruner", "bogus"], "'--pruner': 'bogus' is not one of 'median'"),
-    (["search", "--trials", "many"], "'--trials': 'many' is not a valid integer"),
-    (["optuna", "--objective", "speed"], "'--objective': 'speed' is not one of"),
-    (["bayesian", "--class-weights", "maybe"], "'--class-weights': 'maybe' is not a valid boolean"),
-    (["train", "--epochs", "ten"], "'--epochs': 'ten' is not a valid integer"),
-    (["train", "--margin", "big"], "'--margin': 'big' is not a valid float"),
-    (["evaluate"], "Missing option '--model-uri'"),
-    (["predict", "--model", "models:/m@champion", "/no/such/image.png"], "'INPUTS...': Path '/no/such/image.png'"),
-    (["app", "--port", "http"], "'--port': 'http' is not a valid integer"),
-    (["main", "--search-epochs", "-"], "'--search-epochs': '-' is not a valid integer"),
-    (["split", "--no-such-option"], "No such option '--no-such-option'"),
-    (["no-such-command"], "No such command 'no-such-command'"),
-])
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["split", "--seed", "abc"], "'--seed': 'abc' is not a valid integer"),
+        (["split", "--val-fraction", "half"], "'--val-fraction': 'half' is not a valid float"),
+        (["search", "--engine", "nope"], "'--engine': 'nope' is not one of 'optuna'"),
+        (["search", "--pruner", "bogus"], "'--pruner': 'bogus' is not one of 'median'"),
+        (["search", "--trials", "many"], "'--trials': 'many' is not a valid integer"),
+        (["optuna", "--objective", "speed"], "'--objective': 'speed' is not one of"),
+        (["bayesian", "--class-weights", "maybe"], "'--class-weights': 'maybe' is not a valid boolean"),
+        (["train", "--epochs", "ten"], "'--epochs': 'ten' is not a valid integer"),
+        (["train", "--margin", "big"], "'--margin': 'big' is not a valid float"),
+        (["evaluate"], "Missing option '--model-uri'"),
+        (["predict", "--model", "models:/m@champion", "/no/such/image.png"], "'INPUTS...': Path '/no/such/image.png'"),
+        (["app", "--port", "http"], "'--port': 'http' is not a valid integer"),
+        (["main", "--search-epochs", "-"], "'--search-epochs': '-' is not a valid integer"),
+        (["split", "--no-such-option"], "No such option '--no-such-option'"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+    ],
+)
 def test_a_bad_value_is_one_error_line_naming_the_parameter(args, named):
     result = invoke(*args)
     assert result.exit_code == 2
@@ -122,7 +127,9 @@ def test_the_entry_point_prints_an_mlflow_error_in_one_line(monkeypatch, capsys)
     code, err = run_entry_point(monkeypatch, capsys, "split")
     assert code == 2
     (line,) = err.splitlines()
-    assert line.startswith("medtune: error: MLflow (") and line.endswith("API request to http://nowhere failed with much detail")
+    assert line.startswith("medtune: error: MLflow (") and line.endswith(
+        "API request to http://nowhere failed with much detail"
+    )
 
 
 def test_an_interrupt_exits_130_without_a_traceback(monkeypatch, capsys):

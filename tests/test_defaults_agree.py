@@ -20,8 +20,14 @@ from medtune.steps.train import TrainOptions
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
-DATACLASSES = {"main": PipelineOptions, "split": SplitOptions, "search": SearchOptions, "optuna": SearchOptions,
-               "bayesian": SearchOptions, "train": TrainOptions}
+DATACLASSES = {
+    "main": PipelineOptions,
+    "split": SplitOptions,
+    "search": SearchOptions,
+    "optuna": SearchOptions,
+    "bayesian": SearchOptions,
+    "train": TrainOptions,
+}
 
 
 def _options(command: str) -> dict[str, click.Option]:
@@ -47,15 +53,18 @@ def test_mlproject_defaults_are_the_click_defaults(entry):
         if "default" not in param:
             continue
         option = options[name]
-        assert _as_value(option, str(param["default"])) == _as_value(option, option.default), \
+        assert _as_value(option, str(param["default"])) == _as_value(option, option.default), (
             f"{entry}.{name}: MLproject default {param['default']!r}, click default {option.default!r}"
+        )
     passed = set(re.findall(r"--([a-z-]+) \{", command))
     assert passed == {n.replace("_", "-") for n in spec["parameters"]}
 
 
 @pytest.mark.parametrize("command", sorted(DATACLASSES))
 def test_click_defaults_are_the_dataclass_defaults(command):
-    fields = {f.name: f.default for f in dataclasses.fields(DATACLASSES[command]) if f.default is not dataclasses.MISSING}
+    fields = {
+        f.name: f.default for f in dataclasses.fields(DATACLASSES[command]) if f.default is not dataclasses.MISSING
+    }
     aliases = {"search_epochs": "search_epochs", "search_image_size": "search_image_size"}
     checked = 0
     for name, option in _options(command).items():
@@ -75,8 +84,21 @@ def test_click_defaults_are_the_dataclass_defaults(command):
 def test_search_and_main_offer_the_same_search_options():
     search, main = _options("search"), _options("main")
     renamed = {"epochs": "search_epochs", "image_size": "search_image_size"}
-    for name in ("engine", "space", "trials", "objective", "pruner", "class_weights", "timeout", "study", "storage",
-                 "weights", "seed", "epochs", "image_size"):
+    for name in (
+        "engine",
+        "space",
+        "trials",
+        "objective",
+        "pruner",
+        "class_weights",
+        "timeout",
+        "study",
+        "storage",
+        "weights",
+        "seed",
+        "epochs",
+        "image_size",
+    ):
         a, b = search[name], main[renamed.get(name, name)]
         assert (a.default, getattr(a.type, "choices", None)) == (b.default, getattr(b.type, "choices", None)), name
 
@@ -86,7 +108,9 @@ def test_choices_come_from_the_engines():
     assert list(search["engine"].type.choices) == [*ENGINES, *ENGINE_ALIASES]
     assert list(search["pruner"].type.inner.choices) == list(PRUNERS)
     assert list(search["objective"].type.choices) == list(OBJECTIVES)
-    assert "keras_hyperband" in ENGINES and "hyperband" in PRUNERS and ENGINE_ALIASES == {"hyperband": "keras_hyperband"}
+    assert (
+        "keras_hyperband" in ENGINES and "hyperband" in PRUNERS and ENGINE_ALIASES == {"hyperband": "keras_hyperband"}
+    )
 
 
 def test_bayesian_shortcut_offers_no_optuna_only_options():

@@ -94,15 +94,22 @@ def test_evaluate_model_metrics_match_hand_computation():
     assert ev.galleries == {}
 
     table = ev.predictions
-    assert list(table.columns) == ["path", "true", "pred", "confidence", "correct",
-                                   "prob_glioma_tumor", "prob_no_tumor", "prob_pituitary"]
+    assert list(table.columns) == [
+        "path",
+        "true",
+        "pred",
+        "confidence",
+        "correct",
+        "prob_glioma_tumor",
+        "prob_no_tumor",
+        "prob_pituitary",
+    ]
     assert table["path"].tolist() == [f"img{i}.png" for i in range(6)]
     assert table["true"].tolist() == ["glioma tumor", "glioma tumor", "no_tumor", "no_tumor", "pituitary", "pituitary"]
     assert table["pred"].tolist() == ["glioma tumor", "no_tumor", "no_tumor", "no_tumor", "pituitary", "glioma tumor"]
     assert table["correct"].tolist() == [True, False, True, True, True, False]
     np.testing.assert_allclose(table["confidence"], [0.72, 0.7, 0.9, 0.72, 0.9, 0.7], atol=1e-6)
-    np.testing.assert_allclose(table[["prob_glioma_tumor", "prob_no_tumor", "prob_pituitary"]].to_numpy(), P,
-                               atol=1e-6)
+    np.testing.assert_allclose(table[["prob_glioma_tumor", "prob_no_tumor", "prob_pituitary"]].to_numpy(), P, atol=1e-6)
 
 
 def test_score_macro_f1_is_the_test_macro_f1():
@@ -117,13 +124,15 @@ def test_evaluate_model_without_paths_numbers_rows():
 
 def _tiny_cnn():
     keras.utils.set_random_seed(0)
-    return keras.Sequential([
-        keras.Input((8, 8, 3)),
-        keras.layers.Rescaling(1 / 255),
-        keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(3, activation="softmax"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
 
 
 def test_galleries_pick_the_most_confident_correct_and_capped_misclassified_images():
@@ -158,10 +167,23 @@ def test_galleries_pick_the_most_confident_correct_and_capped_misclassified_imag
 
 # --- Grad-CAM on the CNNs the search builds ---------------------------------------------------
 
+
 def _cnn_params(variant: str) -> dict:
-    return {"num_blocks": 3, "filters": 16, "kernel_size": 3, "conv_type": "separable" if variant == "separable" else "standard",
-            "residual": variant == "residual", "batch_norm": True, "dropout": 0.1, "l2": 1e-5, "dense_units": 64,
-            "optimizer": "adam", "learning_rate": 1e-3, "batch_size": 32, "augment": 0.0}
+    return {
+        "num_blocks": 3,
+        "filters": 16,
+        "kernel_size": 3,
+        "conv_type": "separable" if variant == "separable" else "standard",
+        "residual": variant == "residual",
+        "batch_norm": True,
+        "dropout": 0.1,
+        "l2": 1e-5,
+        "dense_units": 64,
+        "optimizer": "adam",
+        "learning_rate": 1e-3,
+        "batch_size": 32,
+        "augment": 0.0,
+    }
 
 
 @pytest.mark.parametrize("variant", ["standard", "residual", "separable"])
@@ -196,8 +218,13 @@ def test_gradcam_of_a_trained_cnn_concentrates_on_the_lesion():
     keras.utils.set_random_seed(0)
     params = _cnn_params("standard")
     model = training.compile_model(build_model(params, (64, 64, 3), 4), params)
-    training.fit(model, training.make_dataset(x[train], y[train], 4, 32, training=True, seed=0),
-                 training.make_dataset(x[test], y[test], 4, 64, training=False), y_val=y[test], epochs=8)
+    training.fit(
+        model,
+        training.make_dataset(x[train], y[train], 4, 32, training=True, seed=0),
+        training.make_dataset(x[test], y[test], 4, 64, training=False),
+        y_val=y[test],
+        epochs=8,
+    )
 
     proba = training.predict_proba(model, x[test])
     correct = proba.argmax(1) == y[test]

@@ -56,9 +56,7 @@ def separable_model():
 
 
 def nested_model():
-    backbone = keras.applications.MobileNetV2(
-        input_shape=(32, 32, 3), include_top=False, weights=None, alpha=0.35
-    )
+    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None, alpha=0.35)
     inp = keras.Input((32, 32, 3))
     x = L.Rescaling(1 / 127.5, offset=-1, name="pre")(inp)
     x = backbone(x)
@@ -156,8 +154,7 @@ def test_gradcam_zero_gradients_give_zeros():
 def test_gradcam_sigmoid_output_gives_two_class_probabilities():
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((16, 16, 1)), L.Conv2D(4, 3), L.GlobalAveragePooling2D(),
-         L.Dense(1, activation="sigmoid")]
+        [keras.Input((16, 16, 1)), L.Conv2D(4, 3), L.GlobalAveragePooling2D(), L.Dense(1, activation="sigmoid")]
     )
     heat, proba = gradcam(model, _images(3, 16, 1), class_indices=[0, 1, 1])
     assert heat.shape == (3, 16, 16) and proba.shape == (3, 2)
@@ -166,12 +163,9 @@ def test_gradcam_sigmoid_output_gives_two_class_probabilities():
 
 def test_gradcam_logits_output_gives_softmax_probabilities():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [keras.Input((16, 16, 3)), L.Conv2D(4, 3), L.GlobalAveragePooling2D(), L.Dense(3)]
-    )
+    model = keras.Sequential([keras.Input((16, 16, 3)), L.Conv2D(4, 3), L.GlobalAveragePooling2D(), L.Dense(3)])
     heat, proba = gradcam(model, _images(2, 16))
-    np.testing.assert_allclose(proba, tf.nn.softmax(model(_images(2, 16).astype("float32"))),
-                               atol=1e-5)
+    np.testing.assert_allclose(proba, tf.nn.softmax(model(_images(2, 16).astype("float32"))), atol=1e-5)
     assert heat.shape == (2, 16, 16) and np.isfinite(heat).all()
 
 

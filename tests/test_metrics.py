@@ -69,8 +69,7 @@ def test_classification_metrics_match_hand_computed_values():
         for key, value in zip(KEYS, values):
             assert m[f"test_{metric}_{key}"] == pytest.approx(value), (metric, key)
     # log loss: mean of -ln p(true) = .7 .5 .3 .7 .5 .25 .9 .3
-    ll = -(2 * math.log(0.7) + 2 * math.log(0.5) + 2 * math.log(0.3) + math.log(0.25)
-           + math.log(0.9)) / 8
+    ll = -(2 * math.log(0.7) + 2 * math.log(0.5) + 2 * math.log(0.3) + math.log(0.25) + math.log(0.9)) / 8
     assert m["test_log_loss"] == pytest.approx(ll)
     # ECE bins: conf .5 -> s1 s2 s4 s7: acc 2/4, gap 0; conf .7 -> s0 s3 s5: acc 2/3, gap 1/30;
     # conf .9 -> s6: acc 1, gap .1.  ECE = 3/8 * 1/30 + 1/8 * 0.1 = 0.025
@@ -91,15 +90,11 @@ def test_hand_case_agrees_with_sklearn():
     assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(Y, pred))
     assert m["macro_f1"] == pytest.approx(skm.f1_score(Y, pred, average="macro"))
     assert m["roc_auc_macro"] == pytest.approx(skm.roc_auc_score(Y, P, multi_class="ovr"))
-    assert m["roc_auc_weighted"] == pytest.approx(
-        skm.roc_auc_score(Y, P, multi_class="ovr", average="weighted")
-    )
+    assert m["roc_auc_weighted"] == pytest.approx(skm.roc_auc_score(Y, P, multi_class="ovr", average="weighted"))
 
 
 def test_confusion_and_reliability_bins_hand_case():
-    np.testing.assert_array_equal(
-        confusion(Y, P.argmax(1), 3), [[2, 1, 0], [0, 2, 1], [0, 1, 1]]
-    )
+    np.testing.assert_array_equal(confusion(Y, P.argmax(1), 3), [[2, 1, 0], [0, 2, 1], [0, 1, 1]])
     bins = reliability_bins(Y, P)
     assert len(bins["edges"]) == 16 and bins["counts"].sum() == 8
     # .5 falls in (7/15, 8/15] -> bin 7; .7 in (10/15, 11/15] -> bin 10; .9 -> bin 13

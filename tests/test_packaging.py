@@ -40,15 +40,19 @@ def _tensorflows(requirements: list[str], env: dict) -> set[str]:
 
 
 def test_base_dependencies_leave_tensorflow_to_an_extra_or_to_what_is_installed():
-    assert _tensorflows(PYPROJECT["dependencies"], LINUX_X86) == set(), \
+    assert _tensorflows(PYPROJECT["dependencies"], LINUX_X86) == set(), (
         "a preinstalled GPU TensorFlow (Colab, Kaggle) must not be overlaid with tensorflow-cpu"
+    )
 
 
-@pytest.mark.parametrize("machine, cpu, gpu", [
-    (LINUX_X86, {"tensorflow-cpu"}, {"tensorflow"}),
-    (LINUX_ARM, {"tensorflow"}, {"tensorflow"}),
-    (MAC_ARM, {"tensorflow"}, {"tensorflow"}),
-])
+@pytest.mark.parametrize(
+    "machine, cpu, gpu",
+    [
+        (LINUX_X86, {"tensorflow-cpu"}, {"tensorflow"}),
+        (LINUX_ARM, {"tensorflow"}, {"tensorflow"}),
+        (MAC_ARM, {"tensorflow"}, {"tensorflow"}),
+    ],
+)
 def test_cpu_and_gpu_extras_install_one_tensorflow_each(machine, cpu, gpu):
     extras = PYPROJECT["optional-dependencies"]
     assert _tensorflows(extras["cpu"], machine) == cpu
@@ -84,8 +88,9 @@ def test_conda_and_python_env_install_medtune_from_pyproject():
     assert python_env["python"] in supported
     assert python_env["dependencies"] == [".[cpu]"]
     mlproject = yaml.safe_load((REPO / "MLproject").read_text())
-    assert mlproject.get("python_env") == "python_env.yaml" and "conda_env" not in mlproject, \
+    assert mlproject.get("python_env") == "python_env.yaml" and "conda_env" not in mlproject, (
         "plain `mlflow run .` must build a virtualenv: pip-only machines have no conda"
+    )
 
 
 def test_readme_states_the_supported_python_versions():
@@ -98,12 +103,23 @@ def test_readme_states_the_supported_python_versions():
 def test_wheel_installed_in_a_fresh_venv_finds_the_search_spaces(tmp_path):
     """A non-editable install (a wheel, `pip install .`) ships the search spaces as package data."""
     source = tmp_path / "source"  # building writes egg-info and build/ beside the sources: not into the checkout
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "mlruns", ".medtune", "data", "*.egg-info", "build", "__pycache__", "*.db"))
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "mlruns", ".medtune", "data", "*.egg-info", "build", "__pycache__", "*.db"
+        ),
+    )
     dist = tmp_path / "dist"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MEDTUNE_HOME")}
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(source)],
-                   check=True, cwd=tmp_path, capture_output=True, timeout=600, env=env)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(source)],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=600,
+        env=env,
+    )
     wheel = next(dist.glob("medtune-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {p.name for p in (REPO / "src" / "medtune" / "search_spaces").glob("*.yaml")}
@@ -112,18 +128,32 @@ def test_wheel_installed_in_a_fresh_venv_finds_the_search_spaces(tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=300, env=env)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=300, env=env
+    )
     # medtune's dependencies come from this interpreter's site-packages, after the fresh venv's own
     site = next(p for p in sys.path if p.endswith("site-packages"))
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     Path(purelib, "medtune_test_deps.pth").write_text(site + "\n")
-    code = ("import medtune, medtune.space as s; from pathlib import Path; "
-            "p = s.resolve_space_path('cnn'); assert 'site-packages' in str(p), p; "
-            "print(p, len(s.load_space(p).params), medtune.__version__)")
+    code = (
+        "import medtune, medtune.space as s; from pathlib import Path; "
+        "p = s.resolve_space_path('cnn'); assert 'site-packages' in str(p), p; "
+        "print(p, len(s.load_space(p).params), medtune.__version__)"
+    )
     out = subprocess.run([str(python), "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "/site-packages/medtune/search_spaces/cnn.yaml" in out.stdout
-    version = subprocess.run([str(env_dir / "bin" / "medtune"), "--version"], env=env, cwd=tmp_path,
-                             capture_output=True, text=True, timeout=60)
+    version = subprocess.run(
+        [str(env_dir / "bin" / "medtune"), "--version"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert version.stdout.strip() == "medtune, version 0.1.0", version.stderr

@@ -32,8 +32,11 @@ def test_fill_sets_only_what_the_user_left_to_auto(monkeypatch):
     monkeypatch.setenv("MEDTUNE_GPUS", "0")
     plan.detect_machine.cache_clear()
     try:
-        opts = plan.fill(SearchOptions(dataset="brain_mri", trials=3), "brain_mri",
-                         {"space": "space", "trials": "trials", "epochs": "epochs", "pruner": "pruner"})
+        opts = plan.fill(
+            SearchOptions(dataset="brain_mri", trials=3),
+            "brain_mri",
+            {"space": "space", "trials": "trials", "epochs": "epochs", "pruner": "pruner"},
+        )
     finally:
         plan.detect_machine.cache_clear()
     assert (opts.space, opts.trials, opts.epochs, opts.pruner) == ("cnn_cpu", 3, 8, "asha")

@@ -41,8 +41,9 @@ class Registry:
     def register(self, value: float) -> str:
         """Log a tiny model in its own run and register it as a new version."""
         with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(name="model", python_model=Constant(value), registered_model_name=self.name,
-                                           pip_requirements=["mlflow"])  # no requirement inference (slow)
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=Constant(value), registered_model_name=self.name, pip_requirements=["mlflow"]
+            )  # no requirement inference (slow)
         return str(info.registered_model_version)
 
     def aliases(self) -> dict[str, str]:

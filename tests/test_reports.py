@@ -108,9 +108,7 @@ def test_reliability_figure(tmp_path):
 
 
 def test_empty_inputs_render_placeholders(tmp_path):
-    for i, fig in enumerate(
-        [reports.learning_curves({}), reports.roc_figure({}, []), reports.sample_grid({})]
-    ):
+    for i, fig in enumerate([reports.learning_curves({}), reports.roc_figure({}, []), reports.sample_grid({})]):
         path = reports.save_figure(fig, tmp_path / f"empty{i}.png")
         assert path.exists()
 

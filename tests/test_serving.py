@@ -24,9 +24,19 @@ from tests.helpers import use_sqlite_store
 
 CLASSES = ["crescent", "disc", "ring tumour", "speckled"]  # one name with a space
 SIZE = 32
-PARAMS = {"num_blocks": 2, "filters": 4, "kernel_size": 3, "conv_type": "standard", "residual": False,
-          "batch_norm": True, "dropout": 0.0, "l2": 0.0, "dense_units": 8, "optimizer": "adam",
-          "learning_rate": 1e-3}
+PARAMS = {
+    "num_blocks": 2,
+    "filters": 4,
+    "kernel_size": 3,
+    "conv_type": "standard",
+    "residual": False,
+    "batch_norm": True,
+    "dropout": 0.0,
+    "l2": 0.0,
+    "dense_units": 8,
+    "optimizer": "adam",
+    "learning_rate": 1e-3,
+}
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -134,8 +144,9 @@ def test_keras_model_and_metadata_come_back_from_a_models_uri(logged, tmp_path):
     model, meta = serving.load_keras_from_uri("models:/medtune-serving/1", tmp_path)
     assert meta["classes"] == CLASSES
     images = list(odd_images().values())[:3]
-    np.testing.assert_allclose(keras_probabilities(model, images), keras_probabilities(logged["model"], images),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        keras_probabilities(model, images), keras_probabilities(logged["model"], images), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(

@@ -242,7 +242,15 @@ def test_fit_one_epoch_returns_history_with_validation_scores(data):
     model = compile_model(build_model(TINY, SHAPE, 3), {})
     spy = LogsSpy()
     history = fit(model, train, val, y_val=y[:9], epochs=1, class_weight=balanced_class_weights(y, 3), callbacks=[spy])
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1", "val_balanced_accuracy", "epoch_seconds"):
+    for key in (
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "val_macro_f1",
+        "val_balanced_accuracy",
+        "epoch_seconds",
+    ):
         assert len(history[key]) == 1 and isinstance(history[key][0], float), key
     assert 0.0 <= history["val_macro_f1"][0] <= 1.0
     assert history["epoch_seconds"][0] > 0
@@ -299,7 +307,9 @@ def test_fit_raises_training_diverged_with_absurd_learning_rate(data):
     x, y = data
     train = make_dataset(x, y, 3, 4, training=True)
     val = make_dataset(x[:6], y[:6], 3, 6, training=False)
-    model = compile_model(build_model({**TINY, "batch_norm": False}, SHAPE, 3), {"optimizer": "sgd", "learning_rate": 1e15})
+    model = compile_model(
+        build_model({**TINY, "batch_norm": False}, SHAPE, 3), {"optimizer": "sgd", "learning_rate": 1e15}
+    )
     with pytest.raises(TrainingDiverged):
         fit(model, train, val, y_val=y[:6], epochs=3, class_weight=None)
 
@@ -400,8 +410,9 @@ def test_precise_batchnorm_runs_before_the_validation_pass_and_validates_on_clea
             order.append(("bn", None))
 
     val = make_dataset(x, y, 2, 16, training=False)
-    fit(model, shifted.batch(8), val, y_val=y, epochs=2,
-        callbacks=[Scores(val, y), Precise(x, images=16, batch_size=8)])
+    fit(
+        model, shifted.batch(8), val, y_val=y, epochs=2, callbacks=[Scores(val, y), Precise(x, images=16, batch_size=8)]
+    )
     assert [name for name, _ in order] == ["bn", "scores", "bn", "scores"]
     clean_mean = float(x[Precise(x, images=16).index].astype(np.float32).mean())
     for name, seen in order:
@@ -428,14 +439,25 @@ def test_cosine_schedule_with_warmup_and_adamw_drive_the_optimizer():
 
     cos = training.EpochCosine(first=2, end=8, base_lr=1.0, warmup=2)
     assert [round(cos.rate(e), 3) for e in range(2, 8)] == [0.333, 0.667, 1.0, 0.854, 0.5, 0.146]
-    params = {"num_blocks": 1, "filters": 4, "dense_units": 8, "optimizer": "adamw", "weight_decay": 1e-3,
-              "learning_rate": 0.01, "lr_schedule": "cosine", "warmup_epochs": 1, "batch_size": 4}
+    params = {
+        "num_blocks": 1,
+        "filters": 4,
+        "dense_units": 8,
+        "optimizer": "adamw",
+        "weight_decay": 1e-3,
+        "learning_rate": 0.01,
+        "lr_schedule": "cosine",
+        "warmup_epochs": 1,
+        "batch_size": 4,
+    }
     model = training.compile_model(build_model(params, (16, 16, 1), 2), params)
     assert isinstance(model.optimizer, keras.optimizers.AdamW) and model.optimizer.weight_decay == pytest.approx(1e-3)
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (8, 16, 16, 1)).astype(np.uint8), np.array([0, 1] * 4)
     ds = training.make_dataset(x, y, 2, 4, training=True)
-    history = training.fit_stages(model, params, ds, training.make_dataset(x, y, 2, 4, training=False), y_val=y, epochs=4)
+    history = training.fit_stages(
+        model, params, ds, training.make_dataset(x, y, 2, 4, training=False), y_val=y, epochs=4
+    )
     assert history["learning_rate"] == pytest.approx([0.005, 0.01, 0.0075, 0.0025])  # 1 warm-up epoch, then a cosine
     with pytest.raises(ConfigError, match="lr_schedule: 'step' is not constant or cosine"):
         training.schedule_callbacks({"lr_schedule": "step"}, 0, 3, 1e-3)

@@ -36,8 +36,9 @@ def _ready(tracking_uri: str | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            datefmt="%H:%M:%S")
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+        )
     for noisy in ("alembic", "mlflow.store.db", "absl", "PIL", "matplotlib", "optuna", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from medtune import tracking
@@ -47,9 +48,18 @@ def _ready(tracking_uri: str | None = None) -> None:
         _READY["console"] = tracking.capture_console()
 
 
-def split(dataset: str = "synthetic", *, data_dir: str | None = None, image_size: int = 128,
-          val_fraction: float = 0.15, test_fraction: float = 0.15, phash_distance: int = 4, seed: int = 42,
-          new_run: bool = False, tracking_uri: str | None = None):
+def split(
+    dataset: str = "synthetic",
+    *,
+    data_dir: str | None = None,
+    image_size: int = 128,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    phash_distance: int = 4,
+    seed: int = 42,
+    new_run: bool = False,
+    tracking_uri: str | None = None,
+):
     """Validate, de-duplicate, split and cache a dataset (``medtune split``).
 
     Returns:
@@ -59,8 +69,10 @@ def split(dataset: str = "synthetic", *, data_dir: str | None = None, image_size
     _ready(tracking_uri)
     from medtune.steps.split import SplitOptions, run_split
 
-    return run_split(SplitOptions(dataset, data_dir, image_size, val_fraction, test_fraction, seed, phash_distance),
-                     reuse_run=not new_run)
+    return run_split(
+        SplitOptions(dataset, data_dir, image_size, val_fraction, test_fraction, seed, phash_distance),
+        reuse_run=not new_run,
+    )
 
 
 def search(dataset: str = "synthetic", *, tracking_uri: str | None = None, **options):
@@ -136,8 +148,11 @@ class Model:
         from medtune.serving import predictions_frame
 
         items = [images] if isinstance(images, (str, Path, bytes)) or _is_one_image(images) else list(images)
-        x = np.stack([self._pixels(item) for item in items]) if items else np.zeros(
-            (0, self.image_size, self.image_size, 3), np.uint8)
+        x = (
+            np.stack([self._pixels(item) for item in items])
+            if items
+            else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+        )
         frame = predictions_frame(self.keras_model, x, self.classes)
         frame.insert(0, "image", [str(i) if isinstance(i, (str, Path)) else n for n, i in enumerate(items)])
         return frame
@@ -160,5 +175,9 @@ class Model:
 
 
 def _is_one_image(value) -> bool:
-    return hasattr(value, "save") or (isinstance(value, np.ndarray) and value.ndim in (2, 3) and value.dtype == np.uint8
-                                      and (value.ndim == 2 or value.shape[-1] in (1, 3, 4)))
+    return hasattr(value, "save") or (
+        isinstance(value, np.ndarray)
+        and value.ndim in (2, 3)
+        and value.dtype == np.uint8
+        and (value.ndim == 2 or value.shape[-1] in (1, 3, 4))
+    )

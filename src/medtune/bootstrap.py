@@ -114,6 +114,6 @@ def bootstrap_intervals(
     for key, value in point.items():
         values = np.asarray(samples[key], dtype=np.float64)
         values = values[np.isfinite(values)]
-        low, high = (np.percentile(values, [2.5, 97.5]) if len(values) else (np.nan, np.nan))
+        low, high = np.percentile(values, [2.5, 97.5]) if len(values) else (np.nan, np.nan)
         out[key] = Interval(float(value), float(low), float(high))
     return out

@@ -38,28 +38,52 @@ class _Auto(click.ParamType):
 
 def _auto(flag: str, kind, help_text: str):
     """An option whose default is ``auto`` (sized from the machine, see medtune.plan)."""
-    return click.option(flag, default=AUTO, show_default=True, type=_Auto(kind),
-                        help=f"{help_text} (auto: sized from the machine, GPU or CPU)")
+    return click.option(
+        flag,
+        default=AUTO,
+        show_default=True,
+        type=_Auto(kind),
+        help=f"{help_text} (auto: sized from the machine, GPU or CPU)",
+    )
 
 
 ENGINE = click.option(
-    "--engine", default="optuna", show_default=True,
-    type=click.Choice([*ENGINES, *ENGINE_ALIASES]), callback=lambda ctx, p, v: ENGINE_ALIASES.get(v, v),
+    "--engine",
+    default="optuna",
+    show_default=True,
+    type=click.Choice([*ENGINES, *ENGINE_ALIASES]),
+    callback=lambda ctx, p, v: ENGINE_ALIASES.get(v, v),
     help="optuna (TPE), bayesian or keras_hyperband (keras-tuner); hyperband is an old name for keras_hyperband.",
 )
 OBJECTIVE = click.option("--objective", default="val_macro_f1", show_default=True, type=click.Choice(list(OBJECTIVES)))
 PRUNER = _auto("--pruner", click.Choice(PRUNERS), "Optuna pruner, per epoch")
-CLASS_WEIGHTS = click.option("--class-weights", default=True, show_default=True, type=click.BOOL,
-                             help="Weight classes by inverse frequency (balanced): true or false.")
+CLASS_WEIGHTS = click.option(
+    "--class-weights",
+    default=True,
+    show_default=True,
+    type=click.BOOL,
+    help="Weight classes by inverse frequency (balanced): true or false.",
+)
 TIMEOUT = click.option("--timeout", default=0.0, show_default=True, type=float, help="Seconds; 0 = no limit (Optuna).")
-STUDY = click.option("--study", default="", callback=lambda ctx, p, v: _none_if_empty(ctx, p, v),
-                     help="Study name; the same name resumes (default: derived from dataset, space, engine, size, split).")
-STORAGE = click.option("--storage", default="", callback=lambda ctx, p, v: _none_if_empty(ctx, p, v),
-                       envvar="MEDTUNE_OPTUNA_STORAGE",
-                       help="Optuna storage URL, e.g. postgresql://user@host/db (default: sqlite:///optuna.db).")
-SPACE = click.option("--space", default="", callback=lambda ctx, p, v: _none_if_empty(ctx, p, v),
-                     help="Space file or name in search_spaces/ (default: demo for synthetic, else cnn_cpu on CPU, "
-                          "cnn on a GPU).")
+STUDY = click.option(
+    "--study",
+    default="",
+    callback=lambda ctx, p, v: _none_if_empty(ctx, p, v),
+    help="Study name; the same name resumes (default: derived from dataset, space, engine, size, split).",
+)
+STORAGE = click.option(
+    "--storage",
+    default="",
+    callback=lambda ctx, p, v: _none_if_empty(ctx, p, v),
+    envvar="MEDTUNE_OPTUNA_STORAGE",
+    help="Optuna storage URL, e.g. postgresql://user@host/db (default: sqlite:///optuna.db).",
+)
+SPACE = click.option(
+    "--space",
+    default="",
+    callback=lambda ctx, p, v: _none_if_empty(ctx, p, v),
+    help="Space file or name in search_spaces/ (default: demo for synthetic, else cnn_cpu on CPU, cnn on a GPU).",
+)
 
 
 class _Duration(click.ParamType):
@@ -96,13 +120,20 @@ class _Sizes(click.ParamType):
             self.fail(f"{text!r} is not a comma-separated list of sizes such as 64,96,128", param, ctx)
 
 
-BUDGET = click.option("--budget", default="", type=_Duration(),
-                      help="Time budget: minutes (90) or 90m, 2h, 1h30m (default: none). No trial starts after it "
-                           "is spent; a running trial stops at its next epoch boundary.")
+BUDGET = click.option(
+    "--budget",
+    default="",
+    type=_Duration(),
+    help="Time budget: minutes (90) or 90m, 2h, 1h30m (default: none). No trial starts after it "
+    "is spent; a running trial stops at its next epoch boundary.",
+)
 WARM_START = click.option(
-    "--warm-start", default="recipes", show_default=True,
+    "--warm-start",
+    default="recipes",
+    show_default=True,
     help="Seed a new Optuna study: recipes (documented known-good configurations), auto (recipes and the "
-         "finished trials of earlier studies on the same split), none, or study names to import.")
+    "finished trials of earlier studies on the same split), none, or study names to import.",
+)
 
 
 def _none_if_empty(ctx, param, value):  # noqa: ARG001
@@ -115,16 +146,23 @@ def _empty_is_none(ctx, param, value):  # noqa: ARG001 - "none" is a value here 
 
 # Options shared by several commands, defined once (as mlflow/cli.py does).
 DATASET = click.option(
-    "--dataset", default="synthetic", show_default=True,
+    "--dataset",
+    default="synthetic",
+    show_default=True,
     help="A registered name (brain_mri, dermnet, covid19_radiography, synthetic) or a folder of class sub-folders.",
 )
 DATA_DIR = click.option(
-    "--data-dir", default="", callback=_none_if_empty,
+    "--data-dir",
+    default="",
+    callback=_none_if_empty,
     help="Where the named dataset lives (else $MEDTUNE_DATA_DIR/<name>, then ./data/<name>).",
 )
 SEED = click.option("--seed", default=42, show_default=True, type=int, help="Random seed.")
 TRACKING_URI = click.option(
-    "--tracking-uri", default="", callback=_none_if_empty, envvar="MLFLOW_TRACKING_URI",
+    "--tracking-uri",
+    default="",
+    callback=_none_if_empty,
+    envvar="MLFLOW_TRACKING_URI",
     help="MLflow tracking URI (default: sqlite:///mlflow.db in the project directory).",
 )
 
@@ -135,8 +173,14 @@ def _setup(verbose: bool, tracking_uri: str | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import warnings
 
-    for message in (".*is experimental.*", ".*is an experimental feature.*", ".*dataset source can be interpreted in multiple ways.*",
-                    ".*Do not pass an `input_shape`.*", ".*Add type hints to the `predict` method.*", ".*Skipping variable loading for optimizer.*"):
+    for message in (
+        ".*is experimental.*",
+        ".*is an experimental feature.*",
+        ".*dataset source can be interpreted in multiple ways.*",
+        ".*Do not pass an `input_shape`.*",
+        ".*Add type hints to the `predict` method.*",
+        ".*Skipping variable loading for optimizer.*",
+    ):
         warnings.filterwarnings("ignore", message=message)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -151,8 +195,17 @@ def _setup(verbose: bool, tracking_uri: str | None = None) -> None:
         handler = progress.TqdmHandler(sys.stderr)
         handler.setFormatter(root.handlers[0].formatter)
         root.handlers = [handler]
-    for noisy in ("alembic", "mlflow.store.db", "mlflow.tracking.fluent", "absl", "h5py", "PIL", "matplotlib",
-                  "optuna", "urllib3"):
+    for noisy in (
+        "alembic",
+        "mlflow.store.db",
+        "mlflow.tracking.fluent",
+        "absl",
+        "h5py",
+        "PIL",
+        "matplotlib",
+        "optuna",
+        "urllib3",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices are not for users
     _require_tensorflow()
@@ -168,8 +221,10 @@ def _require_tensorflow() -> None:
     import importlib.util
 
     if importlib.util.find_spec("tensorflow") is None:
-        raise MedtuneError("TensorFlow is not installed: pip install 'medtune[cpu]' (CPU) "
-                           "or 'medtune[gpu]' (NVIDIA GPU on Linux, with CUDA)")
+        raise MedtuneError(
+            "TensorFlow is not installed: pip install 'medtune[cpu]' (CPU) "
+            "or 'medtune[gpu]' (NVIDIA GPU on Linux, with CUDA)"
+        )
 
 
 def _verbose_after_command(ctx, param, value):  # noqa: ARG001
@@ -182,8 +237,16 @@ class _Group(click.Group):
 
     def add_command(self, cmd, name=None):
         if not any(p.name == "verbose" for p in cmd.params):  # a command may declare its own
-            cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, is_eager=True,
-                                           callback=_verbose_after_command, help="Debug logging."))
+            cmd.params.append(
+                click.Option(
+                    ["-v", "--verbose"],
+                    is_flag=True,
+                    expose_value=False,
+                    is_eager=True,
+                    callback=_verbose_after_command,
+                    help="Debug logging.",
+                )
+            )
         super().add_command(cmd, name)
 
 
@@ -201,11 +264,23 @@ def cli(ctx, verbose):
 @DATA_DIR
 @click.option("--image-size", default=128, show_default=True, type=int, help="Side of the cached square images.")
 @click.option("--val-fraction", default=0.15, show_default=True, type=float)
-@click.option("--test-fraction", default=0.15, show_default=True, type=float,
-              help="Ignored when the dataset ships an official test folder.")
-@click.option("--phash-distance", default=4, show_default=True, type=int,
-              help="Near-duplicate threshold in perceptual-hash bits (0 = byte-identical only).")
-@click.option("--new-run", is_flag=True, help="Log a new run even when a finished split of the same files and split exists.")
+@click.option(
+    "--test-fraction",
+    default=0.15,
+    show_default=True,
+    type=float,
+    help="Ignored when the dataset ships an official test folder.",
+)
+@click.option(
+    "--phash-distance",
+    default=4,
+    show_default=True,
+    type=int,
+    help="Near-duplicate threshold in perceptual-hash bits (0 = byte-identical only).",
+)
+@click.option(
+    "--new-run", is_flag=True, help="Log a new run even when a finished split of the same files and split exists."
+)
 @SEED
 @TRACKING_URI
 @click.pass_context
@@ -214,8 +289,10 @@ def split(ctx, dataset, data_dir, image_size, val_fraction, test_fraction, phash
     _setup(ctx.obj["verbose"], tracking_uri)
     from medtune.steps.split import SplitOptions, run_split
 
-    out = run_split(SplitOptions(dataset, data_dir, image_size, val_fraction, test_fraction, seed, phash_distance),
-                    reuse_run=not new_run)
+    out = run_split(
+        SplitOptions(dataset, data_dir, image_size, val_fraction, test_fraction, seed, phash_distance),
+        reuse_run=not new_run,
+    )
     counts = {s: sum(c.values()) for s, c in out.result.report["counts"].items()}
     click.echo(
         f"split {out.resolved.name}: train={counts.get('train', 0)} val={counts.get('val', 0)} "
@@ -228,9 +305,14 @@ def split(ctx, dataset, data_dir, image_size, val_fraction, test_fraction, phash
 
 def WEIGHTS_OPTION(default: str):  # noqa: N802 - reads like the other option constants
     return click.option(
-        "--weights", default=default, show_default=bool(default), callback=_empty_is_none,
+        "--weights",
+        default=default,
+        show_default=bool(default),
+        callback=_empty_is_none,
         help="Backbone initial weights: imagenet, none, a .h5/.weights.h5 file or a folder of Keras's files"
-             + ("" if default else " (default: what the search used)") + ".")
+        + ("" if default else " (default: what the search used)")
+        + ".",
+    )
 
 
 def _search_options(optuna_only: bool = True):
@@ -242,13 +324,22 @@ def _search_options(optuna_only: bool = True):
         _auto("--trials", click.INT, "Trials to complete (resumed searches count earlier ones)"),
         _auto("--epochs", click.INT, "Maximum epochs per trial"),
         _auto("--image-size", click.INT, "Search at a smaller size than final training (see README, Performance)"),
-        click.option("--image-sizes", default="", type=_Sizes(),
-                     help="Resolution rungs, e.g. 64,96,128: trials start small and promising ones continue larger "
-                          "from their own weights (overrides --image-size)."),
+        click.option(
+            "--image-sizes",
+            default="",
+            type=_Sizes(),
+            help="Resolution rungs, e.g. 64,96,128: trials start small and promising ones continue larger "
+            "from their own weights (overrides --image-size).",
+        ),
         OBJECTIVE,
         BUDGET,
-        click.option("--plateau", default=0, show_default=True, type=int,
-                     help="Stop after this many finished trials without improvement (0: never)."),
+        click.option(
+            "--plateau",
+            default=0,
+            show_default=True,
+            type=int,
+            help="Stop after this many finished trials without improvement (0: never).",
+        ),
         *([TIMEOUT, STUDY, STORAGE, PRUNER, WARM_START] if optuna_only else [STUDY]),
         CLASS_WEIGHTS,
         click.option("--split-run", default="latest", show_default=True, help="Split run id to train on."),
@@ -304,18 +395,35 @@ def bayesian(ctx, **kw):
 
 TRAIN_OPTIONS = [
     click.option("--search-run", default="latest", show_default=True, help="Search run whose best trial to train."),
-    click.option("--params", default="", callback=_none_if_empty, help="YAML/JSON file of explicit params (instead of a search)."),
+    click.option(
+        "--params", default="", callback=_none_if_empty, help="YAML/JSON file of explicit params (instead of a search)."
+    ),
     _auto("--epochs", click.INT, "Maximum epochs (early stopping ends sooner)"),
     _auto("--image-size", click.INT, "Final-training image size"),
     click.option("--patience", default=8, show_default=True, type=int, help="Early-stopping patience in epochs."),
-    click.option("--mixed-precision", default=True, show_default=True, type=click.BOOL,
-                 help="Mixed precision on GPU (ignored on CPU)."),
+    click.option(
+        "--mixed-precision",
+        default=True,
+        show_default=True,
+        type=click.BOOL,
+        help="Mixed precision on GPU (ignored on CPU).",
+    ),
     click.option("--class-weights", default=True, show_default=True, type=click.BOOL),
-    click.option("--margin", default=0.0, show_default=True, type=float,
-                 help="Macro-F1 margin a new model must beat the champion by."),
+    click.option(
+        "--margin",
+        default=0.0,
+        show_default=True,
+        type=float,
+        help="Macro-F1 margin a new model must beat the champion by.",
+    ),
     WEIGHTS_OPTION(""),
-    click.option("--ensemble", default=1, show_default=True, type=int,
-                 help="Members (seeds of the configuration) averaged in one model."),
+    click.option(
+        "--ensemble",
+        default=1,
+        show_default=True,
+        type=int,
+        help="Members (seeds of the configuration) averaged in one model.",
+    ),
     BUDGET,
 ]
 
@@ -332,9 +440,11 @@ def _apply(options):
 def _train_summary(out) -> str:
     m = out.metrics
     alias = f" -> @{out.decision.alias}" if out.decision else ""
-    return (f"train: test accuracy={m['test_accuracy']:.4f} macro_f1={m['test_macro_f1']:.4f} "
-            f"roc_auc_macro={m.get('test_roc_auc_macro', float('nan')):.4f}; "
-            f"model {out.model_name} v{out.model_version}{alias}; run={out.run_id} ({out.seconds:.0f} s)")
+    return (
+        f"train: test accuracy={m['test_accuracy']:.4f} macro_f1={m['test_macro_f1']:.4f} "
+        f"roc_auc_macro={m.get('test_roc_auc_macro', float('nan')):.4f}; "
+        f"model {out.model_name} v{out.model_version}{alias}; run={out.run_id} ({out.seconds:.0f} s)"
+    )
 
 
 @cli.command()
@@ -344,22 +454,54 @@ def _train_summary(out) -> str:
 @SEED
 @TRACKING_URI
 @click.pass_context
-def train(ctx, dataset, data_dir, search_run, params, epochs, image_size, patience, mixed_precision, class_weights,
-          margin, weights, ensemble, budget, seed, tracking_uri):
+def train(
+    ctx,
+    dataset,
+    data_dir,
+    search_run,
+    params,
+    epochs,
+    image_size,
+    patience,
+    mixed_precision,
+    class_weights,
+    margin,
+    weights,
+    ensemble,
+    budget,
+    seed,
+    tracking_uri,
+):
     """Train the best trial of a search (or explicit params), evaluate, register and gate @champion."""
     _setup(ctx.obj["verbose"], tracking_uri)
     from medtune.steps.train import TrainOptions, run_train
 
-    out = run_train(TrainOptions(dataset=dataset, data_dir=data_dir, search_run=search_run, params=params,
-                                 epochs=epochs, image_size=image_size, patience=patience,
-                                 mixed_precision=mixed_precision, class_weights=class_weights, margin=margin,
-                                 weights=weights, ensemble=ensemble, budget=budget, seed=seed))
+    out = run_train(
+        TrainOptions(
+            dataset=dataset,
+            data_dir=data_dir,
+            search_run=search_run,
+            params=params,
+            epochs=epochs,
+            image_size=image_size,
+            patience=patience,
+            mixed_precision=mixed_precision,
+            class_weights=class_weights,
+            margin=margin,
+            weights=weights,
+            ensemble=ensemble,
+            budget=budget,
+            seed=seed,
+        )
+    )
     click.echo(_train_summary(out))
 
 
 @cli.command()
 @click.option("--model-uri", required=True, help="e.g. models:/medtune-brain_mri@champion or runs:/<id>/model")
-@click.option("--dataset", default="", callback=_none_if_empty, help="Dataset whose test split to use (default: the model's).")
+@click.option(
+    "--dataset", default="", callback=_none_if_empty, help="Dataset whose test split to use (default: the model's)."
+)
 @DATA_DIR
 @TRACKING_URI
 @click.pass_context
@@ -370,8 +512,10 @@ def evaluate(ctx, model_uri, dataset, data_dir, tracking_uri):
 
     run_id, ev = run_evaluate(EvaluateOptions(model_uri=model_uri, dataset=dataset, data_dir=data_dir))
     m = ev.metrics
-    click.echo(f"evaluate: accuracy={m['test_accuracy']:.4f} macro_f1={m['test_macro_f1']:.4f} "
-               f"roc_auc_macro={m.get('test_roc_auc_macro', float('nan')):.4f} run={run_id}")
+    click.echo(
+        f"evaluate: accuracy={m['test_accuracy']:.4f} macro_f1={m['test_macro_f1']:.4f} "
+        f"roc_auc_macro={m.get('test_roc_auc_macro', float('nan')):.4f} run={run_id}"
+    )
 
 
 @cli.command()
@@ -393,9 +537,15 @@ def predict(ctx, model_uri, inputs, output, gradcam, tracking_uri):
 
 
 @cli.command()
-@click.option("--model", default="", callback=_none_if_empty,
-              help="Preselected model, e.g. models:/medtune-brain_mri@champion (default: the first medtune-* model's @champion).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 opens the demo to the network.")
+@click.option(
+    "--model",
+    default="",
+    callback=_none_if_empty,
+    help="Preselected model, e.g. models:/medtune-brain_mri@champion (default: the first medtune-* model's @champion).",
+)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 opens the demo to the network."
+)
 @click.option("--port", default=7860, show_default=True, type=int)
 @click.option("--max-file-size", default="20mb", show_default=True, help="Largest upload accepted, e.g. 5mb, 1gb.")
 @TRACKING_URI
@@ -428,10 +578,20 @@ def app(ctx, model, host, port, max_file_size, tracking_uri):
 @STORAGE
 @WARM_START
 @click.option("--patience", default=8, show_default=True, type=int, help="Final-training early-stopping patience.")
-@click.option("--margin", default=0.0, show_default=True, type=float,
-              help="Macro-F1 margin a new model must beat the champion by.")
-@click.option("--mixed-precision", default=True, show_default=True, type=click.BOOL,
-              help="Mixed precision on GPU for final training (ignored on CPU).")
+@click.option(
+    "--margin",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Macro-F1 margin a new model must beat the champion by.",
+)
+@click.option(
+    "--mixed-precision",
+    default=True,
+    show_default=True,
+    type=click.BOOL,
+    help="Mixed precision on GPU for final training (ignored on CPU).",
+)
 @WEIGHTS_OPTION("imagenet")
 @SEED
 @TRACKING_URI

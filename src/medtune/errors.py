@@ -49,8 +49,7 @@ class TrainingDiverged(TrialError, RuntimeError):
 
 # Errors that every trial would hit again (medtune's settings, its data, its own code): a search
 # stops at the first one instead of failing trial after trial, as keras-tuner's FatalError does.
-_DETERMINISTIC = (ConfigError, SpaceError, DataError, InternalError, TypeError, NameError, AttributeError,
-                  ImportError)
+_DETERMINISTIC = (ConfigError, SpaceError, DataError, InternalError, TypeError, NameError, AttributeError, ImportError)
 
 
 def stops_the_search(exc: BaseException) -> bool:
@@ -63,5 +62,7 @@ def as_search_error(exc: BaseException, trial: int) -> MedtuneError:
     if isinstance(exc, MedtuneError):
         return exc
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return InternalError(f"trial {trial} failed with {type(exc).__name__}: {text} -- every trial would fail the "
-                         "same way (a bug in medtune or in the space file), so the search stopped")
+    return InternalError(
+        f"trial {trial} failed with {type(exc).__name__}: {text} -- every trial would fail the "
+        "same way (a bug in medtune or in the space file), so the search stopped"
+    )

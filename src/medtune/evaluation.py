@@ -80,7 +80,9 @@ def evaluate_model(
         reliability=m.reliability_bins(y, proba),
     )
     if with_gradcam:
-        result.galleries = gradcam_galleries(model, x, y, proba, classes, correct_per_class, max_misclassified_per_class)
+        result.galleries = gradcam_galleries(
+            model, x, y, proba, classes, correct_per_class, max_misclassified_per_class
+        )
     return result
 
 

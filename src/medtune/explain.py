@@ -115,9 +115,7 @@ def _resolve(model: keras.Model, path: Sequence[str]) -> keras.layers.Layer:
         try:
             layer = layer.get_layer(name)
         except ValueError as err:
-            raise ConfigError(
-                f"layer_path {list(path)}: no layer {name!r} in {layer.name!r}"
-            ) from err
+            raise ConfigError(f"layer_path {list(path)}: no layer {name!r} in {layer.name!r}") from err
     return layer
 
 
@@ -194,9 +192,7 @@ def _prepare_images(model: keras.Model, images: np.ndarray) -> np.ndarray:
     except (AttributeError, IndexError, TypeError, ValueError):
         expected = None
     if expected is not None and len(expected) == 4 and expected[-1] not in (None, x.shape[-1]):
-        raise ConfigError(
-            f"images have {x.shape[-1]} channel(s) but model {model.name!r} expects {expected[-1]}"
-        )
+        raise ConfigError(f"images have {x.shape[-1]} channel(s) but model {model.name!r} expects {expected[-1]}")
     return x
 
 
@@ -260,16 +256,12 @@ def _cam_batch(
         feat = captured[-1]
         proba = _to_proba(out, kind)
         cls = (
-            tf.argmax(proba, axis=-1, output_type=tf.int32)
-            if classes is None
-            else tf.constant(classes, dtype=tf.int32)
+            tf.argmax(proba, axis=-1, output_type=tf.int32) if classes is None else tf.constant(classes, dtype=tf.int32)
         )
         score = tf.reduce_sum(_class_scores(out, cls))
     grads = tape.gradient(score, feat)
     if grads is None:
-        raise ConfigError(
-            f"the output of model {model.name!r} does not depend on layer {layer.name!r}"
-        )
+        raise ConfigError(f"the output of model {model.name!r} does not depend on layer {layer.name!r}")
     feat = tf.cast(feat, tf.float32)
     grads = tf.cast(grads, tf.float32)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # (B, 1, 1, C)

@@ -58,9 +58,7 @@ def _proba(proba: np.ndarray, n: int | None = None) -> np.ndarray:
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """Confusion matrix, rows = true class, columns = predicted class, shape (K, K), int64."""
-    return skm.confusion_matrix(
-        _labels(y_true), _labels(y_pred), labels=np.arange(n_classes)
-    ).astype(np.int64)
+    return skm.confusion_matrix(_labels(y_true), _labels(y_pred), labels=np.arange(n_classes)).astype(np.int64)
 
 
 def _per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
@@ -94,9 +92,7 @@ def _auc_per_class(y: np.ndarray, p: np.ndarray) -> dict[int, float]:
     return out
 
 
-def expected_calibration_error(
-    y_true: np.ndarray, proba: np.ndarray, n_bins: int = 15
-) -> float:
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 15) -> float:
     """Expected calibration error of the top-class confidence.
 
     Confidences (the max probability) fall into ``n_bins`` equal-width bins ``(lo, hi]`` over
@@ -155,16 +151,12 @@ def roc_curves(
     return out
 
 
-def classification_report_dict(
-    y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]
-) -> dict:
+def classification_report_dict(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> dict:
     """scikit-learn's ``classification_report`` as a dict, every class listed."""
     return _report(y_true, y_pred, class_names, output_dict=True)
 
 
-def classification_report_text(
-    y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]
-) -> str:
+def classification_report_text(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> str:
     """scikit-learn's ``classification_report`` as text, every class listed."""
     return _report(y_true, y_pred, class_names, output_dict=False)
 

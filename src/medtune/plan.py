@@ -41,8 +41,10 @@ class Plan:
     pruner: str = "median"
 
     def describe(self) -> str:
-        return (f"space {self.space}, {self.trials} trials x {self.epochs} epochs at {self.image_size} px, "
-                f"then {self.final_epochs} epochs at {self.final_image_size} px")
+        return (
+            f"space {self.space}, {self.trials} trials x {self.epochs} epochs at {self.image_size} px, "
+            f"then {self.final_epochs} epochs at {self.final_image_size} px"
+        )
 
 
 def plan_defaults(machine: Machine, dataset: str) -> Plan:
@@ -60,8 +62,9 @@ def plan_defaults(machine: Machine, dataset: str) -> Plan:
     if machine.gpus:
         return Plan(space="cnn", trials=30, epochs=10, image_size=64, final_epochs=50, final_image_size=128)
     trials = 10 if machine.cores < 8 else 20
-    return Plan(space="cnn_cpu", trials=trials, epochs=8, image_size=64, final_epochs=30, final_image_size=128,
-                pruner="asha")
+    return Plan(
+        space="cnn_cpu", trials=trials, epochs=8, image_size=64, final_epochs=30, final_image_size=128, pruner="asha"
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -94,6 +97,10 @@ def fill(options, dataset: str, fields: dict[str, str]):
         plan = current_plan(dataset)
         for field_name, attr in missing.items():
             setattr(options, field_name, getattr(plan, attr))
-        log.info("Defaults for %s on this machine (%s): %s", dataset, detect_machine().describe(),
-                 ", ".join(f"{f}={getattr(options, f)}" for f in missing))
+        log.info(
+            "Defaults for %s on this machine (%s): %s",
+            dataset,
+            detect_machine().describe(),
+            ", ".join(f"{f}={getattr(options, f)}" for f in missing),
+        )
     return options

@@ -77,8 +77,15 @@ class Counter:
         if self._bars and self._bar is None and self.total:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.total, desc=self.desc, unit=self.unit, file=self._stream or sys.stderr,
-                             leave=False, dynamic_ncols=True, initial=self.done - n)
+            self._bar = tqdm(
+                total=self.total,
+                desc=self.desc,
+                unit=self.unit,
+                file=self._stream or sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+                initial=self.done - n,
+            )
         if self._bar is not None:
             if postfix:
                 self._bar.set_postfix_str(postfix, refresh=False)
@@ -92,8 +99,16 @@ class Counter:
         step = int(fraction / LINE_EVERY_FRACTION + 1e-9)
         if self.done >= self.total or step > last_step or now - last_t >= LINE_EVERY_SECONDS:
             self._last_line = (now, step)
-            log.info("%s: %d/%d %ss (%d%%), %s%s", self.desc, self.done, self.total, self.unit, 100 * fraction,
-                     duration(now), "" if self.done >= self.total else f", {self.eta()}")
+            log.info(
+                "%s: %d/%d %ss (%d%%), %s%s",
+                self.desc,
+                self.done,
+                self.total,
+                self.unit,
+                100 * fraction,
+                duration(now),
+                "" if self.done >= self.total else f", {self.eta()}",
+            )
 
     def eta(self) -> str:
         """``"ETA 3 min 20 s"`` from the mean time per unit so far."""

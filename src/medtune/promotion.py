@@ -93,9 +93,15 @@ def decide_and_promote(
     elif champ_score is None:
         alias, reason = CHALLENGER, "champion could not be scored on this split"
     elif score > champ_score + margin:
-        alias, reason = CHAMPION, f"test macro-F1 {score:.4f} beats champion v{champ_version} {champ_score:.4f} by more than {margin}"
+        alias, reason = (
+            CHAMPION,
+            f"test macro-F1 {score:.4f} beats champion v{champ_version} {champ_score:.4f} by more than {margin}",
+        )
     else:
-        alias, reason = CHALLENGER, f"test macro-F1 {score:.4f} does not beat champion v{champ_version} {champ_score:.4f} by more than {margin}"
+        alias, reason = (
+            CHALLENGER,
+            f"test macro-F1 {score:.4f} does not beat champion v{champ_version} {champ_score:.4f} by more than {margin}",
+        )
     decision = Decision(alias, version, score, champ_version, champ_score, margin, reason)
     _tag_version(client, name, version, split_id, decision)
     client.set_registered_model_alias(name, alias, version)

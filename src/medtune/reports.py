@@ -159,8 +159,7 @@ def confusion_matrix_figure(
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     labels = [_label(n) for n in class_names]
     tick_size = 9 if k <= 10 else 7
-    ax.set_xticks(range(k), labels, rotation=60, ha="right", rotation_mode="anchor",
-                  fontsize=tick_size)
+    ax.set_xticks(range(k), labels, rotation=60, ha="right", rotation_mode="anchor", fontsize=tick_size)
     ax.set_yticks(range(k), labels, fontsize=tick_size)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -174,8 +173,9 @@ def confusion_matrix_figure(
             if v == 0 and k > 10:
                 continue  # keep large matrices legible
             text = f"{v:.2f}" if normalize else f"{int(round(v))}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=cell_size,
-                    color="white" if v > threshold else "black")
+            ax.text(
+                j, i, text, ha="center", va="center", fontsize=cell_size, color="white" if v > threshold else "black"
+            )
     return fig
 
 
@@ -209,8 +209,15 @@ def gradcam_grid(
         h, w = img.shape[:2]
         extent = (-0.5, w - 0.5, h - 0.5, -0.5)
         ax.imshow(img, cmap=cmap, extent=extent, vmin=0, vmax=1)
-        ax.imshow(np.asarray(heat, dtype=float).squeeze(), cmap="jet", alpha=alpha,
-                  extent=extent, vmin=0, vmax=1, interpolation="bilinear")
+        ax.imshow(
+            np.asarray(heat, dtype=float).squeeze(),
+            cmap="jet",
+            alpha=alpha,
+            extent=extent,
+            vmin=0,
+            vmax=1,
+            interpolation="bilinear",
+        )
         ax.set_title(_title(title), fontsize=8)
         ax.set_axis_off()
     for ax in axes[n:]:
@@ -240,8 +247,7 @@ def class_counts_figure(counts: Mapping[str, Mapping[str, int]]) -> Figure:
         values = [int(counts[split].get(c, 0)) for c in classes]
         bars = ax.barh(y - 0.4 + height * (i + 0.5), values, height=height, label=split)
         ax.bar_label(bars, fontsize=6, padding=2)
-    ax.set_yticks(y, [_label(c, width=30, lines=1) for c in classes],
-                  fontsize=9 if k <= 10 else 7)
+    ax.set_yticks(y, [_label(c, width=30, lines=1) for c in classes], fontsize=9 if k <= 10 else 7)
     ax.invert_yaxis()
     ax.set_xlabel("images")
     ax.legend(fontsize="small")
@@ -249,9 +255,7 @@ def class_counts_figure(counts: Mapping[str, Mapping[str, int]]) -> Figure:
     return fig
 
 
-def sample_grid(
-    images_by_class: Mapping[str, Sequence[np.ndarray]], max_per_class: int = 8
-) -> Figure:
+def sample_grid(images_by_class: Mapping[str, Sequence[np.ndarray]], max_per_class: int = 8) -> Figure:
     """A few images of each class, one row per class, the class name on the left.
 
     Args:
@@ -274,14 +278,11 @@ def sample_grid(
             if c < len(imgs):
                 img, cmap = _as_display(imgs[c])
                 ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
-        axes[r, 0].set_ylabel(_label(name, width=16, lines=3), rotation=0, ha="right",
-                              va="center", fontsize=8)
+        axes[r, 0].set_ylabel(_label(name, width=16, lines=3), rotation=0, ha="right", va="center", fontsize=8)
     return fig
 
 
-def roc_figure(
-    curves: Mapping[int, tuple[np.ndarray, np.ndarray, float]], class_names: Sequence[str]
-) -> Figure:
+def roc_figure(curves: Mapping[int, tuple[np.ndarray, np.ndarray, float]], class_names: Sequence[str]) -> Figure:
     """One-vs-rest ROC curves, as from :func:`medtune.metrics.roc_curves`, with AUC in legend."""
     if not curves:
         return _empty("no ROC curve (fewer than two classes in y_true)")
@@ -292,8 +293,14 @@ def roc_figure(
     for i, (c, (fpr, tpr, auc)) in enumerate(sorted(curves.items())):
         name = class_names[c] if c < len(class_names) else str(c)
         style = ("-", "--", ":")[(i // len(palette)) % 3]
-        ax.plot(fpr, tpr, style, lw=1.2, color=palette[i % len(palette)],
-                label=f"{_label(name, width=24, lines=1)} ({auc:.3f})")
+        ax.plot(
+            fpr,
+            tpr,
+            style,
+            lw=1.2,
+            color=palette[i % len(palette)],
+            label=f"{_label(name, width=24, lines=1)} ({auc:.3f})",
+        )
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
@@ -322,10 +329,17 @@ def reliability_figure(bins: Mapping[str, np.ndarray]) -> Figure:
     filled = counts > 0
     fig = _figure(5.5, 6.0)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    top.bar(centers[filled], accuracy[filled], width=width[filled], edgecolor="k",
-            label="accuracy")
-    top.bar(centers[filled], confidence[filled] - accuracy[filled], bottom=accuracy[filled],
-            width=width[filled], color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap")
+    top.bar(centers[filled], accuracy[filled], width=width[filled], edgecolor="k", label="accuracy")
+    top.bar(
+        centers[filled],
+        confidence[filled] - accuracy[filled],
+        bottom=accuracy[filled],
+        width=width[filled],
+        color="tab:red",
+        alpha=0.3,
+        edgecolor="tab:red",
+        label="gap",
+    )
     top.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")

@@ -97,8 +97,11 @@ class ImageClassifier(_pyfunc_base()):
                 images.append(decode_image(data, size, channels))
             except ImageDecodeError as exc:
                 raise ImageInputError(f"row {i}: cannot decode image ({exc.reason})") from exc
-        return predictions_frame(self.model, np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8),
-                                 self.metadata["classes"])
+        return predictions_frame(
+            self.model,
+            np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8),
+            self.metadata["classes"],
+        )
 
 
 def _as_bytes(value, row: int = 0) -> bytes:
@@ -125,8 +128,14 @@ def predictions_frame(model, images: np.ndarray, classes) -> pd.DataFrame:
     return frame
 
 
-def log_model(model, metadata: dict, *, example_images: list[bytes] | None = None,
-              registered_model_name: str | None = None, name: str = "model"):
+def log_model(
+    model,
+    metadata: dict,
+    *,
+    example_images: list[bytes] | None = None,
+    registered_model_name: str | None = None,
+    name: str = "model",
+):
     """Log the Keras model as a pyfunc with signature, input example and metadata.
 
     The input example is ``example_images`` (at most two) or, by default, two generated images: a

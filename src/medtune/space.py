@@ -175,10 +175,7 @@ class SearchSpace:
         """
         unknown = [k for k in values if k not in self]
         if unknown:
-            raise SpaceError(
-                f"{self.source}: unknown parameter {unknown[0]!r} "
-                f"(known: {', '.join(self.names())})"
-            )
+            raise SpaceError(f"{self.source}: unknown parameter {unknown[0]!r} (known: {', '.join(self.names())})")
         clean: dict[str, Any] = {}
         for p in self.params:
             if not self.is_active(p.name, clean):
@@ -216,9 +213,7 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 
@@ -259,9 +254,7 @@ def parse_space(data: Mapping, source: str = "<dict>") -> SearchSpace:
         raise SpaceError(f"{source}: a search space must be a mapping with a 'params' key")
     for key in data:
         if key not in _TOP_KEYS:
-            raise SpaceError(
-                f"{source}: unknown top-level key {key!r} (allowed: {', '.join(_TOP_KEYS)})"
-            )
+            raise SpaceError(f"{source}: unknown top-level key {key!r} (allowed: {', '.join(_TOP_KEYS)})")
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise SpaceError(f"{source}: description must be text")
@@ -290,10 +283,7 @@ def resolve_space_path(name_or_path: str | Path | None) -> Path:
         name_or_path = DEFAULT_SPACE
     text = str(name_or_path)
     is_name = (
-        isinstance(name_or_path, str)
-        and "/" not in text
-        and "\\" not in text
-        and not text.endswith((".yaml", ".yml"))
+        isinstance(name_or_path, str) and "/" not in text and "\\" not in text and not text.endswith((".yaml", ".yml"))
     )
     if not is_name:
         return Path(name_or_path).expanduser()
@@ -359,9 +349,7 @@ def _parse_param(name: Any, spec: Any, earlier: list[Param], source: str) -> Par
             if step <= 0:
                 raise SpaceError(f"{where}.step: must be > 0 (got {step})")
             if not _on_grid(high, low, step):
-                raise SpaceError(
-                    f"{where}.step: high - low ({high} - {low}) is not a multiple of {step}"
-                )
+                raise SpaceError(f"{where}.step: high - low ({high} - {low}) is not a multiple of {step}")
     elif ptype == "categorical":
         choices = _choices(spec.get("choices"), where)
 
@@ -431,13 +419,10 @@ def _condition(raw: Any, earlier: list[Param], where: str) -> dict | None:
         return None
     if not isinstance(raw, Mapping) or len(raw) != 1:
         raise SpaceError(f"{where}.condition: must name one parent, e.g. {{optimizer: sgd}}")
-    (parent_name, wanted), = raw.items()
+    ((parent_name, wanted),) = raw.items()
     by_name = {p.name: p for p in earlier}
     if parent_name not in by_name:
-        raise SpaceError(
-            f"{where}.condition: parent {parent_name!r} is unknown or not declared before "
-            "this parameter"
-        )
+        raise SpaceError(f"{where}.condition: parent {parent_name!r} is unknown or not declared before this parameter")
     parent = by_name[parent_name]
     values = list(wanted) if isinstance(wanted, (list, tuple)) else [wanted]
     if not values:

@@ -127,9 +127,7 @@ class RunLogger:
     def metrics(self, values: Mapping[str, float], step: int | None = None, synchronous: bool = True) -> None:
         now = int(time.time() * 1000)
         items = [
-            Metric(str(k), float(v), now, int(step or 0))
-            for k, v in values.items()
-            if v is not None and _is_number(v)
+            Metric(str(k), float(v), now, int(step or 0)) for k, v in values.items() if v is not None and _is_number(v)
         ]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i : i + 500], synchronous=synchronous)
@@ -234,9 +232,7 @@ def end_orphaned_runs(experiment_id: str) -> list[str]:
     client = MlflowClient()
     host = socket.gethostname()
     ended = []
-    runs = client.search_runs(
-        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
-    )
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
     for run in runs:
         tags = run.data.tags
         if tags.get(TAG_HOST) != host or not tags.get(TAG_PID, "").isdigit():
@@ -270,8 +266,9 @@ _PIPELINE_RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("medt
 
 
 @contextlib.contextmanager
-def pipeline_run(dataset: str, *, run_name: str, launcher_id: str | None = None,
-                 tags: Mapping[str, Any] | None = None) -> Iterator[RunLogger]:
+def pipeline_run(
+    dataset: str, *, run_name: str, launcher_id: str | None = None, tags: Mapping[str, Any] | None = None
+) -> Iterator[RunLogger]:
     """The run of ``main`` in the dataset's experiment; every step run opened inside is its child.
 
     Ends FINISHED, FAILED (with a ``medtune.error`` tag) or KILLED as the pipeline ends; the
@@ -340,8 +337,10 @@ def step_run(
     resume_id = None
     if resume_filter:
         previous = client.search_runs(
-            [experiment_id], filter_string=f"{resume_filter} and attributes.status != 'RUNNING'",
-            order_by=["attributes.start_time DESC"], max_results=1,
+            [experiment_id],
+            filter_string=f"{resume_filter} and attributes.status != 'RUNNING'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
         )
         resume_id = previous[0].info.run_id if previous else None
     adopted = resume_id is None and launcher is not None and launcher.info.experiment_id == experiment_id
@@ -358,7 +357,9 @@ def step_run(
     if launcher is not None and not adopted:
         all_tags["medtune.launcher_run_id"] = launcher_id
         client.set_tag(launcher_id, "medtune.step_run_id", run.info.run_id)
-        client.set_tag(launcher_id, "medtune.note", f"medtune logged this step in experiment {experiment_name(dataset)}")
+        client.set_tag(
+            launcher_id, "medtune.note", f"medtune logged this step in experiment {experiment_name(dataset)}"
+        )
     logger.tags(all_tags)
     log.info("MLflow run %s (%s) in experiment %s", run.info.run_id, step, experiment_name(dataset))
     error: BaseException | None = None
@@ -461,7 +462,9 @@ def find_runs(dataset: str, step: str, *, status: str = "FINISHED", extra_filter
         flt += f" and attributes.status = '{status}'"
     if extra_filter:
         flt += f" and {extra_filter}"
-    return client.search_runs([exp.experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"], max_results=max_results)
+    return client.search_runs(
+        [exp.experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"], max_results=max_results
+    )
 
 
 def download_artifact(run_id: str, path: str, dst: Path) -> Path:
@@ -501,10 +504,16 @@ def existing_runs(step: str, dataset: str | None = None, limit: int = 5) -> str:
             ids = [exp.experiment_id] if exp is not None else []
         else:
             ids = [e.experiment_id for e in client.search_experiments() if e.name.startswith("medtune-")]
-        runs = client.search_runs(
-            ids, filter_string=f"tags.`{TAG_STEP}` = '{step}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=limit,
-        ) if ids else []
+        runs = (
+            client.search_runs(
+                ids,
+                filter_string=f"tags.`{TAG_STEP}` = '{step}' and attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time DESC"],
+                max_results=limit,
+            )
+            if ids
+            else []
+        )
     except mlflow.exceptions.MlflowException:
         return f"the runs of {mlflow.get_tracking_uri()} cannot be read"
     where = f"of {dataset}" if dataset else "in this store"
@@ -525,7 +534,9 @@ def get_step_run(run_id: str, step: str, option: str, dataset: str | None = None
     try:
         return MlflowClient().get_run(run_id)
     except mlflow.exceptions.MlflowException as exc:
-        raise ConfigError(f"{option}={run_id}: no such run ({_first_line(exc)}); {existing_runs(step, dataset)}") from exc
+        raise ConfigError(
+            f"{option}={run_id}: no such run ({_first_line(exc)}); {existing_runs(step, dataset)}"
+        ) from exc
 
 
 def model_lookup_error(model_uri: str, exc: BaseException):
@@ -537,8 +548,10 @@ def model_lookup_error(model_uri: str, exc: BaseException):
     elif model_uri.startswith("runs:/"):
         what = existing_runs("train")
     elif "://" not in model_uri and not Path(model_uri).expanduser().exists():
-        return ConfigError(f"model={model_uri}: no such file or folder (a model URI looks like "
-                           f"models:/<name>@champion or runs:/<run id>/model); {existing_models()}")
+        return ConfigError(
+            f"model={model_uri}: no such file or folder (a model URI looks like "
+            f"models:/<name>@champion or runs:/<run id>/model); {existing_models()}"
+        )
     else:
         what = existing_models()
     return ConfigError(f"model={model_uri}: not found ({_first_line(exc)}); {what}")

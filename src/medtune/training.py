@@ -93,7 +93,9 @@ def configure_threads(intra: int | None = None, inter: int | None = None) -> tup
         )
         log.warning(
             "TensorFlow already started; keeping threads intra=%s inter=%s (asked %s, %s)",
-            *current, intra, inter,
+            *current,
+            intra,
+            inter,
         )
         return current
     return intra, inter
@@ -180,9 +182,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Ten
     """
     shape = tf.shape(images)
     b, h, w = shape[0], shape[1], shape[2]
-    u = tf.random.stateless_uniform(
-        tf.stack([b, 7]), seed=tf.cast(seed, tf.int64), minval=-1.0, maxval=1.0
-    )
+    u = tf.random.stateless_uniform(tf.stack([b, 7]), seed=tf.cast(seed, tf.int64), minval=-1.0, maxval=1.0)
     hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
     flip = tf.where(u[:, 0] > 0, -1.0, 1.0)  # horizontal flip = mirrored x axis
     angle = u[:, 1] * strength * (math.pi / 6)
@@ -241,17 +241,13 @@ def _check_xy(x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
     _check_images(x)
     y_arr = np.asarray(y)
     if y_arr.ndim != 1 or len(y_arr) != len(x):
-        raise DataError(
-            f"labels must be a 1-D array of {len(x)} class indices (got shape {y_arr.shape})"
-        )
+        raise DataError(f"labels must be a 1-D array of {len(x)} class indices (got shape {y_arr.shape})")
     if len(x) == 0:
         raise DataError("no images: the array is empty")
     if not np.issubdtype(y_arr.dtype, np.integer):
         raise DataError(f"labels must be integer class indices (got dtype {y_arr.dtype})")
     if y_arr.min() < 0 or y_arr.max() >= n_classes:
-        raise DataError(
-            f"labels must lie in [0, {n_classes - 1}] (got {y_arr.min()}..{y_arr.max()})"
-        )
+        raise DataError(f"labels must lie in [0, {n_classes - 1}] (got {y_arr.min()}..{y_arr.max()})")
     return y_arr.astype(np.int32)
 
 
@@ -275,7 +271,9 @@ def compile_model(model: keras.Model, params: Mapping[str, Any]) -> keras.Model:
         optimizer = keras.optimizers.Adam(learning_rate=lr)
     elif name == "adamw":
         decay = params.get("weight_decay", 1e-4)
-        optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=_positive(decay, "weight_decay") if decay else 0.0)
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=lr, weight_decay=_positive(decay, "weight_decay") if decay else 0.0
+        )
     elif name == "rmsprop":
         optimizer = keras.optimizers.RMSprop(learning_rate=lr)
     elif name == "sgd":
@@ -314,9 +312,7 @@ def balanced_class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     y = np.asarray(y).astype(np.int64).ravel()
     counts = np.bincount(y, minlength=n_classes)[:n_classes] if len(y) else np.zeros(n_classes, int)
     present = np.count_nonzero(counts)
-    return {
-        c: float(len(y) / (present * counts[c])) if counts[c] else 1.0 for c in range(n_classes)
-    }
+    return {c: float(len(y) / (present * counts[c])) if counts[c] else 1.0 for c in range(n_classes)}
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -406,8 +402,11 @@ def reestimate_batchnorm(model: keras.Model, images: np.ndarray, *, batch_size: 
         The number of BatchNorm layers re-estimated.
     """
     # _flatten_layers: every layer, nested backbones included (what Keras itself walks)
-    layers = [layer for layer in model._flatten_layers(include_self=False)
-              if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    layers = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
     step = max(2, int(batch_size))
     starts = [s for s in range(0, len(images), step) if len(images) - s >= 2]
     if not layers or not starts:
@@ -594,8 +593,12 @@ class TimeLimit(keras.callbacks.Callback):
         if not self.budget.allows(self.longest):
             self.model.stop_training = True
             self.stopped_epoch = epoch
-            log.info("Time budget: stopping after epoch %d (%.0f s left, an epoch takes about %.0f s)",
-                     epoch + 1, self.budget.remaining() or 0.0, self.longest)
+            log.info(
+                "Time budget: stopping after epoch %d (%.0f s left, an epoch takes about %.0f s)",
+                epoch + 1,
+                self.budget.remaining() or 0.0,
+                self.longest,
+            )
 
 
 class EpochCosine(keras.callbacks.Callback):
@@ -628,8 +631,9 @@ class EpochCosine(keras.callbacks.Callback):
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def schedule_callbacks(params: Mapping[str, Any], first: int, end: int, base_lr: float, *,
-                       last_stage: bool = True) -> list[keras.callbacks.Callback]:
+def schedule_callbacks(
+    params: Mapping[str, Any], first: int, end: int, base_lr: float, *, last_stage: bool = True
+) -> list[keras.callbacks.Callback]:
     """The ``lr_schedule`` of ``params`` for one stage: [] (constant) or an :class:`EpochCosine`.
 
     Warm-up (``warmup_epochs``) belongs to the last stage, where the fine-tuning starts.
@@ -706,11 +710,18 @@ def fit_stages(
             compile_model(model, {**params, "learning_rate": stage.learning_rate})
         if on_stage is not None:
             on_stage(stage, trainable)
-        schedule = schedule_callbacks(params, stage.first_epoch, stage.end_epoch, stage.learning_rate,
-                                      last_stage=stage is stages[-1])
+        schedule = schedule_callbacks(
+            params, stage.first_epoch, stage.end_epoch, stage.learning_rate, last_stage=stage is stages[-1]
+        )
         part = fit(
-            model, train_ds, val_ds, y_val=y_val, epochs=end, initial_epoch=begin,
-            class_weight=class_weight, callbacks=[_StageMarker(stage.number), *schedule, *callbacks],
+            model,
+            train_ds,
+            val_ds,
+            y_val=y_val,
+            epochs=end,
+            initial_epoch=begin,
+            class_weight=class_weight,
+            callbacks=[_StageMarker(stage.number), *schedule, *callbacks],
         )
         for key, values in part.items():
             history.setdefault(key, []).extend(values)

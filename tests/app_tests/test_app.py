@@ -58,14 +58,22 @@ def _register(experiment_id: str, seed: int, with_card: bool) -> str:
     model.fit(x.astype("float32"), keras.utils.to_categorical(y, len(CLASSES)), epochs=2, batch_size=8, verbose=0)
     meta = serving.build_metadata(CLASSES, SIZE, 3, dataset="synthetic", backbone="custom", params=PARAMS)
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        info = serving.log_model(model, meta, example_images=[encode(Image.fromarray(x[0]), "PNG")],
-                                 registered_model_name=NAME)
+        info = serving.log_model(
+            model, meta, example_images=[encode(Image.fromarray(x[0]), "PNG")], registered_model_name=NAME
+        )
         if with_card:
             ev = evaluate_model(model, x, y, CLASSES)
             data = DataInfo("synthetic", "generated", "", CLASSES, {"test": dict.fromkeys(CLASSES, 8)}, {})
-            cards.log_model_card(RunLogger(run.info.run_id), ev, test_split="synthetic:test", gate=None,
-                                 model=cards.model_info(model, meta, name=NAME, version="1", run_id=run.info.run_id,
-                                                        params_source="test fixture"), data=data)
+            cards.log_model_card(
+                RunLogger(run.info.run_id),
+                ev,
+                test_split="synthetic:test",
+                gate=None,
+                model=cards.model_info(
+                    model, meta, name=NAME, version="1", run_id=run.info.run_id, params_source="test fixture"
+                ),
+                data=data,
+            )
     return str(info.registered_model_version)
 
 
@@ -133,8 +141,11 @@ def test_safe_defaults_loopback_no_telemetry_no_run_history(served):
     assert app.blocks.analytics_enabled is False and os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     assert app.blocks.run_history is False and app.blocks.max_file_size == 2 * 1024**2
     assert Path(os.environ["GRADIO_TEMP_DIR"]) == app.cache_dir
-    assert not [r for r in MlflowClient().search_runs([MlflowClient().get_experiment_by_name(NAME).experiment_id])
-                if r.info.status == "RUNNING"]
+    assert not [
+        r
+        for r in MlflowClient().search_runs([MlflowClient().get_experiment_by_name(NAME).experiment_id])
+        if r.info.status == "RUNNING"
+    ]
 
 
 @pytest.mark.parametrize("kind", ["jpeg", "png16"])
@@ -160,10 +171,13 @@ def test_an_image_gets_label_probabilities_and_an_overlay_of_its_size(served, cl
     assert upload is None  # the input is cleared: the upload is gone from the server
 
 
-@pytest.mark.parametrize(("name", "data", "reason"), [
-    ("notes.txt", b"patient notes, not an image\n", "notes.txt: not an image"),
-    ("cut.jpg", None, "cut.jpg: truncated image"),
-])
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("notes.txt", b"patient notes, not an image\n", "notes.txt: not an image"),
+        ("cut.jpg", None, "cut.jpg: truncated image"),
+    ],
+)
 def test_a_bad_file_gets_a_message_and_the_app_keeps_answering(served, client, tmp_path, name, data, reason):
     if data is None:
         whole = encode(phantom(0, (120, 90)), "JPEG", quality=95)
@@ -214,7 +228,12 @@ def test_a_batch_of_files_and_a_zip_gives_a_table_a_csv_and_thumbnails(served, c
     files = [write(tmp_path, "one.jpg", encode(phantom(1), "JPEG")), write(tmp_path, "scans.zip", buf.getvalue())]
     message, table, extras, _ = client.predict([handle_file(f) for f in files], CHAMPION, api_name="/batch")
     frame = pd.DataFrame(table["data"], columns=table["headers"])
-    assert list(frame["file"]) == ["one.jpg", "scans.zip/ward/a.png", "scans.zip/ward/b.webp", "scans.zip/ward/readme.txt"]
+    assert list(frame["file"]) == [
+        "one.jpg",
+        "scans.zip/ward/a.png",
+        "scans.zip/ward/b.webp",
+        "scans.zip/ward/readme.txt",
+    ]
     assert list(frame["error"]) == ["", "", "", "not an image"] and message.startswith("3 images labelled")
     probs = frame[[f"prob_{c}" for c in CLASSES]].iloc[:3].astype(float).to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
@@ -264,8 +283,13 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1500",
-                "--proxy-server=127.0.0.1:9"):  # a dead proxy: Chromium reaches loopback (never proxied), nothing else
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--window-size=1280,1500",
+        "--proxy-server=127.0.0.1:9",
+    ):  # a dead proxy: Chromium reaches loopback (never proxied), nothing else
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(driver_bin), options=options)
     yield driver
@@ -298,19 +322,32 @@ def test_the_page_in_chromium_shows_the_label_overlay_and_warning_after_an_uploa
 
 def app_env(served) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADIO_")}
-    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{served['root'] / 'mlflow.db'}", MEDTUNE_HOME=str(served["root"]),
-               TF_CPP_MIN_LOG_LEVEL="2", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.update(
+        MLFLOW_TRACKING_URI=f"sqlite:///{served['root'] / 'mlflow.db'}",
+        MEDTUNE_HOME=str(served["root"]),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
     env.pop("MLFLOW_RUN_ID", None)
     return env
 
 
-@pytest.mark.parametrize(("args", "error"), [
-    (["--model", f"models:/{NAME}@nope"], f"model=models:/{NAME}@nope: not in the registry"),
-    (["--max-file-size", "lots"], "max_file_size=lots: expected a size such as 20mb"),
-])
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--model", f"models:/{NAME}@nope"], f"model=models:/{NAME}@nope: not in the registry"),
+        (["--max-file-size", "lots"], "max_file_size=lots: expected a size such as 20mb"),
+    ],
+)
 def test_the_app_command_names_a_bad_option_in_one_line(served, args, error):
-    proc = subprocess.run([str(Path(sys.executable).parent / "medtune"), "app", *args],
-                          env=app_env(served), cwd=served["root"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "medtune"), "app", *args],
+        env=app_env(served),
+        cwd=served["root"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"medtune: error: {error}")
 
@@ -318,12 +355,22 @@ def test_the_app_command_names_a_bad_option_in_one_line(served, args, error):
 @pytest.mark.slow
 def test_the_app_entry_point_serves_the_page_and_leaves_no_run_running(served):
     port = free_port()
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(Path(__file__).resolve().parents[2]),
-           "--env-manager", "local", "-e", "app", "-P", f"port={port}"]
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "run",
+        str(Path(__file__).resolve().parents[2]),
+        "--env-manager",
+        "local",
+        "-e",
+        "app",
+        "-P",
+        f"port={port}",
+    ]
     log_file = served["root"] / "app.log"
     with open(log_file, "w") as log:
-        server = subprocess.Popen(cmd, env=app_env(served), cwd=served["root"], stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        server = subprocess.Popen(
+            cmd, env=app_env(served), cwd=served["root"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -337,12 +384,14 @@ def test_the_app_entry_point_serves_the_page_and_leaves_no_run_running(served):
             assert time.monotonic() < deadline, f"no page in 120 s:\n{log_file.read_text()[-3000:]}"
             time.sleep(1)
         client = MlflowClient()
-        launcher = client.search_runs([client.get_experiment_by_name("Default").experiment_id],
-                                      order_by=["attributes.start_time DESC"])[0]
+        launcher = client.search_runs(
+            [client.get_experiment_by_name("Default").experiment_id], order_by=["attributes.start_time DESC"]
+        )[0]
         assert launcher.info.status == "FINISHED" and "logs nothing" in launcher.data.tags["medtune.note"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    running = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                 filter_string="attributes.status = 'RUNNING'")
+    running = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string="attributes.status = 'RUNNING'"
+    )
     assert not running

@@ -21,9 +21,17 @@ def make_manifest(prefix: str = "/data") -> pd.DataFrame:
         for label in CLASSES:
             for i in range(n):
                 name = f"{split}-{label}-{i}"
-                rows.append({"path": f"{prefix}/{label}/{name}.png", "label": label, "split": split,
-                             "sha256": hashlib.sha256(name.encode()).hexdigest(), "phash": "0" * 16,
-                             "source": "train", "group": ""})
+                rows.append(
+                    {
+                        "path": f"{prefix}/{label}/{name}.png",
+                        "label": label,
+                        "split": split,
+                        "sha256": hashlib.sha256(name.encode()).hexdigest(),
+                        "phash": "0" * 16,
+                        "source": "train",
+                        "group": "",
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -124,8 +132,9 @@ def test_failed_build_leaves_no_cache_directory(tmp_path):
 def test_wrong_decoder_output_and_unknown_labels_are_data_errors(tmp_path):
     manifest = make_manifest()
     with pytest.raises(DataError, match="decode returned"):
-        ensure_cache(manifest, CLASSES, 8, root=tmp_path,
-                     decode=lambda p, s, c: np.zeros((len(p), s, s, c), np.float32))
+        ensure_cache(
+            manifest, CLASSES, 8, root=tmp_path, decode=lambda p, s, c: np.zeros((len(p), s, s, c), np.float32)
+        )
     with pytest.raises(DataError, match="not in classes"):
         ensure_cache(manifest, ["glioma"], 8, root=tmp_path, decode=FakeDecoder())
     with pytest.raises(DataError, match="channels"):

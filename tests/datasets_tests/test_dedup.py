@@ -72,8 +72,12 @@ def test_reencoded_image_is_a_near_duplicate_with_imagehash_phash():
 
 
 def test_label_conflicts_are_groups_with_several_labels():
-    records = [rec("a", "s1", label="x"), rec("b", "s1", label="y"),
-               rec("c", "s2", label="x"), rec("d", "s2", label="x")]
+    records = [
+        rec("a", "s1", label="x"),
+        rec("b", "s1", label="y"),
+        rec("c", "s2", label="x"),
+        rec("d", "s2", label="x"),
+    ]
     groups = find_groups(records)
     assert groups == [[0, 1], [2, 3]]
     assert label_conflicts(records, groups) == [[0, 1]]

@@ -227,6 +227,7 @@ def test_the_split_report_lists_ignored_files_as_it_lists_skipped_ones(messy):
     _put(messy / "train" / "cat" / "notes.txt", b"x")
     result, _ = scan_dataset(detect_layout(messy))
     report = make_split(result, seed=1).report
-    assert {"path": str(messy / "train" / "cat" / "notes.txt"), "reason": "not an image file (.txt)"} \
-        in report["ignored_files"]
+    assert {"path": str(messy / "train" / "cat" / "notes.txt"), "reason": "not an image file (.txt)"} in report[
+        "ignored_files"
+    ]
     assert len(report["ignored_files"]) == sum(report["ignored"].values())

@@ -44,8 +44,10 @@ def test_group_ids_follow_the_group_order_and_index_their_members():
 def test_label_conflicts_are_every_copy_of_one_file_under_two_labels():
     records = [rec("/d/a/1.png", "a", sha=SHA_A), rec("/d/a/2.png", "a"), rec("/d/b/1.png", "b", sha=SHA_A)]
     conflicts = find_label_conflicts(records, [[0, 2]])
-    assert conflicts == {0: {"path": "/d/a/1.png", "label": "a", "group": "g00000"},
-                         2: {"path": "/d/b/1.png", "label": "b", "group": "g00000"}}
+    assert conflicts == {
+        0: {"path": "/d/a/1.png", "label": "a", "group": "g00000"},
+        2: {"path": "/d/b/1.png", "label": "b", "group": "g00000"},
+    }
 
 
 def test_near_duplicates_with_two_labels_are_not_conflicts_but_mismatches():
@@ -53,7 +55,8 @@ def test_near_duplicates_with_two_labels_are_not_conflicts_but_mismatches():
     records = [a, rec("/d/b/1.png", "b", phash=near_phash(a.phash))]
     assert find_label_conflicts(records, [[0, 1]]) == {}
     assert find_near_label_mismatches(records, [[0, 1]], excluded=set()) == [
-        {"group": "g00000", "labels": ["a", "b"], "paths": ["/d/a/1.png", "/d/b/1.png"]}]
+        {"group": "g00000", "labels": ["a", "b"], "paths": ["/d/a/1.png", "/d/b/1.png"]}
+    ]
 
 
 def test_mismatches_ignore_records_already_left_out():
@@ -70,7 +73,9 @@ def test_test_leaks_name_the_exact_copy_in_train_else_the_first_training_image()
     ]
     leaks = find_test_leaks(records, [[0, 1, 2, 3]], excluded=set())
     assert {i: (e["duplicate_of"], e["kind"]) for i, e in leaks.items()} == {
-        0: ("/d/Training/a/2.png", "exact"), 1: ("/d/Training/a/1.png", "near")}
+        0: ("/d/Training/a/2.png", "exact"),
+        1: ("/d/Training/a/1.png", "near"),
+    }
 
 
 def test_a_group_of_test_images_only_is_no_leak():
@@ -92,7 +97,9 @@ def test_exact_duplicates_keep_the_training_copy_then_the_first_path():
     ]
     duplicates = find_exact_duplicates(records, [[0, 1], [2, 3]], excluded=set())
     assert {records[i].path: e["duplicate_of"] for i, e in duplicates.items()} == {
-        "/d/Testing/a/0.png": "/d/Training/a/9.png", "/d/Training/a/z.png": "/d/Training/a/y.png"}
+        "/d/Testing/a/0.png": "/d/Training/a/9.png",
+        "/d/Training/a/z.png": "/d/Training/a/y.png",
+    }
     assert duplicates[0]["source"] == "test" and duplicates[0]["group"] == "g00000"
 
 
@@ -138,11 +145,14 @@ def test_deal_class_with_an_official_test_set_deals_only_the_training_pool():
     assert len(dealt["val"]) == 1 and len(dealt["train"]) == 3
 
 
-@pytest.mark.parametrize(("official", "sources", "message"), [
-    (False, ["train", "train"], r"class 'a' has 2 group\(s\)"),
-    (True, ["train", "train"], r"2 training group\(s\) and 0 official test group\(s\)"),
-    (True, ["train", "test"], r"1 training group\(s\) and 1 official test group\(s\)"),
-])
+@pytest.mark.parametrize(
+    ("official", "sources", "message"),
+    [
+        (False, ["train", "train"], r"class 'a' has 2 group\(s\)"),
+        (True, ["train", "train"], r"2 training group\(s\) and 0 official test group\(s\)"),
+        (True, ["train", "test"], r"1 training group\(s\) and 1 official test group\(s\)"),
+    ],
+)
 def test_deal_class_with_too_few_units_is_a_data_error(official, sources, message):
     records = [rec(f"/d/{s}/a/{i}.png", "a", s) for i, s in enumerate(sources)]
     units = [Unit(r.path, "a", [i]) for i, r in enumerate(records)]
@@ -165,18 +175,32 @@ def test_manifest_rows_are_sorted_and_carry_their_group():
     manifest = build_manifest(records, [[0, 1]], {0: "val", 1: "val", 2: "test"})
     assert list(manifest.columns) == list(MANIFEST_COLUMNS)
     assert manifest[["path", "split", "group"]].values.tolist() == [
-        ["/d/b/1.png", "test", ""], ["/d/a/1.png", "val", "g00000"], ["/d/a/2.png", "val", "g00000"]]
+        ["/d/b/1.png", "test", ""],
+        ["/d/a/1.png", "val", "g00000"],
+        ["/d/a/2.png", "val", "g00000"],
+    ]
 
 
 def _removals(removed=0, conflicted=0, test_dropped=0) -> Removals:
-    return Removals(conflicted=dict.fromkeys(range(conflicted), {}), near_mismatch=[],
-                    test_dropped=dict.fromkeys(range(test_dropped), {}), removed=dict.fromkeys(range(removed), {}))
+    return Removals(
+        conflicted=dict.fromkeys(range(conflicted), {}),
+        near_mismatch=[],
+        test_dropped=dict.fromkeys(range(test_dropped), {}),
+        removed=dict.fromkeys(range(removed), {}),
+    )
 
 
 def test_accounting_adds_up_every_file():
     accounted = account_for_files(10, 2, 5, _removals(removed=1, conflicted=2, test_dropped=2))
-    assert accounted == {"files_seen": 12, "kept": 5, "skipped": 2, "removed_duplicates": 1, "conflicted": 2,
-                         "test_dropped_duplicates_of_train": 2, "ok": True}
+    assert accounted == {
+        "files_seen": 12,
+        "kept": 5,
+        "skipped": 2,
+        "removed_duplicates": 1,
+        "conflicted": 2,
+        "test_dropped_duplicates_of_train": 2,
+        "ok": True,
+    }
 
 
 def test_lost_files_raise_an_internal_error_even_under_python_O():
@@ -203,18 +227,38 @@ def test_an_official_test_folder_allows_a_zero_test_fraction():
 
 def test_report_lists_what_left_and_why_with_the_parameters():
     records = [rec("/d/a/1.png", "a", sha=SHA_A), rec("/d/a/2.png", "a", sha=SHA_A), rec("/d/b/1.png", "b")]
-    scan = ScanResult(root="/d", classes=["a", "b"], records=records, skipped=[SkippedFile("/d/a/x.png", "truncated")],
-                      ignored={"hidden": 3})
+    scan = ScanResult(
+        root="/d",
+        classes=["a", "b"],
+        records=records,
+        skipped=[SkippedFile("/d/a/x.png", "truncated")],
+        ignored={"hidden": 3},
+    )
     removals = find_removals(records, [[0, 1]], official=False)
     manifest = build_manifest(records, [[0, 1]], {0: "train", 2: "val"})
     accounted = account_for_files(3, 1, len(manifest), removals)
-    report = build_report(scan, records, [[0, 1]], manifest, removals, accounted, classes=["a", "b"], seed=5,
-                          val_fraction=0.2, test_fraction=0.1, phash_distance=0)
+    report = build_report(
+        scan,
+        records,
+        [[0, 1]],
+        manifest,
+        removals,
+        accounted,
+        classes=["a", "b"],
+        seed=5,
+        val_fraction=0.2,
+        test_fraction=0.1,
+        phash_distance=0,
+    )
     assert report["counts"]["train"] == {"a": 1, "b": 0} and report["totals"] == {"train": 1, "val": 1, "test": 0}
-    assert report["removed_duplicates"] == [{"path": "/d/a/2.png", "label": "a", "source": "train",
-                                             "duplicate_of": "/d/a/1.png", "group": "g00000"}]
-    assert report["duplicate_groups"] == {"count": 1, "largest": 2,
-                                          "groups": [{"id": "g00000", "paths": ["/d/a/1.png", "/d/a/2.png"]}]}
+    assert report["removed_duplicates"] == [
+        {"path": "/d/a/2.png", "label": "a", "source": "train", "duplicate_of": "/d/a/1.png", "group": "g00000"}
+    ]
+    assert report["duplicate_groups"] == {
+        "count": 1,
+        "largest": 2,
+        "groups": [{"id": "g00000", "paths": ["/d/a/1.png", "/d/a/2.png"]}],
+    }
     assert report["skipped"] == [{"path": "/d/a/x.png", "reason": "truncated"}] and report["ignored"] == {"hidden": 3}
     assert (report["seed"], report["test_source"], report["notes"]) == (5, "carved", [])
     assert report["accounted"]["ok"]
@@ -224,7 +268,17 @@ def test_report_warns_about_a_huge_near_duplicate_group():
     records = [rec(f"/d/a/{i:02d}.png", "a") for i in range(60)]
     groups = [list(range(60))]
     removals = Removals({}, [], {}, {})
-    report = build_report(ScanResult(root="/d", classes=["a"], records=records), records, groups,
-                          build_manifest(records, groups, {}), removals, {}, classes=["a"], seed=0,
-                          val_fraction=0.2, test_fraction=0.2, phash_distance=8)
+    report = build_report(
+        ScanResult(root="/d", classes=["a"], records=records),
+        records,
+        groups,
+        build_manifest(records, groups, {}),
+        removals,
+        {},
+        classes=["a"],
+        seed=0,
+        val_fraction=0.2,
+        test_fraction=0.2,
+        phash_distance=8,
+    )
     assert any("largest duplicate group holds 60 images" in note for note in report["notes"])

@@ -21,8 +21,16 @@ def _phash(key: str) -> str:
 
 
 def rec(path, label, source="train", sha=None, phash=None) -> ImageRecord:
-    return ImageRecord(path=path, label=label, source=source, sha256=sha or hashlib.sha256(path.encode()).hexdigest(),
-                       phash=phash or _phash(path), width=8, height=8, mode="L")
+    return ImageRecord(
+        path=path,
+        label=label,
+        source=source,
+        sha256=sha or hashlib.sha256(path.encode()).hexdigest(),
+        phash=phash or _phash(path),
+        width=8,
+        height=8,
+        mode="L",
+    )
 
 
 def near(phash: str, bits: int = 1) -> str:
@@ -31,8 +39,14 @@ def near(phash: str, bits: int = 1) -> str:
 
 def scan_of(records, official=False, skipped=(), ignored=None) -> ScanResult:
     classes = sorted({r.label for r in records})
-    return ScanResult(root="/data", classes=classes, records=list(records), skipped=list(skipped),
-                      ignored=dict(ignored or {}), has_official_test=official)
+    return ScanResult(
+        root="/data",
+        classes=classes,
+        records=list(records),
+        skipped=list(skipped),
+        ignored=dict(ignored or {}),
+        has_official_test=official,
+    )
 
 
 def carved_dataset() -> tuple[list[ImageRecord], dict[str, int]]:
@@ -116,7 +130,9 @@ def test_official_test_drops_duplicates_of_train_and_ignores_test_fraction():
     m, report = result.manifest, result.report
     assert report["test_dropped_duplicates_of_train"] == 2
     assert {d["path"]: d["kind"] for d in report["test_dropped"]} == {
-        "/d/Testing/a/copy.jpg": "exact", "/d/Testing/b/reenc.jpg": "near"}
+        "/d/Testing/a/copy.jpg": "exact",
+        "/d/Testing/b/reenc.jpg": "near",
+    }
     assert sorted(m[m["split"] == "test"]["path"]) == sorted(t.path for t in tests[:12])
     assert set(m[m["split"] == "val"]["source"]) == {"train"}
     assert report["test_fraction_ignored"] is True and report["notes"]
@@ -153,8 +169,15 @@ def test_every_file_is_accounted_for():
     report = result.report
     acc = report["accounted"]
     assert acc["ok"] and acc["files_seen"] == len(records) + 1
-    assert acc == {"files_seen": len(records) + 1, "kept": len(result.manifest), "skipped": 1, "removed_duplicates": 1,
-                   "conflicted": 2, "test_dropped_duplicates_of_train": 0, "ok": True}
+    assert acc == {
+        "files_seen": len(records) + 1,
+        "kept": len(result.manifest),
+        "skipped": 1,
+        "removed_duplicates": 1,
+        "conflicted": 2,
+        "test_dropped_duplicates_of_train": 0,
+        "ok": True,
+    }
     everything = set(result.manifest["path"]) | {d["path"] for d in report["label_conflicts"]}
     everything |= {d["path"] for d in report["removed_duplicates"]} | {d["path"] for d in report["skipped"]}
     assert everything == {r.path for r in records} | {"/data/train/glioma/broken.jpg"}

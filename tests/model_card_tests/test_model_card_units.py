@@ -29,15 +29,41 @@ def predictions(n=120, seed=0):
 def make_card(gate=True, n_resamples=300):
     y, p = predictions()
     scores = metrics.classification_metrics(y, p, CLASSES)
-    model = mc.ModelInfo("medtune-synthetic", "3", "abc123", "custom", "none", "", 64, 3, 12345,
-                      {"filters": 16, "optimizer": "adam"}, "search run s1, best trial 7")
-    data = mc.DataInfo("synthetic", "split run r1", "0123456789abcdef", CLASSES,
-                    {"train": dict.fromkeys(CLASSES, 84), "val": dict.fromkeys(CLASSES, 18), "test": dict.fromkeys(CLASSES, 30)},
-                    {"byte_identical_copies_removed": 2, "label_conflicts_left_out": 1}, {"truncated image": 1})
+    model = mc.ModelInfo(
+        "medtune-synthetic",
+        "3",
+        "abc123",
+        "custom",
+        "none",
+        "",
+        64,
+        3,
+        12345,
+        {"filters": 16, "optimizer": "adam"},
+        "search run s1, best trial 7",
+    )
+    data = mc.DataInfo(
+        "synthetic",
+        "split run r1",
+        "0123456789abcdef",
+        CLASSES,
+        {"train": dict.fromkeys(CLASSES, 84), "val": dict.fromkeys(CLASSES, 18), "test": dict.fromkeys(CLASSES, 30)},
+        {"byte_identical_copies_removed": 2, "label_conflicts_left_out": 1},
+        {"truncated image": 1},
+    )
     g = mc.GateInfo("champion", scores["test_macro_f1"], "2", 0.5, 0.0, "beats v2") if gate else None
-    card = mc.build_card(model=model, data=data, metrics=scores, y_true=y, proba=p,
-                      confusion=metrics.confusion(y, p.argmax(1), 4), test_split="synthetic:feed", gate=g,
-                      examples={"right": 4, "wrong": 2}, n_resamples=n_resamples)
+    card = mc.build_card(
+        model=model,
+        data=data,
+        metrics=scores,
+        y_true=y,
+        proba=p,
+        confusion=metrics.confusion(y, p.argmax(1), 4),
+        test_split="synthetic:feed",
+        gate=g,
+        examples={"right": 4, "wrong": 2},
+        n_resamples=n_resamples,
+    )
     return card, scores, y, p
 
 
@@ -71,7 +97,10 @@ def test_card_figures_are_the_logged_metrics_with_intervals_around_them():
         assert est.value == scores[f"test_{key}"] and est.low <= est.value <= est.high, key
     for c in r.per_class:
         key = metrics.safe_key(c.name)
-        assert c.sensitivity.value == scores[f"test_recall_{key}"] and c.specificity.value == scores[f"test_specificity_{key}"]
+        assert (
+            c.sensitivity.value == scores[f"test_recall_{key}"]
+            and c.specificity.value == scores[f"test_specificity_{key}"]
+        )
         assert c.sensitivity.low <= c.sensitivity.value <= c.sensitivity.high
         assert c.support == (y == CLASSES.index(c.name)).sum()
     assert r.ece == scores["test_ece"] and np.trace(r.confusion) / r.n_test == pytest.approx(scores["test_accuracy"])
@@ -112,12 +141,20 @@ def test_html_is_self_contained_with_inline_png_figures():
 
     card, _, y, p = make_card()
     rng = np.random.default_rng(0)
-    items = [GalleryItem(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), rng.random((32, 32)), f"true a\npred b ({i})",
-                         correct=i % 3 != 0) for i in range(6)]
+    items = [
+        GalleryItem(
+            rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+            rng.random((32, 32)),
+            f"true a\npred b ({i})",
+            correct=i % 3 != 0,
+        )
+        for i in range(6)
+    ]
     examples = mc.gradcam_examples({"a": items[:3], "b": items[3:]}, per_kind=4)
     assert [len(examples["right"]), len(examples["wrong"])] == [4, 2]
-    figures = mc.card_figures(metrics.confusion(y, p.argmax(1), 4), roc_curves(y, p, 4), reliability_bins(y, p), CLASSES,
-                           examples)
+    figures = mc.card_figures(
+        metrics.confusion(y, p.argmax(1), 4), roc_curves(y, p, 4), reliability_bins(y, p), CLASSES, examples
+    )
     assert sorted(figures) == sorted(mc.FIGURES)
     page = mc.render_html(card, figures)
     parser = _Links()

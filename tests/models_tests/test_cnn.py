@@ -140,7 +140,13 @@ def test_dropout_rate_is_applied():
 
 def test_numpy_and_string_values_are_accepted():
     model = build_cnn(
-        {"num_blocks": np.int64(2), "filters": 8.0, "residual": "true", "batch_norm": np.bool_(False), "dense_units": 16},
+        {
+            "num_blocks": np.int64(2),
+            "filters": 8.0,
+            "residual": "true",
+            "batch_norm": np.bool_(False),
+            "dense_units": 16,
+        },
         SHAPE,
         3,
     )

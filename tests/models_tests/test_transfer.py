@@ -35,8 +35,12 @@ def test_every_backbone_builds_and_trains_one_step_from_raw_grey_pixels(backbone
     x = rng.integers(0, 256, (4, size, size, 1)).astype(np.uint8)
     y = np.array([0, 1, 2, 0])
     history = training.fit_stages(
-        model, params, training.make_dataset(x, y, 3, 4, training=True),
-        training.make_dataset(x, y, 3, 4, training=False), y_val=y, epochs=2,
+        model,
+        params,
+        training.make_dataset(x, y, 3, 4, training=True),
+        training.make_dataset(x, y, 3, 4, training=False),
+        y_val=y,
+        epochs=2,
     )
     assert history["stage"] == [1.0, 2.0]  # one epoch per stage, numbered on
     assert all(np.isfinite(history["loss"]))
@@ -99,8 +103,16 @@ def test_backbones_of_space_and_params():
 def test_stage_plan():
     custom = stage_plan({"learning_rate": 1e-3}, 5)
     assert [(s.number, s.first_epoch, s.end_epoch) for s in custom] == [(1, 0, 5)]
-    two = stage_plan({"backbone": "resnet50", "learning_rate": 1e-3, "head_epochs": 2, "fine_tune_layers": 30,
-                      "fine_tune_lr_factor": 0.1}, 5)
+    two = stage_plan(
+        {
+            "backbone": "resnet50",
+            "learning_rate": 1e-3,
+            "head_epochs": 2,
+            "fine_tune_layers": 30,
+            "fine_tune_lr_factor": 0.1,
+        },
+        5,
+    )
     assert [(s.number, s.first_epoch, s.end_epoch, s.fine_tune_layers) for s in two] == [(1, 0, 2, 0), (2, 2, 5, 30)]
     assert two[1].learning_rate == pytest.approx(1e-4)
     frozen = stage_plan({"backbone": "resnet50", "head_epochs": 2, "fine_tune_layers": 0}, 5)
@@ -118,7 +130,8 @@ def mobilenet_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "mobilenet_v2.h5"
     with h5py.File(path, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(
-            f, keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)))
+            f, keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
+        )
     return path
 
 
@@ -152,13 +165,22 @@ def test_stage_two_is_skipped_for_a_pruned_trial_and_early_stopping_spans_stages
     y = np.array([0, 1, 0, 1])
     ds = training.make_dataset(x, y, 2, 4, training=False)
     stages = []
-    history = training.fit_stages(model, params, ds, ds, y_val=y, epochs=3, stop_requested=lambda: True,
-                                  on_stage=lambda st, n: stages.append(st.number))
+    history = training.fit_stages(
+        model,
+        params,
+        ds,
+        ds,
+        y_val=y,
+        epochs=3,
+        stop_requested=lambda: True,
+        on_stage=lambda st, n: stages.append(st.number),
+    )
     assert stages == [1] and history["stage"] == [1.0]
 
     stopper = training.StagedEarlyStopping(monitor="val_macro_f1", mode="max", patience=5, restore_best_weights=True)
-    history = training.fit_stages(model, params, ds, ds, y_val=y, epochs=3, callbacks=[stopper],
-                                  on_stage=lambda st, n: stages.append(st.number))
+    history = training.fit_stages(
+        model, params, ds, ds, y_val=y, epochs=3, callbacks=[stopper], on_stage=lambda st, n: stages.append(st.number)
+    )
     assert stages == [1, 1, 2] and history["stage"] == [1.0, 2.0, 2.0]
     assert stopper.best == max(history["val_macro_f1"])  # the best of both stages, not of stage 2 alone
 
@@ -187,10 +209,12 @@ def _imagenet_mobilenet_file() -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_imagenet_mobilenet_file() is None,
-                    reason="needs ImageNet MobileNetV2 weights (set MEDTUNE_TEST_IMAGENET_WEIGHTS or fill Keras's "
-                           "cache); from random weights MobileNetV2 learns `synthetic` but its heatmaps do not beat "
-                           "the centre-bias control")
+@pytest.mark.skipif(
+    _imagenet_mobilenet_file() is None,
+    reason="needs ImageNet MobileNetV2 weights (set MEDTUNE_TEST_IMAGENET_WEIGHTS or fill Keras's "
+    "cache); from random weights MobileNetV2 learns `synthetic` but its heatmaps do not beat "
+    "the centre-bias control",
+)
 def test_gradcam_of_a_fine_tuned_mobilenet_concentrates_on_the_lesion():
     """A MobileNetV2 fine-tuned on `synthetic` in medtune's two stages looks at the lesion, as the custom CNN does."""
     from medtune.models.weights import resolve_weights

@@ -112,10 +112,13 @@ def test_an_html_page_saved_as_h5_is_a_clear_error(tmp_path):
         resolve_weights(str(path), ["xception"])
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("w.h5", b"not hdf5 at all", "no HDF5 signature"),
-    ("w.npz", b"\x89HDF\r\n\x1a\n", "expected a .h5 or .weights.h5 file"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("w.h5", b"not hdf5 at all", "no HDF5 signature"),
+        ("w.npz", b"\x89HDF\r\n\x1a\n", "expected a .h5 or .weights.h5 file"),
+    ],
+)
 def test_other_bad_files(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content)

@@ -8,10 +8,23 @@ from medtune.errors import ConfigError
 from medtune.planning import Budget, parse_budget, plateaued
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("90", 5400), ("90m", 5400), ("2h", 7200), ("1h30m", 5400), ("45s", 45), (" 2H ", 7200), (30, 1800),
-    ("1.5h", 5400), ("", None), ("0", None), ("none", None), (None, None),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("90", 5400),
+        ("90m", 5400),
+        ("2h", 7200),
+        ("1h30m", 5400),
+        ("45s", 45),
+        (" 2H ", 7200),
+        (30, 1800),
+        ("1.5h", 5400),
+        ("", None),
+        ("0", None),
+        ("none", None),
+        (None, None),
+    ],
+)
 def test_parse_budget(text, seconds):
     assert parse_budget(text) == seconds
 

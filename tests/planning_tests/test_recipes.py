@@ -26,8 +26,13 @@ def test_a_space_without_the_backbone_leaves_the_transfer_recipe_out():
 def test_values_outside_the_space_fall_back_to_its_defaults():
     [(_, hand), _] = recipes_for(_space("demo"))  # demo's num_blocks is 2..3, the recipe wants 4
     assert hand["num_blocks"] == 3 and hand["conv_type"] == "separable"
-    space = parse_space({"params": {"filters": {"type": "categorical", "choices": [8, 16], "default": 8},
-                                    "learning_rate": {"type": "float", "low": 1e-4, "high": 5e-4, "log": True,
-                                                      "default": 2e-4}}})
+    space = parse_space(
+        {
+            "params": {
+                "filters": {"type": "categorical", "choices": [8, 16], "default": 8},
+                "learning_rate": {"type": "float", "low": 1e-4, "high": 5e-4, "log": True, "default": 2e-4},
+            }
+        }
+    )
     [(name, params)] = recipes_for(space)  # both recipes collapse onto the defaults
     assert params == {"filters": 8, "learning_rate": 2e-4} and name in RECIPES

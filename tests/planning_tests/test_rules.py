@@ -15,14 +15,23 @@ GPU = MachineFingerprint(gpus=1, cpu_cores=16, memory_gib=128, gpu_memory_gib=13
 
 
 def data(per_class: dict[str, int], median_side=512, colour=0.0) -> DataFingerprint:
-    return DataFingerprint(classes=tuple(per_class), train_per_class=per_class, n_train=sum(per_class.values()),
-                           n_val=sum(per_class.values()) // 5, n_test=sum(per_class.values()) // 5,
-                           median_side=median_side, small_side=median_side // 2, colour_fraction=colour)
+    return DataFingerprint(
+        classes=tuple(per_class),
+        train_per_class=per_class,
+        n_train=sum(per_class.values()),
+        n_val=sum(per_class.values()) // 5,
+        n_test=sum(per_class.values()) // 5,
+        median_side=median_side,
+        small_side=median_side // 2,
+        colour_fraction=colour,
+    )
 
 
 BRAIN = data({"glioma": 900, "meningioma": 920, "notumor": 1100, "pituitary": 960}, median_side=512)
 TINY = data({"a": 20, "b": 25}, median_side=300)
-IMBALANCED = data({f"c{i}": n for i, n in enumerate([1800, 500, 300, 120, 90, 60, 40, 30, 20])}, median_side=600, colour=1.0)
+IMBALANCED = data(
+    {f"c{i}": n for i, n in enumerate([1800, 500, 300, 120, 90, 60, 40, 30, 20])}, median_side=600, colour=1.0
+)
 SMALL_IMAGES = data({"a": 3000, "b": 3000}, median_side=48)
 
 
@@ -61,8 +70,15 @@ def test_tiny_data_gets_stronger_augmentation_and_the_plan_caps_its_counts():
     assert plan.epochs == 60  # capped: the data is cheap, not worth more
     # each rung of a trial pays a fixed cost (build and trace) however small the data
     rungs = len(plan.rungs)
-    assert plan.trials == int(plan.search_s // (0.5 * rungs * FIT_OVERHEAD_S + 0.5 * FIT_OVERHEAD_S + 0.5 * sum(
-        epoch_seconds(TINY.n_train, s, CPU) for s in plan.rungs) + 0.5 * epoch_seconds(TINY.n_train, plan.rungs[0], CPU)))
+    assert plan.trials == int(
+        plan.search_s
+        // (
+            0.5 * rungs * FIT_OVERHEAD_S
+            + 0.5 * FIT_OVERHEAD_S
+            + 0.5 * sum(epoch_seconds(TINY.n_train, s, CPU) for s in plan.rungs)
+            + 0.5 * epoch_seconds(TINY.n_train, plan.rungs[0], CPU)
+        )
+    )
     assert "smallest class 20" in plan.reasons["augment"]
 
 
@@ -80,10 +96,29 @@ def test_small_images_are_not_upsampled_beyond_their_size():
 
 
 def test_the_users_values_override_every_rule():
-    plan = make_plan(BRAIN, CPU, 3600, {"trials": 7, "image_size": 96, "space": "cnn_cpu", "epochs": 11,
-                                        "ensemble": 1, "search_image_size": 64, "class_weights": True})
-    assert (plan.trials, plan.image_size, plan.space, plan.epochs, plan.ensemble, plan.rungs, plan.class_weights) == \
-        (7, 96, "cnn_cpu", 11, 1, (64,), True)
+    plan = make_plan(
+        BRAIN,
+        CPU,
+        3600,
+        {
+            "trials": 7,
+            "image_size": 96,
+            "space": "cnn_cpu",
+            "epochs": 11,
+            "ensemble": 1,
+            "search_image_size": 64,
+            "class_weights": True,
+        },
+    )
+    assert (plan.trials, plan.image_size, plan.space, plan.epochs, plan.ensemble, plan.rungs, plan.class_weights) == (
+        7,
+        96,
+        "cnn_cpu",
+        11,
+        1,
+        (64,),
+        True,
+    )
     assert plan.reasons["trials"] == "given" and plan.reasons["rungs"] == "given (one size)"
 
 
@@ -105,9 +140,13 @@ def test_fingerprint_from_a_split_report_and_image_stats(tmp_path):
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "grey.png")
     stats = image_stats([*paths, str(tmp_path / "grey.png"), str(tmp_path / "missing.png")])
     assert stats["sampled"] == 7 and stats["median_side"] == 42 and stats["colour_fraction"] == pytest.approx(3 / 7)
-    report = {"counts": {"train": {"a": 10, "b": 30}, "val": {"a": 2, "b": 6}, "test": {"a": 3, "b": 5}},
-              "removed_duplicates": [{"path": "x"}] * 4, "label_conflicts": [{"path": "y"}] * 2,
-              "conflicted": 2, "test_dropped_duplicates_of_train": 1}
+    report = {
+        "counts": {"train": {"a": 10, "b": 30}, "val": {"a": 2, "b": 6}, "test": {"a": 3, "b": 5}},
+        "removed_duplicates": [{"path": "x"}] * 4,
+        "label_conflicts": [{"path": "y"}] * 2,
+        "conflicted": 2,
+        "test_dropped_duplicates_of_train": 1,
+    }
     fp = DataFingerprint.from_split(report, stats)
     assert (fp.n_train, fp.n_val, fp.n_test, fp.imbalance_ratio) == (40, 8, 8, 3.0)
     assert (fp.duplicates_removed, fp.label_conflicts, fp.test_duplicates_dropped) == (4, 2, 1)
@@ -125,6 +164,8 @@ def test_final_training_is_re_planned_from_a_measured_epoch_time():
     slow = plan_final(planned.final_s, 60.0)
     fast = plan_final(planned.final_s, 30.0)
     assert fast[0] * fast[1] > slow[0] * slow[1]
-    assert plan_final(planned.final_s, 30.0, {"ensemble": 1})[:2] == (1, min(60, int((planned.final_s - EVALUATION_S
-                                                                                       - FIT_OVERHEAD_S) // 30)))
+    assert plan_final(planned.final_s, 30.0, {"ensemble": 1})[:2] == (
+        1,
+        min(60, int((planned.final_s - EVALUATION_S - FIT_OVERHEAD_S) // 30)),
+    )
     assert plan_final(600, 30.0, {"epochs": 5}) == (1, 5, plan_final(600, 30.0, {"epochs": 5})[2])

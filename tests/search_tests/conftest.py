@@ -110,7 +110,11 @@ class Background:
         self.log = project.home / f"medtune-{time.monotonic_ns()}.log"
         self._fh = open(self.log, "w")
         self.proc = subprocess.Popen(
-            medtune_command(*args), env=project.env, cwd=project.home, stdout=self._fh, stderr=subprocess.STDOUT,
+            medtune_command(*args),
+            env=project.env,
+            cwd=project.home,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
             text=True,
         )
         self.pid = self.proc.pid

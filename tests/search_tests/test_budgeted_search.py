@@ -45,8 +45,10 @@ class Recorder(NullRecorder):
 
 def _space(tmp_path):
     path = tmp_path / "space.yaml"
-    path.write_text("params:\n  filters: {type: categorical, choices: [16, 32], default: 16}\n"
-                    "  dense_units: {type: int, low: 4, high: 8, default: 8}\n")
+    path.write_text(
+        "params:\n  filters: {type: categorical, choices: [16, 32], default: 16}\n"
+        "  dense_units: {type: int, low: 4, high: 8, default: 8}\n"
+    )
     return load_space(path)
 
 
@@ -81,10 +83,18 @@ def test_optuna_starts_no_trial_after_the_budget_and_stops_the_running_one_at_an
 
     clock = FakeClock()
     seen = {}
-    monkeypatch.setattr(optuna_engine, "train_trial",
-                        _scripted(lambda n: [0.5, 0.6, 0.7, 0.8], clock, epoch_s=10.0, seen=seen))
-    cfg = SearchSettings(study="b", trials=50, epochs=4, seed=42, pruner="none", storage=f"sqlite:///{tmp_path / 'o.db'}",
-                         budget=Budget(100.0, clock).start())
+    monkeypatch.setattr(
+        optuna_engine, "train_trial", _scripted(lambda n: [0.5, 0.6, 0.7, 0.8], clock, epoch_s=10.0, seen=seen)
+    )
+    cfg = SearchSettings(
+        study="b",
+        trials=50,
+        epochs=4,
+        seed=42,
+        pruner="none",
+        storage=f"sqlite:///{tmp_path / 'o.db'}",
+        budget=Budget(100.0, clock).start(),
+    )
     recorder = Recorder(clock)
     out = optuna_engine.run_search(_space(tmp_path), None, cfg, recorder)
     # 40 s per full trial: trials 0 and 1 complete (80 s), trial 2 is stopped after its 2nd epoch (100 s)
@@ -102,12 +112,14 @@ def test_keras_tuner_honours_the_budget_too(tmp_path, monkeypatch):
 
     clock = FakeClock()
     seen = {}
-    monkeypatch.setattr(keras_tuner_engine, "train_trial",
-                        _scripted(lambda n: [0.5, 0.6, 0.7, 0.8], clock, epoch_s=10.0, seen=seen))
+    monkeypatch.setattr(
+        keras_tuner_engine, "train_trial", _scripted(lambda n: [0.5, 0.6, 0.7, 0.8], clock, epoch_s=10.0, seen=seen)
+    )
     x = np.zeros((4, 8, 8, 1), np.uint8)
     data = TrialData(["a", "b"], x, np.array([0, 1, 0, 1]), x, np.array([0, 1, 0, 1]), np.array([0]))
-    cfg = SearchSettings(study="kt", trials=20, epochs=4, seed=42, workdir=str(tmp_path / "kt"),
-                         budget=Budget(100.0, clock).start())
+    cfg = SearchSettings(
+        study="kt", trials=20, epochs=4, seed=42, workdir=str(tmp_path / "kt"), budget=Budget(100.0, clock).start()
+    )
     recorder = Recorder(clock)
     out = keras_tuner_engine.run_search("bayesian", _space(tmp_path), data, cfg, recorder)
     numbers = sorted(seen)
@@ -126,13 +138,21 @@ def test_the_search_stops_when_it_has_plateaued(tmp_path, monkeypatch):
 
     script = {0: 0.60, 1: 0.70, 2: 0.69, 3: 0.70, 4: 0.65, 5: 0.7005, 6: 0.99}
     monkeypatch.setattr(optuna_engine, "train_trial", _scripted(lambda n: [script[n]]))
-    cfg = SearchSettings(study="p", trials=7, epochs=1, seed=42, pruner="none", plateau_patience=4,
-                         storage=f"sqlite:///{tmp_path / 'o.db'}")
+    cfg = SearchSettings(
+        study="p",
+        trials=7,
+        epochs=1,
+        seed=42,
+        pruner="none",
+        plateau_patience=4,
+        storage=f"sqlite:///{tmp_path / 'o.db'}",
+    )
     recorder = Recorder()
     out = optuna_engine.run_search(_space(tmp_path), None, cfg, recorder)
     assert len(out) == 6  # trials 2-5 improved nothing beyond 1e-3: trial 6 never runs
-    assert recorder.stopped == ("plateau: no trial improved the best value 0.7000 by more than 0.001 "
-                                "in the last 4 trials")
+    assert recorder.stopped == (
+        "plateau: no trial improved the best value 0.7000 by more than 0.001 in the last 4 trials"
+    )
 
 
 # ---------------------------------------------------------------- rungs
@@ -151,8 +171,15 @@ def test_the_pruner_decides_only_at_the_end_of_a_rung(tmp_path, monkeypatch):
     curves = {0: [0.6, 0.7, 0.8, 0.9], 1: [0.6, 0.7, 0.8, 0.9], 2: [0.1, 0.2, 0.3, 0.4]}
     seen = {}
     monkeypatch.setattr(optuna_engine, "train_trial", _scripted(lambda n: curves[n], seen=seen))
-    cfg = SearchSettings(study="r", trials=3, epochs=4, seed=42, pruner="median", rungs=(32, 48),
-                         storage=f"sqlite:///{tmp_path / 'o.db'}")
+    cfg = SearchSettings(
+        study="r",
+        trials=3,
+        epochs=4,
+        seed=42,
+        pruner="median",
+        rungs=(32, 48),
+        storage=f"sqlite:///{tmp_path / 'o.db'}",
+    )
     out = optuna_engine.run_search(_space(tmp_path), None, cfg, NullRecorder())
     # below the median from its first epoch, trial 2 is still trained to the end of rung 1 (2 epochs)
     assert [s.state for s in out] == [COMPLETE, COMPLETE, PRUNED]
@@ -181,8 +208,14 @@ def test_a_promoted_trial_continues_from_its_own_weights_at_the_larger_size(monk
     monkeypatch.setattr(models, "build_model", spy)
     sizes = []
     params = {"num_blocks": 2, "filters": 8, "dense_units": 8, "learning_rate": 1e-3, "augment": 0.0}
-    result = train_trial(params, data, epochs=2, rungs=(32, 48), seed=1,
-                         on_epoch=lambda e, logs: sizes.append(logs["image_size"]) and False)
+    result = train_trial(
+        params,
+        data,
+        epochs=2,
+        rungs=(32, 48),
+        seed=1,
+        on_epoch=lambda e, logs: sizes.append(logs["image_size"]) and False,
+    )
     assert [m.input_shape[1] for m in built] == [32, 48]
     assert sizes == [32.0, 48.0] and result.history["image_size"] == [32.0, 48.0]
     # the 48 px network was given exactly the weights the 32 px one ended its rung with
@@ -206,8 +239,9 @@ def test_a_new_study_runs_the_recipes_first_and_imports_earlier_studies(tmp_path
     space = load_space(resolve_space_path("auto_cpu"))
     storage = f"sqlite:///{tmp_path / 'o.db'}"
     monkeypatch.setattr(optuna_engine, "train_trial", _scripted(lambda n: [0.5 + 0.01 * n]))
-    first = SearchSettings(study="first", trials=4, epochs=1, seed=42, pruner="none", storage=storage,
-                           warm_start="recipes", split="abc")
+    first = SearchSettings(
+        study="first", trials=4, epochs=1, seed=42, pruner="none", storage=storage, warm_start="recipes", split="abc"
+    )
     out = optuna_engine.run_search(space, None, first, NullRecorder())
     recipes = recipes_for(space)
     assert [s.params for s in out[: len(recipes)]] == [p for _, p in recipes]
@@ -217,15 +251,21 @@ def test_a_new_study_runs_the_recipes_first_and_imports_earlier_studies(tmp_path
     # same split and fidelity: `auto` imports the first study's trials; another fidelity is not imported
     other = SearchSettings(study="other", trials=1, epochs=3, seed=42, pruner="none", storage=storage, split="abc")
     optuna_engine.run_search(space, None, other, NullRecorder())
-    second = SearchSettings(study="second", trials=6, epochs=1, seed=7, pruner="none", storage=storage,
-                            warm_start="auto", split="abc")
+    second = SearchSettings(
+        study="second", trials=6, epochs=1, seed=7, pruner="none", storage=storage, warm_start="auto", split="abc"
+    )
     out2 = optuna_engine.run_search(space, None, second, NullRecorder())
-    imported = [t for t in optuna.load_study(study_name="second", storage=storage).trials
-                if "imported_from" in t.user_attrs]
+    imported = [
+        t for t in optuna.load_study(study_name="second", storage=storage).trials if "imported_from" in t.user_attrs
+    ]
     assert sorted(t.user_attrs["imported_from"] for t in imported) == [f"first#{i}" for i in range(4)]
     assert [t.value for t in imported] == [s.value for s in out]
     assert len([s for s in out2 if s.state == COMPLETE]) == 6  # the imported 4 count towards the budget
 
     with pytest.raises(Exception, match="warm_start=other: that study measured val_macro_f1:3ep"):
-        optuna_engine.run_search(space, None, SearchSettings(
-            study="third", trials=1, epochs=1, storage=storage, warm_start="other", split="abc"), NullRecorder())
+        optuna_engine.run_search(
+            space,
+            None,
+            SearchSettings(study="third", trials=1, epochs=1, storage=storage, warm_start="other", split="abc"),
+            NullRecorder(),
+        )

@@ -25,8 +25,10 @@ class Recorder(NullRecorder):
 
 def _space(tmp_path):
     path = tmp_path / "space.yaml"
-    path.write_text("params:\n  filters: {type: categorical, choices: [16, 32], default: 16}\n"
-                    "  dense_units: {type: int, low: 4, high: 8, default: 8}\n")
+    path.write_text(
+        "params:\n  filters: {type: categorical, choices: [16, 32], default: 16}\n"
+        "  dense_units: {type: int, low: 4, high: 8, default: 8}\n"
+    )
     return load_space(path)
 
 
@@ -54,8 +56,11 @@ def test_optuna_stops_at_the_first_config_error(tmp_path, monkeypatch):
     from medtune.search import optuna_engine
 
     calls = []
-    monkeypatch.setattr(optuna_engine, "train_trial",
-                        _failing(lambda n: calls.append(n) or ConfigError("lr_schedule: 'cosin' is not constant or cosine")))
+    monkeypatch.setattr(
+        optuna_engine,
+        "train_trial",
+        _failing(lambda n: calls.append(n) or ConfigError("lr_schedule: 'cosin' is not constant or cosine")),
+    )
     recorder = Recorder()
     cfg = SearchSettings(study="c", trials=10, epochs=1, seed=42, storage=f"sqlite:///{tmp_path / 'o.db'}")
     with pytest.raises(ConfigError, match="^lr_schedule: 'cosin' is not constant or cosine$"):
@@ -67,8 +72,9 @@ def test_optuna_stops_at_the_first_config_error(tmp_path, monkeypatch):
 def test_a_diverged_trial_is_failed_and_the_search_goes_on(tmp_path, monkeypatch):
     from medtune.search import optuna_engine
 
-    monkeypatch.setattr(optuna_engine, "train_trial",
-                        _failing(lambda n: TrainingDiverged("loss is NaN at epoch 1") if n == 0 else None))
+    monkeypatch.setattr(
+        optuna_engine, "train_trial", _failing(lambda n: TrainingDiverged("loss is NaN at epoch 1") if n == 0 else None)
+    )
     cfg = SearchSettings(study="d", trials=2, epochs=1, seed=42, storage=f"sqlite:///{tmp_path / 'o.db'}")
     out = optuna_engine.run_search(_space(tmp_path), None, cfg, Recorder())
     assert [s.state for s in out] == [FAILED, COMPLETE, COMPLETE]
@@ -78,8 +84,11 @@ def test_keras_tuner_stops_at_the_first_type_error_with_one_line(tmp_path, monke
     from medtune.search import keras_tuner_engine
 
     calls = []
-    monkeypatch.setattr(keras_tuner_engine, "train_trial",
-                        _failing(lambda n: calls.append(n) or TypeError("unsupported operand type(s)")))
+    monkeypatch.setattr(
+        keras_tuner_engine,
+        "train_trial",
+        _failing(lambda n: calls.append(n) or TypeError("unsupported operand type(s)")),
+    )
     x = np.zeros((4, 8, 8, 1), np.uint8)
     data = TrialData(["a", "b"], x, np.array([0, 1, 0, 1]), x, np.array([0, 1, 0, 1]), np.array([0]))
     cfg = SearchSettings(study="kt", trials=10, epochs=1, seed=42, workdir=str(tmp_path / "kt"))

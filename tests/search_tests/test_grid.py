@@ -25,8 +25,13 @@ def test_grid_values_enumerate_choices_booleans_and_steps():
     import yaml
 
     values = grid_values(parse_space(yaml.safe_load(GRID_SPACE), "grid.yaml"))
-    assert values == {"filters": [16, 32], "batch_norm": [False, True], "num_blocks": [2],
-                      "dropout": [0.0, 0.1, 0.2], "learning_rate": [0.001]}
+    assert values == {
+        "filters": [16, 32],
+        "batch_norm": [False, True],
+        "num_blocks": [2],
+        "dropout": [0.0, 0.1, 0.2],
+        "learning_rate": [0.001],
+    }
     assert grid_size(values) == 12
     assert describe(values).startswith("12 points: filters 2 x batch_norm 2 x num_blocks 1 x dropout 3")
 
@@ -34,12 +39,15 @@ def test_grid_values_enumerate_choices_booleans_and_steps():
 def test_continuous_parameters_without_step_are_named_in_one_line():
     import yaml
 
-    space = parse_space(yaml.safe_load("""
+    space = parse_space(
+        yaml.safe_load("""
 params:
   l2: {type: float, low: 1.0e-6, high: 1.0e-3, log: true}
   optimizer: {type: categorical, choices: [adam, sgd]}
   momentum: {type: float, low: 0.8, high: 0.99, condition: {optimizer: sgd}}
-"""), "mine.yaml")
+"""),
+        "mine.yaml",
+    )
     with pytest.raises(SpaceError) as info:
         grid_values(space)
     message = str(info.value)
@@ -61,8 +69,9 @@ params:
   batch_size: {type: categorical, choices: [32]}
 """)
     caplog.set_level(logging.INFO)
-    out = run_search(SearchOptions(dataset="synthetic", engine="grid", space=str(space), epochs=1, image_size=32,
-                                   pruner="none"))
+    out = run_search(
+        SearchOptions(dataset="synthetic", engine="grid", space=str(space), epochs=1, image_size=32, pruner="none")
+    )
     messages = [r.getMessage() for r in caplog.records]
     size_line = next(i for i, m in enumerate(messages) if m.startswith("Grid of grid.yaml: 4 points"))
     first_trial = next(i for i, m in enumerate(messages) if m.startswith("trial 0 started"))

@@ -113,10 +113,18 @@ def mlflow_server(project, tmp_path):
     port = _free_port()
     log_path = root / "server.log"
     cmd = [
-        str(BIN / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
     env = {**project.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -152,13 +160,31 @@ def test_two_optuna_workers_share_postgres_study_and_tracking_server(project, po
     medtune = str(BIN / "medtune")
     split = subprocess.run(
         [medtune, "split", "--dataset", "synthetic", "--image-size", "32"],
-        env=env, cwd=project.home, capture_output=True, text=True, timeout=300,
+        env=env,
+        cwd=project.home,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert split.returncode == 0, f"split failed:\n{split.stdout[-3000:]}\n{split.stderr[-4000:]}"
 
     search = [
-        medtune, "search", "--dataset", "synthetic", "--engine", "optuna", "--storage", postgres_url,
-        "--study", STUDY, "--trials", str(TRIALS), "--epochs", "1", "--image-size", "32",
+        medtune,
+        "search",
+        "--dataset",
+        "synthetic",
+        "--engine",
+        "optuna",
+        "--storage",
+        postgres_url,
+        "--study",
+        STUDY,
+        "--trials",
+        str(TRIALS),
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
     ]
     workers, logs = [], []
     try:
@@ -166,9 +192,16 @@ def test_two_optuna_workers_share_postgres_study_and_tracking_server(project, po
             log_path = project.home / f"worker{i}.log"
             logs.append(log_path)
             with open(log_path, "w") as fh:
-                workers.append(subprocess.Popen(
-                    search, env=env, cwd=project.home, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                ))
+                workers.append(
+                    subprocess.Popen(
+                        search,
+                        env=env,
+                        cwd=project.home,
+                        stdout=fh,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
         deadline = time.monotonic() + 480
         for proc, log_path in zip(workers, logs):
             try:
@@ -209,13 +242,17 @@ def test_two_optuna_workers_share_postgres_study_and_tracking_server(project, po
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
-    parents = [r for r in runs if r.data.tags.get("medtune.step") == "search" and r.data.tags.get("medtune.study") == STUDY]
+    parents = [
+        r for r in runs if r.data.tags.get("medtune.step") == "search" and r.data.tags.get("medtune.study") == STUDY
+    ]
     assert len(parents) == 2, [(r.info.run_id, r.data.tags.get("medtune.pid")) for r in parents]
     parent_pid = {r.info.run_id: int(r.data.tags["medtune.pid"]) for r in parents}
     assert set(parent_pid.values()) == pids
     assert all(r.info.status == "FINISHED" for r in parents)
 
-    children = [r for r in runs if r.data.tags.get("medtune.step") == "trial" and r.data.tags.get("medtune.study") == STUDY]
+    children = [
+        r for r in runs if r.data.tags.get("medtune.step") == "trial" and r.data.tags.get("medtune.study") == STUDY
+    ]
     child_numbers = [int(r.data.tags["medtune.trial"]) for r in children]
     assert len(child_numbers) == len(set(child_numbers)), f"trial runs duplicated: {sorted(child_numbers)}"
     assert set(child_numbers) == set(numbers)

@@ -110,8 +110,19 @@ def test_optuna_search_end_to_end_then_resume(project, store):
     assert "search synthetic-demo-optuna-32px-" in output
 
     # Resume: the same command with a larger budget adds one trial to the same study and parent.
-    proc = project.medtune("search", "--dataset", "synthetic", "--trials", "3", "--epochs", str(EPOCHS),
-                           "--image-size", "32", "--pruner", "none")  # all COMPLETE: no pruning luck
+    proc = project.medtune(
+        "search",
+        "--dataset",
+        "synthetic",
+        "--trials",
+        "3",
+        "--epochs",
+        str(EPOCHS),
+        "--image-size",
+        "32",
+        "--pruner",
+        "none",
+    )  # all COMPLETE: no pruning luck
     assert re.search(r"trial 2 started \(2 of 3 done, best \d\.\d{4}\)", proc.stderr), proc.stderr[-3000:]
     [again] = store.searches()
     assert again.info.run_id == parent.info.run_id, "the parent run is reopened, not duplicated"
@@ -121,8 +132,9 @@ def test_optuna_search_end_to_end_then_resume(project, store):
 
     import optuna
 
-    study = optuna.load_study(study_name=resumed.data.tags["medtune.study"],
-                              storage=f"sqlite:///{project.home / 'optuna.db'}")
+    study = optuna.load_study(
+        study_name=resumed.data.tags["medtune.study"], storage=f"sqlite:///{project.home / 'optuna.db'}"
+    )
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {r.info.run_id for r in children3}
 
@@ -145,8 +157,18 @@ def test_bayesian_search_end_to_end_then_truncated_state(project, store):
     [state] = (project.home / ".medtune" / "keras_tuner").iterdir()
     oracle = state / "oracle.json"
     oracle.write_bytes(oracle.read_bytes()[: oracle.stat().st_size // 2])
-    proc = project.medtune("bayesian", "--dataset", "synthetic", "--trials", "3", "--epochs", str(EPOCHS),
-                           "--image-size", "32", check=False)
+    proc = project.medtune(
+        "bayesian",
+        "--dataset",
+        "synthetic",
+        "--trials",
+        "3",
+        "--epochs",
+        str(EPOCHS),
+        "--image-size",
+        "32",
+        check=False,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("medtune: error:")]
     assert len(errors) == 1 and "oracle.json" in errors[0] and "truncated" in errors[0], proc.stderr[-3000:]

@@ -20,8 +20,19 @@ def _study(project, name: str):
 
 
 def _args(study: str) -> tuple[str, ...]:
-    return ("search", "--dataset", "synthetic", "--image-size", "32", "--trials", "2", "--epochs", "2",
-            "--study", study)
+    return (
+        "search",
+        "--dataset",
+        "synthetic",
+        "--image-size",
+        "32",
+        "--trials",
+        "2",
+        "--epochs",
+        "2",
+        "--study",
+        study,
+    )
 
 
 def _second_trial_training(store, study: str):
@@ -99,8 +110,11 @@ def test_kill_9_orphaned_trial_is_failed_and_retried(project, store, background)
     study = _study(project, "k9")
     failed = study.trials[number]
     assert failed.state.name == "FAIL"
-    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == number
-               or t.system_attrs.get("failed_trial") == number]
+    retries = [
+        t
+        for t in study.trials
+        if t.user_attrs.get("retry_of") == number or t.system_attrs.get("failed_trial") == number
+    ]
     assert len(retries) == 1, [(t.number, t.state.name, t.user_attrs, t.system_attrs) for t in study.trials]
     assert retries[0].params == failed.params and retries[0].state.name == "COMPLETE"
     _check_completed(project, store, "k9", parent.info.run_id)

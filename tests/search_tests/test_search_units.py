@@ -163,7 +163,9 @@ def test_as_study_leaves_out_values_outside_the_space(demo):
     from medtune.search.summary import as_study
 
     odd = {**_adam(demo), "filters": 64, "not_in_space": 1}  # e.g. a trial of an older space file
-    study = as_study([TrialSummary(0, COMPLETE, 0.3, odd), TrialSummary(1, COMPLETE, 0.4, _adam(demo))], demo, "maximize")
+    study = as_study(
+        [TrialSummary(0, COMPLETE, 0.3, odd), TrialSummary(1, COMPLETE, 0.4, _adam(demo))], demo, "maximize"
+    )
     assert len(study.trials) == 2
     assert "filters" not in study.trials[0].params and "not_in_space" not in study.trials[0].params
     assert study.trials[1].params == _adam(demo)
@@ -218,10 +220,14 @@ def test_parse_space_condition_used_by_both_adapters():
 
     from medtune.search.optuna_engine import suggest
 
-    space = parse_space({"params": {
-        "residual": {"type": "bool"},
-        "width": {"type": "int", "low": 1, "high": 3, "condition": {"residual": True}},
-    }})
+    space = parse_space(
+        {
+            "params": {
+                "residual": {"type": "bool"},
+                "width": {"type": "int", "low": 1, "high": 3, "condition": {"residual": True}},
+            }
+        }
+    )
     assert suggest(optuna.trial.FixedTrial({"residual": False}), space) == {"residual": False}
     assert suggest(optuna.trial.FixedTrial({"residual": True, "width": 2}), space) == {"residual": True, "width": 2}
 
@@ -231,8 +237,10 @@ def test_parse_space_condition_used_by_both_adapters():
 
 def _tiny_space(tmp_path, choices):
     path = tmp_path / f"s{len(choices)}.yaml"
-    path.write_text("params:\n  filters: {type: categorical, choices: %s}\n  dense_units: {type: int, low: 4, high: 8}\n"
-                    % list(choices))
+    path.write_text(
+        "params:\n  filters: {type: categorical, choices: %s}\n  dense_units: {type: int, low: 4, high: 8}\n"
+        % list(choices)
+    )
     return load_space(path)
 
 
@@ -248,8 +256,11 @@ def test_a_study_resumed_with_other_categorical_choices_is_a_clear_error(tmp_pat
     study = optuna_engine.open_study(old, cfg)
     study.optimize(lambda t: float(len(optuna_engine.suggest(t, old))), n_trials=1)
     optuna_engine.check_state(old, cfg)  # the same space resumes
-    with pytest.raises(SpaceError, match=r"study s: filters was searched with choices \[16, 32, 64\], the space "
-                                         r"file now has \[16, 32\]; pass --study"):
+    with pytest.raises(
+        SpaceError,
+        match=r"study s: filters was searched with choices \[16, 32, 64\], the space "
+        r"file now has \[16, 32\]; pass --study",
+    ):
         optuna_engine.check_state(_tiny_space(tmp_path, [16, 32]), cfg)
     assert len(optuna.load_study(study_name="s", storage=cfg.storage).trials) == 1
 
@@ -302,7 +313,9 @@ def test_asha_pruning_keeps_only_the_best_third_at_each_rung(tmp_path, monkeypat
     curves = {0: [0.5, 0.6, 0.7, 0.8, 0.8], 1: [0.4, 0.9, 0.9, 0.9, 0.9], 2: [0.6, 0.65, 0.68, 0.9, 0.95]}
     seen = {}
     monkeypatch.setattr(optuna_engine, "train_trial", _curve_trainer(curves, seen))
-    cfg = SearchSettings(study="a", trials=3, epochs=5, seed=42, pruner="asha", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    cfg = SearchSettings(
+        study="a", trials=3, epochs=5, seed=42, pruner="asha", storage=f"sqlite:///{tmp_path / 'o.db'}"
+    )
     out = optuna_engine.run_search(_tiny_space(tmp_path, [16, 32]), None, cfg, NullRecorder())
     # trial 1 is below trial 0 after epoch 1; trial 2 is best after epoch 1 but not after epoch 3
     assert [s.state for s in out] == [COMPLETE, PRUNED, PRUNED]
@@ -336,8 +349,9 @@ def test_a_trial_validates_and_keeps_batchnorm_statistics_of_clean_training_imag
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8)
     y = np.arange(48) % 3
-    data = TrialData(classes=["a", "b", "c"], x_train=x[:36], y_train=y[:36], x_val=x[36:], y_val=y[36:],
-                     probe_index=np.arange(3))
+    data = TrialData(
+        classes=["a", "b", "c"], x_train=x[:36], y_train=y[:36], x_val=x[36:], y_val=y[36:], probe_index=np.arange(3)
+    )
     params = {"num_blocks": 2, "filters": 4, "dense_units": 8, "batch_norm": True, "augment": 0.5, "batch_size": 8}
     result = train_trial(params, data, epochs=2, seed=7)
     model = result.model

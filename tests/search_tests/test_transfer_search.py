@@ -22,9 +22,20 @@ MIXED_SPACE = {
         "backbone": {"type": "categorical", "choices": ["custom", "mobilenet_v2"], "default": "mobilenet_v2"},
         "num_blocks": {"type": "categorical", "choices": [2], "condition": {"backbone": "custom"}},
         "filters": {"type": "categorical", "choices": [8], "condition": {"backbone": "custom"}},
-        "fine_tune_layers": {"type": "int", "low": 10, "high": 20, "step": 10, "condition": {"backbone": "mobilenet_v2"}},
-        "fine_tune_lr_factor": {"type": "float", "low": 0.05, "high": 0.5, "log": True,
-                                "condition": {"backbone": "mobilenet_v2"}},
+        "fine_tune_layers": {
+            "type": "int",
+            "low": 10,
+            "high": 20,
+            "step": 10,
+            "condition": {"backbone": "mobilenet_v2"},
+        },
+        "fine_tune_lr_factor": {
+            "type": "float",
+            "low": 0.05,
+            "high": 0.5,
+            "log": True,
+            "condition": {"backbone": "mobilenet_v2"},
+        },
         "head_epochs": {"type": "categorical", "choices": [1], "condition": {"backbone": "mobilenet_v2"}},
         "dense_units": {"type": "categorical", "choices": [16, 32]},
         "learning_rate": {"type": "float", "low": 1e-3, "high": 3e-3, "log": True},
@@ -67,24 +78,42 @@ def _check_mixed_trials(store, engine: str) -> dict[str, list]:
 
 
 def test_optuna_searches_a_mixed_space_through_mlflow_run(project, store, mixed_space):
-    project.mlflow_run("search", {"dataset": "synthetic", "space": mixed_space, "trials": 3, "epochs": 2,
-                                  "image_size": 32, "weights": "none", "seed": 2, "pruner": "none"})  # seed 2 draws both
+    project.mlflow_run(
+        "search",
+        {
+            "dataset": "synthetic",
+            "space": mixed_space,
+            "trials": 3,
+            "epochs": 2,
+            "image_size": 32,
+            "weights": "none",
+            "seed": 2,
+            "pruner": "none",
+        },
+    )  # seed 2 draws both
     by_backbone = _check_mixed_trials(store, "optuna")
     assert sorted(by_backbone) == ["custom", "mobilenet_v2"], {k: len(v) for k, v in by_backbone.items()}
 
 
 def test_keras_tuner_searches_the_same_mixed_space(project, store, mixed_space):
-    project.mlflow_run("bayesian", {"dataset": "synthetic", "space": mixed_space, "trials": 2, "epochs": 2,
-                                    "image_size": 32, "weights": "none"})
+    project.mlflow_run(
+        "bayesian",
+        {"dataset": "synthetic", "space": mixed_space, "trials": 2, "epochs": 2, "image_size": 32, "weights": "none"},
+    )
     by_backbone = _check_mixed_trials(store, "bayesian")
     assert "mobilenet_v2" in by_backbone  # the first trial takes the space's defaults
 
 
 LITE0_SPACE = {
     "description": "test: custom CNN or EfficientNet-Lite0 from its packaged ImageNet weights",
-    "params": {"backbone": {"type": "categorical", "choices": ["custom", "efficientnet_lite0"],
-                            "default": "efficientnet_lite0"},  # first: the others' conditions name it
-               **{k: v for k, v in MIXED_SPACE["params"].items() if k != "backbone"}},
+    "params": {
+        "backbone": {
+            "type": "categorical",
+            "choices": ["custom", "efficientnet_lite0"],
+            "default": "efficientnet_lite0",
+        },  # first: the others' conditions name it
+        **{k: v for k, v in MIXED_SPACE["params"].items() if k != "backbone"},
+    },
 }
 for _name in TRANSFER_ONLY:
     LITE0_SPACE["params"][_name] = {**LITE0_SPACE["params"][_name], "condition": {"backbone": "efficientnet_lite0"}}
@@ -97,8 +126,19 @@ def test_a_mixed_search_with_imagenet_lite0_runs_offline_through_mlflow_run(proj
     space = project.home / "lite0.yaml"
     space.write_text(yaml.safe_dump(LITE0_SPACE, sort_keys=False))
     project.env["KERAS_HOME"] = str(project.home / "no-keras-cache")  # no Keras cache either
-    project.mlflow_run("search", {"dataset": "synthetic", "space": space, "trials": 3, "epochs": 2,
-                                  "image_size": 32, "weights": "imagenet", "seed": 2, "pruner": "none"})
+    project.mlflow_run(
+        "search",
+        {
+            "dataset": "synthetic",
+            "space": space,
+            "trials": 3,
+            "epochs": 2,
+            "image_size": 32,
+            "weights": "imagenet",
+            "seed": 2,
+            "pruner": "none",
+        },
+    )
     [parent] = store.searches()
     assert parent.info.status == "FINISHED" and parent.data.params["weights"] == "imagenet"
     sha = hashlib.sha256(open(packaged_imagenet_file(), "rb").read()).hexdigest()
@@ -116,12 +156,24 @@ def test_a_mixed_search_with_imagenet_lite0_runs_offline_through_mlflow_run(proj
 
 
 def test_too_small_images_and_imagenet_offline_fail_before_any_run(project, store, monkeypatch):
-    proc = project.medtune("search", "--dataset", "synthetic", "--space", "transfer", "--image-size", "64",
-                           "--weights", "none", check=False)
+    proc = project.medtune(
+        "search",
+        "--dataset",
+        "synthetic",
+        "--space",
+        "transfer",
+        "--image-size",
+        "64",
+        "--weights",
+        "none",
+        check=False,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1] == ("medtune: error: image_size=64: backbone xception needs at least 71 px; "
-                         "raise the image size or drop xception from the space"), proc.stderr[-2000:]
+    assert lines[-1] == (
+        "medtune: error: image_size=64: backbone xception needs at least 71 px; "
+        "raise the image size or drop xception from the space"
+    ), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 
     # No network (the socket layer refuses) and an empty Keras cache: one line naming the backbone.
@@ -134,8 +186,11 @@ def test_too_small_images_and_imagenet_offline_fail_before_any_run(project, stor
         raise OSError(101, "Network is unreachable")
 
     monkeypatch.setattr(socket, "create_connection", unreachable)
-    with pytest.raises(ConfigError, match=r"backbone mobilenet_v2: ImageNet weights cannot be downloaded here .*"
-                                          r"-P weights=<that file>"):
+    with pytest.raises(
+        ConfigError,
+        match=r"backbone mobilenet_v2: ImageNet weights cannot be downloaded here .*"
+        r"-P weights=<that file>",
+    ):
         run_search(SearchOptions(dataset="synthetic", space="transfer", image_size=96, weights="imagenet"))
     assert not store.searches() and not store.running()
 
@@ -154,13 +209,27 @@ def test_a_transfer_model_trains_in_two_stages_registers_and_serves(project, sto
     keras.utils.set_random_seed(5)
     with h5py.File(weights, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(
-            f, keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)))
+            f, keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
+        )
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"backbone": "mobilenet_v2", "fine_tune_layers": 20, "fine_tune_lr_factor": 0.1,
-                                      "head_epochs": 1, "dense_units": 32, "learning_rate": 2e-3, "batch_size": 32}))
-    project.mlflow_run("train", {"dataset": "synthetic", "params": params, "epochs": 3, "image_size": 32,
-                                 "patience": 3, "weights": weights})
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "backbone": "mobilenet_v2",
+                "fine_tune_layers": 20,
+                "fine_tune_lr_factor": 0.1,
+                "head_epochs": 1,
+                "dense_units": 32,
+                "learning_rate": 2e-3,
+                "batch_size": 32,
+            }
+        )
+    )
+    project.mlflow_run(
+        "train",
+        {"dataset": "synthetic", "params": params, "epochs": 3, "image_size": 32, "patience": 3, "weights": weights},
+    )
 
     [run] = store.runs("tags.`medtune.step` = 'train'")
     assert run.info.status == "FINISHED"

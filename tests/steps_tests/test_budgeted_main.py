@@ -37,8 +37,11 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
 
     client = MlflowClient(project.tracking_uri)
     exp = client.get_experiment_by_name("medtune-synthetic")
-    runs = {r.data.tags["medtune.step"]: r for r in client.search_runs([exp.experiment_id])
-            if r.data.tags.get("medtune.step") in ("search", "train")}
+    runs = {
+        r.data.tags["medtune.step"]: r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("medtune.step") in ("search", "train")
+    }
     search, train = runs["search"], runs["train"]
 
     pipeline = client.get_run(search.data.tags["mlflow.parentRunId"])  # `main` has a run of its own, the parent
@@ -60,16 +63,19 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
     assert search.data.params["budget_min"] == str(round(plan["search_s"] / 60, 2))
     assert search.data.metrics["budget_used_s"] > 0 and "medtune.stop_reason" in search.data.tags
     trials = client.search_runs([exp.experiment_id], "tags.`medtune.step` = 'trial'")
-    sizes = [[m.value for m in sorted(client.get_metric_history(t.info.run_id, "image_size"), key=lambda m: m.step)]
-             for t in trials]
+    sizes = [
+        [m.value for m in sorted(client.get_metric_history(t.info.run_id, "image_size"), key=lambda m: m.step)]
+        for t in trials
+    ]
     assert [plan["rungs"][0]] == sorted({s[0] for s in sizes if s})  # every trial starts at the smallest rung
     climbed = [s for s in sizes if len(s) > 1]
     assert climbed and all(s == sorted(s) and len(set(s)) > 1 for s in climbed)
 
     # final training: two members, one registered model
     assert train.data.params["ensemble"] == "2"
-    assert train.data.tags["mlflow.runName"].startswith(f"train-synthetic-{train.data.params['backbone']}-"
-                                                        f"{plan['image_size']}px-x2-")  # told apart in the table
+    assert train.data.tags["mlflow.runName"].startswith(
+        f"train-synthetic-{train.data.params['backbone']}-{plan['image_size']}px-x2-"
+    )  # told apart in the table
     assert {"member0_best_val_macro_f1", "member1_best_val_macro_f1"} <= set(train.data.metrics)
     assert "test_accuracy" in train.data.metrics
     version = train.data.tags["medtune.model_version"]

@@ -36,22 +36,25 @@ def _runs(project) -> list:
 
 def test_predict_with_unknown_registered_model_names_the_uri_and_the_registry(project):
     image = _image(project.home)
-    line = _one_line_error(project.medtune("predict", "--model", "models:/medtune-synthetic@champion", str(image),
-                                           check=False))
+    line = _one_line_error(
+        project.medtune("predict", "--model", "models:/medtune-synthetic@champion", str(image), check=False)
+    )
     assert "models:/medtune-synthetic@champion" in line and "no model is registered" in line
 
     client = MlflowClient(project.tracking_uri)  # a registry that holds something: the line lists it
     client.create_registered_model("medtune-synthetic")
     client.create_model_version("medtune-synthetic", source=(project.home / "nowhere").as_uri())
     client.set_registered_model_alias("medtune-synthetic", "champion", "1")
-    line = _one_line_error(project.medtune("predict", "--model", "models:/medtune-synthetic@best", str(image),
-                                           check=False))
+    line = _one_line_error(
+        project.medtune("predict", "--model", "models:/medtune-synthetic@best", str(image), check=False)
+    )
     assert "models:/medtune-synthetic@best" in line and "medtune-synthetic (@champion = v1)" in line
 
 
 def test_predict_with_missing_path_says_no_such_file(project):
-    line = _one_line_error(project.medtune("predict", "--model", "/nonexistent/path", str(_image(project.home)),
-                                           check=False))
+    line = _one_line_error(
+        project.medtune("predict", "--model", "/nonexistent/path", str(_image(project.home)), check=False)
+    )
     assert "model=/nonexistent/path: no such file or folder" in line
 
 
@@ -74,10 +77,13 @@ def test_train_on_an_empty_store_logs_no_split_run(project):
     assert not (project.home / ".medtune" / "cache" / "synthetic").exists(), "no dataset generated either"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--val-fraction", "0.9", "--test-fraction", "0.5"], "at least 10 % must be left for training"),
-    (["--val-fraction", "1.5"], "val_fraction=1.5: expected a fraction"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--val-fraction", "0.9", "--test-fraction", "0.5"], "at least 10 % must be left for training"),
+        (["--val-fraction", "1.5"], "val_fraction=1.5: expected a fraction"),
+    ],
+)
 def test_split_checks_fractions_before_generating_or_scanning(project, args, message):
     line = _one_line_error(project.medtune("split", *args, check=False))
     assert message in line

@@ -49,17 +49,25 @@ def test_literal_mlflow_run_builds_a_virtualenv_and_searches_dermnet(tmp_path):
     home.mkdir()
     n_images = _dermnet_lookalike(data / "dermnet", {"train": 6, "test": 2})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MEDTUNE_", "MLFLOW_")) and k != "PYTHONPATH"}
-    env.update({
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # the `mlflow` of pip install mlflow
-        "MEDTUNE_DATA_DIR": str(data),
-        "MEDTUNE_HOME": str(home),  # runs, caches and optuna.db there, not in the checkout
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "MLFLOW_ENV_ROOT": str(tmp_path / "envs"),  # built once, by this test
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # the `mlflow` of pip install mlflow
+            "MEDTUNE_DATA_DIR": str(data),
+            "MEDTUNE_HOME": str(home),  # runs, caches and optuna.db there, not in the checkout
+            "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+            "MLFLOW_ENV_ROOT": str(tmp_path / "envs"),  # built once, by this test
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     t0 = time.perf_counter()
-    proc = subprocess.run(["mlflow", "run", ".", "-e", "search", "-P", "dataset=dermnet"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        ["mlflow", "run", ".", "-e", "search", "-P", "dataset=dermnet"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     seconds = time.perf_counter() - t0
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]

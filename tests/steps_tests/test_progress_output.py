@@ -90,8 +90,9 @@ def _run_on_a_terminal(cmd: list[str], env: dict, cwd: Path, timeout: float = 30
 def test_split_shows_a_bar_on_a_terminal_and_lines_in_a_log_and_saves_its_console(project):
     env = {k: v for k, v in project.env.items() if k != "MEDTUNE_PROGRESS"}
     medtune = str(Path(sys.executable).parent / "medtune")
-    plain = subprocess.run([medtune, "split", "--image-size", "32"], env=env, cwd=project.home,
-                           capture_output=True, text=True, timeout=300)
+    plain = subprocess.run(
+        [medtune, "split", "--image-size", "32"], env=env, cwd=project.home, capture_output=True, text=True, timeout=300
+    )
     assert plain.returncode == 0, plain.stderr
     assert "validating files: 160/160 files (100%)" in plain.stderr and "\r" not in plain.stderr
     assert "{" not in plain.stderr, "log lines are text, not dicts"

@@ -20,13 +20,22 @@ def _split_runs(dataset: str):
     client = MlflowClient()
     exp = client.get_experiment_by_name(f"medtune-{dataset}")
     assert exp is not None, f"experiment medtune-{dataset} missing"
-    return client.search_runs([exp.experiment_id], "tags.`medtune.step` = 'split'", order_by=["attributes.start_time ASC"])
+    return client.search_runs(
+        [exp.experiment_id], "tags.`medtune.step` = 'split'", order_by=["attributes.start_time ASC"]
+    )
 
 
 def _artifacts(run_id: str, tmp: Path) -> tuple[pd.DataFrame, dict]:
-    manifest = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="manifest.csv", dst_path=str(tmp)),
-                           dtype=str, keep_default_na=False)
-    report = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="report.json", dst_path=str(tmp))).read_text())
+    manifest = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="manifest.csv", dst_path=str(tmp)),
+        dtype=str,
+        keep_default_na=False,
+    )
+    report = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="report.json", dst_path=str(tmp))
+        ).read_text()
+    )
     return manifest, report
 
 
@@ -104,7 +113,9 @@ def test_split_real_brain_mri_sample_drops_duplicates(project, tmp_path, shared_
     assert report["test_dropped_duplicates_of_train"] >= 1
     assert any(Path(d["path"]).name == "Te-leaked.jpg" for d in report["test_dropped"])
     assert report["removed_duplicates"], "the real duplicate copies must be reported as removed"
-    assert [s for s in report["skipped"] if s["path"].endswith("broken.jpg")], "truncated JPEG must be skipped with a reason"
+    assert [s for s in report["skipped"] if s["path"].endswith("broken.jpg")], (
+        "truncated JPEG must be skipped with a reason"
+    )
     assert report["accounted"]["ok"]
     assert set(manifest.loc[manifest["source"] == "test", "split"]) == {"test"}
     assert not any(p.startswith("/") for p in manifest["path"]), "manifest paths are relative to the dataset folder"

@@ -36,18 +36,41 @@ pytestmark = pytest.mark.slow
 MODEL = "medtune-synthetic"
 CLASSES = ["crescent", "disc", "ring", "speckled"]
 PARAMS = {  # the names of search_spaces/demo.yaml, small values
-    "num_blocks": 2, "filters": 16, "kernel_size": 3, "conv_type": "standard", "residual": False,
-    "batch_norm": True, "dropout": 0.1, "l2": 1.0e-4, "dense_units": 64, "optimizer": "adam",
-    "learning_rate": 1.0e-3, "batch_size": 32, "label_smoothing": 0.0, "augment": 0.0,
+    "num_blocks": 2,
+    "filters": 16,
+    "kernel_size": 3,
+    "conv_type": "standard",
+    "residual": False,
+    "batch_norm": True,
+    "dropout": 0.1,
+    "l2": 1.0e-4,
+    "dense_units": 64,
+    "optimizer": "adam",
+    "learning_rate": 1.0e-3,
+    "batch_size": 32,
+    "label_smoothing": 0.0,
+    "augment": 0.0,
 }
-SCALARS = ["accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "roc_auc_macro", "roc_auc_weighted",
-           "log_loss", "ece"]
+SCALARS = [
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "roc_auc_macro",
+    "roc_auc_weighted",
+    "log_loss",
+    "ece",
+]
 PER_CLASS = ["precision", "recall", "specificity", "f1"]
 TEST_METRICS = [f"test_{m}" for m in SCALARS] + [f"test_{m}_{c}" for m in PER_CLASS for c in CLASSES]
 EVALUATION_ARTIFACTS = [
-    "evaluation/classification_report.json", "evaluation/classification_report.txt",
-    "evaluation/confusion_matrix.png", "evaluation/confusion_matrix_normalized.png", "evaluation/roc_curves.png",
-    "evaluation/reliability.png", "evaluation/predictions.csv",
+    "evaluation/classification_report.json",
+    "evaluation/classification_report.txt",
+    "evaluation/confusion_matrix.png",
+    "evaluation/confusion_matrix_normalized.png",
+    "evaluation/roc_curves.png",
+    "evaluation/reliability.png",
+    "evaluation/predictions.csv",
     *[f"evaluation/gradcam/{c}.png" for c in CLASSES],
 ]
 
@@ -72,8 +95,9 @@ def step_runs(step: str, status: str | None = "FINISHED"):
 
 def launcher_runs():
     client = MlflowClient()
-    return client.search_runs([client.get_experiment_by_name("Default").experiment_id],
-                              order_by=["attributes.start_time DESC"])
+    return client.search_runs(
+        [client.get_experiment_by_name("Default").experiment_id], order_by=["attributes.start_time DESC"]
+    )
 
 
 def artifact_paths(run_id: str, path: str | None = None) -> list[str]:
@@ -110,15 +134,22 @@ def test_train_entry_point_logs_evaluation_links_and_registers_the_champion(trai
     with open(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="class_weights.json")) as fh:
         weights = json.load(fh)
     assert sorted(weights) == CLASSES and all(w > 0 for w in weights.values())
-    predictions = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
-                                                                  artifact_path="evaluation/predictions.csv"))
-    manifest = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.data.tags["medtune.split_run_id"],
-                                                               artifact_path="manifest.csv"))
+    predictions = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="evaluation/predictions.csv")
+    )
+    manifest = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=run.data.tags["medtune.split_run_id"], artifact_path="manifest.csv")
+    )
     test_rows = manifest[manifest["split"] == "test"]
     assert len(predictions) == len(test_rows) > 0 and set(predictions["true"]) == set(CLASSES)
     assert sorted(Path(p).name for p in predictions["path"]) == sorted(Path(p).name for p in test_rows["path"])
-    report = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=run.info.run_id, artifact_path="evaluation/classification_report.json")).read_text())
+    report = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path="evaluation/classification_report.json"
+            )
+        ).read_text()
+    )
     assert report["accuracy"] == pytest.approx(metrics["test_accuracy"])
 
     tags, params = run.data.tags, run.data.params
@@ -194,9 +225,13 @@ def test_train_and_evaluate_log_a_model_card_whose_figures_are_the_logged_metric
     from medtune.steps.model_card import load_card
 
     run, client = trained["run"], MlflowClient()
-    assert {"model_card/model_card.md", "model_card/model_card.html", "model_card/model_card.json",
-            "model_card/figures/confusion_matrix.png", "model_card/figures/reliability.png"} <= set(
-        artifact_paths(run.info.run_id))
+    assert {
+        "model_card/model_card.md",
+        "model_card/model_card.html",
+        "model_card/model_card.json",
+        "model_card/figures/confusion_matrix.png",
+        "model_card/figures/reliability.png",
+    } <= set(artifact_paths(run.info.run_id))
     card, metrics = load_card(run.info.run_id), run.data.metrics
     for key, est in card.results.headline.items():
         assert est.value == pytest.approx(metrics[f"test_{key}"], abs=1e-9) and est.low <= est.value <= est.high, key
@@ -212,9 +247,12 @@ def test_train_and_evaluate_log_a_model_card_whose_figures_are_the_logged_metric
     assert card.model.params_source == f"params file {trained['params_file']}"
     assert card.gate.alias == "champion" and card.gate.reason == "no champion yet"
 
-    md = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model_card/model_card.md")).read_text()
-    page = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
-                                                    artifact_path="model_card/model_card.html")).read_text()
+    md = Path(
+        mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model_card/model_card.md")
+    ).read_text()
+    page = Path(
+        mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model_card/model_card.html")
+    ).read_text()
     assert re.findall(r"^## (.+)$", md, flags=re.M) == list(SECTIONS)
     assert all(f"<h2>{s}</h2>" in page for s in SECTIONS)
     assert f"{metrics['test_macro_f1']:.3f} [" in md and f"{metrics['test_macro_f1']:.3f} [" in page
@@ -226,8 +264,11 @@ def test_train_and_evaluate_log_a_model_card_whose_figures_are_the_logged_metric
     assert f"macro-F1 {metrics['test_macro_f1']:.3f} [" in version.description
     assert "not for diagnosis" in version.description
 
-    evaluation = next(r for r in step_runs("evaluate")  # the evaluate entry point's run, earlier in this module
-                      if r.data.tags["medtune.model_uri"] == f"models:/{MODEL}@champion")
+    evaluation = next(
+        r
+        for r in step_runs("evaluate")  # the evaluate entry point's run, earlier in this module
+        if r.data.tags["medtune.model_uri"] == f"models:/{MODEL}@champion"
+    )
     ev_card = load_card(evaluation.info.run_id)
     assert ev_card.title == "medtune-synthetic v1" and ev_card.model.run_id == run.info.run_id
     assert ev_card.results.headline["macro_f1"].value == pytest.approx(evaluation.data.metrics["test_macro_f1"])
@@ -257,8 +298,9 @@ def _free_port() -> int:
 
 
 def _post(port: int, payload: dict):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(payload).encode(),
-                                 {"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", json.dumps(payload).encode(), {"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
@@ -281,11 +323,23 @@ def test_rest_server_answers_with_labels_and_probabilities(trained, tmp_path):
     project = trained["project"]
     port = _free_port()
     log_file = tmp_path / "serve.log"
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
-           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        f"models:/{MODEL}@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     with open(log_file, "w") as log:
-        server = subprocess.Popen(cmd, env=project.env, cwd=project.home, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        server = subprocess.Popen(
+            cmd, env=project.env, cwd=project.home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 90  # about 30 s on an idle 2-core machine (TensorFlow import)
         while True:
@@ -309,8 +363,7 @@ def test_rest_server_answers_with_labels_and_probabilities(trained, tmp_path):
         assert sum(preds[0][f"prob_{c}"] for c in CLASSES) == pytest.approx(1.0, abs=1e-5)
 
         # the same answer as the registered model loaded in-process
-        local = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(
-            pd.DataFrame({"image": [_png()]})).iloc[0]
+        local = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(pd.DataFrame({"image": [_png()]})).iloc[0]
         assert preds[0]["label"] == local["label"]
         for c in CLASSES:
             assert preds[0][f"prob_{c}"] == pytest.approx(local[f"prob_{c}"], abs=1e-5)
@@ -342,8 +395,16 @@ def test_predict_command_labels_a_folder_and_skips_a_corrupt_file(trained, tmp_p
     (folder / ".hidden.png").write_bytes(b"ignored")
     out_csv, overlays = tmp_path / "out" / "x.csv", tmp_path / "overlays"
 
-    proc = project.medtune("predict", "--model", f"models:/{MODEL}@champion", str(folder),
-                           "--output", str(out_csv), "--gradcam", str(overlays))
+    proc = project.medtune(
+        "predict",
+        "--model",
+        f"models:/{MODEL}@champion",
+        str(folder),
+        "--output",
+        str(out_csv),
+        "--gradcam",
+        str(overlays),
+    )
     assert "5 images" in proc.stdout and "1 skipped" in proc.stdout
     assert f"skipped {folder / 'corrupt.jpg'}: truncated image" in proc.stderr  # a JPEG header, then junk
     table = pd.read_csv(out_csv)
@@ -361,8 +422,10 @@ def test_main_entry_point_runs_each_step_as_its_own_run(trained):
     project = trained["project"]
     before = {r.info.run_id for r in step_runs("split", status=None)}
     assert len(before) == 1
-    project.mlflow_run("main", {"trials": 2, "search_epochs": 1, "epochs": 2, "image_size": 32,
-                                "search_image_size": 32, "space": "demo"})
+    project.mlflow_run(
+        "main",
+        {"trials": 2, "search_epochs": 1, "epochs": 2, "image_size": 32, "search_image_size": 32, "space": "demo"},
+    )
     assert {r.info.run_id for r in step_runs("split", status=None)} == before  # no second split run
     split_id = before.pop()
     searches, trains = step_runs("search"), step_runs("train")
@@ -378,7 +441,8 @@ def test_main_entry_point_runs_each_step_as_its_own_run(trained):
     client = MlflowClient()
     assert str(client.get_model_version_by_alias(MODEL, decision).version) == "2"
     assert float(train.data.tags["medtune.champion_score_before"]) == pytest.approx(
-        trained["run"].data.metrics["test_macro_f1"], abs=1e-6)
+        trained["run"].data.metrics["test_macro_f1"], abs=1e-6
+    )
     assert all(k in train.data.metrics for k in TEST_METRICS)
 
     launcher = launcher_runs()[0]  # the `mlflow run -e main` run links every step

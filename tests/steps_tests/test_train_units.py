@@ -24,8 +24,9 @@ def test_params_from_file_reads_yaml_json_and_downloaded_best_params(tmp_path):
     assert train.params_from_file(str(g)) == {"num_blocks": 3}
 
 
-@pytest.mark.parametrize(("content", "message"), [(None, "file not found"), ("[1, 2]", "expected a mapping"),
-                                                  ("a: [1, 2", "not valid YAML")])
+@pytest.mark.parametrize(
+    ("content", "message"), [(None, "file not found"), ("[1, 2]", "expected a mapping"), ("a: [1, 2", "not valid YAML")]
+)
 def test_params_from_file_errors_name_the_file(tmp_path, content, message):
     f = tmp_path / "p.yaml"
     if content is not None:
@@ -67,8 +68,10 @@ def test_launcher_run_id_is_hidden_inside_the_block_and_restored(monkeypatch):
 def test_registered_version_falls_back_to_the_registry():
     info = SimpleNamespace(registered_model_version=7)
     assert train.registered_version(None, "m", info) == "7"
-    versions = [SimpleNamespace(version=1, source="models:/m-a", run_id="r1"),
-                SimpleNamespace(version=2, source="models:/m-b", run_id="r2")]
+    versions = [
+        SimpleNamespace(version=1, source="models:/m-a", run_id="r1"),
+        SimpleNamespace(version=2, source="models:/m-b", run_id="r2"),
+    ]
     client = SimpleNamespace(search_model_versions=lambda flt: versions)
     info = SimpleNamespace(registered_model_version=None, model_uri="models:/m-b", run_id="r2", artifact_path="x")
     assert train.registered_version(client, "m", info) == "2"
@@ -89,8 +92,9 @@ def test_best_params_of_search_refuses_runs_that_are_not_finished_searches(proje
         pass
     with pytest.raises(ConfigError, match="not a medtune search run"):
         train.best_params_of_search("synthetic", run.info.run_id)
-    with mlflow.start_run(experiment_id=experiment_id,
-                          tags={"medtune.step": "search", "medtune.best_trial": "none"}) as run:
+    with mlflow.start_run(
+        experiment_id=experiment_id, tags={"medtune.step": "search", "medtune.best_trial": "none"}
+    ) as run:
         pass
     with pytest.raises(ConfigError, match="no completed trial"):
         train.best_params_of_search("synthetic", run.info.run_id)
@@ -104,8 +108,9 @@ def test_expand_inputs_walks_folders_once_and_leaves_out_its_own_outputs(tmp_pat
         (folder / name).write_bytes(b"x")
     (folder / "overlays").mkdir()
     (folder / "overlays" / "a_gradcam.png").write_bytes(b"x")
-    files = predict.expand_inputs([str(folder), str(folder / "a.png")],
-                                  exclude=[folder / "predictions.csv", folder / "overlays"])
+    files = predict.expand_inputs(
+        [str(folder), str(folder / "a.png")], exclude=[folder / "predictions.csv", folder / "overlays"]
+    )
     assert [f.relative_to(folder).as_posix() for f in files] == ["a.png", "sub/b.jpg"]
     # a file named explicitly is always tried
     assert predict.expand_inputs([str(folder / "predictions.csv")], exclude=[folder / "predictions.csv"])
@@ -126,14 +131,24 @@ def test_main_trains_the_best_trial_of_its_own_search_and_stops_without_a_comple
     calls = {}
     monkeypatch.setenv("MLFLOW_RUN_ID", "launcher")
     monkeypatch.setattr(pipeline, "_link", lambda launcher, tags, step_run=None: calls.setdefault("link", launcher))
-    monkeypatch.setattr(split, "run_split", lambda opts, reuse_run: calls.update(split=(opts, reuse_run))
-                        or SimpleNamespace(run_id="S"))
-    monkeypatch.setattr(search, "run_search", lambda opts: calls.update(search=opts)
-                        or SimpleNamespace(run_id="Q", best=SimpleNamespace(number=0)))
-    monkeypatch.setattr(train_step, "run_train", lambda opts: calls.update(train=opts)
-                        or SimpleNamespace(run_id="T", model_version="1", decision=None, metrics={}))
-    out = pipeline.run_pipeline(pipeline.PipelineOptions(trials=2, search_image_size=32, image_size=40,
-                                                         mixed_precision=False, margin=0.1))
+    monkeypatch.setattr(
+        split, "run_split", lambda opts, reuse_run: calls.update(split=(opts, reuse_run)) or SimpleNamespace(run_id="S")
+    )
+    monkeypatch.setattr(
+        search,
+        "run_search",
+        lambda opts: calls.update(search=opts) or SimpleNamespace(run_id="Q", best=SimpleNamespace(number=0)),
+    )
+    monkeypatch.setattr(
+        train_step,
+        "run_train",
+        lambda opts: (
+            calls.update(train=opts) or SimpleNamespace(run_id="T", model_version="1", decision=None, metrics={})
+        ),
+    )
+    out = pipeline.run_pipeline(
+        pipeline.PipelineOptions(trials=2, search_image_size=32, image_size=40, mixed_precision=False, margin=0.1)
+    )
     assert "MLFLOW_RUN_ID" not in os.environ and calls["link"] == "launcher"  # no step adopts the launcher
     assert calls["split"][1] is True and calls["split"][0].image_size == 40
     assert calls["search"].split_run == "S" and calls["search"].image_size == 32 and calls["search"].trials == 2

@@ -32,8 +32,10 @@ def test_a_child_run_is_nested_under_its_parent_and_ends_finished(client, parent
     assert client.get_run(logger.run_id).info.status == "RUNNING"  # the parent is the caller's to end
 
 
-@pytest.mark.parametrize(("error", "status"), [(MemoryError("out of memory"), "FAILED"),
-                                               (tracking.Interrupted("received signal 15"), "KILLED")])
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(MemoryError("out of memory"), "FAILED"), (tracking.Interrupted("received signal 15"), "KILLED")],
+)
 def test_a_child_run_that_raises_ends_failed_or_killed(client, parent, error, status):
     logger, experiment_id = parent
     with pytest.raises(type(error)), tracking.child_run(logger, experiment_id, run_name="trial-1") as child:

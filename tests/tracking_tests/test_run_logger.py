@@ -107,7 +107,9 @@ def test_configure_prefers_the_argument_then_the_environment_then_the_project(st
         assert tracking.configure() == "sqlite:///from-env.db"
         monkeypatch.delenv("MLFLOW_TRACKING_URI")
         monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path))
-        assert tracking.configure() == tracking.default_tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+        assert (
+            tracking.configure() == tracking.default_tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+        )
     finally:
         mlflow.set_tracking_uri(before)
 
@@ -117,7 +119,11 @@ def test_one_line_status_and_process_tags():
     assert tracking.one_line(KeyError()) == "KeyError: "
     assert len(tracking.one_line(RuntimeError("x" * 900))) == 500
     assert [tracking.status_for(e) for e in (None, ValueError(), KeyboardInterrupt(), tracking.Interrupted())] == [
-        "FINISHED", "FAILED", "KILLED", "KILLED"]
+        "FINISHED",
+        "FAILED",
+        "KILLED",
+        "KILLED",
+    ]
     assert tracking.process_tags() == {tracking.TAG_PID: str(os.getpid()), tracking.TAG_HOST: socket.gethostname()}
 
 

@@ -56,12 +56,14 @@ def test_the_launcher_run_in_the_step_experiment_is_adopted(client, dataset, mon
 
 
 @pytest.mark.parametrize(("error", "status"), [(None, "FINISHED"), (RuntimeError("boom"), "FAILED")])
-def test_a_launcher_run_elsewhere_is_linked_and_ends_with_the_step_status(client, dataset, monkeypatch, error,
-                                                                          status):
+def test_a_launcher_run_elsewhere_is_linked_and_ends_with_the_step_status(client, dataset, monkeypatch, error, status):
     launcher = client.create_run(client.create_experiment(f"launcher-{dataset}"))
     launcher_id = launcher.info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher_id)
-    with pytest.raises(RuntimeError) if error else contextlib.nullcontext(), tracking.step_run(dataset, "evaluate") as run:
+    with (
+        pytest.raises(RuntimeError) if error else contextlib.nullcontext(),
+        tracking.step_run(dataset, "evaluate") as run,
+    ):
         if error:
             raise error
     assert run.run_id != launcher_id
@@ -88,8 +90,9 @@ def test_a_resume_filter_reopens_the_newest_ended_matching_run(client, dataset):
         first.metrics({"trials": 1})
     with tracking.step_run(dataset, "search", tags={"medtune.study": "s1"}, resume_filter=study) as again:
         again.metrics({"trials": 2}, step=1)
-    with tracking.step_run(dataset, "search", tags={"medtune.study": "s2"},
-                           resume_filter="tags.`medtune.study` = 's2'") as other:
+    with tracking.step_run(
+        dataset, "search", tags={"medtune.study": "s2"}, resume_filter="tags.`medtune.study` = 's2'"
+    ) as other:
         pass
     assert again.run_id == first.run_id != other.run_id
     history = client.get_metric_history(first.run_id, "trials")
@@ -122,4 +125,3 @@ def test_each_step_saves_its_own_share_of_the_console(client, dataset, monkeypat
     second_log = tracking.download_artifact(second.run_id, "console.log", tmp_path / "2").read_text()
     assert "before any step" in first_log and "split line" in first_log and "search line" not in first_log
     assert "search line" in second_log and "split line" not in second_log
-

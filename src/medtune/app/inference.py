@@ -71,12 +71,14 @@ def predict_image(loaded: LoadedModel, data: bytes, name: str) -> Prediction:
         proba = predict_proba(loaded.model, x)[0].astype(float)
         heat, _ = gradcam(loaded.model, x, class_indices=[int(proba.argmax())])
     classes = loaded.classes
-    return Prediction(name, classes[int(proba.argmax())], dict(zip(classes, proba.tolist())), original,
-                      overlay(original, heat[0]))
+    return Prediction(
+        name, classes[int(proba.argmax())], dict(zip(classes, proba.tolist())), original, overlay(original, heat[0])
+    )
 
 
-def read_batch(files: list[tuple[str, bytes]], max_images: int = MAX_BATCH_IMAGES,
-               max_member_bytes: int = 50 * 2**20) -> list[tuple[str, bytes]]:
+def read_batch(
+    files: list[tuple[str, bytes]], max_images: int = MAX_BATCH_IMAGES, max_member_bytes: int = 50 * 2**20
+) -> list[tuple[str, bytes]]:
     """Uploaded files with every zip archive replaced by the files inside it (folders flattened).
 
     Hidden entries and macOS resource forks are left out; a member larger than
@@ -107,11 +109,15 @@ def read_batch(files: list[tuple[str, bytes]], max_images: int = MAX_BATCH_IMAGE
     if len(out) > max_images:
         raise UploadError(f"more than {max_images} images in one batch: split it into smaller ones")
     if sum(len(d) for _, d in out) > MAX_BATCH_BYTES:
-        raise UploadError(f"more than {MAX_BATCH_BYTES // 2**20} MiB of images in one batch: split it into smaller ones")
+        raise UploadError(
+            f"more than {MAX_BATCH_BYTES // 2**20} MiB of images in one batch: split it into smaller ones"
+        )
     return out
 
 
-def predict_batch(loaded: LoadedModel, files: list[tuple[str, bytes]]) -> tuple[pd.DataFrame, list[tuple[np.ndarray, str]]]:
+def predict_batch(
+    loaded: LoadedModel, files: list[tuple[str, bytes]]
+) -> tuple[pd.DataFrame, list[tuple[np.ndarray, str]]]:
     """One table row per file (label and probabilities, or why it was skipped) and a thumbnail overlay per image."""
     from PIL import Image
 
@@ -127,8 +133,15 @@ def predict_batch(loaded: LoadedModel, files: list[tuple[str, bytes]]) -> tuple[
         except UploadError as exc:
             rows.append({"file": name, "label": "", "confidence": np.nan, "error": str(exc).split(": ", 1)[-1]})
             continue
-        rows.append({"file": name, "label": p.label, "confidence": p.probabilities[p.label], "error": "",
-                     **{prob_column(c): v for c, v in p.probabilities.items()}})
+        rows.append(
+            {
+                "file": name,
+                "label": p.label,
+                "confidence": p.probabilities[p.label],
+                "error": "",
+                **{prob_column(c): v for c, v in p.probabilities.items()},
+            }
+        )
         thumb = Image.fromarray(p.overlay)
         thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
         thumbnails.append((np.asarray(thumb), f"{name}: {p.label} {p.probabilities[p.label]:.0%}"))

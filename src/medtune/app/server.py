@@ -34,8 +34,16 @@ class RunningApp:
             shutil.rmtree(self.cache_dir, ignore_errors=True)
 
 
-def start(source, default_uri: str, compare_uri: str | None = None, *, host: str = DEFAULT_HOST,
-          port: int = DEFAULT_PORT, max_file_size: str = DEFAULT_MAX_FILE_SIZE, block: bool = True) -> RunningApp:
+def start(
+    source,
+    default_uri: str,
+    compare_uri: str | None = None,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    max_file_size: str = DEFAULT_MAX_FILE_SIZE,
+    block: bool = True,
+) -> RunningApp:
     """Build the page for ``source`` and serve it on ``host:port``.
 
     With ``block`` the call serves until interrupted, then cleans up; otherwise it returns the
@@ -50,16 +58,29 @@ def start(source, default_uri: str, compare_uri: str | None = None, *, host: str
     blocks.queue(default_concurrency_limit=1)
     try:
         _, url, _ = blocks.launch(
-            server_name=host, server_port=port, max_file_size=max_file_size, share=False, inbrowser=False,
-            prevent_thread_lock=True, show_error=False, quiet=True, footer_links=[], run_history=False,
-            enable_monitoring=False, ssr_mode=False, mcp_server=False, pwa=False,
+            server_name=host,
+            server_port=port,
+            max_file_size=max_file_size,
+            share=False,
+            inbrowser=False,
+            prevent_thread_lock=True,
+            show_error=False,
+            quiet=True,
+            footer_links=[],
+            run_history=False,
+            enable_monitoring=False,
+            ssr_mode=False,
+            mcp_server=False,
+            pwa=False,
         )
     except BaseException as exc:
         shutil.rmtree(cache_dir, ignore_errors=True)
         if isinstance(exc, OSError):
             from medtune.errors import ConfigError
 
-            raise ConfigError(f"port={port}: cannot serve on {host}:{port} ({str(exc).split('.')[0]}); pass --port") from exc
+            raise ConfigError(
+                f"port={port}: cannot serve on {host}:{port} ({str(exc).split('.')[0]}); pass --port"
+            ) from exc
         raise
     running = RunningApp(blocks, url, cache_dir)
     log.info("medtune demo on %s (uploads up to %s; Ctrl-C stops it)", url, max_file_size)

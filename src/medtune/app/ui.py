@@ -65,7 +65,8 @@ def figures_html(items: list[tuple[object, str]], css_class: str = "result") -> 
         f'<figure class="{css_class}" style="display:inline-block;margin:4px 8px;vertical-align:top">'
         f'<img src="{data_uri(img)}" alt="{html.escape(caption)}" style="max-width:100%">'
         f'<figcaption style="font-size:0.85em">{html.escape(caption)}</figcaption></figure>'
-        for img, caption in items)
+        for img, caption in items
+    )
     return f"<div>{cells}</div>"
 
 
@@ -105,8 +106,12 @@ def build_app(source: ModelSource, default_uri: str, compare_uri: str | None = N
         name, data = take_upload(path)
         loaded = source.load(uri)
         p = predict_image(loaded, data, name)
-        return (f"**{p.label}** ({p.probabilities[p.label]:.1%}) from {loaded.title} for {name}",
-                p.probabilities, figures_html([(p.original, name), (p.overlay, f"Grad-CAM of {p.label}")]), None)
+        return (
+            f"**{p.label}** ({p.probabilities[p.label]:.1%}) from {loaded.title} for {name}",
+            p.probabilities,
+            figures_html([(p.original, name), (p.overlay, f"Grad-CAM of {p.label}")]),
+            None,
+        )
 
     def compare(path, uri_a, uri_b):
         name, data = take_upload(path)
@@ -114,8 +119,11 @@ def build_app(source: ModelSource, default_uri: str, compare_uri: str | None = N
         for uri in (uri_a, uri_b):
             loaded = source.load(uri)
             p = predict_image(loaded, data, name)
-            out += [f"**{loaded.title}**: {p.label} ({p.probabilities[p.label]:.1%})", p.probabilities,
-                    figures_html([(p.overlay, f"Grad-CAM of {p.label}")])]
+            out += [
+                f"**{loaded.title}**: {p.label} ({p.probabilities[p.label]:.1%})",
+                p.probabilities,
+                figures_html([(p.overlay, f"Grad-CAM of {p.label}")]),
+            ]
         return ("", *out, None)
 
     def batch(paths, uri):
@@ -125,8 +133,12 @@ def build_app(source: ModelSource, default_uri: str, compare_uri: str | None = N
         loaded = source.load(uri)
         table, thumbnails = predict_batch(loaded, files)
         bad = int((table["error"] != "").sum())
-        return (f"{len(table) - bad} images labelled by {loaded.title}, {bad} skipped (see the error column).",
-                table, csv_link(table) + figures_html(thumbnails, "thumbnail"), None)
+        return (
+            f"{len(table) - bad} images labelled by {loaded.title}, {bad} skipped (see the error column).",
+            table,
+            csv_link(table) + figures_html(thumbnails, "thumbnail"),
+            None,
+        )
 
     def card(uri):
         try:
@@ -136,8 +148,10 @@ def build_app(source: ModelSource, default_uri: str, compare_uri: str | None = N
 
     with gr.Blocks(title="medtune demo", analytics_enabled=False) as app:
         gr.Markdown("# medtune demo")
-        gr.HTML(f'<div id="intended-use" style="background:#fff3cd;border:1px solid #e0b000;padding:8px 12px;'
-                f'font-weight:600">{INTENDED_USE}</div>')
+        gr.HTML(
+            f'<div id="intended-use" style="background:#fff3cd;border:1px solid #e0b000;padding:8px 12px;'
+            f'font-weight:600">{INTENDED_USE}</div>'
+        )
         model = picker("model (any alias or version of a medtune-* registered model)", default_uri)
         with gr.Tabs():
             with gr.Tab("Image"):
@@ -145,8 +159,9 @@ def build_app(source: ModelSource, default_uri: str, compare_uri: str | None = N
                 message = gr.Markdown(elem_id="message")
                 label = gr.Label(label="class probabilities")
                 images = gr.HTML(elem_id="result-images")
-                upload.upload(_guarded(predict, 4), [upload, model], [message, label, images, upload],
-                              api_name="predict")
+                upload.upload(
+                    _guarded(predict, 4), [upload, model], [message, label, images, upload], api_name="predict"
+                )
             with gr.Tab("Champion vs challenger"):
                 upload_c = gr.File(label=f"an image ({FORMATS})", type="filepath")
                 message_c = gr.Markdown()
@@ -157,15 +172,20 @@ def build_app(source: ModelSource, default_uri: str, compare_uri: str | None = N
                             sides.append(picker(f"{title} model", uri))
                             outputs = [gr.Markdown(), gr.Label(label="class probabilities"), gr.HTML()]
                             sides.append(outputs)
-                upload_c.upload(_guarded(compare, 8), [upload_c, sides[0], sides[2]],
-                                [message_c, *sides[1], *sides[3], upload_c], api_name="compare")
+                upload_c.upload(
+                    _guarded(compare, 8),
+                    [upload_c, sides[0], sides[2]],
+                    [message_c, *sides[1], *sides[3], upload_c],
+                    api_name="compare",
+                )
             with gr.Tab("Batch"):
                 uploads = gr.File(label=f"{FORMATS} images, or a .zip of them", file_count="multiple", type="filepath")
                 message_b = gr.Markdown()
                 table = gr.Dataframe(label="predictions", interactive=False)
                 thumbnails = gr.HTML(elem_id="batch-overlays")
-                uploads.upload(_guarded(batch, 4), [uploads, model], [message_b, table, thumbnails, uploads],
-                               api_name="batch")
+                uploads.upload(
+                    _guarded(batch, 4), [uploads, model], [message_b, table, thumbnails, uploads], api_name="batch"
+                )
         with gr.Accordion("Model card of the chosen model", open=False):
             card_view = gr.Markdown(card(default_uri))
         model.change(card, model, card_view, api_name="card")

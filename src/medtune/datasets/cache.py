@@ -114,13 +114,18 @@ def cache_key(manifest: pd.DataFrame, image_size: int, channels: int, classes: S
     if classes is None:
         classes = sorted(set(manifest["label"].astype(str)))
     digest = hashlib.sha256()
-    digest.update(json.dumps({
-        "format": CACHE_FORMAT_VERSION,
-        "manifest": manifest_hash(manifest),
-        "classes": list(map(str, classes)),
-        "image_size": int(image_size),
-        "channels": int(channels),
-    }, sort_keys=True).encode("utf-8"))
+    digest.update(
+        json.dumps(
+            {
+                "format": CACHE_FORMAT_VERSION,
+                "manifest": manifest_hash(manifest),
+                "classes": list(map(str, classes)),
+                "image_size": int(image_size),
+                "channels": int(channels),
+            },
+            sort_keys=True,
+        ).encode("utf-8")
+    )
     return f"{int(image_size)}px{int(channels)}c-{digest.hexdigest()[:16]}"
 
 
@@ -169,8 +174,9 @@ def load_cache(path: Path) -> CachedSplits:
                 raise ValueError(f"split {split!r} arrays do not match meta.json")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"cache {path} is missing or incomplete: {exc}") from exc
-    return CachedSplits(path=path, classes=list(meta["classes"]), image_size=size, channels=channels,
-                        x=x, y=y, paths=paths)
+    return CachedSplits(
+        path=path, classes=list(meta["classes"]), image_size=size, channels=channels, x=x, y=y, paths=paths
+    )
 
 
 def _build_prefix(key: str) -> str:
@@ -182,7 +188,7 @@ def _remove_stale_builds(arrays_dir: Path, key: str) -> None:
     """Delete temporary folders left by builds of ``key`` killed on this host."""
     prefix = _build_prefix(key)
     for entry in arrays_dir.glob(f"{prefix}*"):
-        pid_text = entry.name[len(prefix):].split("-", 1)[0]
+        pid_text = entry.name[len(prefix) :].split("-", 1)[0]
         if not pid_text.isdigit() or int(pid_text) == os.getpid():
             continue
         try:
@@ -194,8 +200,9 @@ def _remove_stale_builds(arrays_dir: Path, key: str) -> None:
             pass  # alive under another user, or unknown: leave it
 
 
-def _fill_split(target: Path, rows: pd.DataFrame, image_size: int, channels: int,
-                arrays: Mapping[str, np.ndarray], decode: Decoder) -> None:
+def _fill_split(
+    target: Path, rows: pd.DataFrame, image_size: int, channels: int, arrays: Mapping[str, np.ndarray], decode: Decoder
+) -> None:
     """Write ``rows``' images into a new ``.npy`` at ``target`` without a second in-memory copy."""
     shape = (image_size, image_size, channels)
     x = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=(len(rows),) + shape)
@@ -213,11 +220,13 @@ def _fill_split(target: Path, rows: pd.DataFrame, image_size: int, channels: int
         paths = rows["path"].tolist()
         per_call = max(64, _DECODE_CHUNK_BYTES // (image_size * image_size * channels))
         for start in range(0, len(missing), per_call):
-            chunk = missing[start:start + per_call]
+            chunk = missing[start : start + per_call]
             decoded = decode([paths[k] for k in chunk], image_size, channels)
             if decoded.shape != (len(chunk),) + shape or decoded.dtype != np.uint8:
-                raise DataError(f"decode returned {decoded.dtype} {decoded.shape} for {len(chunk)} paths, "
-                                f"expected uint8 {(len(chunk),) + shape}")
+                raise DataError(
+                    f"decode returned {decoded.dtype} {decoded.shape} for {len(chunk)} paths, "
+                    f"expected uint8 {(len(chunk),) + shape}"
+                )
             x[chunk] = decoded
         x.flush()
     finally:
@@ -327,8 +336,7 @@ def ensure_cache(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("built array cache %s (%s)", final,
-                ", ".join(f"{s} {len(r)}" for s, r in split_rows.items()))
+    logger.info("built array cache %s (%s)", final, ", ".join(f"{s} {len(r)}" for s, r in split_rows.items()))
     cache = load_cache(final)
     cache.paths = current_paths
     return cache, False

@@ -97,8 +97,10 @@ def find_groups(records: Sequence[ImageRecord], phash_distance: int = 0) -> list
     Raises:
         DataError: ``phash_distance`` out of range, or a record's phash is not 16 hex digits.
     """
-    if isinstance(phash_distance, bool) or not isinstance(phash_distance, (int, np.integer)) or not (
-        0 <= phash_distance <= 64
+    if (
+        isinstance(phash_distance, bool)
+        or not isinstance(phash_distance, (int, np.integer))
+        or not (0 <= phash_distance <= 64)
     ):
         raise DataError(f"phash_distance must be an integer from 0 to 64, got {phash_distance!r}")
     n = len(records)

@@ -34,6 +34,7 @@ MAX_PIXELS = 90_000_000
 #: TensorFlow (forking a process that runs threads can deadlock).
 MP_START_METHOD = "spawn"
 
+
 def worker_pool(workers: int):
     """A ``spawn`` pool whose workers do not run the user's script again.
 
@@ -251,9 +252,7 @@ def to_array(img: Image.Image, size: int, channels: int = 3) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def decode_image(
-    source: str | Path | bytes, size: int, channels: int = 3, *, draft: bool = False
-) -> np.ndarray:
+def decode_image(source: str | Path | bytes, size: int, channels: int = 3, *, draft: bool = False) -> np.ndarray:
     """Open, convert and resize one image: :func:`open_image` + :func:`to_array`.
 
     Args:
@@ -372,4 +371,3 @@ def _pixels_of(exc: BaseException) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:200]
-

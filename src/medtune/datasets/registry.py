@@ -229,8 +229,10 @@ def resolve_dataset(
             if not data_dir or not root.is_dir():
                 raise
             # the usual cause: a folder of one's own images, with `dataset` left at its default
-            raise DataError(f"{exc}. dataset=synthetic (the default) writes its phantoms into data_dir; "
-                            f"to use the images in {root}, name them: dataset=<a name> or dataset={root}") from exc
+            raise DataError(
+                f"{exc}. dataset=synthetic (the default) writes its phantoms into data_dir; "
+                f"to use the images in {root}, name them: dataset=<a name> or dataset={root}"
+            ) from exc
         return ResolvedDataset(name="synthetic", root=Path(root), spec=spec)
 
     if spec is None:

@@ -325,9 +325,7 @@ def _counts(counts: Counter) -> str:
     return f" ({', '.join(f'{n} {what}' for what, n in counts.most_common())})" if counts else ""
 
 
-def _result(
-    layout: Layout, records: list[ImageRecord], skipped: list[SkippedFile], ignored: Counter
-) -> ScanResult:
+def _result(layout: Layout, records: list[ImageRecord], skipped: list[SkippedFile], ignored: Counter) -> ScanResult:
     root = str(layout.root)
     records.sort(key=lambda r: (r.source, r.label, r.path))
     skipped.sort(key=lambda s: s.path)

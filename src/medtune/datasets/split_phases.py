@@ -81,11 +81,16 @@ def find_test_leaks(records: Sequence[ImageRecord], groups: Groups, excluded: se
             continue
         for i in members:
             if records[i].source == "test" and i not in excluded:
-                exact = [records[j].path for j in members
-                         if records[j].source != "test" and records[j].sha256 == records[i].sha256]
+                exact = [
+                    records[j].path
+                    for j in members
+                    if records[j].source != "test" and records[j].sha256 == records[i].sha256
+                ]
                 leaks[i] = {
-                    "path": records[i].path, "label": records[i].label,
-                    "duplicate_of": (exact or train_paths)[0], "kind": "exact" if exact else "near",
+                    "path": records[i].path,
+                    "label": records[i].label,
+                    "duplicate_of": (exact or train_paths)[0],
+                    "kind": "exact" if exact else "near",
                     "group": group_id(g_index),
                 }
     return leaks
@@ -100,8 +105,13 @@ def find_exact_duplicates(records: Sequence[ImageRecord], groups: Groups, exclud
             keep = min(same, key=lambda i: (records[i].source != "train", records[i].path))
             for i in same:
                 if i != keep:
-                    duplicates[i] = {"path": records[i].path, "label": records[i].label, "source": records[i].source,
-                                     "duplicate_of": records[keep].path, "group": group_id(g_index)}
+                    duplicates[i] = {
+                        "path": records[i].path,
+                        "label": records[i].label,
+                        "source": records[i].source,
+                        "duplicate_of": records[keep].path,
+                        "group": group_id(g_index),
+                    }
     return duplicates
 
 
@@ -146,8 +156,12 @@ def class_rng(seed: int, label: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFFFFFF, zlib.crc32(label.encode("utf-8"))])
 
 
-def deal(units: list[Unit], targets: dict[str, int], splits: tuple[str, ...], rng: np.random.Generator,
-         ) -> dict[str, list[Unit]]:
+def deal(
+    units: list[Unit],
+    targets: dict[str, int],
+    splits: tuple[str, ...],
+    rng: np.random.Generator,
+) -> dict[str, list[Unit]]:
     """Deal shuffled units to ``splits`` in order until each reaches its target image count.
 
     The last split in ``splits`` takes the rest. Every split gets at least one unit (the caller
@@ -175,8 +189,16 @@ def _images(units: list[Unit]) -> int:
     return sum(len(u.members) for u in units)
 
 
-def deal_class(records: Sequence[ImageRecord], class_units: list[Unit], label: str, *, official: bool,
-               val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[Unit]]:
+def deal_class(
+    records: Sequence[ImageRecord],
+    class_units: list[Unit],
+    label: str,
+    *,
+    official: bool,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> dict[str, list[Unit]]:
     """One class's units (sorted by key) dealt to train, val and test.
 
     With an official test folder its units form the test split and val is carved from the
@@ -191,7 +213,8 @@ def deal_class(records: Sequence[ImageRecord], class_units: list[Unit], label: s
         if len(pool) < 2 or not tests:
             raise DataError(
                 f"class {label!r} has {len(pool)} training group(s) and {len(tests)} official test group(s) "
-                "after removing duplicates; need at least 2 and 1 to fill train, val and test")
+                "after removing duplicates; need at least 2 and 1 to fill train, val and test"
+            )
         targets = {"val": max(1, round(val_fraction * _images(pool)))}
         dealt = deal(pool, targets, ("val", "train"), class_rng(seed, label))
         dealt["test"] = tests
@@ -199,20 +222,36 @@ def deal_class(records: Sequence[ImageRecord], class_units: list[Unit], label: s
     if len(class_units) < 3:
         raise DataError(
             f"class {label!r} has {len(class_units)} group(s) of images after removing duplicates; "
-            "need at least 3 to fill train, val and test")
+            "need at least 3 to fill train, val and test"
+        )
     n_images = _images(class_units)
     targets = {"test": max(1, round(test_fraction * n_images)), "val": max(1, round(val_fraction * n_images))}
     return deal(class_units, targets, ("test", "val", "train"), class_rng(seed, label))
 
 
-def assign_splits(records: Sequence[ImageRecord], units: list[Unit], classes: Sequence[str], *, official: bool,
-                  val_fraction: float, test_fraction: float, seed: int) -> dict[int, str]:
+def assign_splits(
+    records: Sequence[ImageRecord],
+    units: list[Unit],
+    classes: Sequence[str],
+    *,
+    official: bool,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> dict[int, str]:
     """Record index -> split, class by class (see :func:`deal_class`)."""
     split_of: dict[int, str] = {}
     for label in classes:
         class_units = sorted((u for u in units if u.label == label), key=lambda u: u.key)
-        dealt = deal_class(records, class_units, label, official=official, val_fraction=val_fraction,
-                           test_fraction=test_fraction, seed=seed)
+        dealt = deal_class(
+            records,
+            class_units,
+            label,
+            official=official,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+        )
         for split, split_units in dealt.items():
             for unit in split_units:
                 for i in unit.members:

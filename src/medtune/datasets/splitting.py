@@ -127,10 +127,17 @@ def build_manifest(records: Sequence[ImageRecord], groups: Groups, split_of: dic
     for i, split in split_of.items():
         r = records[i]
         g_index = group_of.get(i)
-        rows.append({
-            "path": r.path, "label": r.label, "split": split, "sha256": r.sha256, "phash": r.phash,
-            "source": r.source, "group": group_id(g_index) if g_index is not None else "",
-        })
+        rows.append(
+            {
+                "path": r.path,
+                "label": r.label,
+                "split": split,
+                "sha256": r.sha256,
+                "phash": r.phash,
+                "source": r.source,
+                "group": group_id(g_index) if g_index is not None else "",
+            }
+        )
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     return manifest.sort_values(["split", "label", "path"], kind="stable").reset_index(drop=True)
 
@@ -155,20 +162,32 @@ def account_for_files(n_records: int, n_skipped: int, n_kept: int, removals: Rem
     return accounted
 
 
-def build_report(scan: ScanResult, records: Sequence[ImageRecord], groups: Groups, manifest: pd.DataFrame,
-                 removals: Removals, accounted: dict, *, classes: list[str], seed: int, val_fraction: float,
-                 test_fraction: float, phash_distance: int) -> dict:
+def build_report(
+    scan: ScanResult,
+    records: Sequence[ImageRecord],
+    groups: Groups,
+    manifest: pd.DataFrame,
+    removals: Removals,
+    accounted: dict,
+    *,
+    classes: list[str],
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    phash_distance: int,
+) -> dict:
     """The JSON-serialisable report of a split: counts, every file left out and why, the parameters."""
     official = bool(scan.has_official_test)
-    counts = {s: {c: int(((manifest["split"] == s) & (manifest["label"] == c)).sum()) for c in classes}
-              for s in SPLITS}
+    counts = {s: {c: int(((manifest["split"] == s) & (manifest["label"] == c)).sum()) for c in classes} for s in SPLITS}
     notes = []
     if official:
         notes.append("test_fraction ignored: the dataset has an official test folder, which forms the test split")
     largest = max((len(g) for g in groups), default=0)
     if phash_distance > 0 and largest > _LARGE_GROUP:
-        notes.append(f"the largest duplicate group holds {largest} images: phash_distance={phash_distance} may be "
-                     "chaining unrelated images together; consider a smaller distance")
+        notes.append(
+            f"the largest duplicate group holds {largest} images: phash_distance={phash_distance} may be "
+            "chaining unrelated images together; consider a smaller distance"
+        )
         logger.warning(notes[-1])
     return {
         "classes": classes,
@@ -234,16 +253,36 @@ def make_split(
     removals = find_removals(records, groups, official)
     units = make_units(records, groups, removals.excluded)
     classes = sorted(set(scan.classes) | {r.label for r in records})
-    split_of = assign_splits(records, units, classes, official=official, val_fraction=val_fraction,
-                             test_fraction=test_fraction, seed=seed)
+    split_of = assign_splits(
+        records, units, classes, official=official, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+    )
     manifest = build_manifest(records, groups, split_of)
 
     accounted = account_for_files(len(records), len(scan.skipped), len(manifest), removals)
-    report = build_report(scan, records, groups, manifest, removals, accounted, classes=classes, seed=seed,
-                          val_fraction=val_fraction, test_fraction=test_fraction, phash_distance=phash_distance)
+    report = build_report(
+        scan,
+        records,
+        groups,
+        manifest,
+        removals,
+        accounted,
+        classes=classes,
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        phash_distance=phash_distance,
+    )
     totals = report["totals"]
     logger.info(
         "split %d images: train %d, val %d, test %d (%d duplicates removed, %d conflicted, %d test duplicates "
-        "of train dropped, %d skipped)", accounted["files_seen"], totals["train"], totals["val"], totals["test"],
-        len(removals.removed), len(removals.conflicted), len(removals.test_dropped), len(scan.skipped))
+        "of train dropped, %d skipped)",
+        accounted["files_seen"],
+        totals["train"],
+        totals["val"],
+        totals["test"],
+        len(removals.removed),
+        len(removals.conflicted),
+        len(removals.test_dropped),
+        len(scan.skipped),
+    )
     return SplitResult(manifest=manifest, report=report)

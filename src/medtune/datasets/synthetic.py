@@ -86,8 +86,15 @@ def _ellipse_radius(
 
 
 def _lesion_pattern(
-    label: str, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float,
-    r: float, aspect: float, angle: float,
+    label: str,
+    rng: np.random.Generator,
+    yy: np.ndarray,
+    xx: np.ndarray,
+    cy: float,
+    cx: float,
+    r: float,
+    aspect: float,
+    angle: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The lesion's additive intensity pattern (roughly -0.5..1) and its footprint mask."""
     ry, rx = r * aspect, r / aspect
@@ -316,8 +323,10 @@ def ensure_synthetic_dataset(root: Path, *, n_per_class: int = 120, image_size: 
     if root.exists() and not root.is_dir():
         raise DataError(f"ensure_synthetic_dataset: root {root} exists and is not a folder")
     if root.is_dir() and _read_marker(root) is None and any(root.iterdir()):
-        raise DataError(f"ensure_synthetic_dataset: root {root} is not empty and holds no synthetic dataset; "
-                        "refusing to overwrite it")
+        raise DataError(
+            f"ensure_synthetic_dataset: root {root} is not empty and holds no synthetic dataset; "
+            "refusing to overwrite it"
+        )
     images, labels, masks = generate(n_per_class, image_size, seed)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
@@ -337,12 +346,15 @@ def ensure_synthetic_dataset(root: Path, *, n_per_class: int = 120, image_size: 
             [[y.argmax(), x.argmax(), len(y) - y[::-1].argmax(), len(x) - x[::-1].argmax()] for y, x in zip(ys, xs)],
             dtype=np.int32,
         )
-        _write_npz(tmp / LESIONS_NAME, {
-            "names": np.array(names, dtype=np.str_),
-            "labels": labels,
-            "masks": masks,
-            "bboxes": bboxes,
-        })
+        _write_npz(
+            tmp / LESIONS_NAME,
+            {
+                "names": np.array(names, dtype=np.str_),
+                "labels": labels,
+                "masks": masks,
+                "bboxes": bboxes,
+            },
+        )
         (tmp / MARKER_NAME).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         _swap_into_place(tmp, root)
     except BaseException:

@@ -23,7 +23,23 @@ from medtune.model_card._layout import FIGURES, SECTIONS
 from medtune.model_card._render import render_html, render_markdown
 
 __all__ = [
-    "FIGURES", "INTENDED_USE", "OUT_OF_SCOPE", "SECTIONS", "ClassResult", "DataInfo", "Estimate", "GateInfo",
-    "ModelCard", "ModelInfo", "Results", "build_card", "card_figures", "data_from_split_report",
-    "data_from_test_labels", "gradcam_examples", "render_html", "render_markdown", "short_description",
+    "FIGURES",
+    "INTENDED_USE",
+    "OUT_OF_SCOPE",
+    "SECTIONS",
+    "ClassResult",
+    "DataInfo",
+    "Estimate",
+    "GateInfo",
+    "ModelCard",
+    "ModelInfo",
+    "Results",
+    "build_card",
+    "card_figures",
+    "data_from_split_report",
+    "data_from_test_labels",
+    "gradcam_examples",
+    "render_html",
+    "render_markdown",
+    "short_description",
 ]

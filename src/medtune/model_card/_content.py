@@ -119,10 +119,21 @@ class ModelCard:
     def from_dict(cls, d: Mapping) -> ModelCard:
         res = dict(d["results"])
         res["headline"] = {k: Estimate(**v) for k, v in res["headline"].items()}
-        res["per_class"] = [ClassResult(**{**c, "sensitivity": Estimate(**c["sensitivity"]),
-                                           "specificity": Estimate(**c["specificity"])}) for c in res["per_class"]]
-        return cls(**{**d, "model": ModelInfo(**d["model"]), "data": DataInfo(**d["data"]), "results": Results(**res),
-                      "gate": GateInfo(**d["gate"]) if d.get("gate") else None})
+        res["per_class"] = [
+            ClassResult(
+                **{**c, "sensitivity": Estimate(**c["sensitivity"]), "specificity": Estimate(**c["specificity"])}
+            )
+            for c in res["per_class"]
+        ]
+        return cls(
+            **{
+                **d,
+                "model": ModelInfo(**d["model"]),
+                "data": DataInfo(**d["data"]),
+                "results": Results(**res),
+                "gate": GateInfo(**d["gate"]) if d.get("gate") else None,
+            }
+        )
 
 
 def data_from_split_report(dataset: str, report: Mapping, manifest_hash: str, test_source: str) -> DataInfo:
@@ -135,18 +146,28 @@ def data_from_split_report(dataset: str, report: Mapping, manifest_hash: str, te
         "byte_identical_copies_removed": len(report.get("removed_duplicates", [])),
         "label_conflicts_left_out": len(report.get("label_conflicts", [])),
         "test_duplicates_of_train_dropped": int(report.get("test_dropped_duplicates_of_train", 0)),
-        "duplicate_groups_kept_in_one_split": int(groups.get("count", 0)) if isinstance(groups, Mapping) else len(groups),
+        "duplicate_groups_kept_in_one_split": int(groups.get("count", 0))
+        if isinstance(groups, Mapping)
+        else len(groups),
         "look_alike_groups_across_classes": len(report.get("near_duplicate_label_mismatch", [])),
         "phash_distance": int(report.get("phash_distance", 0)),
     }
     reasons = Counter(s.get("reason", "?") for s in report.get("skipped", []))
     counts = {s: {c: int(n) for c, n in per.items()} for s, per in report.get("counts", {}).items()}
-    return DataInfo(dataset, test_source, manifest_hash, list(report.get("classes", [])), counts, curation,
-                    dict(sorted(reasons.items())))
+    return DataInfo(
+        dataset,
+        test_source,
+        manifest_hash,
+        list(report.get("classes", [])),
+        counts,
+        curation,
+        dict(sorted(reasons.items())),
+    )
 
 
-def data_from_test_labels(dataset: str, classes: Sequence[str], y_test: np.ndarray, test_source: str,
-                          test_hash: str) -> DataInfo:
+def data_from_test_labels(
+    dataset: str, classes: Sequence[str], y_test: np.ndarray, test_source: str, test_hash: str
+) -> DataInfo:
     """The data section of an evaluation on a folder: only the test images are known."""
     counts = {"test": {c: int((np.asarray(y_test) == i).sum()) for i, c in enumerate(classes)}}
     return DataInfo(dataset, test_source, test_hash, list(classes), counts, {})
@@ -179,20 +200,43 @@ def build_card(
     per_class = []
     for i, name in enumerate(classes):
         key = safe_key(name)
-        per_class.append(ClassResult(
-            name=name,
-            support=int(cm[i].sum()),
-            sensitivity=Estimate(float(metrics[f"test_recall_{key}"]), ci[f"sensitivity_{i}"].low, ci[f"sensitivity_{i}"].high),
-            specificity=Estimate(float(metrics[f"test_specificity_{key}"]), ci[f"specificity_{i}"].low,
-                                 ci[f"specificity_{i}"].high),
-            f1=float(metrics[f"test_f1_{key}"]),
-            auc=auc.get(i),
-        ))
-    results = Results(int(cm.sum()), test_split, headline, per_class, cm.tolist(), float(metrics["test_ece"]),
-                      float(metrics["test_log_loss"]), n_resamples, seed)
+        per_class.append(
+            ClassResult(
+                name=name,
+                support=int(cm[i].sum()),
+                sensitivity=Estimate(
+                    float(metrics[f"test_recall_{key}"]), ci[f"sensitivity_{i}"].low, ci[f"sensitivity_{i}"].high
+                ),
+                specificity=Estimate(
+                    float(metrics[f"test_specificity_{key}"]), ci[f"specificity_{i}"].low, ci[f"specificity_{i}"].high
+                ),
+                f1=float(metrics[f"test_f1_{key}"]),
+                auc=auc.get(i),
+            )
+        )
+    results = Results(
+        int(cm.sum()),
+        test_split,
+        headline,
+        per_class,
+        cm.tolist(),
+        float(metrics["test_ece"]),
+        float(metrics["test_log_loss"]),
+        n_resamples,
+        seed,
+    )
     title = f"{model.name} v{model.version}" if model.name else f"medtune model of run {model.run_id}"
-    return ModelCard(title, datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), INTENDED_USE, list(OUT_OF_SCOPE),
-                     model, data, results, gate, dict(examples or {}))
+    return ModelCard(
+        title,
+        datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        INTENDED_USE,
+        list(OUT_OF_SCOPE),
+        model,
+        data,
+        results,
+        gate,
+        dict(examples or {}),
+    )
 
 
 def _auc_per_class(y: np.ndarray, proba: np.ndarray, k: int) -> dict[int, float]:
@@ -219,4 +263,3 @@ def short_description(card: ModelCard) -> str:
 
 def _ci(e: Estimate) -> str:
     return f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}]"
-

@@ -30,8 +30,9 @@ def gradcam_examples(galleries: dict, per_kind: int = 4) -> dict[str, list]:
     return picked
 
 
-def card_figures(confusion: np.ndarray, roc: dict, reliability: dict, classes: list[str], examples: dict[str, list]
-                 ) -> dict[str, bytes]:
+def card_figures(
+    confusion: np.ndarray, roc: dict, reliability: dict, classes: list[str], examples: dict[str, list]
+) -> dict[str, bytes]:
     """``{figure key: PNG bytes}`` for the keys :data:`medtune.model_card.FIGURES` names."""
     out = {
         "confusion_matrix": _png(reports.confusion_matrix_figure(confusion, classes, title="test (counts)")),
@@ -40,7 +41,11 @@ def card_figures(confusion: np.ndarray, roc: dict, reliability: dict, classes: l
     }
     for kind, items in examples.items():
         if items:
-            out[f"gradcam_{kind}"] = _png(reports.gradcam_grid(
-                np.stack([it.image for it in items]), np.stack([it.heatmap for it in items]),
-                [it.title for it in items]))
+            out[f"gradcam_{kind}"] = _png(
+                reports.gradcam_grid(
+                    np.stack([it.image for it in items]),
+                    np.stack([it.heatmap for it in items]),
+                    [it.title for it in items],
+                )
+            )
     return out

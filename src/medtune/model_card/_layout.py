@@ -62,53 +62,97 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
     def figure(key: str) -> list:
         return [Figure(key, FIGURES[key])] if key in figures else []
 
-    blocks: list = [Heading(1, f"Model card: {card.title}"), Text(card.intended_use, warning=True),
-                    Text(f"Written {card.created} by medtune, after Mitchell et al. (2019), Model Cards for Model "
-                         "Reporting, and MONAI bundle metadata.")]
+    blocks: list = [
+        Heading(1, f"Model card: {card.title}"),
+        Text(card.intended_use, warning=True),
+        Text(
+            f"Written {card.created} by medtune, after Mitchell et al. (2019), Model Cards for Model "
+            "Reporting, and MONAI bundle metadata."
+        ),
+    ]
 
     blocks += [Heading(2, "Intended use"), Text(card.intended_use)]
     blocks += [Heading(2, "Out-of-scope uses"), Bullets(card.out_of_scope)]
 
     splits = list(d.counts)
-    blocks += [Heading(2, "Data"),
-               Text(f"Dataset {d.dataset}; test images from {d.test_source}; manifest hash {d.manifest_hash or 'n/a'}."),
-               Table(["class", *splits], [[c, *(str(d.counts[s].get(c, 0)) for s in splits)] for c in d.classes]
-                     + [["total", *(str(sum(d.counts[s].values())) for s in splits)]])]
+    blocks += [
+        Heading(2, "Data"),
+        Text(f"Dataset {d.dataset}; test images from {d.test_source}; manifest hash {d.manifest_hash or 'n/a'}."),
+        Table(
+            ["class", *splits],
+            [[c, *(str(d.counts[s].get(c, 0)) for s in splits)] for c in d.classes]
+            + [["total", *(str(sum(d.counts[s].values())) for s in splits)]],
+        ),
+    ]
     if d.curation:
-        blocks += [Text("Validation and de-duplication before the split (files):"),
-                   Bullets([f"{_words(k)}: {v}" for k, v in d.curation.items()])]
+        blocks += [
+            Text("Validation and de-duplication before the split (files):"),
+            Bullets([f"{_words(k)}: {v}" for k, v in d.curation.items()]),
+        ]
     if d.skipped_reasons:
         blocks += [Text("Unusable files by reason:"), Bullets([f"{k}: {v}" for k, v in d.skipped_reasons.items()])]
 
     registered = f"{m.name} version {m.version}" if m.name else "not registered"
-    blocks += [Heading(2, "Model"), Table(["property", "value"], [
-        ["architecture", "custom CNN" if m.backbone == "custom" else f"{m.backbone} backbone under medtune's head"],
-        ["initial weights", m.weights_source or "none (random)"],
-        ["weights sha256", m.weights_sha256 or "n/a"],
-        ["input", f"{m.image_size} x {m.image_size} px, {m.channels} channel(s), raw 0-255 pixels"],
-        ["parameters", f"{m.parameters:,}"],
-        ["training params from", m.params_source],
-        ["registered as", registered],
-        ["training run", m.run_id],
-    ]), Text("Training parameters:"),
-        Table(["parameter", "value"], [[k, json.dumps(v) if not isinstance(v, str) else v] for k, v in m.params.items()])]
+    blocks += [
+        Heading(2, "Model"),
+        Table(
+            ["property", "value"],
+            [
+                [
+                    "architecture",
+                    "custom CNN" if m.backbone == "custom" else f"{m.backbone} backbone under medtune's head",
+                ],
+                ["initial weights", m.weights_source or "none (random)"],
+                ["weights sha256", m.weights_sha256 or "n/a"],
+                ["input", f"{m.image_size} x {m.image_size} px, {m.channels} channel(s), raw 0-255 pixels"],
+                ["parameters", f"{m.parameters:,}"],
+                ["training params from", m.params_source],
+                ["registered as", registered],
+                ["training run", m.run_id],
+            ],
+        ),
+        Text("Training parameters:"),
+        Table(
+            ["parameter", "value"], [[k, json.dumps(v) if not isinstance(v, str) else v] for k, v in m.params.items()]
+        ),
+    ]
 
-    blocks += [Heading(2, "Test results"),
-               Text(f"{r.n_test} test images ({r.test_split}). Intervals: 95 % stratified bootstrap, "
-                    f"{r.n_resamples} resamples of the test images within each class (seed {r.seed})."),
-               Table(["metric", "value [95 % CI]"], [[HEADLINE_NAMES[k], _ci(e)] for k, e in r.headline.items()]
-                     + [["expected calibration error (15 bins)", f"{r.ece:.3f}"], ["log loss", f"{r.log_loss:.3f}"]]),
-               Heading(3, "Per class"),
-               Table(["class", "images", "sensitivity [95 % CI]", "specificity [95 % CI]", "F1", "ROC-AUC"],
-                     [[c.name, str(c.support), _ci(c.sensitivity), _ci(c.specificity), f"{c.f1:.3f}",
-                       "n/a" if c.auc is None else f"{c.auc:.3f}"] for c in r.per_class]),
-               Heading(3, "Confusion matrix"), Text("Rows: true class; columns: predicted class."),
-               Table(["true \\ predicted", *d.classes], [[c, *map(str, row)] for c, row in zip(d.classes, r.confusion)]),
-               *figure("confusion_matrix"),
-               Heading(3, "ROC"), *figure("roc_curves"),
-               Heading(3, "Calibration"),
-               Text(f"Expected calibration error {r.ece:.3f}: the mean gap between confidence and accuracy."),
-               *figure("reliability")]
+    blocks += [
+        Heading(2, "Test results"),
+        Text(
+            f"{r.n_test} test images ({r.test_split}). Intervals: 95 % stratified bootstrap, "
+            f"{r.n_resamples} resamples of the test images within each class (seed {r.seed})."
+        ),
+        Table(
+            ["metric", "value [95 % CI]"],
+            [[HEADLINE_NAMES[k], _ci(e)] for k, e in r.headline.items()]
+            + [["expected calibration error (15 bins)", f"{r.ece:.3f}"], ["log loss", f"{r.log_loss:.3f}"]],
+        ),
+        Heading(3, "Per class"),
+        Table(
+            ["class", "images", "sensitivity [95 % CI]", "specificity [95 % CI]", "F1", "ROC-AUC"],
+            [
+                [
+                    c.name,
+                    str(c.support),
+                    _ci(c.sensitivity),
+                    _ci(c.specificity),
+                    f"{c.f1:.3f}",
+                    "n/a" if c.auc is None else f"{c.auc:.3f}",
+                ]
+                for c in r.per_class
+            ],
+        ),
+        Heading(3, "Confusion matrix"),
+        Text("Rows: true class; columns: predicted class."),
+        Table(["true \\ predicted", *d.classes], [[c, *map(str, row)] for c, row in zip(d.classes, r.confusion)]),
+        *figure("confusion_matrix"),
+        Heading(3, "ROC"),
+        *figure("roc_curves"),
+        Heading(3, "Calibration"),
+        Text(f"Expected calibration error {r.ece:.3f}: the mean gap between confidence and accuracy."),
+        *figure("reliability"),
+    ]
 
     blocks.append(Heading(2, "Champion gate"))
     g = card.gate
@@ -117,14 +161,23 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
     else:
         before = "none" if g.champion_version is None else f"v{g.champion_version}"
         score = "n/a" if g.champion_score is None else f"{g.champion_score:.4f}"
-        blocks += [Text(f"Decision: @{g.alias} ({g.reason})."), Table(["", "model", "test macro-F1"], [
-            ["this version", f"v{m.version}", f"{g.score:.4f}"], ["champion before", before, score]]),
-            Text(f"Margin required: {'not recorded' if g.margin is None else g.margin}.")]
+        blocks += [
+            Text(f"Decision: @{g.alias} ({g.reason})."),
+            Table(
+                ["", "model", "test macro-F1"],
+                [["this version", f"v{m.version}", f"{g.score:.4f}"], ["champion before", before, score]],
+            ),
+            Text(f"Margin required: {'not recorded' if g.margin is None else g.margin}."),
+        ]
 
     blocks.append(Heading(2, "Grad-CAM examples"))
     shown = figure("gradcam_right") + figure("gradcam_wrong")
     right, wrong = card.examples.get("right", 0), card.examples.get("wrong", 0)
-    blocks.append(Text(f"{right} correctly and {wrong} wrongly classified test images with the Grad-CAM heatmap of "
-                       "the predicted class." + ("" if wrong else " No test image was misclassified.")))
+    blocks.append(
+        Text(
+            f"{right} correctly and {wrong} wrongly classified test images with the Grad-CAM heatmap of "
+            "the predicted class." + ("" if wrong else " No test image was misclassified.")
+        )
+    )
     blocks += shown
     return blocks

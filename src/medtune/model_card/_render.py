@@ -46,8 +46,11 @@ def render_html(card: ModelCard, figures: Mapping[str, bytes] | None = None) -> 
     """One HTML page with its style and PNG figures inline: it opens without any network access."""
     figures = figures or {}
     e = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{e(card.title)} model card</title><style>{_CSS}</style></head><body>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(card.title)} model card</title><style>{_CSS}</style></head><body>",
+    ]
     for block in layout(card, figures):
         if isinstance(block, Heading):
             out.append(f"<h{block.level}>{e(block.text)}</h{block.level}>")
@@ -61,7 +64,9 @@ def render_html(card: ModelCard, figures: Mapping[str, bytes] | None = None) -> 
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif isinstance(block, Figure):
             data = base64.b64encode(figures[block.key]).decode("ascii")
-            out.append(f'<figure><img alt="{e(block.caption)}" src="data:image/png;base64,{data}">'
-                       f"<figcaption>{e(block.caption)}</figcaption></figure>")
+            out.append(
+                f'<figure><img alt="{e(block.caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{e(block.caption)}</figcaption></figure>"
+            )
     out.append("</body></html>")
     return "\n".join(out) + "\n"

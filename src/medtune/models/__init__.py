@@ -18,8 +18,12 @@ BACKBONES = ("custom", *BACKBONE_SPECS)
 """Values of the ``backbone`` parameter that :func:`build_model` can build."""
 
 
-def build_model(params: Mapping[str, Any], input_shape: tuple[int, int, int], n_classes: int,
-                weights: Mapping[str, Any] | None = None):
+def build_model(
+    params: Mapping[str, Any],
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    weights: Mapping[str, Any] | None = None,
+):
     """Build an uncompiled ``keras.Model`` for ``params["backbone"]`` (default ``custom``).
 
     The model takes raw pixel values 0..255 of shape ``input_shape`` and outputs float32

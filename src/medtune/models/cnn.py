@@ -47,9 +47,7 @@ DEFAULTS: dict[str, Any] = {
 """Values used for parameters missing from ``params`` (they match ``search_spaces/cnn.yaml``)."""
 
 
-def build_cnn(
-    params: Mapping[str, Any], input_shape: tuple[int, int, int], n_classes: int
-) -> keras.Model:
+def build_cnn(params: Mapping[str, Any], input_shape: tuple[int, int, int], n_classes: int) -> keras.Model:
     """Build (not compile) the custom CNN.
 
     Args:
@@ -125,9 +123,7 @@ def _conv(conv_type: str, width: int, kernel_size: int, reg, use_bias: bool, nam
             pointwise_regularizer=reg,
             name=name,
         )
-    return layers.Conv2D(
-        width, kernel_size, padding="same", use_bias=use_bias, kernel_regularizer=reg, name=name
-    )
+    return layers.Conv2D(width, kernel_size, padding="same", use_bias=use_bias, kernel_regularizer=reg, name=name)
 
 
 def _int(p: Mapping, name: str, low: int, high: int) -> int:

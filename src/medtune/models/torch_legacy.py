@@ -63,8 +63,7 @@ class _TensorRef:
     stride: tuple[int, ...]
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None):  # noqa: ARG001 - torch's signature
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):  # noqa: ARG001 - torch's signature
     return _TensorRef(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
 
 
@@ -84,7 +83,9 @@ class _Unpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise CheckpointError(f"refuses to load {module}.{name}: only tensors and OrderedDict are allowed") from None
+            raise CheckpointError(
+                f"refuses to load {module}.{name}: only tensors and OrderedDict are allowed"
+            ) from None
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
@@ -113,14 +114,18 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     except OSError as exc:
         raise CheckpointError(f"checkpoint {name}: cannot be read ({exc.strerror or exc})") from None
     except (pickle.UnpicklingError, EOFError, struct.error, ValueError, TypeError, IndexError, AttributeError) as exc:
-        raise CheckpointError(f"checkpoint {name}: not a legacy PyTorch checkpoint or truncated "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise CheckpointError(
+            f"checkpoint {name}: not a legacy PyTorch checkpoint or truncated "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
 
 
 def _read(f) -> dict[str, np.ndarray]:
     if f.read(4) == ZIP_SIGNATURE:
-        raise CheckpointError("zip-format checkpoint (torch >= 1.6 default); re-save it with "
-                              "_use_new_zipfile_serialization=False or pass a .weights.h5 file")
+        raise CheckpointError(
+            "zip-format checkpoint (torch >= 1.6 default); re-save it with "
+            "_use_new_zipfile_serialization=False or pass a .weights.h5 file"
+        )
     f.seek(0)
     storages: dict[str, tuple[str, int]] = {}
     header = [_Unpickler(f, storages).load() for _ in range(3)]
@@ -170,8 +175,10 @@ def _view(name: str, ref: _TensorRef, arrays: dict[str, np.ndarray]) -> np.ndarr
         raise CheckpointError(f"tensor {name}: reaches outside its storage")
     itemsize = storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
-        storage[ref.offset:] if storage.size else storage, shape=ref.shape,
-        strides=tuple(s * itemsize for s in ref.stride), writeable=False,
+        storage[ref.offset :] if storage.size else storage,
+        shape=ref.shape,
+        strides=tuple(s * itemsize for s in ref.stride),
+        writeable=False,
     )
     return np.array(view, order="C")  # a contiguous copy, independent of the file buffer
 
@@ -212,8 +219,10 @@ class _Pickler(pickle._Pickler):  # the Python implementation, whose save_global
 
     def reducer_override(self, obj):
         if isinstance(obj, _Rebuild):
-            return (_Global("torch._utils", "_rebuild_tensor_v2"),
-                    (obj.storage, obj.offset, obj.shape, obj.stride, False, collections.OrderedDict()))
+            return (
+                _Global("torch._utils", "_rebuild_tensor_v2"),
+                (obj.storage, obj.offset, obj.shape, obj.stride, False, collections.OrderedDict()),
+            )
         return NotImplemented
 
     def save_global(self, obj, name=None):
@@ -223,8 +232,11 @@ class _Pickler(pickle._Pickler):  # the Python implementation, whose save_global
         self.memoize(obj)
 
 
-def write_state_dict(path: str | Path, tensors: dict[str, tuple[np.ndarray, int, tuple, tuple]] | dict[str, np.ndarray],
-                     protocol: int = 2) -> None:
+def write_state_dict(
+    path: str | Path,
+    tensors: dict[str, tuple[np.ndarray, int, tuple, tuple]] | dict[str, np.ndarray],
+    protocol: int = 2,
+) -> None:
     """Write arrays as a legacy-format checkpoint, as ``torch.save`` did before zip files.
 
     ``tensors`` maps names to arrays, or to ``(storage_array, offset, shape, stride)`` for a
@@ -248,9 +260,11 @@ def write_state_dict(path: str | Path, tensors: dict[str, tuple[np.ndarray, int,
             storages[id(base)] = _Storage(str(len(storages)), kinds[flat.dtype.newbyteorder("=")], flat)
         state[name] = _Rebuild(storages[id(base)], offset, shape, stride)
     buf = io.BytesIO()
-    for header in (MAGIC_NUMBER, PROTOCOL_VERSION,
-                   {"protocol_version": PROTOCOL_VERSION, "little_endian": True,
-                    "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+    for header in (
+        MAGIC_NUMBER,
+        PROTOCOL_VERSION,
+        {"protocol_version": PROTOCOL_VERSION, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}},
+    ):
         pickle.dump(header, buf, protocol=protocol)
     _Pickler(buf, protocol=protocol).dump(state)
     pickle.dump([s.key for s in storages.values()], buf, protocol=protocol)

@@ -146,20 +146,26 @@ def _imagenet(backbone: str) -> WeightsFile:
             raise WeightsError(f"backbone {backbone}: ImageNet weights: {exc}; or use -P weights=none") from None
         checked = _checked(backbone, "imagenet", path)
         if spec.imagenet_sha256 and checked.sha256 != spec.imagenet_sha256:
-            raise WeightsError(f"backbone {backbone}: ImageNet weights file {path} has sha256 {checked.sha256[:12]}..., "
-                               f"expected {spec.imagenet_sha256[:12]}... (a damaged install? reinstall its package)")
+            raise WeightsError(
+                f"backbone {backbone}: ImageNet weights file {path} has sha256 {checked.sha256[:12]}..., "
+                f"expected {spec.imagenet_sha256[:12]}... (a damaged install? reinstall its package)"
+            )
         return checked
     cached = _keras_models_dir() / spec.imagenet_file
     if cached.is_file():
         return _checked(backbone, "imagenet", str(cached))
     host = urlparse(spec.imagenet_url).hostname
-    hint = (f"download {spec.imagenet_url} on a machine with network and pass -P weights=<that file> "
-            f"(or put it in {cached.parent}), or use -P weights=none")
+    hint = (
+        f"download {spec.imagenet_url} on a machine with network and pass -P weights=<that file> "
+        f"(or put it in {cached.parent}), or use -P weights=none"
+    )
     from medtune.network import reachable, route
 
     if not reachable(host, 443, PROBE_TIMEOUT_S):  # through HTTPS_PROXY when one applies, as the download
-        raise WeightsError(f"backbone {backbone}: ImageNet weights cannot be downloaded here "
-                           f"({route(host)} does not answer within {PROBE_TIMEOUT_S:.0f} s); {hint}") from None
+        raise WeightsError(
+            f"backbone {backbone}: ImageNet weights cannot be downloaded here "
+            f"({route(host)} does not answer within {PROBE_TIMEOUT_S:.0f} s); {hint}"
+        ) from None
     import keras
 
     previous = socket.getdefaulttimeout()
@@ -179,13 +185,17 @@ def _checked(backbone: str, source: str, path: str) -> WeightsFile:
     name = Path(path).name
     if _is_torch_checkpoint(path):
         if backbone not in TORCH_CHECKPOINT_BACKBONES:
-            raise WeightsError(f"weights file {path}: a PyTorch checkpoint can initialise only "
-                               f"{', '.join(TORCH_CHECKPOINT_BACKBONES)}, not backbone {backbone}")
+            raise WeightsError(
+                f"weights file {path}: a PyTorch checkpoint can initialise only "
+                f"{', '.join(TORCH_CHECKPOINT_BACKBONES)}, not backbone {backbone}"
+            )
         _read_torch_checkpoint(path)  # read whole: truncated, zip-format or unsafe files fail here
         return WeightsFile(backbone, source, str(path), _sha256(path))
     if not (name.endswith(".h5") or name.endswith(".hdf5")):
-        raise WeightsError(f"weights file {path}: expected a .h5 or .weights.h5 file for backbone {backbone}"
-                           + (" (or a legacy-format .pth checkpoint)" if backbone in TORCH_CHECKPOINT_BACKBONES else ""))
+        raise WeightsError(
+            f"weights file {path}: expected a .h5 or .weights.h5 file for backbone {backbone}"
+            + (" (or a legacy-format .pth checkpoint)" if backbone in TORCH_CHECKPOINT_BACKBONES else "")
+        )
     try:
         with open(path, "rb") as f:
             head = f.read(1024)

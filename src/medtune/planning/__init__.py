@@ -4,5 +4,14 @@ from medtune.planning.budget import Budget, parse_budget, plateaued
 from medtune.planning.fingerprint import DataFingerprint, MachineFingerprint, image_stats
 from medtune.planning.rules import Plan, make_plan, render_plan
 
-__all__ = ["Budget", "DataFingerprint", "MachineFingerprint", "Plan", "image_stats", "make_plan", "parse_budget",
-           "plateaued", "render_plan"]
+__all__ = [
+    "Budget",
+    "DataFingerprint",
+    "MachineFingerprint",
+    "Plan",
+    "image_stats",
+    "make_plan",
+    "parse_budget",
+    "plateaued",
+    "render_plan",
+]

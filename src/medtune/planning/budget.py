@@ -78,12 +78,15 @@ class Budget:
 
     def record(self) -> dict[str, float]:
         """What to log: the budget planned and used, in seconds."""
-        return {"budget_planned_s": float("nan") if self.seconds is None else self.seconds,
-                "budget_used_s": self.elapsed()}
+        return {
+            "budget_planned_s": float("nan") if self.seconds is None else self.seconds,
+            "budget_used_s": self.elapsed(),
+        }
 
 
-def plateaued(values: list[float | None], *, patience: int, min_delta: float = 1e-3, min_trials: int = 4,
-              maximize: bool = True) -> str | None:
+def plateaued(
+    values: list[float | None], *, patience: int, min_delta: float = 1e-3, min_trials: int = 4, maximize: bool = True
+) -> str | None:
     """The early-stop rule of a search: the reason to stop, or None.
 
     ``values`` are the objective values of finished trials in order (None for pruned or failed
@@ -103,5 +106,7 @@ def plateaued(values: list[float | None], *, patience: int, min_delta: float = 1
     recent = [v for v in values[-patience:] if v is not None]
     if any(sign * (v - best_before) > min_delta for v in recent):
         return None
-    return (f"plateau: no trial improved the best value {best_before:.4f} by more than {min_delta:g} "
-            f"in the last {patience} trials")
+    return (
+        f"plateau: no trial improved the best value {best_before:.4f} by more than {min_delta:g} "
+        f"in the last {patience} trials"
+    )

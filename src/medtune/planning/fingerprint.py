@@ -42,8 +42,12 @@ class DataFingerprint:
         return min(self.train_per_class.values(), default=0)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "classes": list(self.classes), "train_per_class": dict(self.train_per_class),
-                "imbalance_ratio": round(self.imbalance_ratio, 3)}
+        return {
+            **asdict(self),
+            "classes": list(self.classes),
+            "train_per_class": dict(self.train_per_class),
+            "imbalance_ratio": round(self.imbalance_ratio, 3),
+        }
 
     @classmethod
     def from_split(cls, report: Mapping, stats: Mapping[str, float]) -> DataFingerprint:
@@ -51,10 +55,13 @@ class DataFingerprint:
         counts = report["counts"]
         train = {c: int(n) for c, n in counts.get("train", {}).items()}
         return cls(
-            classes=tuple(sorted(train)), train_per_class=train,
-            n_train=sum(train.values()), n_val=int(sum(counts.get("val", {}).values())),
+            classes=tuple(sorted(train)),
+            train_per_class=train,
+            n_train=sum(train.values()),
+            n_val=int(sum(counts.get("val", {}).values())),
             n_test=int(sum(counts.get("test", {}).values())),
-            median_side=int(stats["median_side"]), small_side=int(stats["small_side"]),
+            median_side=int(stats["median_side"]),
+            small_side=int(stats["small_side"]),
             colour_fraction=float(stats["colour_fraction"]),
             duplicates_removed=_count(report.get("removed_duplicates", 0)),
             label_conflicts=_count(report.get("label_conflicts", report.get("conflicted", 0))),
@@ -92,8 +99,12 @@ def image_stats(paths: Sequence[str], sample: int = 400, seed: int = 0) -> dict[
         colour.append(bool((spread > 8).mean() > 0.05))
     if not sides:
         return {"median_side": 0, "small_side": 0, "colour_fraction": 0.0, "sampled": 0}
-    return {"median_side": float(np.median(sides)), "small_side": float(np.percentile(sides, 10)),
-            "colour_fraction": float(np.mean(colour)) if colour else 0.0, "sampled": len(sides)}
+    return {
+        "median_side": float(np.median(sides)),
+        "small_side": float(np.percentile(sides, 10)),
+        "colour_fraction": float(np.mean(colour)) if colour else 0.0,
+        "sampled": len(sides),
+    }
 
 
 @dataclass(frozen=True)
@@ -123,5 +134,6 @@ class MachineFingerprint:
             devices = tf.config.list_physical_devices("GPU")  # none when $MEDTUNE_GPUS plans for absent GPUs
             details = tf.config.experimental.get_device_details(devices[0]) if devices else {}
             gpu_memory = float(details.get("memory_limit", 0) or 0) / 2**30
-        return cls(gpus=machine.gpus, cpu_cores=machine.cores, memory_gib=round(memory, 1),
-                   gpu_memory_gib=round(gpu_memory, 1))
+        return cls(
+            gpus=machine.gpus, cpu_cores=machine.cores, memory_gib=round(memory, 1), gpu_memory_gib=round(gpu_memory, 1)
+        )

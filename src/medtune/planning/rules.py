@@ -85,8 +85,12 @@ def _round16(x: float) -> int:
     return max(32, int(round(x / 16)) * 16)
 
 
-def make_plan(data: DataFingerprint, machine: MachineFingerprint, budget_s: float | None,
-              overrides: Mapping[str, Any] | None = None) -> Plan:
+def make_plan(
+    data: DataFingerprint,
+    machine: MachineFingerprint,
+    budget_s: float | None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Plan:
     """Rules 1-7 on the fingerprints; ``overrides`` (the user's own values) win over every rule."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     why: dict[str, str] = {}
@@ -102,8 +106,11 @@ def make_plan(data: DataFingerprint, machine: MachineFingerprint, budget_s: floa
     cap = 224 if gpu else (128 if budget < SMALL_BUDGET_S else 160)
     native = data.median_side or cap
     image_size = int(given.get("image_size") or max(64, min(cap, _round16(native))))
-    why["image_size"] = "given" if "image_size" in given else (
-        f"rule 3: median side {data.median_side} px, capped at {cap} px on this machine and budget")
+    why["image_size"] = (
+        "given"
+        if "image_size" in given
+        else (f"rule 3: median side {data.median_side} px, capped at {cap} px on this machine and budget")
+    )
     rungs = tuple(sorted({_round16(image_size / 2), _round16(image_size * 3 / 4), image_size}))
     if "search_image_size" in given:
         rungs = (int(given["search_image_size"]),)
@@ -118,8 +125,11 @@ def make_plan(data: DataFingerprint, machine: MachineFingerprint, budget_s: floa
     full_trial = sum(e * epochs_per_rung + FIT_OVERHEAD_S for e in per_epoch)
     expected_trial = 0.5 * full_trial + 0.5 * (per_epoch[0] * epochs_per_rung + FIT_OVERHEAD_S)
     trials = int(given.get("trials") or min(MAX_TRIALS, max(MIN_TRIALS, math.floor(search_s / expected_trial))))
-    why["trials"] = "given" if "trials" in given else (
-        f"rule 5: {search_s / 60:.0f} min of search at about {expected_trial / 60:.1f} min per trial")
+    why["trials"] = (
+        "given"
+        if "trials" in given
+        else (f"rule 5: {search_s / 60:.0f} min of search at about {expected_trial / 60:.1f} min per trial")
+    )
 
     final_epoch = epoch_seconds(n_train, image_size, machine)  # final training fits the training images
     ensemble, epochs, reasons = plan_final(final_s, final_epoch, given)
@@ -128,12 +138,27 @@ def make_plan(data: DataFingerprint, machine: MachineFingerprint, budget_s: floa
     batch = int(given.get("batch_size") or (32 if not gpu else (128 if machine.gpu_memory_gib >= 40 else 64)))
     why["batch_size"] = "given" if "batch_size" in given else "rule 7"
     class_weights = bool(given["class_weights"]) if "class_weights" in given else data.imbalance_ratio > 1.5
-    why["class_weights"] = "given" if "class_weights" in given else f"rule 7: imbalance ratio {data.imbalance_ratio:.1f}"
+    why["class_weights"] = (
+        "given" if "class_weights" in given else f"rule 7: imbalance ratio {data.imbalance_ratio:.1f}"
+    )
     augment = float(given.get("augment") or (0.3 if data.smallest_class < 200 else 0.2))
     why["augment"] = "given" if "augment" in given else f"rule 7: smallest class {data.smallest_class} images"
-    return Plan(budget_s=budget, search_s=search_s, final_s=final_s, space=space, rungs=rungs,
-                search_epochs=search_epochs, trials=trials, batch_size=batch, image_size=image_size, epochs=epochs,
-                ensemble=ensemble, class_weights=class_weights, augment=augment, reasons=why)
+    return Plan(
+        budget_s=budget,
+        search_s=search_s,
+        final_s=final_s,
+        space=space,
+        rungs=rungs,
+        search_epochs=search_epochs,
+        trials=trials,
+        batch_size=batch,
+        image_size=image_size,
+        epochs=epochs,
+        ensemble=ensemble,
+        class_weights=class_weights,
+        augment=augment,
+        reasons=why,
+    )
 
 
 def plan_final(final_s: float, epoch_s: float, given: Mapping[str, Any] | None = None) -> tuple[int, int, dict]:
@@ -149,13 +174,18 @@ def plan_final(final_s: float, epoch_s: float, given: Mapping[str, Any] | None =
         return max(0, math.floor((training_s / k - FIT_OVERHEAD_S) / epoch_s))
 
     affordable = per_member(1)
-    ensemble = int(given.get("ensemble") or next(
-        (k for k in (3, 2) if per_member(k) >= (ENSEMBLE_MIN_EPOCHS + 2 if k == 3 else ENSEMBLE_MIN_EPOCHS)), 1))
+    ensemble = int(
+        given.get("ensemble")
+        or next((k for k in (3, 2) if per_member(k) >= (ENSEMBLE_MIN_EPOCHS + 2 if k == 3 else ENSEMBLE_MIN_EPOCHS)), 1)
+    )
     epochs = int(given.get("epochs") or max(MIN_FINAL_EPOCHS, min(MAX_FINAL_EPOCHS, per_member(ensemble))))
     why = {
-        "ensemble": "given" if "ensemble" in given else (
+        "ensemble": "given"
+        if "ensemble" in given
+        else (
             f"rule 6: {affordable} final epochs of {epoch_s:.0f} s affordable; {ensemble} member(s) of "
-            f">= {ENSEMBLE_MIN_EPOCHS} epochs"),
+            f">= {ENSEMBLE_MIN_EPOCHS} epochs"
+        ),
         "epochs": "given" if "epochs" in given else f"rule 6: {final_s / 60:.0f} min of final training",
     }
     return ensemble, epochs, why
@@ -164,15 +194,24 @@ def plan_final(final_s: float, epoch_s: float, given: Mapping[str, Any] | None =
 def render_plan(plan: Plan, data: DataFingerprint, machine: MachineFingerprint) -> str:
     """The short table printed before work starts."""
     rows = [
-        ("data", f"{data.n_train} train / {data.n_val} val / {data.n_test} test images, {len(data.classes)} classes, "
-                 f"imbalance {data.imbalance_ratio:.1f}, median side {data.median_side} px, "
-                 f"{'colour' if data.colour_fraction > 0.5 else 'grey'}"),
+        (
+            "data",
+            f"{data.n_train} train / {data.n_val} val / {data.n_test} test images, {len(data.classes)} classes, "
+            f"imbalance {data.imbalance_ratio:.1f}, median side {data.median_side} px, "
+            f"{'colour' if data.colour_fraction > 0.5 else 'grey'}",
+        ),
         ("machine", f"{machine.gpus} GPU(s), {machine.cpu_cores} cores, {machine.memory_gib:.0f} GiB"),
         ("budget", f"{plan.budget_s / 60:.0f} min: search {plan.search_s / 60:.0f}, final {plan.final_s / 60:.0f}"),
-        ("search", f"{plan.trials} trials of {plan.search_epochs} epochs at {'/'.join(map(str, plan.rungs))} px, "
-                   f"space {plan.space}, batch {plan.batch_size}"),
-        ("final", f"{plan.ensemble} x {plan.epochs} epochs at {plan.image_size} px, class weights "
-                  f"{'on' if plan.class_weights else 'off'}"),
+        (
+            "search",
+            f"{plan.trials} trials of {plan.search_epochs} epochs at {'/'.join(map(str, plan.rungs))} px, "
+            f"space {plan.space}, batch {plan.batch_size}",
+        ),
+        (
+            "final",
+            f"{plan.ensemble} x {plan.epochs} epochs at {plan.image_size} px, class weights "
+            f"{'on' if plan.class_weights else 'off'}",
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

@@ -28,8 +28,9 @@ class Engine(Protocol):
     def check_state(self, space: SearchSpace, cfg: SearchSettings) -> None:
         """Before the search run opens: stop with one line if saved state cannot be resumed."""
 
-    def run(self, space: SearchSpace, data: TrialData, cfg: SearchSettings,
-            recorder: TrialRecorder) -> list[TrialSummary]:
+    def run(
+        self, space: SearchSpace, data: TrialData, cfg: SearchSettings, recorder: TrialRecorder
+    ) -> list[TrialSummary]:
         """Run trials until the budget (trials, time, plateau) is spent; every trial's summary."""
 
 

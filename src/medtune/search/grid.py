@@ -45,8 +45,10 @@ def grid_values(space: SearchSpace) -> dict[str, list]:
         )
     size = grid_size(values)
     if size > MAX_POINTS:
-        raise SpaceError(f"{space.source}: the grid has {size:,} points (more than {MAX_POINTS:,}): "
-                         "narrow the choices or widen the steps")
+        raise SpaceError(
+            f"{space.source}: the grid has {size:,} points (more than {MAX_POINTS:,}): "
+            "narrow the choices or widen the steps"
+        )
     return values
 
 

@@ -23,7 +23,14 @@ from medtune.space import Param, SearchSpace
 
 log = logging.getLogger(__name__)
 
-_STATES = {"COMPLETED": COMPLETE, "FAILED": FAILED, "INVALID": FAILED, "RUNNING": RUNNING, "STOPPED": "STOPPED", "IDLE": "IDLE"}
+_STATES = {
+    "COMPLETED": COMPLETE,
+    "FAILED": FAILED,
+    "INVALID": FAILED,
+    "RUNNING": RUNNING,
+    "STOPPED": "STOPPED",
+    "IDLE": "IDLE",
+}
 
 
 # ---------------------------------------------------------------- space adapter
@@ -32,10 +39,14 @@ _STATES = {"COMPLETED": COMPLETE, "FAILED": FAILED, "INVALID": FAILED, "RUNNING"
 def _declare_one(hp: kt.HyperParameters, p: Param):
     if p.type == "int":
         kwargs = {"step": int(p.step)} if p.step else {}
-        return hp.Int(p.name, int(p.low), int(p.high), sampling="log" if p.log else "linear", default=p.default, **kwargs)
+        return hp.Int(
+            p.name, int(p.low), int(p.high), sampling="log" if p.log else "linear", default=p.default, **kwargs
+        )
     if p.type == "float":
         kwargs = {"step": float(p.step)} if p.step else {}
-        return hp.Float(p.name, float(p.low), float(p.high), sampling="log" if p.log else "linear", default=p.default, **kwargs)
+        return hp.Float(
+            p.name, float(p.low), float(p.high), sampling="log" if p.log else "linear", default=p.default, **kwargs
+        )
     if p.type == "bool":
         return hp.Boolean(p.name, default=bool(p.default) if p.default is not None else False)
     return hp.Choice(p.name, list(p.choices), default=p.default)
@@ -46,8 +57,10 @@ def declare(hp: kt.HyperParameters, space: SearchSpace) -> dict:
     values: dict = {}
     for p in space.params:
         if p.condition:
-            scopes = [hp.conditional_scope(parent, list(allowed) if isinstance(allowed, (list, tuple)) else [allowed])
-                      for parent, allowed in p.condition.items()]
+            scopes = [
+                hp.conditional_scope(parent, list(allowed) if isinstance(allowed, (list, tuple)) else [allowed])
+                for parent, allowed in p.condition.items()
+            ]
             for scope in scopes:
                 scope.__enter__()
             try:
@@ -117,9 +130,15 @@ class _TrackedTunerMixin:
 
         try:
             result = train_trial(
-                params, self._data, epochs=epochs, objective=cfg.objective,
-                class_weights=cfg.class_weights, seed=cfg.seed + number, on_epoch=on_epoch,
-                weights=cfg.weights, rungs=None if "tuner/epochs" in hp_values else cfg.rungs,
+                params,
+                self._data,
+                epochs=epochs,
+                objective=cfg.objective,
+                class_weights=cfg.class_weights,
+                seed=cfg.seed + number,
+                on_epoch=on_epoch,
+                weights=cfg.weights,
+                rungs=None if "tuner/epochs" in hp_values else cfg.rungs,
             )
             if result.pruned:  # keras-tuner has no pruned state: the oracle marks it FAILED with this message
                 self._recorder.trial_finished(handle, PRUNED, result, reason=BUDGET_STOP)
@@ -128,15 +147,18 @@ class _TrackedTunerMixin:
             if not math.isfinite(result.value):
                 raise RuntimeError(f"objective {cfg.objective} is not finite")
             self._recorder.trial_finished(handle, COMPLETE, result)
-            self._own_trials[number] = TrialSummary(number, COMPLETE, result.value, params,
-                                                    duration_s=result.seconds, epochs_run=result.epochs_run)
+            self._own_trials[number] = TrialSummary(
+                number, COMPLETE, result.value, params, duration_s=result.seconds, epochs_run=result.epochs_run
+            )
             history = {k: v for k, v in result.history.items()}
             return {cfg.objective: result.value, **{k: v[-1] for k, v in history.items() if v and k != cfg.objective}}
         except kt.errors.FailedTrialError:
             raise
         except Exception as exc:
             self._recorder.trial_finished(handle, FAILED, result, error=exc)
-            self._own_trials[number] = TrialSummary(number, FAILED, None, params, error=f"{type(exc).__name__}: {exc}"[:500])
+            self._own_trials[number] = TrialSummary(
+                number, FAILED, None, params, error=f"{type(exc).__name__}: {exc}"[:500]
+            )
             if stops_the_search(exc):  # keras-tuner lets a FatalError end the search at once
                 error = as_search_error(exc, number)
                 raise kt.errors.FatalError(str(error)) from error
@@ -162,8 +184,9 @@ class _TrackedTunerMixin:
             reason = f"time budget of {cfg.budget.seconds / 60:.1f} min spent"
         elif cfg.plateau_patience:
             done = [s for s in summaries(self) if s.state in (COMPLETE, PRUNED)]
-            reason = plateaued([s.value for s in done], patience=cfg.plateau_patience,
-                               maximize=cfg.direction == "maximize")
+            reason = plateaued(
+                [s.value for s in done], patience=cfg.plateau_patience, maximize=cfg.direction == "maximize"
+            )
         if reason:
             raise _StopSearch(reason)
 
@@ -187,8 +210,13 @@ def make_tuner(engine: str, space: SearchSpace, data: TrialData, cfg: SearchSett
     objective = kt.Objective(cfg.objective, direction="max" if cfg.direction == "maximize" else "min")
     hypermodel = SpaceHyperModel(space, data.input_shape, len(data.classes))
     common = dict(
-        hypermodel=hypermodel, objective=objective, seed=cfg.seed, directory=cfg.workdir,
-        project_name=cfg.study, overwrite=False, max_consecutive_failed_trials=max(3, cfg.trials + 1),
+        hypermodel=hypermodel,
+        objective=objective,
+        seed=cfg.seed,
+        directory=cfg.workdir,
+        project_name=cfg.study,
+        overwrite=False,
+        max_consecutive_failed_trials=max(3, cfg.trials + 1),
     )
     try:
         if engine == "bayesian":
@@ -247,7 +275,8 @@ def summaries(tuner) -> list[TrialSummary]:
                 number=int(trial_id),
                 state=state,
                 value=trial.score if state == COMPLETE and trial.score is not None else None,
-                params=active_values(space, values) if space is not None
+                params=active_values(space, values)
+                if space is not None
                 else {k: v for k, v in values.items() if not k.startswith("tuner/")},
                 epochs_run=None,  # the oracle keeps one value per metric; the trial run's tag has the count
                 error=(trial.message or "").strip().splitlines()[-1][:500] if trial.message else None,
@@ -256,13 +285,18 @@ def summaries(tuner) -> list[TrialSummary]:
     return out
 
 
-def run_search(engine: str, space: SearchSpace, data: TrialData, cfg: SearchSettings, recorder: TrialRecorder) -> list[TrialSummary]:
+def run_search(
+    engine: str, space: SearchSpace, data: TrialData, cfg: SearchSettings, recorder: TrialRecorder
+) -> list[TrialSummary]:
     tuner = make_tuner(engine, space, data, cfg, recorder)
     if cfg.timeout:
         log.warning("timeout is not supported by keras-tuner engines; the trial budget applies")
     if engine in ("keras_hyperband", "hyperband"):
-        log.info("Hyperband sets its own number of trials from epochs=%d (max_epochs) and factor 3; trials=%d is ignored",
-                 cfg.epochs, cfg.trials)
+        log.info(
+            "Hyperband sets its own number of trials from epochs=%d (max_epochs) and factor 3; trials=%d is ignored",
+            cfg.epochs,
+            cfg.trials,
+        )
     recorder.progress(summaries(tuner))  # a resumed search shows its best so far from the start
     reason = "trial budget reached"
     try:

@@ -70,8 +70,9 @@ def check_space_unchanged(study: optuna.Study, space: SearchSpace) -> None:
     """
     from medtune.errors import SpaceError
 
-    wanted = {k: v for k, v in distributions(space).items()
-              if isinstance(v, optuna.distributions.CategoricalDistribution)}
+    wanted = {
+        k: v for k, v in distributions(space).items() if isinstance(v, optuna.distributions.CategoricalDistribution)
+    }
     for t in study.get_trials(deepcopy=False):
         for name, dist in t.distributions.items():
             if name in wanted and dist != wanted[name]:
@@ -119,7 +120,7 @@ def make_storage(url: str | None) -> optuna.storages.RDBStorage:
         raise ConfigError(f"storage={url!r}: expected an RDB URL such as sqlite:///optuna.db or postgresql://...")
     check_driver(url)
     if url.startswith("postgresql://"):  # SQLAlchemy 2.1 defaults to psycopg 3; medtune ships psycopg2
-        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg2://" + url[len("postgresql://") :]
     import sqlalchemy.exc
 
     for attempt in range(3):
@@ -139,7 +140,9 @@ def make_storage(url: str | None) -> optuna.storages.RDBStorage:
                 ) from exc
             time.sleep(1 + attempt)
         except Exception as exc:  # connection refused, unknown driver, bad credentials
-            raise ConfigError(f"storage={_redact(url)}: cannot open Optuna storage ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+            raise ConfigError(
+                f"storage={_redact(url)}: cannot open Optuna storage ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            ) from exc
 
 
 def check_driver(url: str) -> None:
@@ -149,8 +152,10 @@ def check_driver(url: str) -> None:
     try:
         import psycopg2  # noqa: F401
     except ImportError as exc:
-        raise ConfigError(f"storage={_redact(url)}: PostgreSQL needs its driver, which is not installed: "
-                          "pip install 'medtune[postgres]' (or psycopg2-binary)") from exc
+        raise ConfigError(
+            f"storage={_redact(url)}: PostgreSQL needs its driver, which is not installed: "
+            "pip install 'medtune[postgres]' (or psycopg2-binary)"
+        ) from exc
 
 
 def _redact(url: str) -> str:
@@ -198,7 +203,10 @@ def open_study(space: SearchSpace, cfg: SearchSettings) -> optuna.Study:
         sampler = optuna.samplers.GridSampler(cfg.grid, seed=cfg.seed)
     else:
         sampler = TrialSeededTPESampler(
-            seed=cfg.seed, n_startup_trials=min(10, max(3, cfg.trials // 3)), multivariate=True, group=True,
+            seed=cfg.seed,
+            n_startup_trials=min(10, max(3, cfg.trials // 3)),
+            multivariate=True,
+            group=True,
         )
     study = optuna.create_study(
         study_name=cfg.study,
@@ -235,9 +243,13 @@ def warm_start(study: optuna.Study, space: SearchSpace, cfg: SearchSettings) -> 
         return done
     sources: list[str] = []
     if mode == "auto":
-        sources = [s.study_name for s in optuna.get_all_study_summaries(study._storage, include_best_trial=False)
-                   if s.study_name != study.study_name and s.user_attrs.get("split") == cfg.split
-                   and s.user_attrs.get("fidelity") == cfg.fidelity]
+        sources = [
+            s.study_name
+            for s in optuna.get_all_study_summaries(study._storage, include_best_trial=False)
+            if s.study_name != study.study_name
+            and s.user_attrs.get("split") == cfg.split
+            and s.user_attrs.get("fidelity") == cfg.fidelity
+        ]
     elif mode != "recipes":
         sources = [name.strip() for name in mode.split(",") if name.strip()]
     wanted = distributions(space)
@@ -247,24 +259,35 @@ def warm_start(study: optuna.Study, space: SearchSpace, cfg: SearchSettings) -> 
         except KeyError:
             raise ConfigError(f"warm_start={name}: no such study in this storage") from None
         if other.user_attrs.get("fidelity") != cfg.fidelity or other.user_attrs.get("split") != cfg.split:
-            raise ConfigError(f"warm_start={name}: that study measured {other.user_attrs.get('fidelity')} on split "
-                              f"{other.user_attrs.get('split', '?')[:8]}, this one {cfg.fidelity} on {cfg.split[:8]}")
+            raise ConfigError(
+                f"warm_start={name}: that study measured {other.user_attrs.get('fidelity')} on split "
+                f"{other.user_attrs.get('split', '?')[:8]}, this one {cfg.fidelity} on {cfg.split[:8]}"
+            )
         for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if any(k not in wanted or wanted[k] != d for k, d in t.distributions.items()):
                 continue  # a parameter this space does not search the same way
-            study.add_trial(optuna.trial.create_trial(
-                params=t.params, distributions=t.distributions, value=t.value,
-                intermediate_values=t.intermediate_values,
-                user_attrs={"imported_from": f"{name}#{t.number}", "epochs_run": t.user_attrs.get("epochs_run")},
-            ))
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=t.params,
+                    distributions=t.distributions,
+                    value=t.value,
+                    intermediate_values=t.intermediate_values,
+                    user_attrs={"imported_from": f"{name}#{t.number}", "epochs_run": t.user_attrs.get("epochs_run")},
+                )
+            )
             done["imported"] += 1
     from medtune.planning.recipes import recipes_for
 
     for name, params in recipes_for(space):
         study.enqueue_trial(params, user_attrs={"recipe": name}, skip_if_exists=True)
         done["enqueued"] += 1
-    log.info("Warm start of %s: %d trials imported from %s, %d recipes queued", study.study_name, done["imported"],
-             ", ".join(sources) or "no earlier study", done["enqueued"])
+    log.info(
+        "Warm start of %s: %d trials imported from %s, %d recipes queued",
+        study.study_name,
+        done["imported"],
+        ", ".join(sources) or "no earlier study",
+        done["enqueued"],
+    )
     return done
 
 
@@ -317,7 +340,11 @@ def _alive(pid: int) -> bool:
 def summaries(study: optuna.Study) -> list[TrialSummary]:
     out = []
     for t in study.get_trials(deepcopy=False):
-        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+        duration = (
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start
+            else None
+        )
         out.append(
             TrialSummary(
                 number=t.number,
@@ -374,16 +401,23 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
         result = None
         try:
             result = train_trial(
-                params, data, epochs=cfg.epochs, objective=cfg.objective,
-                class_weights=cfg.class_weights, seed=cfg.seed + trial.number, on_epoch=on_epoch,
-                weights=cfg.weights, rungs=cfg.rungs,
+                params,
+                data,
+                epochs=cfg.epochs,
+                objective=cfg.objective,
+                class_weights=cfg.class_weights,
+                seed=cfg.seed + trial.number,
+                on_epoch=on_epoch,
+                weights=cfg.weights,
+                rungs=cfg.rungs,
             )
             trial.set_user_attr("epochs_run", result.epochs_run)
             if result.pruned:
                 if last_state.get("stopped"):
                     trial.set_user_attr("stopped", "time budget spent")
-                recorder.trial_finished(handle, PRUNED, result,
-                                        reason="time budget spent" if last_state.get("stopped") else "pruned")
+                recorder.trial_finished(
+                    handle, PRUNED, result, reason="time budget spent" if last_state.get("stopped") else "pruned"
+                )
                 last_state["state"] = PRUNED
                 raise optuna.TrialPruned(f"pruned after {result.epochs_run} epoch(s)")
             if not math.isfinite(result.value):
@@ -420,8 +454,9 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
         elif failures > max(3, cfg.trials):
             reason = f"{failures} trials failed in this session (see the FAILED runs for reasons)"
         elif cfg.plateau_patience:
-            reason = plateaued(_finished_values(study), patience=cfg.plateau_patience,
-                               maximize=cfg.direction == "maximize")
+            reason = plateaued(
+                _finished_values(study), patience=cfg.plateau_patience, maximize=cfg.direction == "maximize"
+            )
         if reason is not None:
             break
         last_state.clear()

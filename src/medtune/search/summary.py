@@ -55,7 +55,9 @@ def as_study(summaries: list[TrialSummary], space: SearchSpace, direction: str) 
                 value=s.value if s.state == COMPLETE else None,
                 params=params,
                 distributions=dists,
-                intermediate_values={int(k): float(v) for k, v in s.intermediate.items() if v is not None and math.isfinite(v)},
+                intermediate_values={
+                    int(k): float(v) for k, v in s.intermediate.items() if v is not None and math.isfinite(v)
+                },
             )
             study.add_trial(trial)
         except (ValueError, TypeError) as exc:

@@ -57,8 +57,14 @@ class TrialData:
         if size == self.image_size:
             return self
         if size not in self._sizes:
-            self._sizes[size] = TrialData(self.classes, resize_images(self.x_train, size), self.y_train,
-                                          resize_images(self.x_val, size), self.y_val, self.probe_index)
+            self._sizes[size] = TrialData(
+                self.classes,
+                resize_images(self.x_train, size),
+                self.y_train,
+                resize_images(self.x_val, size),
+                self.y_val,
+                self.probe_index,
+            )
         return self._sizes[size]
 
 
@@ -68,8 +74,8 @@ def resize_images(x: np.ndarray, size: int, batch: int = 256) -> np.ndarray:
 
     out = np.empty((len(x), size, size, x.shape[-1]), dtype=np.uint8)
     for i in range(0, len(x), batch):
-        part = tf.image.resize(np.asarray(x[i:i + batch], dtype=np.float32), (size, size), antialias=True)
-        out[i:i + batch] = np.clip(np.round(part.numpy()), 0, 255).astype(np.uint8)
+        part = tf.image.resize(np.asarray(x[i : i + batch], dtype=np.float32), (size, size), antialias=True)
+        out[i : i + batch] = np.clip(np.round(part.numpy()), 0, 255).astype(np.uint8)
     return out
 
 
@@ -182,11 +188,18 @@ def train_trial(
         for size, first, end in rung_schedule(rungs, epochs):
             rung = data.at(size) if size else data
             train_ds = training.make_dataset(
-                rung.x_train, rung.y_train, n_classes, batch_size,
-                training=True, augment=float(params.get("augment", 0.0)), seed=seed + first,
+                rung.x_train,
+                rung.y_train,
+                n_classes,
+                batch_size,
+                training=True,
+                augment=float(params.get("augment", 0.0)),
+                seed=seed + first,
             )
             val_ds = training.make_dataset(rung.x_val, rung.y_val, n_classes, batch_size, training=False)
-            grown = build_model(params, rung.input_shape, n_classes, weights=weights)  # (pretrained: BatchNorm stays frozen)
+            grown = build_model(
+                params, rung.input_shape, n_classes, weights=weights
+            )  # (pretrained: BatchNorm stays frozen)
             if model is not None:  # the next rung continues from this rung's weights
                 grown.set_weights(model.get_weights())
                 del model
@@ -195,7 +208,13 @@ def train_trial(
                 model = result.model = training.compile_model(model, params)
             scorer = training.EpochScores(val_ds, rung.y_val)
             part = training.fit_stages(
-                model, params, train_ds, val_ds, y_val=rung.y_val, epochs=epochs, window=(first, end),
+                model,
+                params,
+                train_ds,
+                val_ds,
+                y_val=rung.y_val,
+                epochs=epochs,
+                window=(first, end),
                 class_weight=class_weight,
                 callbacks=[training.PreciseBatchNorm(rung.x_train, seed=seed), scorer, _Hook(rung.image_size)],
                 stop_requested=lambda: result.pruned,

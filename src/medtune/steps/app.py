@@ -48,8 +48,10 @@ class RegistryModels:
         """The first model's @champion (else its latest version), and its @challenger when there is one."""
         names = sorted(rm.name for rm in self.client.search_registered_models(f"name LIKE '{PREFIX}%'"))
         if not names:
-            raise ConfigError(f"no {PREFIX}* registered model in {self.client.tracking_uri}: train one first "
-                              "(`mlflow run . --env-manager local`), or pass --model")
+            raise ConfigError(
+                f"no {PREFIX}* registered model in {self.client.tracking_uri}: train one first "
+                "(`mlflow run . --env-manager local`), or pass --model"
+            )
         rm = self.client.get_registered_model(names[0])
         aliases = rm.aliases or {}
         first = f"models:/{rm.name}@champion" if "champion" in aliases else self._latest(rm.name)
@@ -59,7 +61,7 @@ class RegistryModels:
         """For ``...@champion`` the same model's ``@challenger`` (and back), when that alias is set."""
         name, _, alias = uri.partition("@")
         other = {"champion": "challenger", "challenger": "champion"}.get(alias)
-        if other is None or other not in (self.client.get_registered_model(name[len("models:/"):]).aliases or {}):
+        if other is None or other not in (self.client.get_registered_model(name[len("models:/") :]).aliases or {}):
             return None
         return f"{name}@{other}"
 
@@ -69,10 +71,12 @@ class RegistryModels:
 
     def version_of(self, uri: str):
         """The registered version behind ``uri`` (aliases resolved now: they move)."""
-        rest = uri[len("models:/"):] if uri.startswith("models:/") else ""
+        rest = uri[len("models:/") :] if uri.startswith("models:/") else ""
         name, sep, alias = rest.partition("@")
         if not rest or not name.startswith(PREFIX):
-            raise ConfigError(f"model={uri}: expected models:/{PREFIX}<dataset>@<alias> or models:/{PREFIX}<dataset>/<version>")
+            raise ConfigError(
+                f"model={uri}: expected models:/{PREFIX}<dataset>@<alias> or models:/{PREFIX}<dataset>/<version>"
+            )
         try:
             if sep:
                 return self.client.get_model_version_by_alias(name, alias)
@@ -105,8 +109,10 @@ class RegistryModels:
         mv = self.version_of(uri)
         card = load_card(mv.run_id)
         if card is None:
-            return (f"No model card was logged for {mv.name} v{mv.version} (trained before medtune wrote them).\n\n"
-                    f"{mv.description or ''}")
+            return (
+                f"No model card was logged for {mv.name} v{mv.version} (trained before medtune wrote them).\n\n"
+                f"{mv.description or ''}"
+            )
         return render_markdown(card)
 
 

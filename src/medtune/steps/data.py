@@ -49,7 +49,9 @@ def load_split(
         runs = tracking.find_runs(name, "split", max_results=1)
         if not runs:
             if not auto_split:
-                raise DataError(f"dataset={dataset}: no finished split run; run `medtune split --dataset {dataset}` first")
+                raise DataError(
+                    f"dataset={dataset}: no finished split run; run `medtune split --dataset {dataset}` first"
+                )
             log.info("No split of %s yet: running the split step first", name)
             with tracking.launcher_set_aside():  # the `mlflow run` run belongs to the caller's step
                 run_split(SplitOptions(dataset=dataset, data_dir=data_dir, image_size=image_size), reuse_run=True)
@@ -58,7 +60,9 @@ def load_split(
     else:
         run = tracking.get_step_run(split_run, "split", "split_run", name)
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = pd.read_csv(tracking.download_artifact(run.info.run_id, "manifest.csv", Path(tmp)), dtype=str, keep_default_na=False)
+        manifest = pd.read_csv(
+            tracking.download_artifact(run.info.run_id, "manifest.csv", Path(tmp)), dtype=str, keep_default_na=False
+        )
         report = json.loads(tracking.download_artifact(run.info.run_id, "report.json", Path(tmp)).read_text())
     root = Path(run.data.tags.get("medtune.dataset_root", ""))
     if not root.is_dir():  # another machine: find the same dataset where this one keeps it

@@ -74,9 +74,13 @@ def log_evaluation(run: tracking.RunLogger, ev: Evaluation, classes: list[str]) 
         path = Path(tmp) / "predictions.csv"
         ev.predictions.to_csv(path, index=False)
         run.file(path, "evaluation")
-    run.figure(reports.confusion_matrix_figure(ev.confusion, classes, title="test (counts)"), "evaluation/confusion_matrix.png")
-    run.figure(reports.confusion_matrix_figure(ev.confusion, classes, normalize=True, title="test (normalised by true class)"),
-               "evaluation/confusion_matrix_normalized.png")
+    run.figure(
+        reports.confusion_matrix_figure(ev.confusion, classes, title="test (counts)"), "evaluation/confusion_matrix.png"
+    )
+    run.figure(
+        reports.confusion_matrix_figure(ev.confusion, classes, normalize=True, title="test (normalised by true class)"),
+        "evaluation/confusion_matrix_normalized.png",
+    )
     run.figure(reports.roc_figure(ev.roc, classes), "evaluation/roc_curves.png")
     run.figure(reports.reliability_figure(ev.reliability), "evaluation/reliability.png")
     from medtune.datasets.registry import safe_name
@@ -117,8 +121,9 @@ def run_evaluate(opts: EvaluateOptions) -> tuple[str, Evaluation]:
     else:
         from medtune.steps.data import load_split
 
-        split = load_split(dataset, size, split_run=opts.split_run or _model_split_run(meta, dataset),
-                           data_dir=opts.data_dir)
+        split = load_split(
+            dataset, size, split_run=opts.split_run or _model_split_run(meta, dataset), data_dir=opts.data_dir
+        )
         if list(split.classes) != list(classes):
             raise DataError(f"dataset={dataset}: classes {split.classes} differ from the model's {classes}")
         test = manifest_test_set(split)
@@ -126,13 +131,16 @@ def run_evaluate(opts: EvaluateOptions) -> tuple[str, Evaluation]:
         data = cards.split_data(split)
     tags["medtune.test_split"] = test.split_id
     with tracking.step_run(dataset, "evaluate", run_name=f"evaluate-{dataset}", tags=tags) as run:
-        run.params({"model_uri": opts.model_uri, "test_source": test.source, "n_test": len(test.y),
-                    "image_size": size})
+        run.params({"model_uri": opts.model_uri, "test_source": test.source, "n_test": len(test.y), "image_size": size})
         ev = evaluate_model(model, test.x, test.y, classes, test.paths)
         log_evaluation(run, ev, classes)
         _log_card(run, ev, model, meta, tags, data, test.split_id)
-        log.info("test accuracy %.4f, macro-F1 %.4f, ROC-AUC %.4f", ev.metrics["test_accuracy"],
-                 ev.metrics["test_macro_f1"], ev.metrics.get("test_roc_auc_macro", float("nan")))
+        log.info(
+            "test accuracy %.4f, macro-F1 %.4f, ROC-AUC %.4f",
+            ev.metrics["test_accuracy"],
+            ev.metrics["test_macro_f1"],
+            ev.metrics.get("test_roc_auc_macro", float("nan")),
+        )
         return run.run_id, ev
 
 
@@ -146,8 +154,14 @@ def _log_card(run, ev, model, meta: dict, tags: dict, data, test_split: str) -> 
         train_run = mv.run_id
         trained_card = cards.load_card(train_run)
         gate = trained_card.gate if trained_card else cards.gate_of_version_tags(mv.tags or {})
-    info = cards.model_info(model, meta, name=name, version=version, run_id=train_run,
-                            params_source=cards.params_source(meta.get("search_run_id")))
+    info = cards.model_info(
+        model,
+        meta,
+        name=name,
+        version=version,
+        run_id=train_run,
+        params_source=cards.params_source(meta.get("search_run_id")),
+    )
     cards.log_model_card(run, ev, model=info, data=data, test_split=test_split, gate=gate)
 
 
@@ -166,8 +180,9 @@ def _model_split_run(meta: dict, dataset: str) -> str | None:
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException:
-        log.warning("the model's split run %s is not in this tracking store: using the latest split of %s",
-                    run_id, dataset)
+        log.warning(
+            "the model's split run %s is not in this tracking store: using the latest split of %s", run_id, dataset
+        )
         return None
     if run.info.status != "FINISHED" or run.data.tags.get(tracking.TAG_DATASET) != dataset:
         return None
@@ -184,7 +199,7 @@ def _registry_tags(model_uri: str) -> dict[str, str]:
 
     if not model_uri.startswith("models:/"):
         return {}
-    rest = model_uri[len("models:/"):].strip("/")
+    rest = model_uri[len("models:/") :].strip("/")
     try:
         if "@" in rest:
             name, alias = rest.split("@", 1)

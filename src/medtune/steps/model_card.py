@@ -35,15 +35,22 @@ CARD_JSON = f"{CARD_DIR}/model_card.json"
 
 def model_info(model, metadata: dict, *, name: str, version: str, run_id: str, params_source: str) -> ModelInfo:
     return ModelInfo(
-        name=name or "", version=str(version or ""), run_id=run_id, backbone=metadata.get("backbone", "custom"),
-        weights_source=metadata.get("weights_source", "none"), weights_sha256=metadata.get("weights_sha256", ""),
-        image_size=int(metadata["image_size"]), channels=int(metadata["channels"]),
-        parameters=int(model.count_params()), params=dict(metadata.get("params", {})), params_source=params_source,
+        name=name or "",
+        version=str(version or ""),
+        run_id=run_id,
+        backbone=metadata.get("backbone", "custom"),
+        weights_source=metadata.get("weights_source", "none"),
+        weights_sha256=metadata.get("weights_sha256", ""),
+        image_size=int(metadata["image_size"]),
+        channels=int(metadata["channels"]),
+        parameters=int(model.count_params()),
+        params=dict(metadata.get("params", {})),
+        params_source=params_source,
     )
 
 
 def params_source(search_run_id: str | None, params_file: str | None = None) -> str:
-    """"search run <id>, best trial <n>" (the trial read from the search run's tags), or the params file."""
+    """ "search run <id>, best trial <n>" (the trial read from the search run's tags), or the params file."""
     if not search_run_id:
         return f"params file {params_file}" if params_file else "unknown"
     from mlflow.exceptions import MlflowException
@@ -59,7 +66,9 @@ def params_source(search_run_id: str | None, params_file: str | None = None) -> 
 def split_data(split) -> DataInfo:
     from medtune.datasets.cache import manifest_hash
 
-    return data_from_split_report(split.dataset, split.report, manifest_hash(split.manifest), f"split run {split.run_id}")
+    return data_from_split_report(
+        split.dataset, split.report, manifest_hash(split.manifest), f"split run {split.run_id}"
+    )
 
 
 def folder_data(dataset: str, classes: list[str], test) -> DataInfo:
@@ -69,8 +78,14 @@ def folder_data(dataset: str, classes: list[str], test) -> DataInfo:
 def gate_of_decision(decision) -> GateInfo | None:
     if decision is None:
         return None
-    return GateInfo(decision.alias, float(decision.score), decision.champion_version, decision.champion_score,
-                    float(decision.margin), decision.reason)
+    return GateInfo(
+        decision.alias,
+        float(decision.score),
+        decision.champion_version,
+        decision.champion_score,
+        float(decision.margin),
+        decision.reason,
+    )
 
 
 def gate_of_version_tags(tags: dict) -> GateInfo | None:
@@ -79,18 +94,40 @@ def gate_of_version_tags(tags: dict) -> GateInfo | None:
         return None
     before = tags.get("medtune.champion_before", "none")
     score_before = tags.get("medtune.champion_score_before", "")
-    return GateInfo(tags["medtune.decision"], float(tags.get("medtune.test_macro_f1", "nan")),
-                    None if before == "none" else before, float(score_before) if score_before else None,
-                    None, tags.get("medtune.decision_reason", ""))
+    return GateInfo(
+        tags["medtune.decision"],
+        float(tags.get("medtune.test_macro_f1", "nan")),
+        None if before == "none" else before,
+        float(score_before) if score_before else None,
+        None,
+        tags.get("medtune.decision_reason", ""),
+    )
 
 
-def log_model_card(run: tracking.RunLogger, ev, *, model: ModelInfo, data: DataInfo, test_split: str,
-                   gate: GateInfo | None, seed: int = 0) -> ModelCard:
+def log_model_card(
+    run: tracking.RunLogger,
+    ev,
+    *,
+    model: ModelInfo,
+    data: DataInfo,
+    test_split: str,
+    gate: GateInfo | None,
+    seed: int = 0,
+) -> ModelCard:
     """Compute the card of evaluation ``ev``, render it and log ``model_card/`` on ``run``."""
     examples = gradcam_examples(ev.galleries)
-    card = build_card(model=model, data=data, metrics=ev.metrics, y_true=ev.y_true, proba=ev.proba,
-                      confusion=ev.confusion, test_split=test_split, gate=gate,
-                      examples={k: len(v) for k, v in examples.items()}, seed=seed)
+    card = build_card(
+        model=model,
+        data=data,
+        metrics=ev.metrics,
+        y_true=ev.y_true,
+        proba=ev.proba,
+        confusion=ev.confusion,
+        test_split=test_split,
+        gate=gate,
+        examples={k: len(v) for k, v in examples.items()},
+        seed=seed,
+    )
     figures = card_figures(ev.confusion, ev.roc, ev.reliability, data.classes, examples)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

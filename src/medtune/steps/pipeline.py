@@ -47,9 +47,11 @@ class PipelineOutcome:
         m = self.train.metrics
         steps = ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items())
         alias = f" @{self.train.decision.alias}" if self.train.decision else ""
-        return (f"main: test accuracy={m['test_accuracy']:.4f} macro_f1={m['test_macro_f1']:.4f} "
-                f"roc_auc_macro={m.get('test_roc_auc_macro', float('nan')):.4f}; "
-                f"{self.train.model_name} v{self.train.model_version}{alias}; {steps}")
+        return (
+            f"main: test accuracy={m['test_accuracy']:.4f} macro_f1={m['test_macro_f1']:.4f} "
+            f"roc_auc_macro={m.get('test_roc_auc_macro', float('nan')):.4f}; "
+            f"{self.train.model_name} v{self.train.model_version}{alias}; {steps}"
+        )
 
 
 def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
@@ -70,11 +72,24 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
     from medtune.plan import fill
     from medtune.steps.search import check_options
 
-    search_opts = SearchOptions(dataset=opts.dataset, data_dir=opts.data_dir, engine=opts.engine, space=opts.space,
-                                trials=opts.trials, epochs=opts.search_epochs, image_size=opts.search_image_size,
-                                objective=opts.objective, pruner=opts.pruner, class_weights=opts.class_weights,
-                                timeout=opts.timeout, study=opts.study, storage=opts.storage, seed=opts.seed,
-                                weights=opts.weights, warm_start=opts.warm_start)
+    search_opts = SearchOptions(
+        dataset=opts.dataset,
+        data_dir=opts.data_dir,
+        engine=opts.engine,
+        space=opts.space,
+        trials=opts.trials,
+        epochs=opts.search_epochs,
+        image_size=opts.search_image_size,
+        objective=opts.objective,
+        pruner=opts.pruner,
+        class_weights=opts.class_weights,
+        timeout=opts.timeout,
+        study=opts.study,
+        storage=opts.storage,
+        seed=opts.seed,
+        weights=opts.weights,
+        warm_start=opts.warm_start,
+    )
     check_options(search_opts)  # every option is checked before the first step starts
     if opts.epochs is not None and opts.epochs < 1:
         from medtune.errors import ConfigError
@@ -91,8 +106,9 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
         budget = Budget(opts.budget).start()
     else:
         fill(opts, dataset_name(opts.dataset), {"epochs": "final_epochs", "image_size": "final_image_size"})
-    split_opts = SplitOptions(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size or 128,
-                              seed=opts.seed)
+    split_opts = SplitOptions(
+        dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size or 128, seed=opts.seed
+    )
     split_opts.check()
     launcher_id = os.environ.pop("MLFLOW_RUN_ID", None)
     name = dataset_name(opts.dataset)
@@ -122,16 +138,35 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
             _replan_final(opts, search, plan_files, budget)
             _log_files(pipeline.run_id, plan_files)  # the plan as final training will follow it
         t = time.perf_counter()
-        train = run_train(TrainOptions(dataset=opts.dataset, data_dir=opts.data_dir, search_run=search.run_id,
-                                       epochs=opts.epochs, image_size=opts.image_size, patience=opts.patience,
-                                       mixed_precision=opts.mixed_precision, margin=opts.margin, seed=opts.seed,
-                                       split_run=split.run_id, weights=opts.weights, class_weights=opts.class_weights,
-                                       ensemble=opts.ensemble or 1,
-                                       budget=budget.remaining() if budget is not None else None))
+        train = run_train(
+            TrainOptions(
+                dataset=opts.dataset,
+                data_dir=opts.data_dir,
+                search_run=search.run_id,
+                epochs=opts.epochs,
+                image_size=opts.image_size,
+                patience=opts.patience,
+                mixed_precision=opts.mixed_precision,
+                margin=opts.margin,
+                seed=opts.seed,
+                split_run=split.run_id,
+                weights=opts.weights,
+                class_weights=opts.class_weights,
+                ensemble=opts.ensemble or 1,
+                budget=budget.remaining() if budget is not None else None,
+            )
+        )
         _log_files(train.run_id, plan_files)
         seconds["train+evaluate"] = time.perf_counter() - t
-        _link(launcher_id, pipeline, {"medtune.train_run_id": train.run_id, "medtune.model_version": train.model_version or "",
-                                      "medtune.decision": train.decision.alias if train.decision else ""})
+        _link(
+            launcher_id,
+            pipeline,
+            {
+                "medtune.train_run_id": train.run_id,
+                "medtune.model_version": train.model_version or "",
+                "medtune.decision": train.decision.alias if train.decision else "",
+            },
+        )
         pipeline.metrics({f"{k.replace('+', '_')}_seconds": v for k, v in seconds.items()})
         pipeline.metrics({k: train.metrics[k] for k in PIPELINE_METRICS if k in train.metrics})
         if budget is not None:
@@ -164,12 +199,23 @@ def _plan(opts: PipelineOptions, search_opts, split, budget) -> dict:
     from medtune.planning.rules import make_plan, render_plan
 
     data, machine = fingerprints(split)
-    given = {"space": opts.space, "trials": opts.trials, "search_epochs": opts.search_epochs,
-             "search_image_size": opts.search_image_size, "epochs": opts.epochs, "image_size": opts.image_size,
-             "ensemble": opts.ensemble, "class_weights": opts.class_weights}  # applied as given
+    given = {
+        "space": opts.space,
+        "trials": opts.trials,
+        "search_epochs": opts.search_epochs,
+        "search_image_size": opts.search_image_size,
+        "epochs": opts.epochs,
+        "image_size": opts.image_size,
+        "ensemble": opts.ensemble,
+        "class_weights": opts.class_weights,
+    }  # applied as given
     plan = make_plan(data, machine, budget.remaining(), overrides=given)
-    log.info("Plan for %s (%.0f minutes left of the budget; any option you give overrides it):\n%s",
-             split.resolved.name, budget.remaining() / 60, render_plan(plan, data, machine))
+    log.info(
+        "Plan for %s (%.0f minutes left of the budget; any option you give overrides it):\n%s",
+        split.resolved.name,
+        budget.remaining() / 60,
+        render_plan(plan, data, machine),
+    )
     search_opts.space = plan.space
     # the time budget ends the search; a trial count the user gave caps it
     search_opts.trials = opts.trials or MAX_BUDGETED_TRIALS
@@ -202,17 +248,33 @@ def _replan_final(opts: PipelineOptions, search, plan_files: dict, budget) -> No
     if not seconds or not sizes:
         return
     measured = max(seconds[-1], 1.0) * (plan["image_size"] / sizes[-1]) ** 2 * 1.1  # a 10 % margin
-    given = {"ensemble": plan["ensemble"] if plan["reasons"]["ensemble"] == "given" else None,
-             "epochs": plan["epochs"] if plan["reasons"]["epochs"] == "given" else None}
+    given = {
+        "ensemble": plan["ensemble"] if plan["reasons"]["ensemble"] == "given" else None,
+        "epochs": plan["epochs"] if plan["reasons"]["epochs"] == "given" else None,
+    }
     ensemble, epochs, why = plan_final(budget.remaining(), measured, given)
     if (ensemble, epochs) != (opts.ensemble, opts.epochs):
-        log.info("Final training re-planned from the search's measured epoch time (%.0f s at %d px): %d x %d epochs "
-                 "(planned %d x %d)", measured, plan["image_size"], ensemble, epochs, opts.ensemble, opts.epochs)
+        log.info(
+            "Final training re-planned from the search's measured epoch time (%.0f s at %d px): %d x %d epochs "
+            "(planned %d x %d)",
+            measured,
+            plan["image_size"],
+            ensemble,
+            epochs,
+            opts.ensemble,
+            opts.epochs,
+        )
     opts.ensemble, opts.epochs = ensemble, epochs
-    plan_files["plan.json"] = {**plan, "ensemble": ensemble, "epochs": epochs,
-                               "measured_epoch_s": round(measured, 1),
-                               "reasons": {**plan["reasons"], **{k: f"{v} (re-planned after the search)"
-                                                                 for k, v in why.items() if v != "given"}}}
+    plan_files["plan.json"] = {
+        **plan,
+        "ensemble": ensemble,
+        "epochs": epochs,
+        "measured_epoch_s": round(measured, 1),
+        "reasons": {
+            **plan["reasons"],
+            **{k: f"{v} (re-planned after the search)" for k, v in why.items() if v != "given"},
+        },
+    }
 
 
 def _log_files(run_id: str | None, files: dict) -> None:

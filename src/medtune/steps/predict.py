@@ -34,8 +34,10 @@ def expand_inputs(inputs: list[str], exclude: list[str | Path] = ()) -> list[Pat
         p = Path(item)
         if p.is_dir():
             files = [
-                f for f in sorted(p.rglob("*"))
-                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                f
+                for f in sorted(p.rglob("*"))
+                if f.is_file()
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
                 and not any(f.resolve() == s or s in f.resolve().parents for s in skip)
             ]
         else:

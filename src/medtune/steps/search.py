@@ -18,7 +18,12 @@ import numpy as np
 from medtune import settings, tracking
 from medtune.errors import ConfigError
 from medtune.search.base import (
-    COMPLETE, FAILED, PRUNED, PRUNERS, SearchSettings, TrialSummary,
+    COMPLETE,
+    FAILED,
+    PRUNED,
+    PRUNERS,
+    SearchSettings,
+    TrialSummary,
     best_trial,
 )
 from medtune.progress import finite, fmt, short_params
@@ -27,7 +32,6 @@ from medtune.search.trial import TrialData, objective_direction, probe_indices
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("medtune.progress")
-
 
 
 @dataclass
@@ -67,8 +71,16 @@ class SearchOutcome:
 class MlflowRecorder:
     """Records each trial as a nested MLflow run and prints progress to the console."""
 
-    def __init__(self, parent: tracking.RunLogger, experiment_id: str, opts: SearchOptions, study: str,
-                 data: TrialData, classes: list[str], weights: dict | None = None):
+    def __init__(
+        self,
+        parent: tracking.RunLogger,
+        experiment_id: str,
+        opts: SearchOptions,
+        study: str,
+        data: TrialData,
+        classes: list[str],
+        weights: dict | None = None,
+    ):
         self.parent, self.experiment_id, self.opts, self.study = parent, experiment_id, opts, study
         self.data, self.classes, self.weights = data, classes, weights or {}
         self.best: float | None = None
@@ -108,8 +120,12 @@ class MlflowRecorder:
         backbone = params.get("backbone", "custom")
         if backbone != "custom":  # what the trial's backbone was initialised from
             source = self.weights.get(backbone)
-            logger.tags({"medtune.weights_source": source.source if source else "none",
-                         "medtune.weights_sha256": source.sha256 if source else ""})
+            logger.tags(
+                {
+                    "medtune.weights_source": source.source if source else "none",
+                    "medtune.weights_sha256": source.sha256 if source else "",
+                }
+            )
         handle = _Handle(logger, number, time.perf_counter(), params)
         if self.bar is None:
             from medtune.progress import Counter
@@ -117,7 +133,9 @@ class MlflowRecorder:
             left = max(self.opts.trials - self.done, 1) if get_engine(self.opts.engine).counts_trials else 0
             self.bar = Counter("trials", left, "trial", lines=False)
         # the number is Optuna's and the run's (trial-007 is "trial 7"), counted from 0
-        progress_log.info("trial %d started (%s, best %s): %s", number, self._done(), fmt(self.best), short_params(params))
+        progress_log.info(
+            "trial %d started (%s, best %s): %s", number, self._done(), fmt(self.best), short_params(params)
+        )
         return handle
 
     def epoch_end(self, handle, epoch: int, logs: dict) -> None:
@@ -127,14 +145,18 @@ class MlflowRecorder:
         best = self.best
         progress_log.info(
             "trial %d epoch %d/%d%s %s=%s (best so far %s)",
-            handle.number, epoch + 1, self.opts.epochs,
+            handle.number,
+            epoch + 1,
+            self.opts.epochs,
             f" at {int(logs['image_size'])} px" if self.opts.rungs and finite(logs.get("image_size")) else "",
             self.opts.objective,
-            fmt(value), fmt(best),
+            fmt(value),
+            fmt(best),
         )
 
-    def trial_finished(self, handle, state: str, result=None, error: BaseException | None = None,
-                       reason: str | None = None) -> None:
+    def trial_finished(
+        self, handle, state: str, result=None, error: BaseException | None = None, reason: str | None = None
+    ) -> None:
         logger = handle.logger
         seconds = time.perf_counter() - handle.t0
         interrupted = isinstance(error, KeyboardInterrupt)
@@ -168,10 +190,15 @@ class MlflowRecorder:
             self.bar.update(1, postfix=f"best {fmt(self.best)}")
         progress_log.info(
             "trial %d %s in %.0f s: %s=%s (best %s; %s%s)%s",
-            handle.number, "KILLED" if interrupted else (f"{state} ({reason})" if reason and reason != "pruned" else state),
-            seconds, self.opts.objective,
-            fmt(result.value if result is not None else None), fmt(self.best), self._done(),
-            f", {self.bar.eta()}" if 0 < self.bar.done < self.bar.total and getattr(self, "budget", None) is None
+            handle.number,
+            "KILLED" if interrupted else (f"{state} ({reason})" if reason and reason != "pruned" else state),
+            seconds,
+            self.opts.objective,
+            fmt(result.value if result is not None else None),
+            fmt(self.best),
+            self._done(),
+            f", {self.bar.eta()}"
+            if 0 < self.bar.done < self.bar.total and getattr(self, "budget", None) is None
             else "",
             f": {tracking.one_line(error)}" if error is not None and not interrupted else "",
         )
@@ -247,11 +274,16 @@ def check_options(opts: SearchOptions) -> None:
     engine = get_engine(opts.engine)
     opts.engine = engine.name
     if not engine.optuna_options:  # keras-tuner has no pruner, Optuna storage or time limit
-        given = [f"{k}={v}" for k, v in (("pruner", opts.pruner), ("storage", opts.storage),
-                                          ("timeout", opts.timeout)) if v not in (None, "", 0, "none")]
+        given = [
+            f"{k}={v}"
+            for k, v in (("pruner", opts.pruner), ("storage", opts.storage), ("timeout", opts.timeout))
+            if v not in (None, "", 0, "none")
+        ]
         if given:
-            raise ConfigError(f"{', '.join(given)}: only the optuna engine takes this; engine={opts.engine} "
-                              "(keras-tuner) would ignore it")
+            raise ConfigError(
+                f"{', '.join(given)}: only the optuna engine takes this; engine={opts.engine} "
+                "(keras-tuner) would ignore it"
+            )
     if opts.trials is not None and opts.trials < 1:
         raise ConfigError(f"trials={opts.trials}: expected at least 1")
     if opts.epochs is not None and opts.epochs < 1:
@@ -292,8 +324,15 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     engine = get_engine(opts.engine)
     if opts.budget and opts.trials is None and not engine.grid:
         opts.trials = MAX_BUDGETED_TRIALS  # the time budget decides how many run
-    fill(opts, dataset_name(opts.dataset), {**PLANNED, **({"pruner": "pruner"} if engine.optuna_options else {}),
-                                            **({"trials": "trials"} if not engine.grid else {})})
+    fill(
+        opts,
+        dataset_name(opts.dataset),
+        {
+            **PLANNED,
+            **({"pruner": "pruner"} if engine.optuna_options else {}),
+            **({"trials": "trials"} if not engine.grid else {}),
+        },
+    )
     opts.weights = opts.weights or "none"
     space_path = resolve_space_path(opts.space)
     space = load_space(space_path)  # a bad space file stops here, before any trial
@@ -320,16 +359,30 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     cache = split.cache
     data = TrialData(
         classes=split.classes,
-        x_train=cache.x["train"], y_train=cache.y["train"],
-        x_val=cache.x["val"], y_val=cache.y["val"],
+        x_train=cache.x["train"],
+        y_train=cache.y["train"],
+        x_val=cache.x["val"],
+        y_val=cache.y["val"],
         probe_index=probe_indices(cache.y["val"], len(split.classes), per_class=2, seed=opts.seed),
     )
     cfg = SearchSettings(
-        study=study, trials=opts.trials, epochs=opts.epochs, objective=opts.objective, direction=direction,
-        timeout=opts.timeout, seed=opts.seed, class_weights=opts.class_weights, storage=opts.storage,
-        pruner=opts.pruner or "none", workdir=str(settings.project_dir() / ".medtune" / "keras_tuner"),
-        weights=weights, grid=grid, rungs=tuple(opts.rungs) if opts.rungs and len(opts.rungs) > 1 else None,
-        warm_start=opts.warm_start, plateau_patience=opts.plateau, split=manifest_hash(split.manifest),
+        study=study,
+        trials=opts.trials,
+        epochs=opts.epochs,
+        objective=opts.objective,
+        direction=direction,
+        timeout=opts.timeout,
+        seed=opts.seed,
+        class_weights=opts.class_weights,
+        storage=opts.storage,
+        pruner=opts.pruner or "none",
+        workdir=str(settings.project_dir() / ".medtune" / "keras_tuner"),
+        weights=weights,
+        grid=grid,
+        rungs=tuple(opts.rungs) if opts.rungs and len(opts.rungs) > 1 else None,
+        warm_start=opts.warm_start,
+        plateau_patience=opts.plateau,
+        split=manifest_hash(split.manifest),
     )
     # unreadable keras-tuner state, or a study that searched other categorical choices, stops here
     engine.check_state(space, cfg)
@@ -341,30 +394,55 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     )
     t0 = time.perf_counter()
     with tracking.step_run(
-        split.dataset, "search", run_name=f"search-{study}", resume_filter=resume,
-        tags={"medtune.study": study, "medtune.engine": opts.engine, "medtune.split_run_id": split.run_id,
-              "medtune.objective": opts.objective, "medtune.direction": direction},
+        split.dataset,
+        "search",
+        run_name=f"search-{study}",
+        resume_filter=resume,
+        tags={
+            "medtune.study": study,
+            "medtune.engine": opts.engine,
+            "medtune.split_run_id": split.run_id,
+            "medtune.objective": opts.objective,
+            "medtune.direction": direction,
+        },
     ) as parent:
-        parent.params({
-            "dataset": split.dataset, "engine": opts.engine, "space": space_path.name, "trials": opts.trials,
-            "epochs": opts.epochs, "image_size": opts.image_size, "objective": opts.objective,
-            "timeout": opts.timeout, "study": study, "seed": opts.seed, "class_weights": opts.class_weights,
-            "pruner": opts.pruner if engine.optuna_options else "none",
-            "storage": _storage_label(opts.storage),
-            "weights": opts.weights if backbones != ["custom"] else "n/a",
-            "budget_min": round(opts.budget / 60, 2) if opts.budget else "none",
-            "image_sizes": ",".join(map(str, cfg.rungs)) if cfg.rungs else opts.image_size,
-            "warm_start": opts.warm_start, "plateau": opts.plateau,
-        })
+        parent.params(
+            {
+                "dataset": split.dataset,
+                "engine": opts.engine,
+                "space": space_path.name,
+                "trials": opts.trials,
+                "epochs": opts.epochs,
+                "image_size": opts.image_size,
+                "objective": opts.objective,
+                "timeout": opts.timeout,
+                "study": study,
+                "seed": opts.seed,
+                "class_weights": opts.class_weights,
+                "pruner": opts.pruner if engine.optuna_options else "none",
+                "storage": _storage_label(opts.storage),
+                "weights": opts.weights if backbones != ["custom"] else "n/a",
+                "budget_min": round(opts.budget / 60, 2) if opts.budget else "none",
+                "image_sizes": ",".join(map(str, cfg.rungs)) if cfg.rungs else opts.image_size,
+                "warm_start": opts.warm_start,
+                "plateau": opts.plateau,
+            }
+        )
         if weights:
             parent.json({name: w.tags() for name, w in weights.items()}, "weights.json")
         parent.file(space_path)
         mlflow.log_input(manifest_dataset(split), context="training")
         recorder = MlflowRecorder(parent, experiment_id, opts, study, data, split.classes, weights)
-        log.info("Search %s: %s engine, %s trials x %d epochs at %s px, objective %s%s",
-                 study, opts.engine, "up to " + str(opts.trials) if opts.budget else opts.trials, opts.epochs,
-                 "/".join(map(str, cfg.rungs)) if cfg.rungs else opts.image_size, opts.objective,
-                 f", budget {opts.budget / 60:.1f} min" if opts.budget else "")
+        log.info(
+            "Search %s: %s engine, %s trials x %d epochs at %s px, objective %s%s",
+            study,
+            opts.engine,
+            "up to " + str(opts.trials) if opts.budget else opts.trials,
+            opts.epochs,
+            "/".join(map(str, cfg.rungs)) if cfg.rungs else opts.image_size,
+            opts.objective,
+            f", budget {opts.budget / 60:.1f} min" if opts.budget else "",
+        )
         from medtune.planning.budget import Budget
 
         cfg.budget = recorder.budget = Budget(opts.budget).start() if opts.budget else None
@@ -374,8 +452,13 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         if best is None and cfg.budget is not None:
             best = _best_stopped(summaries, direction)
             if best is not None:  # the budget ended every trial early: the best one stopped by it
-                log.warning("No trial completed within the time budget: trial %d, stopped by the budget at "
-                            "%s=%.4f, is taken as the best", best.number, opts.objective, best.value)
+                log.warning(
+                    "No trial completed within the time budget: trial %d, stopped by the budget at "
+                    "%s=%.4f, is taken as the best",
+                    best.number,
+                    opts.objective,
+                    best.value,
+                )
                 parent.tags({"medtune.best_is_partial": "true"})
         seconds = time.perf_counter() - t0
         if cfg.budget is not None:
@@ -388,8 +471,11 @@ def _best_stopped(summaries: list[TrialSummary], direction: str) -> TrialSummary
     """Among PRUNED trials, the best by its last reported value (a stand-in when none completed)."""
     from dataclasses import replace
 
-    candidates = [replace(s, value=s.intermediate[max(s.intermediate)], state=COMPLETE)
-                  for s in summaries if s.state == PRUNED and s.intermediate]
+    candidates = [
+        replace(s, value=s.intermediate[max(s.intermediate)], state=COMPLETE)
+        for s in summaries
+        if s.state == PRUNED and s.intermediate
+    ]
     return best_trial(candidates, direction)
 
 
@@ -402,7 +488,8 @@ def _storage_label(storage: str | None) -> str:
 def _with_run_ids(summaries, parent, experiment_id, study):
     """Fill in run ids and durations from the trial runs (keras-tuner does not keep them)."""
     runs = parent.client.search_runs(
-        [experiment_id], filter_string=f"tags.`medtune.study` = '{study}' and tags.`medtune.step` = 'trial'",
+        [experiment_id],
+        filter_string=f"tags.`medtune.study` = '{study}' and tags.`medtune.step` = 'trial'",
         max_results=5000,
     )
     by_number = {int(r.data.tags["medtune.trial"]): r for r in runs if r.data.tags.get("medtune.trial", "").isdigit()}
@@ -425,14 +512,16 @@ def _log_summary(parent, summaries, best, space, opts, direction, seconds) -> No
 
     states = [s.state for s in summaries]
     pruned_saved = sum(max(opts.epochs - (s.epochs_run or opts.epochs), 0) for s in summaries if s.state == PRUNED)
-    parent.metrics({
-        "trials_total": len(summaries),
-        "trials_complete": states.count(COMPLETE),
-        "trials_pruned": states.count(PRUNED),
-        "trials_failed": states.count(FAILED),
-        "epochs_saved_by_pruning": pruned_saved,
-        "search_seconds": seconds,
-    })
+    parent.metrics(
+        {
+            "trials_total": len(summaries),
+            "trials_complete": states.count(COMPLETE),
+            "trials_pruned": states.count(PRUNED),
+            "trials_failed": states.count(FAILED),
+            "epochs_saved_by_pruning": pruned_saved,
+            "search_seconds": seconds,
+        }
+    )
     table = summary.trials_table(summaries, space)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trials.csv"
@@ -444,19 +533,30 @@ def _log_summary(parent, summaries, best, space, opts, direction, seconds) -> No
         log.warning("No trial completed: nothing to report as best")
         parent.tags({"medtune.best_trial": "none"})
         return
-    parent.json({"params": best.params, "value": best.value, "objective": opts.objective,
-                 "trial": best.number, "run_id": best.run_id, "image_size": opts.image_size,
-                 "weights": opts.weights}, "best_params.json")
+    parent.json(
+        {
+            "params": best.params,
+            "value": best.value,
+            "objective": opts.objective,
+            "trial": best.number,
+            "run_id": best.run_id,
+            "image_size": opts.image_size,
+            "weights": opts.weights,
+        },
+        "best_params.json",
+    )
     best_params = {f"best_{k}": v for k, v in best.params.items()}
     logged = parent.client.get_run(parent.run_id).data.params
     stale = sorted(
-        k for k in set(best_params) | {k for k in logged if k.startswith("best_")}
+        k
+        for k in set(best_params) | {k for k in logged if k.startswith("best_")}
         if k in logged and logged[k] != tracking._param_text(best_params.get(k))
     )
     parent.params(best_params)
     if stale:  # MLflow params cannot change: a resumed search whose best changed says so
-        log.warning("best_* params of this run are from an earlier session (%s); best_params.json is current",
-                    ", ".join(stale))
+        log.warning(
+            "best_* params of this run are from an earlier session (%s); best_params.json is current", ", ".join(stale)
+        )
         parent.tags({"medtune.best_params_stale": ",".join(stale)})
     else:
         with contextlib.suppress(Exception):
@@ -465,6 +565,11 @@ def _log_summary(parent, summaries, best, space, opts, direction, seconds) -> No
     parent.tags({"medtune.best_trial": best.number, "medtune.best_run_id": best.run_id or ""})
     log.info(
         "Search done in %.0f s: %d complete, %d pruned, %d failed; best trial %d %s=%.4f",
-        seconds, states.count(COMPLETE), states.count(PRUNED), states.count(FAILED), best.number,
-        opts.objective, best.value,
+        seconds,
+        states.count(COMPLETE),
+        states.count(PRUNED),
+        states.count(FAILED),
+        best.number,
+        opts.objective,
+        best.value,
     )

@@ -43,8 +43,10 @@ class SplitOptions:
             if not 0.0 < value < 1.0:
                 raise ConfigError(f"{name}={value}: expected a fraction between 0 and 1 (exclusive)")
         if self.val_fraction + self.test_fraction >= 0.9:
-            raise ConfigError(f"val_fraction={self.val_fraction} + test_fraction={self.test_fraction} = "
-                              f"{self.val_fraction + self.test_fraction:.2f}: at least 10 % must be left for training")
+            raise ConfigError(
+                f"val_fraction={self.val_fraction} + test_fraction={self.test_fraction} = "
+                f"{self.val_fraction + self.test_fraction:.2f}: at least 10 % must be left for training"
+            )
 
 
 @dataclass
@@ -70,8 +72,9 @@ def prepare(opts: SplitOptions) -> tuple[ResolvedDataset, SplitResult, dict, flo
     from medtune.progress import Counter
 
     with Counter("validating files", 0, "file") as bar:
-        scan, arrays = scan_dataset(layout, index_path=index, keep_size=opts.image_size, channels=CHANNELS,
-                                    progress=bar.to)
+        scan, arrays = scan_dataset(
+            layout, index_path=index, keep_size=opts.image_size, channels=CHANNELS, progress=bar.to
+        )
     log.info(
         "Scanned %d valid images in %d classes (%d skipped)", len(scan.records), len(scan.classes), len(scan.skipped)
     )

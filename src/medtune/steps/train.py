@@ -56,8 +56,11 @@ def best_params_of_search(dataset: str, search_run: str | None) -> tuple[dict, s
     The params carry the search's ``weights`` option under the key ``weights`` when it had one.
     """
     if search_run in (None, "", "latest"):
-        runs = [r for r in tracking.find_runs(dataset, "search", max_results=20)
-                if r.data.tags.get("medtune.best_trial", "none") != "none"]
+        runs = [
+            r
+            for r in tracking.find_runs(dataset, "search", max_results=20)
+            if r.data.tags.get("medtune.best_trial", "none") != "none"
+        ]
         if not runs:
             raise ConfigError(
                 f"dataset={dataset}: no finished search with a completed trial; run `medtune search --dataset {dataset}` "
@@ -133,13 +136,24 @@ def _epoch_logger(run: tracking.RunLogger, epochs: int, prefix: str = "", title:
                     logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
                 except Exception:  # noqa: BLE001
                     pass
-            run.metrics({prefix + tracking.metric_name(k): float(v) for k, v in logs.items() if finite(v)}, step=epoch,
-                        synchronous=False)
-            shown = {k: v for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1")}
+            run.metrics(
+                {prefix + tracking.metric_name(k): float(v) for k, v in logs.items() if finite(v)},
+                step=epoch,
+                synchronous=False,
+            )
+            shown = {
+                k: v for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1")
+            }
             text = ", ".join(f"{k}={float(v):.4f}" for k, v in shown.items() if finite(v))
             self.bar.to(epoch + 1)
-            log.info("%sepoch %d/%d: %s (%s; early stopping may end sooner)", prefix.replace("_", " "), epoch + 1, epochs,
-                     text, self.bar.eta())
+            log.info(
+                "%sepoch %d/%d: %s (%s; early stopping may end sooner)",
+                prefix.replace("_", " "),
+                epoch + 1,
+                epochs,
+                text,
+                self.bar.eta(),
+            )
 
         def on_train_end(self, logs=None):
             if self.model.stop_training or self.bar.done >= epochs:
@@ -187,8 +201,17 @@ def run_train(opts: TrainOptions) -> TrainOutcome:
         keras.mixed_precision.set_global_policy("float32")  # later steps (`main`) start clean
 
 
-def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: str | None, device: str, mixed: bool,
-                        t0: float, weights: dict, weights_option: str) -> TrainOutcome:
+def _train_and_register(
+    opts: TrainOptions,
+    split,
+    params: dict,
+    search_run_id: str | None,
+    device: str,
+    mixed: bool,
+    t0: float,
+    weights: dict,
+    weights_option: str,
+) -> TrainOutcome:
     import keras
     import mlflow
 
@@ -203,27 +226,49 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
     tags = {"medtune.split_run_id": split.run_id, "medtune.device": device}
     if search_run_id:
         tags["medtune.search_run_id"] = search_run_id
-    run_name = (f"train-{split.dataset}-{params.get('backbone', 'custom')}-{opts.image_size}px"
-                f"{f'-x{opts.ensemble}' if opts.ensemble > 1 else ''}-{time.strftime('%m%d-%H%M')}")
+    run_name = (
+        f"train-{split.dataset}-{params.get('backbone', 'custom')}-{opts.image_size}px"
+        f"{f'-x{opts.ensemble}' if opts.ensemble > 1 else ''}-{time.strftime('%m%d-%H%M')}"
+    )
     with tracking.step_run(split.dataset, "train", run_name=run_name, tags=tags) as run:
         class_weight = training.balanced_class_weights(cache.y["train"], n_classes) if opts.class_weights else None
-        run.params({**params, "epochs": opts.epochs, "image_size": opts.image_size, "patience": opts.patience,
-                    "ensemble": opts.ensemble, "budget_min": round(opts.budget / 60, 2) if opts.budget else "none",
-                    "mixed_precision": mixed, "class_weights": opts.class_weights, "seed": opts.seed,
-                    "params_source": opts.params or f"search {search_run_id}"})
+        run.params(
+            {
+                **params,
+                "epochs": opts.epochs,
+                "image_size": opts.image_size,
+                "patience": opts.patience,
+                "ensemble": opts.ensemble,
+                "budget_min": round(opts.budget / 60, 2) if opts.budget else "none",
+                "mixed_precision": mixed,
+                "class_weights": opts.class_weights,
+                "seed": opts.seed,
+                "params_source": opts.params or f"search {search_run_id}",
+            }
+        )
         backbone = params.get("backbone", "custom")
         source = weights.get(backbone)
         if backbone != "custom":
             run.params({"weights": weights_option})
-            run.tags({"medtune.weights_source": source.source if source else "none",
-                      "medtune.weights_sha256": source.sha256 if source else ""})
+            run.tags(
+                {
+                    "medtune.weights_source": source.source if source else "none",
+                    "medtune.weights_sha256": source.sha256 if source else "",
+                }
+            )
         if class_weight:
             run.json({classes[k]: v for k, v in class_weight.items()}, "class_weights.json")
         mlflow.log_input(manifest_dataset(split), context="training")
         from medtune.progress import short_params
 
-        log.info("Final training on %s (%s, mixed precision %s%s): %s", device, split.dataset, "on" if mixed else "off",
-                 f", ensemble of {opts.ensemble}" if opts.ensemble > 1 else "", short_params(params))
+        log.info(
+            "Final training on %s (%s, mixed precision %s%s): %s",
+            device,
+            split.dataset,
+            "on" if mixed else "off",
+            f", ensemble of {opts.ensemble}" if opts.ensemble > 1 else "",
+            short_params(params),
+        )
         from medtune.planning.budget import Budget
 
         budget = Budget(opts.budget).start() if opts.budget else None
@@ -231,11 +276,22 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
         reserve = min(max(30.0, 0.08 * opts.budget), 240.0) if opts.budget else 0.0
         members, histories = [], []
         for i in range(opts.ensemble):
-            share = (Budget(max(0.0, budget.remaining() - reserve) / (opts.ensemble - i)).start()
-                     if budget else None)  # what is left, split evenly between the members still to train
+            share = (
+                Budget(max(0.0, budget.remaining() - reserve) / (opts.ensemble - i)).start() if budget else None
+            )  # what is left, split evenly between the members still to train
             prefix = f"member{i}_" if opts.ensemble > 1 else ""
-            member, history = _fit_member(params, cache, n_classes, class_weight, weights, opts, run,
-                                          seed=opts.seed + i, prefix=prefix, budget=share)
+            member, history = _fit_member(
+                params,
+                cache,
+                n_classes,
+                class_weight,
+                weights,
+                opts,
+                run,
+                seed=opts.seed + i,
+                prefix=prefix,
+                budget=share,
+            )
             if mixed:  # evaluate, explain and log a float32 model: it serves on any CPU
                 member = float32_copy(member, params, tuple(cache.x["train"].shape[1:]), n_classes)
             members.append(member)
@@ -246,14 +302,24 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
             from medtune.models.ensemble import build_ensemble
 
             model = build_ensemble(members)
-            run.metrics({f"member{i}_best_val_macro_f1": float(np.nanmax(h["val_macro_f1"]))
-                         for i, h in enumerate(histories) if h.get("val_macro_f1")})
+            run.metrics(
+                {
+                    f"member{i}_best_val_macro_f1": float(np.nanmax(h["val_macro_f1"]))
+                    for i, h in enumerate(histories)
+                    if h.get("val_macro_f1")
+                }
+            )
         else:
             model = members[0]
         history = histories[0]
         best_epoch = int(np.nanargmax(history["val_macro_f1"])) if history.get("val_macro_f1") else -1
-        run.metrics({"best_epoch": best_epoch, "epochs_run": len(history.get("loss", [])),
-                     "best_val_macro_f1": float(np.nanmax(history["val_macro_f1"])) if best_epoch >= 0 else float("nan")})
+        run.metrics(
+            {
+                "best_epoch": best_epoch,
+                "epochs_run": len(history.get("loss", [])),
+                "best_val_macro_f1": float(np.nanmax(history["val_macro_f1"])) if best_epoch >= 0 else float("nan"),
+            }
+        )
         from medtune import reports
 
         run.figure(reports.learning_curves(history), "learning_curves.png")
@@ -262,14 +328,24 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
         ev = evaluate_model(model, test.x, test.y, classes, test.paths)
         log_evaluation(run, ev, classes)
         run.tags({"medtune.test_split": test.split_id})
-        log.info("test accuracy %.4f, macro-F1 %.4f, macro ROC-AUC %.4f", ev.metrics["test_accuracy"],
-                 ev.metrics["test_macro_f1"], ev.metrics.get("test_roc_auc_macro", float("nan")))
+        log.info(
+            "test accuracy %.4f, macro-F1 %.4f, macro ROC-AUC %.4f",
+            ev.metrics["test_accuracy"],
+            ev.metrics["test_macro_f1"],
+            ev.metrics.get("test_roc_auc_macro", float("nan")),
+        )
 
         metadata = serving.build_metadata(
-            classes, opts.image_size, cache.x["train"].shape[-1], dataset=split.dataset,
-            backbone=backbone, weights_source=source.source if source else "none",
+            classes,
+            opts.image_size,
+            cache.x["train"].shape[-1],
+            dataset=split.dataset,
+            backbone=backbone,
+            weights_source=source.source if source else "none",
             weights_sha256=source.sha256 if source else "",
-            params=params, split_run_id=split.run_id, search_run_id=search_run_id or "",
+            params=params,
+            split_run_id=split.run_id,
+            search_run_id=search_run_id or "",
         )
         model_name = f"medtune-{split.dataset}" if opts.register else None
         info = serving.log_model(model, metadata, registered_model_name=model_name)
@@ -278,20 +354,53 @@ def _train_and_register(opts: TrainOptions, split, params: dict, search_run_id: 
             client = mlflow.tracking.MlflowClient()
             version = registered_version(client, model_name, info)
             decision = promotion.decide_and_promote(
-                client, model_name, version, ev.metrics["test_macro_f1"], test.split_id,
-                margin=opts.margin, rescore=lambda uri: rescore_on_split(uri, split, test),
+                client,
+                model_name,
+                version,
+                ev.metrics["test_macro_f1"],
+                test.split_id,
+                margin=opts.margin,
+                rescore=lambda uri: rescore_on_split(uri, split, test),
             )
             run.tags({**decision.tags(), "medtune.model_version": version})
-            run.metrics({"champion_score_before": decision.champion_score if decision.champion_score is not None else float("nan"),
-                         "promoted": 1.0 if decision.alias == promotion.CHAMPION else 0.0})
-        _log_card(run, ev, model, metadata, split, test, decision, model_name, version,
-                  cards.params_source(search_run_id, opts.params), opts.seed)
+            run.metrics(
+                {
+                    "champion_score_before": decision.champion_score
+                    if decision.champion_score is not None
+                    else float("nan"),
+                    "promoted": 1.0 if decision.alias == promotion.CHAMPION else 0.0,
+                }
+            )
+        _log_card(
+            run,
+            ev,
+            model,
+            metadata,
+            split,
+            test,
+            decision,
+            model_name,
+            version,
+            cards.params_source(search_run_id, opts.params),
+            opts.seed,
+        )
         training.release_model(model)
         return TrainOutcome(run.run_id, ev.metrics, model_name, version, decision, time.perf_counter() - t0)
 
 
-def _fit_member(params: dict, cache, n_classes: int, class_weight, weights, opts: TrainOptions, run, *, seed: int,
-                prefix: str, budget=None):
+def _fit_member(
+    params: dict,
+    cache,
+    n_classes: int,
+    class_weight,
+    weights,
+    opts: TrainOptions,
+    run,
+    *,
+    seed: int,
+    prefix: str,
+    budget=None,
+):
     """One model of the final training: fitted with early stopping, the best epoch's weights restored."""
     import keras
 
@@ -300,31 +409,61 @@ def _fit_member(params: dict, cache, n_classes: int, class_weight, weights, opts
 
     keras.utils.set_random_seed(seed)
     batch = int(params.get("batch_size", 32))
-    train_ds = training.make_dataset(cache.x["train"], cache.y["train"], n_classes, batch, training=True,
-                                     augment=float(params.get("augment", 0.0)), seed=seed)
+    train_ds = training.make_dataset(
+        cache.x["train"],
+        cache.y["train"],
+        n_classes,
+        batch,
+        training=True,
+        augment=float(params.get("augment", 0.0)),
+        seed=seed,
+    )
     val_ds = training.make_dataset(cache.x["val"], cache.y["val"], n_classes, batch, training=False)
     model = training.compile_model(
-        build_model(params, tuple(cache.x["train"].shape[1:]), n_classes, weights=weights), params)
+        build_model(params, tuple(cache.x["train"].shape[1:]), n_classes, weights=weights), params
+    )
     title = f"final training{' ' + prefix.rstrip('_') if prefix else ''}"
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "best.weights.h5"
         callbacks = [
             training.PreciseBatchNorm(cache.x["train"], seed=seed),
-            training.StagedEarlyStopping(monitor="val_macro_f1", mode="max", patience=opts.patience,
-                                         restore_best_weights=True),
-            *([keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, opts.patience // 3),
-                                                 min_lr=1e-6)]
-              if params.get("lr_schedule", "constant") == "constant" else []),  # cosine sets its own rate
-            keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_macro_f1", mode="max", save_best_only=True,
-                                            save_weights_only=True),
+            training.StagedEarlyStopping(
+                monitor="val_macro_f1", mode="max", patience=opts.patience, restore_best_weights=True
+            ),
+            *(
+                [
+                    keras.callbacks.ReduceLROnPlateau(
+                        monitor="val_loss", factor=0.5, patience=max(2, opts.patience // 3), min_lr=1e-6
+                    )
+                ]
+                if params.get("lr_schedule", "constant") == "constant"
+                else []
+            ),  # cosine sets its own rate
+            keras.callbacks.ModelCheckpoint(
+                str(ckpt), monitor="val_macro_f1", mode="max", save_best_only=True, save_weights_only=True
+            ),
             *([training.TimeLimit(budget)] if budget is not None else []),
             _epoch_logger(run, opts.epochs, prefix, title),
         ]
         history = training.fit_stages(
-            model, params, train_ds, val_ds, y_val=cache.y["val"], epochs=opts.epochs, class_weight=class_weight,
-            callbacks=callbacks, stop_requested=(lambda: budget.spent()) if budget is not None else None,
-            on_stage=lambda st, n: log.info("Stage %d: epochs %d-%d, learning rate %.2g, %d trainable layers",
-                                            st.number, st.first_epoch + 1, st.end_epoch, st.learning_rate, n))
+            model,
+            params,
+            train_ds,
+            val_ds,
+            y_val=cache.y["val"],
+            epochs=opts.epochs,
+            class_weight=class_weight,
+            callbacks=callbacks,
+            stop_requested=(lambda: budget.spent()) if budget is not None else None,
+            on_stage=lambda st, n: log.info(
+                "Stage %d: epochs %d-%d, learning rate %.2g, %d trainable layers",
+                st.number,
+                st.first_epoch + 1,
+                st.end_epoch,
+                st.learning_rate,
+                n,
+            ),
+        )
         if ckpt.exists():
             model.load_weights(ckpt)  # the best epoch, whatever early stopping did
     return model, history
@@ -333,8 +472,15 @@ def _fit_member(params: dict, cache, n_classes: int, class_weight, weights, opts
 def _log_card(run, ev, model, metadata, split, test, decision, model_name, version, source: str, seed: int) -> None:
     """The model card on the train run; its short form in the registered version's description."""
     info = cards.model_info(model, metadata, name=model_name, version=version, run_id=run.run_id, params_source=source)
-    card = cards.log_model_card(run, ev, model=info, data=cards.split_data(split), test_split=test.split_id,
-                                gate=cards.gate_of_decision(decision), seed=seed)
+    card = cards.log_model_card(
+        run,
+        ev,
+        model=info,
+        data=cards.split_data(split),
+        test_split=test.split_id,
+        gate=cards.gate_of_decision(decision),
+        seed=seed,
+    )
     if model_name:
         cards.describe_version(model_name, version, card)
 
@@ -352,8 +498,12 @@ def rescore_on_split(model_uri: str, split, test) -> float | None:
     with tempfile.TemporaryDirectory() as tmp:
         model, meta = serving.load_keras_from_uri(model_uri, Path(tmp))
     if list(meta.get("classes", [])) != list(split.classes):
-        log.warning("%s predicts classes %s, not %s: it cannot be scored on this split", model_uri,
-                    meta.get("classes"), split.classes)
+        log.warning(
+            "%s predicts classes %s, not %s: it cannot be scored on this split",
+            model_uri,
+            meta.get("classes"),
+            split.classes,
+        )
         return None
     if int(meta.get("channels", 3)) != test.x.shape[-1]:
         log.warning("%s takes %s channel(s): it cannot be scored on this split", model_uri, meta.get("channels"))
@@ -371,7 +521,8 @@ def registered_version(client, name: str, info) -> str:
         return str(version)
     # Older/other MLflow builds leave it unset: find the version whose source is this model.
     candidates = [
-        mv for mv in client.search_model_versions(f"name = '{name}'")
+        mv
+        for mv in client.search_model_versions(f"name = '{name}'")
         if mv.source in (info.model_uri, getattr(info, "artifact_path", None)) or mv.run_id == info.run_id
     ]
     if not candidates:
