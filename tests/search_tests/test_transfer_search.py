@@ -196,14 +196,13 @@ def test_too_small_images_and_imagenet_offline_fail_before_any_run(project, stor
 
 
 def test_a_transfer_model_trains_in_two_stages_registers_and_serves(project, store, tmp_path):
+    import h5py
     import keras
     import mlflow
     import numpy as np
     import pandas as pd
     from keras.src.legacy.saving import legacy_h5_format
     from PIL import Image
-
-    import h5py
 
     weights = tmp_path / "mobilenet_v2_local.h5"
     keras.utils.set_random_seed(5)

@@ -64,13 +64,11 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
     import os
 
     from medtune import tracking
-    from medtune.steps.search import SearchOptions, run_search
-    from medtune.steps.split import SplitOptions, run_split
-    from medtune.steps.train import TrainOptions, run_train
-
     from medtune.datasets.registry import dataset_name
     from medtune.plan import fill
-    from medtune.steps.search import check_options
+    from medtune.steps.search import SearchOptions, check_options, run_search
+    from medtune.steps.split import SplitOptions, run_split
+    from medtune.steps.train import TrainOptions, run_train
 
     search_opts = SearchOptions(
         dataset=opts.dataset,

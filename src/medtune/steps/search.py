@@ -17,6 +17,7 @@ import numpy as np
 
 from medtune import settings, tracking
 from medtune.errors import ConfigError
+from medtune.progress import finite, fmt, short_params
 from medtune.search.base import (
     COMPLETE,
     FAILED,
@@ -26,7 +27,6 @@ from medtune.search.base import (
     TrialSummary,
     best_trial,
 )
-from medtune.progress import finite, fmt, short_params
 from medtune.search.engines import get_engine
 from medtune.search.trial import TrialData, objective_direction, probe_indices
 
@@ -314,11 +314,10 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     import mlflow
 
     from medtune.datasets.cache import manifest_hash
-    from medtune.space import load_space, resolve_space_path
-    from medtune.steps.data import load_split, manifest_dataset
-
     from medtune.datasets.registry import dataset_name
     from medtune.plan import fill
+    from medtune.space import load_space, resolve_space_path
+    from medtune.steps.data import load_split, manifest_dataset
 
     check_options(opts)
     engine = get_engine(opts.engine)
