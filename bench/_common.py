@@ -207,13 +207,10 @@ def quiet(progress: bool = False) -> None:
     import warnings
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow resets its logger's level on import
+    from medtune.cli import QUIET_WARNINGS
+
     for message in (
-        ".*is experimental.*",
-        ".*is an experimental feature.*",
-        ".*dataset source can be interpreted in multiple ways.*",
-        ".*Do not pass an `input_shape`.*",
-        ".*Add type hints to the `predict` method.*",
-        ".*Skipping variable loading for optimizer.*",
+        *QUIET_WARNINGS,
         ".*`shuffle=True` was passed.*",
         ".*RetryFailedTrialCallback has been deprecated.*",
     ):

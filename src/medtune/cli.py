@@ -167,20 +167,24 @@ TRACKING_URI = click.option(
 )
 
 
+# Library warnings that say nothing a medtune user can act on (the benchmarks hide them too).
+QUIET_WARNINGS = (
+    ".*is experimental.*",
+    ".*is an experimental feature.*",
+    ".*dataset source can be interpreted in multiple ways.*",
+    ".*Do not pass an `input_shape`.*",
+    ".*Add type hints to the `predict` method.*",
+    ".*Skipping variable loading for optimizer.*",
+)
+
+
 def _setup(verbose: bool, tracking_uri: str | None = None) -> None:
     """Configure logging once, quieten TensorFlow, point MLflow at the tracking store."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import warnings
 
-    for message in (
-        ".*is experimental.*",
-        ".*is an experimental feature.*",
-        ".*dataset source can be interpreted in multiple ways.*",
-        ".*Do not pass an `input_shape`.*",
-        ".*Add type hints to the `predict` method.*",
-        ".*Skipping variable loading for optimizer.*",
-    ):
+    for message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
