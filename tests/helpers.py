@@ -211,3 +211,15 @@ def image_record(path: str, label: str, source: str = "train", *, sha: str | Non
 def near_phash(phash: str, bits: int = 1) -> str:
     """``phash`` with its lowest ``bits`` bits flipped: a near duplicate ``bits`` away."""
     return f"{int(phash, 16) ^ ((1 << bits) - 1):016x}"
+
+
+def two_param_space(tmp_path: Path):
+    """A space of two parameters (``filters`` 16/32, ``dense_units`` 4..8) for engine tests with a stand-in trainer."""
+    from medtune.space import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "params:\n  filters: {type: categorical, choices: [16, 32], default: 16}\n"
+        "  dense_units: {type: int, low: 4, high: 8, default: 8}\n"
+    )
+    return load_space(path)

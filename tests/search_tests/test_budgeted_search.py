@@ -14,6 +14,7 @@ from medtune.planning.budget import Budget
 from medtune.search.base import COMPLETE, PRUNED, NullRecorder, SearchSettings
 from medtune.search.trial import TrialResult, rung_schedule
 from medtune.space import load_space
+from tests.helpers import two_param_space
 
 
 class FakeClock:
@@ -41,15 +42,6 @@ class Recorder(NullRecorder):
 
     def search_stopped(self, reason):
         self.stopped = reason
-
-
-def _space(tmp_path):
-    path = tmp_path / "space.yaml"
-    path.write_text(
-        "params:\n  filters: {type: categorical, choices: [16, 32], default: 16}\n"
-        "  dense_units: {type: int, low: 4, high: 8, default: 8}\n"
-    )
-    return load_space(path)
 
 
 def _scripted(values_of, clock: FakeClock | None = None, epoch_s: float = 0.0, seen: dict | None = None):
@@ -96,7 +88,7 @@ def test_optuna_starts_no_trial_after_the_budget_and_stops_the_running_one_at_an
         budget=Budget(100.0, clock).start(),
     )
     recorder = Recorder(clock)
-    out = optuna_engine.run_search(_space(tmp_path), None, cfg, recorder)
+    out = optuna_engine.run_search(two_param_space(tmp_path), None, cfg, recorder)
     # 40 s per full trial: trials 0 and 1 complete (80 s), trial 2 is stopped after its 2nd epoch (100 s)
     assert [s.state for s in out] == [COMPLETE, COMPLETE, PRUNED]
     assert seen == {0: 4, 1: 4, 2: 2}
@@ -121,7 +113,7 @@ def test_keras_tuner_honours_the_budget_too(tmp_path, monkeypatch):
         study="kt", trials=20, epochs=4, seed=42, workdir=str(tmp_path / "kt"), budget=Budget(100.0, clock).start()
     )
     recorder = Recorder(clock)
-    out = keras_tuner_engine.run_search("bayesian", _space(tmp_path), data, cfg, recorder)
+    out = keras_tuner_engine.run_search("bayesian", two_param_space(tmp_path), data, cfg, recorder)
     numbers = sorted(seen)
     assert [seen[n] for n in numbers] == [4, 4, 2]  # the third trial stops at its epoch boundary
     assert [s.state for s in out] == [COMPLETE, COMPLETE, PRUNED]  # recorded as Optuna records it
@@ -148,7 +140,7 @@ def test_the_search_stops_when_it_has_plateaued(tmp_path, monkeypatch):
         storage=f"sqlite:///{tmp_path / 'o.db'}",
     )
     recorder = Recorder()
-    out = optuna_engine.run_search(_space(tmp_path), None, cfg, recorder)
+    out = optuna_engine.run_search(two_param_space(tmp_path), None, cfg, recorder)
     assert len(out) == 6  # trials 2-5 improved nothing beyond 1e-3: trial 6 never runs
     assert recorder.stopped == (
         "plateau: no trial improved the best value 0.7000 by more than 0.001 in the last 4 trials"
@@ -180,7 +172,7 @@ def test_the_pruner_decides_only_at_the_end_of_a_rung(tmp_path, monkeypatch):
         rungs=(32, 48),
         storage=f"sqlite:///{tmp_path / 'o.db'}",
     )
-    out = optuna_engine.run_search(_space(tmp_path), None, cfg, NullRecorder())
+    out = optuna_engine.run_search(two_param_space(tmp_path), None, cfg, NullRecorder())
     # below the median from its first epoch, trial 2 is still trained to the end of rung 1 (2 epochs)
     assert [s.state for s in out] == [COMPLETE, COMPLETE, PRUNED]
     assert seen == {0: 4, 1: 4, 2: 2}

@@ -9,7 +9,7 @@ import pytest
 from medtune.errors import ConfigError, InternalError, TrainingDiverged, stops_the_search
 from medtune.search.base import COMPLETE, FAILED, NullRecorder, SearchSettings
 from medtune.search.trial import TrialData, TrialResult
-from medtune.space import load_space
+from tests.helpers import two_param_space
 
 
 class Recorder(NullRecorder):
@@ -21,15 +21,6 @@ class Recorder(NullRecorder):
 
     def search_stopped(self, reason):
         self.stopped = reason
-
-
-def _space(tmp_path):
-    path = tmp_path / "space.yaml"
-    path.write_text(
-        "params:\n  filters: {type: categorical, choices: [16, 32], default: 16}\n"
-        "  dense_units: {type: int, low: 4, high: 8, default: 8}\n"
-    )
-    return load_space(path)
 
 
 def _failing(error_of):
@@ -64,7 +55,7 @@ def test_optuna_stops_at_the_first_config_error(tmp_path, monkeypatch):
     recorder = Recorder()
     cfg = SearchSettings(study="c", trials=10, epochs=1, seed=42, storage=f"sqlite:///{tmp_path / 'o.db'}")
     with pytest.raises(ConfigError, match="^lr_schedule: 'cosin' is not constant or cosine$"):
-        optuna_engine.run_search(_space(tmp_path), None, cfg, recorder)
+        optuna_engine.run_search(two_param_space(tmp_path), None, cfg, recorder)
     assert calls == [0] and recorder.finished == [(0, FAILED, "ConfigError")]
     assert recorder.stopped.startswith("trial failed with an error every trial would hit: lr_schedule")
 
@@ -76,7 +67,7 @@ def test_a_diverged_trial_is_failed_and_the_search_goes_on(tmp_path, monkeypatch
         optuna_engine, "train_trial", _failing(lambda n: TrainingDiverged("loss is NaN at epoch 1") if n == 0 else None)
     )
     cfg = SearchSettings(study="d", trials=2, epochs=1, seed=42, storage=f"sqlite:///{tmp_path / 'o.db'}")
-    out = optuna_engine.run_search(_space(tmp_path), None, cfg, Recorder())
+    out = optuna_engine.run_search(two_param_space(tmp_path), None, cfg, Recorder())
     assert [s.state for s in out] == [FAILED, COMPLETE, COMPLETE]
 
 
@@ -94,7 +85,7 @@ def test_keras_tuner_stops_at_the_first_type_error_with_one_line(tmp_path, monke
     cfg = SearchSettings(study="kt", trials=10, epochs=1, seed=42, workdir=str(tmp_path / "kt"))
     recorder = Recorder()
     with pytest.raises(InternalError) as info:
-        keras_tuner_engine.run_search("bayesian", _space(tmp_path), data, cfg, recorder)
+        keras_tuner_engine.run_search("bayesian", two_param_space(tmp_path), data, cfg, recorder)
     assert "\n" not in str(info.value)
     assert str(info.value).startswith("trial 0 failed with TypeError: unsupported operand type(s) -- every trial")
     assert len(calls) == 1 and recorder.finished[0][1:] == (FAILED, "TypeError")
