@@ -344,6 +344,8 @@ def step_run(
         )
         resume_id = previous[0].info.run_id if previous else None
     adopted = resume_id is None and launcher is not None and launcher.info.experiment_id == experiment_id
+    # MLflow refuses to reopen a run while another experiment is the process's active one
+    mlflow.set_experiment(experiment_id=experiment_id)
     if resume_id:
         run = mlflow.start_run(run_id=resume_id)
         log.info("Resuming run %s", resume_id)

@@ -43,7 +43,10 @@ def test_an_interrupted_step_ends_killed(client, dataset):
     assert tracking.run_status(run.run_id) == "KILLED"
 
 
-def test_the_launcher_run_in_the_step_experiment_is_adopted(client, dataset, monkeypatch):
+@pytest.mark.parametrize("other_experiment_active", [False, True])
+def test_the_launcher_run_in_the_step_experiment_is_adopted(client, dataset, monkeypatch, other_experiment_active):
+    if other_experiment_active:  # e.g. a notebook that called set_experiment before
+        mlflow.set_experiment(f"elsewhere-{dataset}")
     launcher = client.create_run(tracking.ensure_experiment(dataset))
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher.info.run_id)
     with tracking.step_run(dataset, "split", run_name="split-adopted") as run:
@@ -85,6 +88,7 @@ def test_an_unknown_launcher_id_is_ignored(client, dataset, monkeypatch):
 
 
 def test_a_resume_filter_reopens_the_newest_ended_matching_run(client, dataset):
+    mlflow.set_experiment(f"elsewhere-{dataset}")  # another experiment active in the process
     study = "tags.`medtune.study` = 's1'"
     with tracking.step_run(dataset, "search", tags={"medtune.study": "s1"}, resume_filter=study) as first:
         first.metrics({"trials": 1})
