@@ -1,152 +1,47 @@
-"""The champion gate against a real Model Registry (SQLite store) with tiny logged models."""
+"""promotion.decide: the champion gate as a pure function of the two scores (no registry)."""
 
 from __future__ import annotations
 
-import mlflow
-import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
-from medtune import promotion
-from tests.helpers import use_sqlite_store
+from medtune.promotion import CHALLENGER, CHAMPION, decide, score_on_split
 
 
-class Constant(mlflow.pyfunc.PythonModel):
-    """A model whose only output is a fixed number (its 'test macro-F1', for the rescore callback)."""
-
-    def __init__(self, value: float):
-        self.value = value
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # noqa: ARG002
-        return pd.DataFrame({"score": [self.value] * len(model_input)})
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One SQLite tracking store and registry for the module (creating one costs seconds)."""
-    root = tmp_path_factory.mktemp("registry")
-    previous = mlflow.get_tracking_uri()
-    with pytest.MonkeyPatch.context() as mp:
-        experiment_id = use_sqlite_store(mp, root, "gate")
-        yield MlflowClient(), experiment_id
-    mlflow.set_tracking_uri(previous)
-
-
-class Registry:
-    """A client and the model name one test registers versions of."""
-
-    def __init__(self, client: MlflowClient, name: str):
-        self.client, self.name = client, name
-
-    def register(self, value: float) -> str:
-        """Log a tiny model in its own run and register it as a new version."""
-        with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=Constant(value), registered_model_name=self.name, pip_requirements=["mlflow"]
-            )  # no requirement inference (slow)
-        return str(info.registered_model_version)
-
-    def aliases(self) -> dict[str, str]:
-        return {alias: str(v) for alias, v in self.client.get_registered_model(self.name).aliases.items()}
-
-    def tags(self, version: str) -> dict[str, str]:
-        return self.client.get_model_version(self.name, version).tags
+@pytest.mark.parametrize(
+    ("score", "champion_version", "champion_score", "margin", "alias", "reason"),
+    [
+        (0.5, None, None, 0.0, CHAMPION, "no champion yet"),
+        (0.7, "1", 0.6, 0.05, CHAMPION, "beats champion v1 0.6000 by more than 0.05"),
+        (0.64, "1", 0.6, 0.05, CHALLENGER, "does not beat champion v1"),  # better, but within the margin
+        (0.6, "1", 0.6, 0.0, CHALLENGER, "does not beat"),  # a tie never replaces the champion
+        (0.9, "1", None, 0.0, CHALLENGER, "champion could not be scored on this split"),
+    ],
+)
+def test_decide(score, champion_version, champion_score, margin, alias, reason):
+    decision = decide("2", score, champion_version, champion_score, margin)
+    assert decision.alias == alias and reason in decision.reason
+    assert (decision.version, decision.champion_version, decision.champion_score) == (
+        "2",
+        champion_version,
+        champion_score,
+    )
+    assert decision.tags()["medtune.decision"] == alias
 
 
-@pytest.fixture
-def reg(store, request):
-    client, experiment_id = store
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return Registry(client, "gate-" + "".join(c if c.isalnum() else "-" for c in request.node.name))
+def test_the_champion_itself_stays_champion():
+    decision = decide("3", 0.5, "3", 0.5)
+    assert (decision.alias, decision.reason) == (CHAMPION, "already the champion")
 
 
-def test_first_version_becomes_champion(reg):
-    v1 = reg.register(0.5)
-    decision = promotion.decide_and_promote(reg.client, reg.name, v1, 0.5, "split-A")
-    assert decision.alias == promotion.CHAMPION and decision.champion_version is None
-    assert reg.aliases() == {"champion": v1}
-    assert str(reg.client.get_model_version_by_alias(reg.name, "champion").version) == v1  # an int in MLflow 3.17
-    tags = reg.tags(v1)
-    assert tags["medtune.decision"] == "champion"
-    assert tags["medtune.test_macro_f1"] == "0.500000"
-    assert tags["medtune.test_split"] == "split-A"
-    assert tags["medtune.champion_before"] == "none"
-    assert tags["medtune.decision_reason"] == "no champion yet"
-
-
-def test_better_version_is_promoted_worse_and_marginal_ones_become_challengers(reg):
-    v1, v2, v3, v4 = (reg.register(s) for s in (0.60, 0.70, 0.50, 0.72))
-    promotion.decide_and_promote(reg.client, reg.name, v1, 0.60, "split-A", margin=0.05)
-
-    better = promotion.decide_and_promote(reg.client, reg.name, v2, 0.70, "split-A", margin=0.05)
-    assert better.alias == "champion" and better.champion_version == v1
-    assert better.champion_score == pytest.approx(0.60)
-    assert reg.aliases() == {"champion": v2}
-    tags = reg.tags(v2)
-    assert tags["medtune.decision"] == "champion"
-    assert tags["medtune.test_macro_f1"] == "0.700000"  # both figures on the version
-    assert tags["medtune.champion_score_before"] == "0.600000"
-    assert tags["medtune.champion_before"] == v1
-
-    worse = promotion.decide_and_promote(reg.client, reg.name, v3, 0.50, "split-A", margin=0.05)
-    assert worse.alias == "challenger" and worse.champion_version == v2
-    assert reg.aliases() == {"champion": v2, "challenger": v3}
-    tags = reg.tags(v3)
-    assert tags["medtune.decision"] == "challenger"
-    assert tags["medtune.test_macro_f1"] == "0.500000"
-    assert tags["medtune.champion_score_before"] == "0.700000"
-    assert "does not beat" in tags["medtune.decision_reason"]
-
-    # better, but not by more than the margin: challenger (and the alias moves to it)
-    marginal = promotion.decide_and_promote(reg.client, reg.name, v4, 0.72, "split-A", margin=0.05)
-    assert marginal.alias == "challenger"
-    assert reg.aliases() == {"champion": v2, "challenger": v4}
-    # a tie never replaces the champion
-    v5 = reg.register(0.70)
-    assert promotion.decide_and_promote(reg.client, reg.name, v5, 0.70, "split-A").alias == "challenger"
-
-
-def test_champion_scored_on_other_test_images_is_rescored_on_these(reg):
-    v1 = reg.register(0.55)  # on split B this champion scores .55, whatever its .90 on split A
-    promotion.decide_and_promote(reg.client, reg.name, v1, 0.90, "split-A")
-    v2 = reg.register(0.60)
-    calls = []
-
-    def rescore(uri: str) -> float:
-        calls.append(uri)
-        model = mlflow.pyfunc.load_model(uri)  # a real URI of the champion
-        return float(model.predict(pd.DataFrame({"x": [0]}))["score"][0])
-
-    decision = promotion.decide_and_promote(reg.client, reg.name, v2, 0.60, "split-B", rescore=rescore)
-    assert calls == [f"models:/{reg.name}/{v1}"]
-    assert decision.alias == "champion" and decision.champion_score == pytest.approx(0.55)
-    assert reg.aliases() == {"champion": v2}
-    old = reg.tags(v1)  # the champion's new score is kept for next time
-    assert old["medtune.test_split"] == "split-B" and old["medtune.test_macro_f1"] == "0.550000"
-    assert reg.tags(v2)["medtune.champion_score_before"] == "0.550000"
-
-    # the next version on split B compares with the stored scores: no rescoring
-    v3 = reg.register(0.58)
-    decision = promotion.decide_and_promote(reg.client, reg.name, v3, 0.58, "split-B", rescore=rescore)
-    assert len(calls) == 1 and decision.alias == "challenger"
-    assert decision.champion_score == pytest.approx(0.60)
-
-
-@pytest.mark.parametrize("rescore", [None, lambda uri: None, lambda uri: 1 / 0], ids=["none", "unscorable", "raises"])
-def test_champion_that_cannot_be_scored_here_is_kept(reg, rescore):
-    v1 = reg.register(0.5)
-    promotion.decide_and_promote(reg.client, reg.name, v1, 0.5, "split-A")
-    v2 = reg.register(0.9)
-    decision = promotion.decide_and_promote(reg.client, reg.name, v2, 0.9, "split-B", rescore=rescore)
-    assert decision.alias == "challenger" and decision.champion_score is None
-    assert decision.reason == "champion could not be scored on this split"
-    assert reg.aliases() == {"champion": v1, "challenger": v2}
-    assert reg.tags(v2)["medtune.champion_score_before"] == ""
-
-
-def test_deciding_again_for_the_champion_keeps_it(reg):
-    v1 = reg.register(0.5)
-    promotion.decide_and_promote(reg.client, reg.name, v1, 0.5, "split-A")
-    again = promotion.decide_and_promote(reg.client, reg.name, v1, 0.5, "split-A")
-    assert again.alias == "champion" and again.reason == "already the champion"
-    assert reg.aliases() == {"champion": v1}
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ({"medtune.test_split": "A", "medtune.test_macro_f1": "0.75"}, 0.75),
+        ({"medtune.test_split": "B", "medtune.test_macro_f1": "0.75"}, None),  # scored on other test images
+        ({"medtune.test_split": "A"}, None),
+        ({"medtune.test_split": "A", "medtune.test_macro_f1": "nan"}, None),
+        ({"medtune.test_split": "A", "medtune.test_macro_f1": "x"}, None),
+    ],
+)
+def test_score_on_split(tags, expected):
+    assert score_on_split(tags, "A") == expected

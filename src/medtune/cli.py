@@ -609,12 +609,6 @@ def main_pipeline(ctx, tracking_uri, timeout, **kw):
     click.echo(out.summary())
 
 
-def mlflow_uri() -> str:
-    import mlflow
-
-    return mlflow.get_tracking_uri()
-
-
 def main() -> None:
     """Console-script entry point: one-line errors, exit code 2 for user errors, 130 on interrupt."""
     try:
@@ -629,11 +623,12 @@ def main() -> None:
         click.echo(f"medtune: error: {exc}", err=True)
         sys.exit(2)
     except Exception as exc:  # an MLflow lookup medtune did not foresee: still one line
-        from mlflow.exceptions import MlflowException
+        from medtune.tracking import mlflow_error_line
 
-        if not isinstance(exc, MlflowException):
+        line = mlflow_error_line(exc)
+        if line is None:
             raise
-        click.echo(f"medtune: error: MLflow ({mlflow_uri()}): {' '.join(exc.message.split())[:300]}", err=True)
+        click.echo(f"medtune: error: {line}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("medtune: interrupted; runs were ended KILLED and the search can be resumed", err=True)

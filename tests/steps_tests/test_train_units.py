@@ -65,21 +65,6 @@ def test_launcher_run_id_is_hidden_inside_the_block_and_restored(monkeypatch):
     assert "MLFLOW_RUN_ID" not in os.environ
 
 
-def test_registered_version_falls_back_to_the_registry():
-    info = SimpleNamespace(registered_model_version=7)
-    assert train.registered_version(None, "m", info) == "7"
-    versions = [
-        SimpleNamespace(version=1, source="models:/m-a", run_id="r1"),
-        SimpleNamespace(version=2, source="models:/m-b", run_id="r2"),
-    ]
-    client = SimpleNamespace(search_model_versions=lambda flt: versions)
-    info = SimpleNamespace(registered_model_version=None, model_uri="models:/m-b", run_id="r2", artifact_path="x")
-    assert train.registered_version(client, "m", info) == "2"
-    info = SimpleNamespace(registered_model_version=None, model_uri="models:/m-c", run_id="r3", artifact_path="x")
-    with pytest.raises(RuntimeError, match="no version of m"):
-        train.registered_version(client, "m", info)
-
-
 def test_best_params_of_search_refuses_runs_that_are_not_finished_searches(project):
     import mlflow
 

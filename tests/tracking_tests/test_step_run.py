@@ -11,6 +11,7 @@ import mlflow
 import pytest
 
 from medtune import tracking
+from medtune.tracking import console
 
 
 def test_step_run_ends_finished_in_the_dataset_experiment_with_its_tags(client, dataset):
@@ -112,7 +113,7 @@ def test_an_active_run_of_a_previous_step_is_ended_first(client, dataset):
 
 
 def test_each_step_saves_its_own_share_of_the_console(client, dataset, monkeypatch, tmp_path):
-    monkeypatch.setattr(tracking, "_CONSOLE", {})
+    monkeypatch.setattr(console, "_CONSOLE", {})
     path = tracking.capture_console(logging.Formatter("%(message)s"))
     say = logging.getLogger("medtune.tests.console")
     try:
@@ -122,8 +123,8 @@ def test_each_step_saves_its_own_share_of_the_console(client, dataset, monkeypat
         with tracking.step_run(dataset, "search") as second:
             say.warning("search line")
     finally:
-        logging.getLogger().removeHandler(tracking._CONSOLE["handler"])
-        tracking._CONSOLE["handler"].close()
+        logging.getLogger().removeHandler(console._CONSOLE["handler"])
+        console._CONSOLE["handler"].close()
         path.unlink()
     first_log = tracking.download_artifact(first.run_id, "console.log", tmp_path / "1").read_text()
     second_log = tracking.download_artifact(second.run_id, "console.log", tmp_path / "2").read_text()

@@ -14,11 +14,10 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
+from medtune import tracking
 from medtune.app.inference import LoadedModel
 from medtune.errors import ConfigError
+from medtune.tracking.registry import RegistryReader
 
 log = logging.getLogger(__name__)
 
@@ -29,45 +28,42 @@ KEEP_LOADED = 4
 class RegistryModels:
     """Models of the registry, addressed as ``models:/<name>@<alias>`` or ``models:/<name>/<version>``."""
 
-    def __init__(self, client: MlflowClient | None = None):
-        self.client = client or MlflowClient()
+    def __init__(self, reader: RegistryReader | None = None):
+        self.registry = reader or RegistryReader(PREFIX)
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
     def choices(self) -> list[tuple[str, str]]:
         out = []
-        for rm in sorted(self.client.search_registered_models(f"name LIKE '{PREFIX}%'"), key=lambda r: r.name):
-            for alias, version in sorted((rm.aliases or {}).items()):
-                out.append((f"{rm.name}@{alias} (v{version})", f"models:/{rm.name}@{alias}"))
-            versions = self.client.search_model_versions(f"name = '{rm.name}'")
-            for mv in sorted(versions, key=lambda v: -int(v.version)):
-                out.append((f"{rm.name} v{mv.version}", f"models:/{rm.name}/{mv.version}"))
+        for name in self.registry.names():
+            for alias, version in sorted(self.registry.aliases(name).items()):
+                out.append((f"{name}@{alias} (v{version})", f"models:/{name}@{alias}"))
+            for version in self.registry.versions(name):
+                out.append((f"{name} v{version}", f"models:/{name}/{version}"))
         return out
 
     def default_uris(self) -> tuple[str, str | None]:
         """The first model's @champion (else its latest version), and its @challenger when there is one."""
-        names = sorted(rm.name for rm in self.client.search_registered_models(f"name LIKE '{PREFIX}%'"))
+        names = self.registry.names()
         if not names:
             raise ConfigError(
-                f"no {PREFIX}* registered model in {self.client.tracking_uri}: train one first "
+                f"no {PREFIX}* registered model in {self.registry.tracking_uri}: train one first "
                 "(`mlflow run . --env-manager local`), or pass --model"
             )
-        rm = self.client.get_registered_model(names[0])
-        aliases = rm.aliases or {}
-        first = f"models:/{rm.name}@champion" if "champion" in aliases else self._latest(rm.name)
-        return first, f"models:/{rm.name}@challenger" if "challenger" in aliases else None
+        name = names[0]
+        aliases = self.registry.aliases(name)
+        first = (
+            f"models:/{name}@champion" if "champion" in aliases else f"models:/{name}/{self.registry.versions(name)[0]}"
+        )
+        return first, f"models:/{name}@challenger" if "challenger" in aliases else None
 
     def counterpart(self, uri: str) -> str | None:
         """For ``...@champion`` the same model's ``@challenger`` (and back), when that alias is set."""
         name, _, alias = uri.partition("@")
         other = {"champion": "challenger", "challenger": "champion"}.get(alias)
-        if other is None or other not in (self.client.get_registered_model(name[len("models:/") :]).aliases or {}):
+        if other is None or other not in self.registry.aliases(name[len("models:/") :]):
             return None
         return f"{name}@{other}"
-
-    def _latest(self, name: str) -> str:
-        version = max(int(v.version) for v in self.client.search_model_versions(f"name = '{name}'"))
-        return f"models:/{name}/{version}"
 
     def version_of(self, uri: str):
         """The registered version behind ``uri`` (aliases resolved now: they move)."""
@@ -77,13 +73,10 @@ class RegistryModels:
             raise ConfigError(
                 f"model={uri}: expected models:/{PREFIX}<dataset>@<alias> or models:/{PREFIX}<dataset>/<version>"
             )
-        try:
-            if sep:
-                return self.client.get_model_version_by_alias(name, alias)
-            name, _, version = rest.rpartition("/")
-            return self.client.get_model_version(name, version)
-        except MlflowException as exc:
-            raise ConfigError(f"model={uri}: not in the registry at {self.client.tracking_uri}") from exc
+        if sep:
+            return self.registry.version(name, alias=alias)
+        name, _, version = rest.rpartition("/")
+        return self.registry.version(name, version)
 
     def load(self, uri: str) -> LoadedModel:
         from medtune.serving import load_keras_from_uri
@@ -127,16 +120,5 @@ def run_app(model_uri: str | None, host: str, port: int, max_file_size: str, *, 
     source.load(default)  # a wrong URI stops here, with one line
     if model_uri:
         other = source.counterpart(model_uri)
-    _end_launcher_run()
+    tracking.end_launcher_run("medtune app serves registered models and logs nothing")
     return start(source, default, other, host=host, port=port, max_file_size=max_file_size, block=block)
-
-
-def _end_launcher_run() -> None:
-    """Under ``mlflow run -e app`` the launcher run records nothing: end it now, so it is never left RUNNING."""
-    import os
-
-    run_id = os.environ.pop("MLFLOW_RUN_ID", None)
-    if run_id:
-        client = MlflowClient()
-        client.set_tag(run_id, "medtune.note", "medtune app serves registered models and logs nothing")
-        client.set_terminated(run_id, "FINISHED")

@@ -71,12 +71,3 @@ def load_split(
     cache, reused = ensure_cache(absolute_manifest(manifest, root), classes, image_size, CHANNELS)
     log.info("Split run %s: %s cache at %d px (%s)", run.info.run_id, name, image_size, "reused" if reused else "built")
     return LoadedSplit(run.info.run_id, name, root, classes, manifest, report, cache)
-
-
-def manifest_dataset(split: LoadedSplit):
-    """The manifest as an MLflow dataset, to link a run to the split it read."""
-    import mlflow
-
-    return mlflow.data.from_pandas(
-        split.manifest, source=str(split.root), name=f"{split.dataset}-manifest", targets="label"
-    )

@@ -13,6 +13,7 @@ from medtune import tracking
 from medtune.errors import DataError
 from medtune.evaluation import Evaluation, evaluate_model
 from medtune.steps import model_card as cards
+from medtune.tracking import registry
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def run_evaluate(opts: EvaluateOptions) -> tuple[str, Evaluation]:
         model, meta = load_keras_from_uri(opts.model_uri, Path(tmp))
     classes, size, channels = meta["classes"], meta["image_size"], meta["channels"]
     dataset = opts.dataset or meta.get("dataset") or "synthetic"
-    tags = {"medtune.model_uri": opts.model_uri, **_registry_tags(opts.model_uri)}
+    tags = {"medtune.model_uri": opts.model_uri, **registry.registry_tags(opts.model_uri)}
     if opts.data_dir and opts.dataset is None:
         test = folder_test_set(opts.data_dir, classes, size, channels)
         data = cards.folder_data(dataset, classes, test)
@@ -146,11 +147,9 @@ def run_evaluate(opts: EvaluateOptions) -> tuple[str, Evaluation]:
 
 def _log_card(run, ev, model, meta: dict, tags: dict, data, test_split: str) -> None:
     """The model card of this evaluation; version, source and gate of a registered model from the registry."""
-    from mlflow.tracking import MlflowClient
-
     name, version, train_run, gate = tags.get("medtune.model_name", ""), tags.get("medtune.model_version", ""), "", None
     if name:
-        mv = MlflowClient().get_model_version(name, version)
+        mv = registry.model_version(name, version)
         train_run = mv.run_id
         trained_card = cards.load_card(train_run)
         gate = trained_card.gate if trained_card else cards.gate_of_version_tags(mv.tags or {})
@@ -171,15 +170,11 @@ def _model_split_run(meta: dict, dataset: str) -> str | None:
     Its test images are the ones the model never saw; the latest split of the dataset may be
     another one (new files, another seed) whose test images the model was trained on.
     """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     run_id = meta.get("split_run_id")
     if not run_id or meta.get("dataset") != dataset:
         return None
-    try:
-        run = MlflowClient().get_run(run_id)
-    except MlflowException:
+    run = tracking.find_run(run_id)
+    if run is None:
         log.warning(
             "the model's split run %s is not in this tracking store: using the latest split of %s", run_id, dataset
         )
@@ -187,27 +182,3 @@ def _model_split_run(meta: dict, dataset: str) -> str | None:
     if run.info.status != "FINISHED" or run.data.tags.get(tracking.TAG_DATASET) != dataset:
         return None
     return run_id
-
-
-def _registry_tags(model_uri: str) -> dict[str, str]:
-    """``medtune.model_name`` / ``medtune.model_version`` of a ``models:/name@alias`` or ``models:/name/N`` URI.
-
-    An alias moves; the version it pointed at when the evaluation ran is what the run documents.
-    """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    if not model_uri.startswith("models:/"):
-        return {}
-    rest = model_uri[len("models:/") :].strip("/")
-    try:
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            version = MlflowClient().get_model_version_by_alias(name, alias).version
-        else:
-            name, _, version = rest.rpartition("/")
-            if not name or not version.isdigit():
-                return {}
-    except MlflowException:
-        return {}
-    return {"medtune.model_name": name, "medtune.model_version": str(version)}

@@ -53,13 +53,10 @@ def params_source(search_run_id: str | None, params_file: str | None = None) -> 
     """ "search run <id>, best trial <n>" (the trial read from the search run's tags), or the params file."""
     if not search_run_id:
         return f"params file {params_file}" if params_file else "unknown"
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        trial = MlflowClient().get_run(search_run_id).data.tags.get("medtune.best_trial", "?")
-    except MlflowException:
+    run = tracking.find_run(search_run_id)
+    if run is None:
         return f"search run {search_run_id} (not in this tracking store)"
+    trial = run.data.tags.get("medtune.best_trial", "?")
     return f"search run {search_run_id}, best trial {trial}"
 
 
@@ -144,18 +141,15 @@ def log_model_card(
 
 def describe_version(name: str, version: str, card: ModelCard) -> None:
     """Put the card's short form in the registered version's description."""
-    from mlflow.tracking import MlflowClient
+    from medtune.tracking import registry
 
-    MlflowClient().update_model_version(name, version, description=short_description(card))
+    registry.describe_version(name, version, short_description(card))
 
 
 def load_card(run_id: str) -> ModelCard | None:
     """The card logged on a run, or None when it has none."""
-    from mlflow.exceptions import MlflowException
-
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = tracking.download_artifact(run_id, CARD_JSON, Path(tmp))
-        except (MlflowException, OSError):
+        path = tracking.download_artifact(run_id, CARD_JSON, Path(tmp), missing_ok=True)
+        if path is None:
             return None
         return ModelCard.from_dict(json.loads(path.read_text()))

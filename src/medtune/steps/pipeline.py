@@ -6,6 +6,8 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 
+from medtune import tracking
+
 log = logging.getLogger(__name__)
 
 
@@ -63,7 +65,6 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
     """
     import os
 
-    from medtune import tracking
     from medtune.datasets.registry import dataset_name
     from medtune.plan import fill
     from medtune.steps.search import SearchOptions, check_options, run_search
@@ -233,16 +234,13 @@ def _plan(opts: PipelineOptions, search_opts, split, budget) -> dict:
 
 def _replan_final(opts: PipelineOptions, search, plan_files: dict, budget) -> None:
     """Rule 6 again, with what the search measured: the best trial's epoch time at the final size."""
-    from mlflow.tracking import MlflowClient
-
     from medtune.planning.rules import plan_final
 
     plan = plan_files["plan.json"]
     if search.best is None or not search.best.run_id:
         return
-    client = MlflowClient()
-    seconds = [m.value for m in client.get_metric_history(search.best.run_id, "epoch_seconds")]
-    sizes = [m.value for m in client.get_metric_history(search.best.run_id, "image_size")]
+    seconds = tracking.metric_values(search.best.run_id, "epoch_seconds")
+    sizes = tracking.metric_values(search.best.run_id, "image_size")
     if not seconds or not sizes:
         return
     measured = max(seconds[-1], 1.0) * (plan["image_size"] / sizes[-1]) ** 2 * 1.1  # a 10 % margin
@@ -278,9 +276,7 @@ def _replan_final(opts: PipelineOptions, search, plan_files: dict, budget) -> No
 def _log_files(run_id: str | None, files: dict) -> None:
     if not run_id or not files:
         return
-    from medtune.tracking import RunLogger
-
-    logger = RunLogger(run_id)
+    logger = tracking.RunLogger(run_id)
     for name, content in files.items():
         logger.json(content, name)
 
@@ -288,14 +284,4 @@ def _log_files(run_id: str | None, files: dict) -> None:
 def _link(launcher_id: str | None, pipeline, tags: dict) -> None:
     """Tag the pipeline's run (and the ``mlflow run`` launcher run, if any) with a step's outcome."""
     pipeline.tags(tags)
-    if not launcher_id:
-        return
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    try:
-        for key, value in {"medtune.step": "main", **tags}.items():
-            client.set_tag(launcher_id, key, str(value))
-    except MlflowException as exc:
-        log.warning("could not link the launcher run %s: %s", launcher_id, exc)
+    tracking.tag_launcher(launcher_id, {"medtune.step": "main", **tags})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,13 +312,11 @@ def check_options(opts: SearchOptions) -> None:
 
 def run_search(opts: SearchOptions) -> SearchOutcome:
     """Validate everything, load the split cache, then search with the chosen engine."""
-    import mlflow
-
     from medtune.datasets.cache import manifest_hash
     from medtune.datasets.registry import dataset_name
     from medtune.plan import fill
     from medtune.space import load_space, resolve_space_path
-    from medtune.steps.data import load_split, manifest_dataset
+    from medtune.steps.data import load_split
 
     check_options(opts)
     engine = get_engine(opts.engine)
@@ -389,7 +388,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     experiment_id = tracking.ensure_experiment(split.dataset)
     resume = (
         f"tags.`{tracking.TAG_STEP}` = 'search' and tags.`medtune.study` = '{study}' "
-        f"and tags.`{tracking.TAG_HOST}` = '{tracking.socket.gethostname()}'"
+        f"and tags.`{tracking.TAG_HOST}` = '{socket.gethostname()}'"
     )
     t0 = time.perf_counter()
     with tracking.step_run(
@@ -430,7 +429,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         if weights:
             parent.json({name: w.tags() for name, w in weights.items()}, "weights.json")
         parent.file(space_path)
-        mlflow.log_input(manifest_dataset(split), context="training")
+        tracking.log_manifest(split.manifest, split.root, split.dataset, "training")
         recorder = MlflowRecorder(parent, experiment_id, opts, study, data, split.classes, weights)
         log.info(
             "Search %s: %s engine, %s trials x %d epochs at %s px, objective %s%s",
@@ -549,7 +548,7 @@ def _log_summary(parent, summaries, best, space, opts, direction, seconds) -> No
     stale = sorted(
         k
         for k in set(best_params) | {k for k in logged if k.startswith("best_")}
-        if k in logged and logged[k] != tracking._param_text(best_params.get(k))
+        if k in logged and logged[k] != tracking.param_text(best_params.get(k))
     )
     parent.params(best_params)
     if stale:  # MLflow params cannot change: a resumed search whose best changed says so

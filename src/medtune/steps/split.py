@@ -128,8 +128,6 @@ def run_split(opts: SplitOptions, *, reuse_run: bool = False) -> SplitOutcome:
 
 
 def _log_split(run, opts, resolved, result, mhash, cache, reused, seconds) -> None:
-    import mlflow
-
     from medtune import reports
 
     report = result.report
@@ -173,8 +171,7 @@ def _log_split(run, opts, resolved, result, mhash, cache, reused, seconds) -> No
         manifest.to_csv(mpath, index=False)
         run.file(mpath)
     run.json(report, "report.json")
-    ds = mlflow.data.from_pandas(manifest, source=str(resolved.root), name=f"{resolved.name}-manifest", targets="label")
-    mlflow.log_input(ds, context="split")
+    tracking.log_manifest(manifest, resolved.root, resolved.name, "split")
     run.figure(reports.class_counts_figure(counts), "class_counts.png")
     samples = {}
     for idx, cls in enumerate(cache.classes):

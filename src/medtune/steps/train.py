@@ -16,6 +16,7 @@ from medtune import tracking
 from medtune.datasets.registry import dataset_name
 from medtune.errors import ConfigError
 from medtune.steps import model_card as cards
+from medtune.tracking import registry
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +214,9 @@ def _train_and_register(
     weights_option: str,
 ) -> TrainOutcome:
     import keras
-    import mlflow
 
     from medtune import promotion, serving, training
     from medtune.evaluation import evaluate_model
-    from medtune.steps.data import manifest_dataset
     from medtune.steps.evaluate import log_evaluation, manifest_test_set
 
     classes, cache = split.classes, split.cache
@@ -258,7 +257,7 @@ def _train_and_register(
             )
         if class_weight:
             run.json({classes[k]: v for k, v in class_weight.items()}, "class_weights.json")
-        mlflow.log_input(manifest_dataset(split), context="training")
+        tracking.log_manifest(split.manifest, split.root, split.dataset, "training")
         from medtune.progress import short_params
 
         log.info(
@@ -351,10 +350,8 @@ def _train_and_register(
         info = serving.log_model(model, metadata, registered_model_name=model_name)
         version, decision = None, None
         if model_name:
-            client = mlflow.tracking.MlflowClient()
-            version = registered_version(client, model_name, info)
-            decision = promotion.decide_and_promote(
-                client,
+            version = registry.registered_version(model_name, info)
+            decision = registry.promote(
                 model_name,
                 version,
                 ev.metrics["test_macro_f1"],
@@ -512,22 +509,6 @@ def rescore_on_split(model_uri: str, split, test) -> float | None:
     if size != test.x.shape[1]:  # the same test images, cached at the model's own size
         test = manifest_test_set(load_split(split.dataset, size, split_run=split.run_id))
     return score_macro_f1(model, test, list(split.classes))
-
-
-def registered_version(client, name: str, info) -> str:
-    """The registry version ``log_model(registered_model_name=...)`` created for this model."""
-    version = getattr(info, "registered_model_version", None)
-    if version is not None:
-        return str(version)
-    # Older/other MLflow builds leave it unset: find the version whose source is this model.
-    candidates = [
-        mv
-        for mv in client.search_model_versions(f"name = '{name}'")
-        if mv.source in (info.model_uri, getattr(info, "artifact_path", None)) or mv.run_id == info.run_id
-    ]
-    if not candidates:
-        raise RuntimeError(f"model {info.model_uri} was logged but no version of {name} was registered")
-    return str(max(int(mv.version) for mv in candidates))
 
 
 def float32_copy(model, params: dict, input_shape: tuple, n_classes: int):

@@ -1,0 +1,309 @@
+"""Step runs and their lifecycle: the one owner of ``MLFLOW_RUN_ID`` (the ``mlflow run`` launcher run).
+
+Run-lifecycle policy (deliberate, see README "How medtune uses MLflow runs"):
+
+* Every step (split, search, train, evaluate) logs to an experiment named ``medtune-<dataset>``.
+* ``mlflow run`` creates a run of its own before medtune starts and passes its id as
+  ``MLFLOW_RUN_ID``. If that launcher run already lives in the step's experiment (the user gave
+  ``--experiment-name medtune-<dataset>``) medtune adopts it as the step run. Otherwise medtune
+  starts its own run in ``medtune-<dataset>``, links the two with tags
+  (``medtune.step_run_id`` on the launcher, ``medtune.launcher_run_id`` on the step run) and ends
+  the launcher run with the step's status, so it is never left RUNNING even if ``mlflow run``
+  itself is killed.
+* SIGTERM is turned into :class:`Interrupted`; interrupted runs end KILLED, failed runs FAILED
+  with a ``medtune.error`` tag. Runs orphaned by ``kill -9`` on this host are found at the next
+  start (their recorded pid is gone) and ended KILLED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from medtune.tracking.console import save_console
+from medtune.tracking.logger import RunLogger, one_line, status_for
+from medtune.tracking.store import (
+    TAG_DATASET,
+    TAG_ERROR,
+    TAG_HOST,
+    TAG_PID,
+    TAG_STEP,
+    ensure_experiment,
+    experiment_name,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM."""
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM into :class:`Interrupted` so runs end KILLED instead of staying RUNNING."""
+
+    def _handler(signum, frame):  # noqa: ARG001
+        raise Interrupted(f"received signal {signum}")
+
+    signal.signal(signal.SIGTERM, _handler)
+
+
+def process_tags() -> dict[str, str]:
+    return {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname()}
+
+
+def end_orphaned_runs(experiment_id: str) -> list[str]:
+    """End KILLED the RUNNING runs started on this host by processes that no longer exist."""
+    client = MlflowClient()
+    host = socket.gethostname()
+    ended = []
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    for run in runs:
+        tags = run.data.tags
+        if tags.get(TAG_HOST) != host or not tags.get(TAG_PID, "").isdigit():
+            continue
+        pid = int(tags[TAG_PID])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        client.set_tag(run.info.run_id, TAG_ERROR, f"process {pid} died without ending this run")
+        client.set_terminated(run.info.run_id, "KILLED")
+        ended.append(run.info.run_id)
+    if ended:
+        log.warning("Ended %d orphaned run(s) KILLED: %s", len(ended), ", ".join(ended))
+    return ended
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child counts as dead
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+_PIPELINE_RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("medtune_pipeline_run", default=None)
+
+
+@contextlib.contextmanager
+def pipeline_run(
+    dataset: str, *, run_name: str, launcher_id: str | None = None, tags: Mapping[str, Any] | None = None
+) -> Iterator[RunLogger]:
+    """The run of ``main`` in the dataset's experiment; every step run opened inside is its child.
+
+    Ends FINISHED, FAILED (with a ``medtune.error`` tag) or KILLED as the pipeline ends; the
+    ``mlflow run`` launcher run, if any, is linked both ways (``medtune.pipeline_run_id``).
+    """
+    experiment_id = ensure_experiment(dataset)
+    client = MlflowClient()
+    all_tags = {TAG_STEP: "main", TAG_DATASET: dataset, **process_tags(), **(tags or {})}
+    if launcher_id:
+        all_tags["medtune.launcher_run_id"] = launcher_id
+    run = client.create_run(experiment_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
+    run_id = run.info.run_id
+    if launcher_id:
+        with contextlib.suppress(MlflowException):
+            client.set_tag(launcher_id, "medtune.pipeline_run_id", run_id)
+    log.info("MLflow run %s (main) in experiment %s", run_id, experiment_name(dataset))
+    token = _PIPELINE_RUN.set(run_id)
+    error: BaseException | None = None
+    try:
+        yield RunLogger(run_id, client)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        _PIPELINE_RUN.reset(token)
+        with contextlib.suppress(Exception):
+            if error is not None:
+                client.set_tag(run_id, TAG_ERROR, one_line(error))
+            client.set_terminated(run_id, status_for(error))
+
+
+@contextlib.contextmanager
+def step_run(
+    dataset: str,
+    step: str,
+    *,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    resume_filter: str | None = None,
+) -> Iterator[RunLogger]:
+    """Open the run of one medtune step and always end it with the right status.
+
+    With ``resume_filter`` (an MLflow filter string), the newest ended run matching it is
+    reopened instead of starting a new one (a resumed search keeps its parent run).
+
+    Adopts or links the ``mlflow run`` launcher run (see module docstring), makes the run the
+    active fluent run (so ``mlflow.log_input`` and model logging work), and on exit ends it
+    FINISHED, FAILED (with a ``medtune.error`` tag) or KILLED.
+    """
+    experiment_id = ensure_experiment(dataset)
+    end_orphaned_runs(experiment_id)
+    client = MlflowClient()
+    launcher_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    launcher = None
+    if launcher_id:
+        try:
+            launcher = client.get_run(launcher_id)
+        except MlflowException:
+            launcher = None
+    while mlflow.active_run() is not None:  # e.g. a previous step of `main`
+        mlflow.end_run()
+    all_tags = {TAG_STEP: step, TAG_DATASET: dataset, **process_tags(), **(tags or {})}
+    pipeline = _PIPELINE_RUN.get()
+    if pipeline:  # a step of `main`: shown nested under the pipeline's run
+        all_tags.update({"mlflow.parentRunId": pipeline, "medtune.pipeline_run_id": pipeline})
+    resume_id = None
+    if resume_filter:
+        previous = client.search_runs(
+            [experiment_id],
+            filter_string=f"{resume_filter} and attributes.status != 'RUNNING'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        resume_id = previous[0].info.run_id if previous else None
+    adopted = resume_id is None and launcher is not None and launcher.info.experiment_id == experiment_id
+    # MLflow refuses to reopen a run while another experiment is the process's active one
+    mlflow.set_experiment(experiment_id=experiment_id)
+    if resume_id:
+        run = mlflow.start_run(run_id=resume_id)
+        log.info("Resuming run %s", resume_id)
+    elif adopted:
+        run = mlflow.start_run(run_id=launcher_id)
+        if run_name:
+            client.set_tag(run.info.run_id, "mlflow.runName", run_name)
+    else:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name or step)
+    logger = RunLogger(run.info.run_id, client)
+    if launcher is not None and not adopted:
+        all_tags["medtune.launcher_run_id"] = launcher_id
+        client.set_tag(launcher_id, "medtune.step_run_id", run.info.run_id)
+        client.set_tag(
+            launcher_id, "medtune.note", f"medtune logged this step in experiment {experiment_name(dataset)}"
+        )
+    logger.tags(all_tags)
+    log.info("MLflow run %s (%s) in experiment %s", run.info.run_id, step, experiment_name(dataset))
+    error: BaseException | None = None
+    try:
+        yield logger
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        status = status_for(error)
+        if error is not None:
+            with contextlib.suppress(Exception):
+                client.set_tag(run.info.run_id, TAG_ERROR, one_line(error))
+                log.error("%s failed: %s", step, one_line(error))  # the reason is in console.log too
+        with contextlib.suppress(Exception):
+            save_console(logger)
+        with contextlib.suppress(Exception):
+            mlflow.flush_async_logging()
+        mlflow.end_run(status)
+        if launcher is not None and not adopted:
+            with contextlib.suppress(Exception):
+                client.set_terminated(launcher_id, status)
+        if launcher is not None:
+            # Later steps (the `main` pipeline) must not adopt a run that is already ended.
+            os.environ.pop("MLFLOW_RUN_ID", None)
+
+
+@contextlib.contextmanager
+def child_run(
+    parent: RunLogger,
+    experiment_id: str,
+    *,
+    run_name: str,
+    tags: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+) -> Iterator[RunLogger]:
+    """A nested run under ``parent`` (client API, so no fluent state is touched).
+
+    Ends FINISHED on success, KILLED on interruption, FAILED otherwise; a caller that wants
+    another final status (e.g. a pruned trial) calls ``logger.end(...)`` itself first.
+    """
+    client = parent.client
+    if run_id is None:
+        run = client.create_run(
+            experiment_id,
+            run_name=run_name,
+            tags={"mlflow.parentRunId": parent.run_id, **process_tags(), **(tags or {})},
+        )
+        run_id = run.info.run_id
+    else:
+        client.update_run(run_id, status="RUNNING")
+    logger = RunLogger(run_id, client)
+    error: BaseException | None = None
+    try:
+        yield logger
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        current = client.get_run(run_id).info.status
+        if current == "RUNNING":
+            if error is not None:
+                with contextlib.suppress(Exception):
+                    client.set_tag(run_id, TAG_ERROR, one_line(error))
+            client.set_terminated(run_id, status_for(error))
+
+
+@contextlib.contextmanager
+def launcher_set_aside():
+    """Hide ``MLFLOW_RUN_ID`` (the ``mlflow run`` launcher run) from the steps run inside the block.
+
+    Used where a step starts another one the user did not ask for (the automatic split of a
+    dataset never split before): the launcher run belongs to the step the user asked for.
+    """
+    value = os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        yield value
+    finally:
+        if value is not None:
+            os.environ["MLFLOW_RUN_ID"] = value
+
+
+def link_launcher(step_run_id: str, note: str) -> None:
+    """When a step reuses an earlier run instead of starting one, point the `mlflow run` run at it."""
+    launcher_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    if launcher_id:
+        client = MlflowClient()
+        client.set_tag(launcher_id, "medtune.step_run_id", step_run_id)
+        client.set_tag(launcher_id, "medtune.note", note)
+
+
+def tag_launcher(launcher_id: str | None, tags: Mapping[str, Any]) -> None:
+    """Copy a step's outcome onto the ``mlflow run`` launcher run (``main`` links its launcher so)."""
+    if not launcher_id:
+        return
+    client = MlflowClient()
+    try:
+        for key, value in tags.items():
+            client.set_tag(launcher_id, key, str(value))
+    except MlflowException as exc:
+        log.warning("could not link the launcher run %s: %s", launcher_id, exc)
+
+
+def end_launcher_run(note: str) -> None:
+    """End the ``mlflow run`` launcher run now (a command that records nothing), so it is never left RUNNING."""
+    run_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    if run_id:
+        client = MlflowClient()
+        client.set_tag(run_id, "medtune.note", note)
+        client.set_terminated(run_id, "FINISHED")
