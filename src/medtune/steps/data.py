@@ -35,27 +35,19 @@ def load_split(
     *,
     split_run: str | None = None,
     data_dir: str | None = None,
-    auto_split: bool = True,
 ) -> LoadedSplit:
     """The latest finished split of ``dataset`` (or ``split_run``), cached at ``image_size``.
 
-    When the dataset has never been split, run the split step first (with its defaults) rather
-    than fail: that is what a user running ``search`` on a fresh machine expects.
+    Only reads: a dataset never split is a one-line error (the steps that need a split call
+    :func:`medtune.steps.prerequisites.ensure_split` first).
     """
-    from medtune.steps.split import CHANNELS, SplitOptions, absolute_manifest, run_split
+    from medtune.steps.split import CHANNELS, absolute_manifest
 
     name = resolve_dataset(dataset, data_dir).name if dataset else dataset
     if split_run in (None, "", "latest"):
         runs = tracking.find_runs(name, "split", max_results=1)
         if not runs:
-            if not auto_split:
-                raise DataError(
-                    f"dataset={dataset}: no finished split run; run `medtune split --dataset {dataset}` first"
-                )
-            log.info("No split of %s yet: running the split step first", name)
-            with tracking.launcher_set_aside():  # the `mlflow run` run belongs to the caller's step
-                run_split(SplitOptions(dataset=dataset, data_dir=data_dir, image_size=image_size), reuse_run=True)
-            runs = tracking.find_runs(name, "split", max_results=1)
+            raise DataError(f"dataset={dataset}: no finished split run; run `medtune split --dataset {dataset}` first")
         run = runs[0]
     else:
         run = tracking.get_step_run(split_run, "split", "split_run", name)

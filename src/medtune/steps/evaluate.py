@@ -121,10 +121,11 @@ def run_evaluate(opts: EvaluateOptions) -> tuple[str, Evaluation]:
         data = cards.folder_data(dataset, classes, test)
     else:
         from medtune.steps.data import load_split
+        from medtune.steps.prerequisites import ensure_split
 
-        split = load_split(
-            dataset, size, split_run=opts.split_run or _model_split_run(meta, dataset), data_dir=opts.data_dir
-        )
+        split_run = opts.split_run or _model_split_run(meta, dataset)
+        ensure_split(dataset, size, split_run=split_run, data_dir=opts.data_dir)
+        split = load_split(dataset, size, split_run=split_run, data_dir=opts.data_dir)
         if list(split.classes) != list(classes):
             raise DataError(f"dataset={dataset}: classes {split.classes} differ from the model's {classes}")
         test = manifest_test_set(split)

@@ -317,6 +317,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     from medtune.plan import fill
     from medtune.space import load_space, resolve_space_path
     from medtune.steps.data import load_split
+    from medtune.steps.prerequisites import ensure_split
 
     check_options(opts)
     engine = get_engine(opts.engine)
@@ -348,6 +349,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     backbones = backbones_of(space)
     check_image_size(backbones, opts.image_size)
     weights = resolve_weights(opts.weights, backbones)  # no network or a bad file: one line, now
+    ensure_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     from medtune.training import configure_threads  # imports TensorFlow: only once the inputs are valid
 

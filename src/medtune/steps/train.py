@@ -192,7 +192,9 @@ def run_train(opts: TrainOptions) -> TrainOutcome:
 
     from medtune import training
     from medtune.steps.data import load_split
+    from medtune.steps.prerequisites import ensure_split
 
+    ensure_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     training.configure_threads()
     device, mixed = device_summary(opts.mixed_precision)
