@@ -4,7 +4,7 @@
     python bench/memory.py --quick      # tiny subset, to check that it runs
 
 Runs ``medtune.steps.search.run_search`` (Optuna engine, median pruning, full MLflow tracking) in a
-fresh medtune home, with the step's ``MlflowRecorder`` replaced by a subclass that also samples
+fresh medtune home, with the step's ``SearchRecorder`` replaced by a subclass that also samples
 this process's memory:
 
 * at the end of each trial (``trial_finished``, after its artifacts, before the engine releases
@@ -110,9 +110,9 @@ def main() -> None:
     samples: dict[int, dict] = {}
     between: list[dict] = []
 
-    class SamplingRecorder(search_step.MlflowRecorder):
-        def trial_finished(self, handle, state, result=None, error=None):
-            super().trial_finished(handle, state, result, error)
+    class SamplingRecorder(search_step.SearchRecorder):
+        def trial_finished(self, handle, state, result=None, error=None, **kw):
+            super().trial_finished(handle, state, result, error, **kw)
             m = memory()
             samples[handle.number] = {
                 "state": state,
@@ -125,7 +125,7 @@ def main() -> None:
             super().progress(summaries)
             between.append(memory())  # the first call comes before any trial
 
-    search_step.MlflowRecorder = SamplingRecorder  # run_search builds its recorder from this name
+    search_step.SearchRecorder = SamplingRecorder  # run_search builds its recorder from this name
     if args.purge_custom_gradients:
         purge_custom_gradients()
     print(machine())

@@ -14,7 +14,7 @@ same balanced class weights, in rotating order for ``--repeats`` rounds:
 * trainer: ``medtune.search.trial.train_trial`` without a recorder (its one validation pass per
            epoch gives val loss/accuracy, macro-F1 and balanced accuracy, and the last one the
            final validation probabilities);
-* tracked: ``train_trial`` wrapped by ``MlflowRecorder`` exactly as the Optuna engine does it:
+* tracked: ``train_trial`` wrapped by ``SearchRecorder`` exactly as the Optuna engine does it:
            a nested child run with its params, per-epoch metrics, learning curves, confusion
            matrix and Grad-CAM grid, run ended and async logging flushed.
 
@@ -74,7 +74,8 @@ def main() -> None:
     from medtune.search.trial import TrialData, probe_indices, train_trial
     from medtune.space import load_space, resolve_space_path
     from medtune.steps.data import load_split
-    from medtune.steps.search import MlflowRecorder, SearchOptions
+    from medtune.steps.search import SearchOptions
+    from medtune.tracking.search_recorder import SearchRecorder
 
     space = load_space(resolve_space_path("cnn"))
     params = (
@@ -94,8 +95,8 @@ def main() -> None:
     )
     k, batch = len(data.classes), int(params["batch_size"])
 
-    class TimedRecorder(MlflowRecorder):
-        """MlflowRecorder, unchanged, with the time spent in each of its callbacks added up."""
+    class TimedRecorder(SearchRecorder):
+        """SearchRecorder, unchanged, with the time spent in each of its callbacks added up."""
 
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
@@ -247,7 +248,7 @@ def main() -> None:
     with tracking.step_run(
         split.dataset, "search", run_name="bench-tracking-overhead", tags={"medtune.study": "bench-tracking-overhead"}
     ) as parent:
-        recorder = TimedRecorder(parent, experiment_id, opts, "bench-tracking-overhead", data, split.classes)
+        recorder = TimedRecorder(parent, experiment_id, opts, "bench-tracking-overhead", split.classes)
         recorder_ref.append(recorder)
         sides = {"bare": lambda: bare(args.epochs), "trainer": trainer, "tracked": lambda: tracked(recorder)}
         names = list(sides)
@@ -265,7 +266,7 @@ def main() -> None:
     described = {
         "bare": "bare model.fit",
         "trainer": "medtune train_trial, no tracking",
-        "tracked": "train_trial + MlflowRecorder (as the engine)",
+        "tracked": "train_trial + SearchRecorder (as the engine)",
     }
     rows = [
         {
@@ -289,7 +290,7 @@ def main() -> None:
         "  of which run end (set_terminated)",
     ]
     spent = [
-        {"MlflowRecorder callback": n, "total_s": sum(v), "per_trial_s": sum(v) / args.repeats, "calls": len(v)}
+        {"SearchRecorder callback": n, "total_s": sum(v), "per_trial_s": sum(v) / args.repeats, "calls": len(v)}
         for n, v in sorted(recorder.spent.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
     ]
     print()

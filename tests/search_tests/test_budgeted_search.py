@@ -215,6 +215,10 @@ def test_a_promoted_trial_continues_from_its_own_weights_at_the_larger_size(monk
     assert all(np.array_equal(a, b) for a, b in zip(handed[0], built[0].get_weights()))
     assert result.model is built[1] and result.model.input_shape[1] == 48
     assert result.val_proba.shape == (len(data.x_val), len(data.classes))
+    # the recorder only renders: the core returns the confusion counts and the probe's heat-maps at 48 px
+    assert result.confusion.shape == (4, 4) and result.confusion.sum() == len(data.y_val)
+    assert result.probe.images.shape[:3] == (4, 48, 48) and result.probe.heatmaps.shape[0] == 4
+    assert list(result.probe.labels) == list(data.y_val[:4]) and result.probe.proba.shape == (4, 4)
     assert trial_module.resize_images(x[:2], 32).shape == (2, 32, 32, x.shape[-1])
 
 

@@ -110,6 +110,16 @@ def probe_indices(y_val: np.ndarray, n_classes: int, per_class: int = 2, seed: i
 
 
 @dataclass
+class Probe:
+    """The fixed validation images of a search, with one trial's Grad-CAM heat-maps and probabilities."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    heatmaps: np.ndarray
+    proba: np.ndarray
+
+
+@dataclass
 class TrialResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     value: float = float("nan")
@@ -118,6 +128,8 @@ class TrialResult:
     pruned: bool = False
     model: object | None = None
     val_proba: np.ndarray | None = None
+    confusion: np.ndarray | None = None  # validation counts, rows = true class
+    probe: Probe | None = None  # Grad-CAM of the fixed probe images, at the last rung's size
 
     @property
     def epochs_run(self) -> int:
@@ -160,7 +172,7 @@ def train_trial(
     """
     import keras
 
-    from medtune import training
+    from medtune import explain, metrics, training
     from medtune.models import build_model
 
     direction = objective_direction(objective)
@@ -229,4 +241,9 @@ def train_trial(
     # The last epoch's validation pass already scored the final weights: no second pass.
     last = data.at(model.input_shape[1]) if rungs else data
     result.val_proba = scorer.last_proba if scorer.last_proba is not None else training.predict_proba(model, last.x_val)
+    result.confusion = metrics.confusion(last.y_val, result.val_proba.argmax(1), n_classes)
+    if len(data.probe_index) and result.history:
+        images = np.asarray(last.x_val[data.probe_index])
+        heatmaps, proba = explain.gradcam(model, images)
+        result.probe = Probe(images, np.asarray(last.y_val[data.probe_index]), heatmaps, proba)
     return result
