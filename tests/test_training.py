@@ -464,3 +464,21 @@ def test_cosine_schedule_with_warmup_and_adamw_drive_the_optimizer():
     with pytest.raises(ConfigError, match="optimizer: 'lion' is not adam, adamw"):
         training.compile_model(model, {"optimizer": "lion"})
     training.release_model()
+
+
+@pytest.mark.parametrize("compile_it", [True, False])
+def test_prepare_fit_builds_what_trials_and_final_training_share(memmap, compile_it):
+    x, y = memmap
+    params = {"num_blocks": 2, "filters": 4, "dense_units": 8, "learning_rate": 1e-3, "batch_size": 8, "augment": 0.1}
+    setup = training.prepare_fit(params, x, y, x[:8], y[:8], 3, seed=1, class_weights=True, compile=compile_it)
+    assert setup.model.input_shape[1:] == SHAPE and setup.model.output_shape[-1] == 3
+    assert setup.model.compiled is compile_it  # a later resolution rung continues a compiled training
+    counts = np.bincount(y, minlength=3)
+    assert setup.class_weight == pytest.approx({k: len(y) / (3 * counts[k]) for k in range(3)})
+    assert [type(cb) for cb in setup.callbacks] == [training.PreciseBatchNorm]
+    images, labels = next(iter(setup.train_ds))
+    assert images.shape == (8, *SHAPE) and labels.shape == (8, 3)
+    history = training.fit_stages(
+        setup.model, params, setup.train_ds, setup.val_ds, y_val=y[:8], epochs=1, callbacks=setup.callbacks
+    )
+    assert len(history["val_macro_f1"]) == 1

@@ -173,13 +173,10 @@ def train_trial(
     import keras
 
     from medtune import explain, metrics, training
-    from medtune.models import build_model
 
     direction = objective_direction(objective)
     keras.utils.set_random_seed(seed)
     n_classes = len(data.classes)
-    batch_size = int(params.get("batch_size", 32))
-    class_weight = training.balanced_class_weights(data.y_train, n_classes) if class_weights else None
     result = TrialResult()
 
     class _Hook(keras.callbacks.Callback):
@@ -199,36 +196,33 @@ def train_trial(
     try:
         for size, first, end in rung_schedule(rungs, epochs):
             rung = data.at(size) if size else data
-            train_ds = training.make_dataset(
+            setup = training.prepare_fit(
+                params,
                 rung.x_train,
                 rung.y_train,
+                rung.x_val,
+                rung.y_val,
                 n_classes,
-                batch_size,
-                training=True,
-                augment=float(params.get("augment", 0.0)),
                 seed=seed + first,
+                weights=weights,  # (pretrained: BatchNorm stays frozen)
+                class_weights=class_weights,
+                compile=first == 0,  # a later rung continues the first rung's compiled training
             )
-            val_ds = training.make_dataset(rung.x_val, rung.y_val, n_classes, batch_size, training=False)
-            grown = build_model(
-                params, rung.input_shape, n_classes, weights=weights
-            )  # (pretrained: BatchNorm stays frozen)
             if model is not None:  # the next rung continues from this rung's weights
-                grown.set_weights(model.get_weights())
+                setup.model.set_weights(model.get_weights())
                 del model
-            model = result.model = grown
-            if first == 0:
-                model = result.model = training.compile_model(model, params)
-            scorer = training.EpochScores(val_ds, rung.y_val)
+            model = result.model = setup.model
+            scorer = training.EpochScores(setup.val_ds, rung.y_val)
             part = training.fit_stages(
                 model,
                 params,
-                train_ds,
-                val_ds,
+                setup.train_ds,
+                setup.val_ds,
                 y_val=rung.y_val,
                 epochs=epochs,
                 window=(first, end),
-                class_weight=class_weight,
-                callbacks=[training.PreciseBatchNorm(rung.x_train, seed=seed), scorer, _Hook(rung.image_size)],
+                class_weight=setup.class_weight,
+                callbacks=[*setup.callbacks, scorer, _Hook(rung.image_size)],
                 stop_requested=lambda: result.pruned,
             )
             for key, values in part.items():

@@ -404,28 +404,24 @@ def _fit_member(
     import keras
 
     from medtune import training
-    from medtune.models import build_model
 
     keras.utils.set_random_seed(seed)
-    batch = int(params.get("batch_size", 32))
-    train_ds = training.make_dataset(
+    setup = training.prepare_fit(
+        params,
         cache.x["train"],
         cache.y["train"],
+        cache.x["val"],
+        cache.y["val"],
         n_classes,
-        batch,
-        training=True,
-        augment=float(params.get("augment", 0.0)),
         seed=seed,
+        weights=weights,
     )
-    val_ds = training.make_dataset(cache.x["val"], cache.y["val"], n_classes, batch, training=False)
-    model = training.compile_model(
-        build_model(params, tuple(cache.x["train"].shape[1:]), n_classes, weights=weights), params
-    )
+    model = setup.model
     title = f"final training{' ' + prefix.rstrip('_') if prefix else ''}"
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "best.weights.h5"
         callbacks = [
-            training.PreciseBatchNorm(cache.x["train"], seed=seed),
+            *setup.callbacks,
             training.StagedEarlyStopping(
                 monitor="val_macro_f1", mode="max", patience=opts.patience, restore_best_weights=True
             ),
@@ -447,8 +443,8 @@ def _fit_member(
         history = training.fit_stages(
             model,
             params,
-            train_ds,
-            val_ds,
+            setup.train_ds,
+            setup.val_ds,
             y_val=cache.y["val"],
             epochs=opts.epochs,
             class_weight=class_weight,
