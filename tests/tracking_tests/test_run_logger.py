@@ -45,6 +45,21 @@ def test_metrics_keep_numbers_and_skip_the_rest(client, run):
     assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "loss")] == [(3, 0.5), (4, 0.25)]
 
 
+def test_an_epoch_of_keras_logs_is_logged_under_mlflow_names(client, run):
+    logs = {"loss": 0.5, "val_loss": 0.6, "learning_rate": 1e-3, "image_size": 48, "val_macro_f1": float("nan")}
+    run.epoch(logs, 3)
+    run.epoch({"accuracy": 0.9}, 4, prefix="member1_")
+    metrics = client.get_run(run.run_id).data.metrics
+    assert metrics == {
+        "train_loss": 0.5,
+        "val_loss": 0.6,
+        "learning_rate": 1e-3,
+        "image_size": 48.0,
+        "member1_train_accuracy": 0.9,
+    }  # a NaN score is left out
+    assert [m.step for m in client.get_metric_history(run.run_id, "train_loss")] == [3]
+
+
 def test_tags_and_end_status(client, run):
     run.tags({"medtune.best_trial": 3, "classes": ["a", "b"]})
     run.tags({})

@@ -137,11 +137,7 @@ def _epoch_logger(run: tracking.RunLogger, epochs: int, prefix: str = "", title:
                     logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
                 except Exception:  # noqa: BLE001
                     pass
-            run.metrics(
-                {prefix + tracking.metric_name(k): float(v) for k, v in logs.items() if finite(v)},
-                step=epoch,
-                synchronous=False,
-            )
+            run.epoch(logs, epoch, prefix=prefix, synchronous=False)
             shown = {
                 k: v for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1")
             }

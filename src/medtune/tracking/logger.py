@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Mapping
@@ -52,6 +53,13 @@ class RunLogger:
         ]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i : i + 500], synchronous=synchronous)
+
+    def epoch(self, logs: Mapping[str, Any], epoch: int, *, prefix: str = "", synchronous: bool = True) -> None:
+        """One epoch's Keras logs under their MLflow names (:func:`metric_name`), non-finite values left out."""
+        values = {
+            prefix + metric_name(k): float(v) for k, v in logs.items() if _is_number(v) and math.isfinite(float(v))
+        }
+        self.metrics(values, step=epoch, synchronous=synchronous)
 
     def tags(self, values: Mapping[str, Any]) -> None:
         items = [RunTag(str(k), param_text(v)) for k, v in values.items()]

@@ -18,7 +18,7 @@ from medtune.progress import finite, fmt, short_params
 from medtune.search.base import COMPLETE, FAILED, PRUNED, TrialSummary, best_trial
 from medtune.search.engines import get_engine
 from medtune.search.trial import objective_direction
-from medtune.tracking.logger import RunLogger, metric_name, one_line, param_text
+from medtune.tracking.logger import RunLogger, one_line, param_text
 from medtune.tracking.runs import process_tags
 from medtune.tracking.store import TAG_DATASET, TAG_ERROR, TAG_STEP
 
@@ -96,8 +96,7 @@ class SearchRecorder:
         return handle
 
     def epoch_end(self, handle, epoch: int, logs: dict) -> None:
-        metrics = {metric_name(k): float(v) for k, v in logs.items() if finite(v)}
-        handle.logger.metrics(metrics, step=epoch)  # one small batch per epoch; async costs ~1.5 s per trial to drain
+        handle.logger.epoch(logs, epoch)  # one small batch per epoch; async costs ~1.5 s per trial to drain
         value = logs.get(self.opts.objective)
         best = self.best
         progress_log.info(
