@@ -63,7 +63,6 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
     plan, the budget used and the test metrics; under ``mlflow run -e main`` the launcher run is
     linked to it and tagged with the step run ids.
     """
-    import os
 
     from medtune.datasets.registry import dataset_name
     from medtune.plan import fill
@@ -109,7 +108,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
         dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size or 128, seed=opts.seed
     )
     split_opts.check()
-    launcher_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    launcher_id = tracking.take_launcher()
     name = dataset_name(opts.dataset)
     run_name = f"main-{name}-{f'{opts.budget / 60:.0f}min' if opts.budget else 'defaults'}-{time.strftime('%m%d-%H%M')}"
     with tracking.pipeline_run(name, run_name=run_name, launcher_id=launcher_id) as pipeline:

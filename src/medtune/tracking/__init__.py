@@ -25,6 +25,7 @@ from medtune.tracking.runs import (
     process_tags,
     step_run,
     tag_launcher,
+    take_launcher,
 )
 from medtune.tracking.store import (
     TAG_DATASET,
@@ -85,5 +86,6 @@ __all__ = [
     "status_for",
     "step_run",
     "tag_launcher",
+    "take_launcher",
     "tracking_uri",
 ]

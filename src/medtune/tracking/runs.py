@@ -288,6 +288,11 @@ def link_launcher(step_run_id: str, note: str) -> None:
         client.set_tag(launcher_id, "medtune.note", note)
 
 
+def take_launcher() -> str | None:
+    """The ``mlflow run`` launcher run's id, taken from ``MLFLOW_RUN_ID`` (so no later step adopts it)."""
+    return os.environ.pop("MLFLOW_RUN_ID", None)
+
+
 def tag_launcher(launcher_id: str | None, tags: Mapping[str, Any]) -> None:
     """Copy a step's outcome onto the ``mlflow run`` launcher run (``main`` links its launcher so)."""
     if not launcher_id:
