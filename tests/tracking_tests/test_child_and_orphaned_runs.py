@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -122,3 +123,35 @@ def test_a_reused_step_run_is_linked_from_the_launcher(client, dataset, monkeypa
     assert "MLFLOW_RUN_ID" not in os.environ
     tracking.link_launcher(reused, "no launcher: nothing to do")  # without MLFLOW_RUN_ID it is a no-op
     assert client.get_run(launcher).data.tags["medtune.note"] == "reused the finished split run"
+
+
+def test_kill_9_of_a_step_leaves_neither_its_run_nor_the_linked_launcher_running(client, dataset, store, tmp_path):
+    """A real process opens a step run linked to an `mlflow run` launcher run elsewhere, and is killed -9."""
+    launcher = client.create_run(client.create_experiment(f"launcher-{dataset}")).info.run_id
+    ready = tmp_path / "ready"
+    script = (
+        "import pathlib, sys, time\n"
+        "from medtune import tracking\n"
+        f"with tracking.step_run({dataset!r}, 'search') as run:\n"
+        f"    pathlib.Path({str(ready)!r}).write_text(run.run_id)\n"
+        "    time.sleep(600)\n"
+    )
+    env = {**os.environ, "MLFLOW_RUN_ID": launcher}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        for _ in range(600):
+            if ready.exists() and ready.read_text() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        step = ready.read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (tracking.run_status(step), tracking.run_status(launcher)) == ("RUNNING", "RUNNING")
+
+    with tracking.step_run(dataset, "search"):  # the next start of any step of the dataset repairs both
+        pass
+    for run_id in (step, launcher):
+        got = client.get_run(run_id)
+        assert got.info.status == "KILLED"
+        assert got.data.tags[tracking.TAG_ERROR] == f"process {proc.pid} died without ending this run"

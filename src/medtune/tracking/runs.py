@@ -63,7 +63,12 @@ def process_tags() -> dict[str, str]:
 
 
 def end_orphaned_runs(experiment_id: str) -> list[str]:
-    """End KILLED the RUNNING runs started on this host by processes that no longer exist."""
+    """End KILLED the RUNNING runs started on this host by processes that no longer exist.
+
+    The ``mlflow run`` launcher run such a run had linked (``medtune.launcher_run_id``, in another
+    experiment) is ended KILLED with it: ``kill -9`` of the whole ``mlflow run`` leaves neither
+    RUNNING once any step of the dataset starts again.
+    """
     client = MlflowClient()
     host = socket.gethostname()
     ended = []
@@ -75,12 +80,27 @@ def end_orphaned_runs(experiment_id: str) -> list[str]:
         pid = int(tags[TAG_PID])
         if pid == os.getpid() or _pid_alive(pid):
             continue
-        client.set_tag(run.info.run_id, TAG_ERROR, f"process {pid} died without ending this run")
+        reason = f"process {pid} died without ending this run"
+        client.set_tag(run.info.run_id, TAG_ERROR, reason)
         client.set_terminated(run.info.run_id, "KILLED")
         ended.append(run.info.run_id)
+        launcher_id = tags.get("medtune.launcher_run_id")  # the `mlflow run` run it linked, in another experiment
+        if launcher_id and _end_if_running(client, launcher_id, reason):
+            ended.append(launcher_id)
     if ended:
         log.warning("Ended %d orphaned run(s) KILLED: %s", len(ended), ", ".join(ended))
     return ended
+
+
+def _end_if_running(client: MlflowClient, run_id: str, reason: str) -> bool:
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+        client.set_tag(run_id, TAG_ERROR, reason)
+        client.set_terminated(run_id, "KILLED")
+    except MlflowException:  # deleted, or in a store this client cannot reach
+        return False
+    return True
 
 
 def _pid_alive(pid: int) -> bool:
