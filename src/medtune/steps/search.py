@@ -1,8 +1,8 @@
 """The ``search`` step: a tracked, resumable hyperparameter search with either engine.
 
-One parent run per search (per worker), one nested child run per trial. Trial runs are keyed by
-(study, trial number), so a resumed search reuses the run of an interrupted trial instead of
-duplicating it.
+One parent run per search (per worker), one nested child run per trial attempt: an interrupted
+trial's run ends KILLED and keeps its history; its retry (a new Optuna trial, or keras-tuner's
+same trial number with ``medtune.attempt`` 2) gets a run of its own.
 """
 
 from __future__ import annotations

@@ -52,27 +52,25 @@ class SearchRecorder:
         existing = client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`medtune.study` = '{self.study}' and tags.`medtune.trial` = '{number}'",
-            max_results=5,
+            max_results=100,
         )
-        reusable = [r for r in existing if r.info.status != "FINISHED"]
+        attempt = len(existing) + 1  # keras-tuner retries an interrupted trial under its own number
         tags = {
             "mlflow.parentRunId": self.parent.run_id,
             TAG_STEP: "trial",
             TAG_DATASET: self.opts.dataset,
             "medtune.study": self.study,
             "medtune.trial": str(number),
+            "medtune.attempt": str(attempt),
             "medtune.engine": self.opts.engine,
             **process_tags(),
         }
-        if reusable:
-            run_id = reusable[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-            logger = RunLogger(run_id, client)
-            logger.tags(tags)
-            log.info("Trial %d resumes its MLflow run %s", number, run_id)
-        else:
-            run = client.create_run(self.experiment_id, run_name=f"trial-{number:03d}", tags=tags)
-            logger = RunLogger(run.info.run_id, client)
+        name = f"trial-{number:03d}" + (f"-attempt{attempt}" if attempt > 1 else "")
+        run = client.create_run(self.experiment_id, run_name=name, tags=tags)
+        logger = RunLogger(run.info.run_id, client)
+        if attempt > 1:  # the earlier attempt keeps its own run and status (KILLED, FAILED)
+            earlier = ", ".join(f"{r.info.run_id} {r.info.status}" for r in existing)
+            log.info("Trial %d is retried (attempt %d) in a run of its own; earlier: %s", number, attempt, earlier)
         logger.params(params)
         backbone = params.get("backbone", "custom")
         if backbone != "custom":  # what the trial's backbone was initialised from
@@ -217,7 +215,10 @@ def trial_run_ids(summaries, parent, experiment_id, study):
         filter_string=f"tags.`medtune.study` = '{study}' and tags.`medtune.step` = 'trial'",
         max_results=5000,
     )
-    by_number = {int(r.data.tags["medtune.trial"]): r for r in runs if r.data.tags.get("medtune.trial", "").isdigit()}
+    by_number = {}  # per trial number: its finished attempt, else the latest one
+    for r in sorted(runs, key=lambda r: (r.info.status == "FINISHED", r.info.start_time or 0)):
+        if r.data.tags.get("medtune.trial", "").isdigit():
+            by_number[int(r.data.tags["medtune.trial"])] = r
     for s in summaries:
         run = by_number.get(s.number)
         if run is None:
