@@ -144,3 +144,26 @@ def test_main_trains_the_best_trial_of_its_own_search_and_stops_without_a_comple
     monkeypatch.setattr(search, "run_search", lambda opts: SimpleNamespace(run_id="Q", best=None))
     with pytest.raises(ConfigError, match="no trial completed"):
         pipeline.run_pipeline(pipeline.PipelineOptions())
+
+
+def test_latest_search_means_the_best_trial_of_the_study_across_its_workers(project):
+    import mlflow
+
+    from medtune import tracking
+
+    experiment_id = tracking.ensure_experiment("synthetic")
+
+    def worker_run(study: str, best: float, lr: float) -> str:
+        tags = {"medtune.step": "search", "medtune.study": study, "medtune.best_trial": "1"}
+        tags.update({"medtune.objective": "val_macro_f1", "medtune.direction": "maximize"})
+        with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+            mlflow.log_metric("best_val_macro_f1", best)
+            mlflow.log_dict({"params": {"learning_rate": lr}, "value": best}, "best_params.json")
+        return run.info.run_id
+
+    other_study = worker_run("old", 0.99, 1e-1)  # an older study: never chosen for "latest"
+    better = worker_run("s", 0.90, 1e-3)  # worker 1 of study s, started first, holds the best trial
+    worker_run("s", 0.80, 3e-3)  # worker 2, started last
+    params, run_id = train.best_params_of_search("synthetic", "latest")
+    assert (run_id, params) == (better, {"learning_rate": 1e-3})
+    assert train.best_params_of_search("synthetic", other_study)[1] == other_study  # a named run is kept

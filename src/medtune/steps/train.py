@@ -67,7 +67,7 @@ def best_params_of_search(dataset: str, search_run: str | None) -> tuple[dict, s
                 f"dataset={dataset}: no finished search with a completed trial; run `medtune search --dataset {dataset}` "
                 "first or pass --params <file>"
             )
-        run_id = runs[0].info.run_id
+        run_id = best_worker_run(runs).info.run_id
     else:
         run_id = search_run
         run = tracking.get_step_run(run_id, "search", "search_run", dataset)
@@ -81,6 +81,34 @@ def best_params_of_search(dataset: str, search_run: str | None) -> tuple[dict, s
     if best.get("weights") and "weights" not in params:
         params["weights"] = best["weights"]
     return params, run_id
+
+
+def best_worker_run(runs: list):
+    """Among finished search runs (newest first), the one holding the best trial of the newest one's study.
+
+    Several workers of one study each end a parent run; the one that started last need not hold
+    the study's best trial. Ties go to the newest run.
+    """
+    latest = runs[0]
+    study, tags = latest.data.tags.get("medtune.study"), latest.data.tags
+    if not study:
+        return latest
+    key = f"best_{tags.get('medtune.objective', 'val_macro_f1')}"
+    sign = -1.0 if tags.get("medtune.direction") == "minimize" else 1.0
+    workers = [r for r in runs if r.data.tags.get("medtune.study") == study and key in r.data.metrics]
+    if not workers:
+        return latest
+    best = max(workers, key=lambda r: sign * r.data.metrics[key])
+    if best is not latest:
+        log.info(
+            "Study %s: the best trial (%s=%.4f) is in search run %s, not in the latest one %s",
+            study,
+            key,
+            best.data.metrics[key],
+            best.info.run_id,
+            latest.info.run_id,
+        )
+    return best
 
 
 def params_from_file(path: str) -> dict:
