@@ -6,6 +6,9 @@ import contextlib
 import logging
 import os
 import socket
+import subprocess
+import sys
+import time
 
 import mlflow
 import pytest
@@ -130,3 +133,29 @@ def test_each_step_saves_its_own_share_of_the_console(client, dataset, monkeypat
     second_log = tracking.download_artifact(second.run_id, "console.log", tmp_path / "2").read_text()
     assert "before any step" in first_log and "split line" in first_log and "search line" not in first_log
     assert "search line" in second_log and "split line" not in second_log
+
+
+def test_two_workers_restarted_together_never_reopen_the_same_run(client, dataset, tmp_path):
+    """Two real processes resume the same search at the same moment: one reopens the earlier run, one starts anew."""
+    study = "tags.`medtune.study` = 'shared'"
+    with tracking.step_run(dataset, "search", tags={"medtune.study": "shared"}, resume_filter=study) as earlier:
+        pass
+    go = tmp_path / "go"
+    script = (
+        "import pathlib, sys, time\n"
+        "from medtune import tracking\n"
+        f"go = pathlib.Path({str(go)!r})\n"
+        "while not go.exists():\n"
+        "    time.sleep(0.01)\n"
+        f"with tracking.step_run({dataset!r}, 'search', tags={{'medtune.study': 'shared'}}, resume_filter={study!r}) as run:\n"
+        "    pathlib.Path(sys.argv[1]).write_text(run.run_id)\n"
+        "    time.sleep(3)\n"
+    )
+    outs = [tmp_path / f"worker{i}" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(out)]) for out in outs]
+    time.sleep(4)  # both imported and waiting
+    go.touch()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    ids = sorted(out.read_text() for out in outs)
+    assert len(set(ids)) == 2 and earlier.run_id in ids
+    assert {tracking.run_status(i) for i in ids} == {"FINISHED"}

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import fcntl
 import logging
 import os
 import signal
 import socket
+import tempfile
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -90,6 +93,20 @@ def end_orphaned_runs(experiment_id: str) -> list[str]:
     if ended:
         log.warning("Ended %d orphaned run(s) KILLED: %s", len(ended), ", ".join(ended))
     return ended
+
+
+def claim_run(run_id: str):
+    """An exclusive lock on reopening ``run_id`` on this host (an open file; closing it, or the
+    process's death, releases it), or None when another live process holds it."""
+    folder = Path(tempfile.gettempdir()) / "medtune-run-claims"
+    folder.mkdir(exist_ok=True)
+    handle = open(folder / f"{run_id}.lock", "w")  # noqa: SIM115 - held until the step ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 def _end_if_running(client: MlflowClient, run_id: str, reason: str) -> bool:
@@ -189,15 +206,19 @@ def step_run(
     pipeline = _PIPELINE_RUN.get()
     if pipeline:  # a step of `main`: shown nested under the pipeline's run
         all_tags.update({"mlflow.parentRunId": pipeline, "medtune.pipeline_run_id": pipeline})
-    resume_id = None
+    resume_id, claim = None, None
     if resume_filter:
         previous = client.search_runs(
             [experiment_id],
             filter_string=f"{resume_filter} and attributes.status != 'RUNNING'",
             order_by=["attributes.start_time DESC"],
-            max_results=1,
+            max_results=10,
         )
-        resume_id = previous[0].info.run_id if previous else None
+        for candidate in previous:  # two workers restarted together never reopen the same run
+            claim = claim_run(candidate.info.run_id)
+            if claim is not None:
+                resume_id = candidate.info.run_id
+                break
     adopted = resume_id is None and launcher is not None and launcher.info.experiment_id == experiment_id
     # MLflow refuses to reopen a run while another experiment is the process's active one
     mlflow.set_experiment(experiment_id=experiment_id)
@@ -236,6 +257,8 @@ def step_run(
         with contextlib.suppress(Exception):
             mlflow.flush_async_logging()
         mlflow.end_run(status)
+        if claim is not None:
+            claim.close()
         if launcher is not None and not adopted:
             with contextlib.suppress(Exception):
                 client.set_terminated(launcher_id, status)
