@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from medtune import settings as medtune_settings
 from medtune.errors import ConfigError, as_search_error, stops_the_search
 from medtune.planning.budget import plateaued
+from medtune.processes import pid_alive
 from medtune.search.base import (
     COMPLETE,
     FAILED,
@@ -317,7 +318,7 @@ def fail_local_orphans(study: optuna.Study) -> list[int]:
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != host or not pid or pid == os.getpid() or _alive(int(pid)):
+        if t.user_attrs.get("host") != host or not pid or pid == os.getpid() or pid_alive(int(pid)):
             continue
         study._storage.set_trial_user_attr(t._trial_id, "error", f"worker process {pid} died")
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
@@ -326,12 +327,6 @@ def fail_local_orphans(study: optuna.Study) -> list[int]:
     if failed:
         log.warning("Trials %s were orphaned by a dead worker: marked FAIL and queued again", failed)
     return failed
-
-
-def _alive(pid: int) -> bool:
-    from medtune.tracking import _pid_alive  # the same check tracking uses for runs
-
-    return _pid_alive(pid)
 
 
 # ---------------------------------------------------------------- the search loop

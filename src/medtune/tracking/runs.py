@@ -33,6 +33,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from medtune.processes import pid_alive
 from medtune.tracking.console import save_console
 from medtune.tracking.logger import RunLogger, one_line, status_for
 from medtune.tracking.store import (
@@ -81,7 +82,7 @@ def end_orphaned_runs(experiment_id: str) -> list[str]:
         if tags.get(TAG_HOST) != host or not tags.get(TAG_PID, "").isdigit():
             continue
         pid = int(tags[TAG_PID])
-        if pid == os.getpid() or _pid_alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         reason = f"process {pid} died without ending this run"
         client.set_tag(run.info.run_id, TAG_ERROR, reason)
@@ -118,20 +119,6 @@ def _end_if_running(client: MlflowClient, run_id: str, reason: str) -> bool:
     except MlflowException:  # deleted, or in a store this client cannot reach
         return False
     return True
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child counts as dead
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except OSError:
-        return True
 
 
 _PIPELINE_RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("medtune_pipeline_run", default=None)
