@@ -265,3 +265,51 @@ def test_a_new_study_runs_the_recipes_first_and_imports_earlier_studies(tmp_path
             SearchSettings(study="third", trials=1, epochs=1, storage=storage, warm_start="other", split="abc"),
             NullRecorder(),
         )
+
+
+# ---------------------------------------------------------------- a worker that dies
+
+
+def test_a_dead_workers_trial_is_failed_by_the_heartbeat_retried_once_and_its_run_ended_by_the_survivor(
+    tmp_path, monkeypatch
+):
+    """Real Optuna heartbeats (SQLite): a trial of a worker on another host stops beating mid-trial."""
+    import time
+
+    import optuna
+
+    from medtune.search import optuna_engine
+
+    monkeypatch.setenv("MEDTUNE_HEARTBEAT", "1,2")
+    monkeypatch.setattr(optuna_engine, "train_trial", _scripted(lambda n: [0.5 + 0.01 * n]))
+    space = two_param_space(tmp_path)
+    cfg = SearchSettings(
+        study="workers", trials=3, epochs=1, seed=42, pruner="none", storage=f"sqlite:///{tmp_path / 'o.db'}"
+    )
+    study = optuna_engine.open_study(space, cfg)
+    dead = study.ask(
+        {
+            "filters": optuna.distributions.CategoricalDistribution([16, 32]),
+            "dense_units": optuna.distributions.IntDistribution(4, 8),
+        }
+    )
+    for key, value in {"host": "other-host", "pid": 4321, "mlflow_run_id": "RUN-OF-THE-DEAD"}.items():
+        dead.set_user_attr(key, value)
+    study._storage.record_heartbeat(dead._trial_id)
+    time.sleep(2.5)  # past the grace period: the dead worker's last heartbeat is stale
+
+    class Survivor(Recorder):
+        abandoned = []
+
+        def trial_abandoned(self, run_id, reason):
+            self.abandoned.append((run_id, reason))
+
+    survivor = Survivor()
+    optuna_engine.run_search(space, None, cfg, survivor)
+    assert survivor.abandoned == [("RUN-OF-THE-DEAD", "worker other-host:4321 stopped beating")]
+    trials = optuna.load_study(study_name="workers", storage=cfg.storage).trials
+    states = [t.state.name for t in trials]
+    assert states[dead.number] == "FAIL" and states.count("RUNNING") == 0
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retried) == 1 and retried[0].params == dead.params and retried[0].state.name == "COMPLETE"
+    assert states.count("COMPLETE") == 3  # the budget, none repeated beyond the one retry

@@ -55,3 +55,13 @@ def test_an_interrupted_trial_keeps_its_killed_run_and_the_retry_gets_its_own(cl
         recorder.study,
     )
     assert summaries[0].run_id == retry.run_id  # the study's trial is its finished attempt
+
+
+def test_the_survivor_ends_an_abandoned_trials_run_killed(client, recorder):
+    dead = recorder.trial_started(4, {"learning_rate": 1e-3})  # as the dead worker left it: RUNNING
+    recorder.trial_abandoned(dead.run_id, "worker other-host:4321 stopped beating")
+    got = client.get_run(dead.run_id)
+    assert got.info.status == "KILLED"
+    assert got.data.tags[tracking.TAG_ERROR] == "worker other-host:4321 stopped beating"
+    recorder.trial_abandoned(dead.run_id, "again")  # an ended run is left as it is
+    assert client.get_run(dead.run_id).data.tags[tracking.TAG_ERROR] == "worker other-host:4321 stopped beating"

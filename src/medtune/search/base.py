@@ -62,7 +62,7 @@ class TrialSummary:
 
 
 class TrialRecorder(Protocol):
-    """Where an engine reports trials; the MLflow implementation lives in steps/search.py."""
+    """Where an engine reports trials; the MLflow implementation is tracking.search_recorder.SearchRecorder."""
 
     def trial_started(self, number: int, params: dict) -> object: ...
 
@@ -75,6 +75,8 @@ class TrialRecorder(Protocol):
     def progress(self, summaries: list[TrialSummary]) -> None: ...
 
     def search_stopped(self, reason: str) -> None: ...
+
+    def trial_abandoned(self, run_id: str, reason: str) -> None: ...
 
 
 class NullRecorder:
@@ -93,6 +95,9 @@ class NullRecorder:
         pass
 
     def search_stopped(self, reason):
+        pass
+
+    def trial_abandoned(self, run_id, reason):
         pass
 
 

@@ -7,7 +7,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import optuna
 from optuna.trial import TrialState
@@ -114,7 +114,28 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, grace
 
 
-def make_storage(url: str | None) -> optuna.storages.RDBStorage:
+class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose worker stopped beating (queued once more), and ``on_stale(trial)``:
+    the surviving worker that noticed ends the dead worker's MLflow run."""
+
+    def __init__(self, on_stale: Callable[[optuna.trial.FrozenTrial], None] | None = None):
+        super().__init__(max_retry=1)
+        self.on_stale = on_stale
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        super().__call__(study, trial)
+        log.warning(
+            "Trial %d: its worker (%s) stopped beating: marked FAIL and queued again", trial.number, _worker(trial)
+        )
+        if self.on_stale is not None:
+            self.on_stale(trial)
+
+
+def _worker(trial) -> str:
+    return f"{trial.user_attrs.get('host', '?')}:{trial.user_attrs.get('pid', '?')}"
+
+
+def make_storage(url: str | None, on_stale=None) -> optuna.storages.RDBStorage:
     interval, grace = heartbeat_settings()
     url = url or default_storage()
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
@@ -130,7 +151,7 @@ def make_storage(url: str | None) -> optuna.storages.RDBStorage:
                 url,
                 heartbeat_interval=interval,
                 grace_period=grace,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                heartbeat_stale_trial_callback=RetryStaleTrial(on_stale),
                 engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
             )
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
@@ -197,7 +218,7 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
         self._random_sampler._rng.rng.seed(seed)
 
 
-def open_study(space: SearchSpace, cfg: SearchSettings) -> optuna.Study:
+def open_study(space: SearchSpace, cfg: SearchSettings, on_stale=None) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # medtune prints its own progress
     _no_trial_tracebacks()
     if cfg.grid is not None:  # engine=grid: every point once, in an order drawn from the seed
@@ -211,7 +232,7 @@ def open_study(space: SearchSpace, cfg: SearchSettings) -> optuna.Study:
         )
     study = optuna.create_study(
         study_name=cfg.study,
-        storage=make_storage(cfg.storage),
+        storage=make_storage(cfg.storage, on_stale),
         sampler=sampler,
         pruner=make_pruner(cfg.pruner, cfg.epochs),
         direction=cfg.direction,
@@ -358,7 +379,12 @@ def summaries(study: optuna.Study) -> list[TrialSummary]:
 
 def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorder: TrialRecorder) -> list[TrialSummary]:
     """Run trials until ``cfg.trials`` are COMPLETE or PRUNED in the (possibly shared) study."""
-    study = open_study(space, cfg)
+
+    def abandoned(trial: optuna.trial.FrozenTrial) -> None:
+        if trial.user_attrs.get("mlflow_run_id"):
+            recorder.trial_abandoned(trial.user_attrs["mlflow_run_id"], f"worker {_worker(trial)} stopped beating")
+
+    study = open_study(space, cfg, on_stale=abandoned)
     check_space_unchanged(study, space)
     fail_local_orphans(study)
     warm_start(study, space, cfg)

@@ -89,7 +89,7 @@ def end_orphaned_runs(experiment_id: str) -> list[str]:
         client.set_terminated(run.info.run_id, "KILLED")
         ended.append(run.info.run_id)
         launcher_id = tags.get("medtune.launcher_run_id")  # the `mlflow run` run it linked, in another experiment
-        if launcher_id and _end_if_running(client, launcher_id, reason):
+        if launcher_id and end_if_running(client, launcher_id, reason):
             ended.append(launcher_id)
     if ended:
         log.warning("Ended %d orphaned run(s) KILLED: %s", len(ended), ", ".join(ended))
@@ -110,7 +110,8 @@ def claim_run(run_id: str):
     return handle
 
 
-def _end_if_running(client: MlflowClient, run_id: str, reason: str) -> bool:
+def end_if_running(client: MlflowClient, run_id: str, reason: str) -> bool:
+    """End ``run_id`` KILLED with ``reason`` if it is still RUNNING; True when it was."""
     try:
         if client.get_run(run_id).info.status != "RUNNING":
             return False

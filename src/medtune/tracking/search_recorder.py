@@ -19,7 +19,7 @@ from medtune.search.base import COMPLETE, FAILED, PRUNED, TrialSummary, best_tri
 from medtune.search.engines import get_engine
 from medtune.search.trial import objective_direction
 from medtune.tracking.logger import RunLogger, one_line, param_text
-from medtune.tracking.runs import process_tags
+from medtune.tracking.runs import end_if_running, process_tags
 from medtune.tracking.store import TAG_DATASET, TAG_ERROR, TAG_STEP
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,11 @@ class SearchRecorder:
             metrics["best_so_far"] = best.value
             self.best = best.value
         self.parent.metrics(metrics, step=len(summaries))
+
+    def trial_abandoned(self, run_id: str, reason: str) -> None:
+        """Another worker's trial that Optuna's heartbeat failed: its run is ended KILLED here, by the survivor."""
+        if end_if_running(self.parent.client, run_id, reason):
+            log.warning("Ended the MLflow run %s of an abandoned trial KILLED: %s", run_id, reason)
 
     def search_stopped(self, reason: str) -> None:
         self.stop_reason = reason
