@@ -313,3 +313,47 @@ def test_a_dead_workers_trial_is_failed_by_the_heartbeat_retried_once_and_its_ru
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retried) == 1 and retried[0].params == dead.params and retried[0].state.name == "COMPLETE"
     assert states.count("COMPLETE") == 3  # the budget, none repeated beyond the one retry
+
+
+def test_workers_sharing_a_study_never_overshoot_its_trial_budget(tmp_path, monkeypatch):
+    """Four workers (threads, one real SQLite study) share a budget of 5 trials that all overlap in time."""
+    import threading
+    import time
+
+    import optuna
+
+    from medtune.search import optuna_engine
+
+    def slow(params, data, *, epochs, seed, on_epoch, **kwargs):
+        result = TrialResult()
+        for epoch in range(epochs):
+            time.sleep(0.3)
+            result.history.setdefault("val_macro_f1", []).append(0.5)
+            on_epoch(epoch, {"val_macro_f1": 0.5})
+        result.value, result.best_epoch = 0.5, 0
+        return result
+
+    monkeypatch.setattr(optuna_engine, "train_trial", slow)
+    monkeypatch.setattr(optuna_engine, "WAIT_FOR_WORKERS_S", 0.2, raising=False)
+    space = two_param_space(tmp_path)
+    cfg = SearchSettings(
+        study="shared", trials=5, epochs=2, seed=42, pruner="none", storage=f"sqlite:///{tmp_path / 'o.db'}"
+    )
+    optuna_engine.open_study(space, cfg)  # created once, as the first worker would
+    errors = []
+
+    def worker():
+        try:
+            optuna_engine.run_search(space, None, cfg, NullRecorder())
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    states = [t.state.name for t in optuna.load_study(study_name="shared", storage=cfg.storage).trials]
+    assert states.count("COMPLETE") + states.count("PRUNED") == 5, states
+    assert "RUNNING" not in states

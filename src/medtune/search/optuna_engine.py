@@ -395,8 +395,14 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
     last_state: dict[str, str] = {}
     decide_at = rung_ends(cfg.rungs, cfg.epochs)
 
+    def check_budget_share(trial: optuna.Trial) -> None:
+        if _ahead(study, trial.number) >= cfg.trials:
+            last_state["surplus"] = "yes"
+            raise SurplusTrial(f"trial {trial.number}: other workers' trials already fill the budget of {cfg.trials}")
+
     def objective(trial: optuna.Trial) -> float:
         last_state["state"] = FAILED  # until the trial says otherwise: a failure anywhere counts
+        check_budget_share(trial)  # before any work or run: several workers share one budget
         params = suggest(trial, space)
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
@@ -406,6 +412,8 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
             trial.set_user_attr("mlflow_run_id", run_id)
 
         def on_epoch(epoch: int, logs: Mapping) -> bool:
+            if epoch == 0:  # again, once every trial created at the same moment is visible
+                check_budget_share(trial)
             recorder.epoch_end(handle, epoch, dict(logs))
             value = logs.get(cfg.objective)
             if cfg.budget_spent() and epoch < cfg.epochs - 1:  # stop at this epoch boundary
@@ -463,6 +471,7 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
     reason = None
     while reason is None:
         done = len(study.get_trials(deepcopy=False, states=counted))
+        others = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))  # other workers' trials
         remaining = None if not cfg.timeout else cfg.timeout - (time.monotonic() - started)
         if done >= cfg.trials:
             reason = f"trial budget: {done} trials done"
@@ -480,9 +489,19 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
             )
         if reason is not None:
             break
+        if done + others >= cfg.trials:  # the rest of the budget is running elsewhere: wait for its end
+            if not last_state.get("waiting"):
+                log.info(
+                    "%d of %d trials done, %d running on other workers: waiting for them", done, cfg.trials, others
+                )
+                last_state["waiting"] = "yes"
+            optuna.storages.fail_stale_trials(study)  # a worker that died frees its share
+            fail_local_orphans(study)
+            time.sleep(WAIT_FOR_WORKERS_S)
+            continue
         last_state.clear()
         study.optimize(objective, n_trials=1, catch=(Exception,), timeout=remaining)
-        if last_state.get("state") == FAILED:
+        if last_state.get("state") == FAILED and not last_state.get("surplus"):
             failures += 1
         recorder.progress(summaries(study))
         if "fatal" in last_state:
@@ -491,6 +510,19 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
     log.info("Search stopped: %s", reason)
     recorder.search_stopped(reason)
     return summaries(study)
+
+
+class SurplusTrial(RuntimeError):
+    """A trial started while other workers' trials already filled the trial budget (recorded FAIL, never run)."""
+
+
+WAIT_FOR_WORKERS_S = 2.0
+
+
+def _ahead(study: optuna.Study, number: int) -> int:
+    """Trials that take a share of the budget before trial ``number``: trial numbers order all workers alike."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    return sum(t.number < number for t in study.get_trials(deepcopy=False, states=states))
 
 
 def _finished_values(study: optuna.Study) -> list[float | None]:
