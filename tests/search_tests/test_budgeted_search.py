@@ -357,3 +357,7 @@ def test_workers_sharing_a_study_never_overshoot_its_trial_budget(tmp_path, monk
     states = [t.state.name for t in optuna.load_study(study_name="shared", storage=cfg.storage).trials]
     assert states.count("COMPLETE") + states.count("PRUNED") == 5, states
     assert "RUNNING" not in states
+    refused = [
+        t for t in optuna.load_study(study_name="shared", storage=cfg.storage).trials if t.user_attrs.get("surplus")
+    ]
+    assert all(t.state.name == "FAIL" for t in refused)  # a worker that came too late ran nothing

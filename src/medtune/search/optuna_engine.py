@@ -356,6 +356,8 @@ def fail_local_orphans(study: optuna.Study) -> list[int]:
 def summaries(study: optuna.Study) -> list[TrialSummary]:
     out = []
     for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("surplus") and "mlflow_run_id" not in t.user_attrs:
+            continue  # refused before it ran: not a trial of this search
         duration = (
             (t.datetime_complete - t.datetime_start).total_seconds()
             if t.datetime_complete and t.datetime_start
@@ -398,6 +400,7 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
     def check_budget_share(trial: optuna.Trial) -> None:
         if _ahead(study, trial.number) >= cfg.trials:
             last_state["surplus"] = "yes"
+            trial.set_user_attr("surplus", True)  # FAIL in the study, left out of medtune's trial table
             raise SurplusTrial(f"trial {trial.number}: other workers' trials already fill the budget of {cfg.trials}")
 
     def objective(trial: optuna.Trial) -> float:
