@@ -160,3 +160,39 @@ def test_default_root_is_the_settings_cache_dir(tmp_path, monkeypatch):
 def test_load_cache_of_missing_folder_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="missing or incomplete"):
         load_cache(tmp_path / "nothing")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs: a real full disk (skipped where this process may not mount one)."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_full_disk_is_a_one_line_error_naming_the_folder_and_leaves_nothing_to_trust(tiny_disk, tmp_path):
+    manifest = make_manifest()
+    with pytest.raises(DataError) as info:
+        ensure_cache(manifest, CLASSES, 64, root=tiny_disk, decode=FakeDecoder())  # ~150 KB of arrays
+    message = str(info.value)
+    assert message.startswith(f"array cache folder {tiny_disk / 'arrays'}: cannot write the cache (No space left")
+    assert "\n" not in message
+    assert list((tiny_disk / "arrays").iterdir()) == []  # no half-written cache for a later run
+    cache, reused = ensure_cache(manifest, CLASSES, 64, root=tmp_path / "roomy", decode=FakeDecoder())
+    assert not reused and cache.x["train"].shape[1:] == (64, 64, 3)
+
+
+def test_an_unwritable_cache_folder_is_a_one_line_error_naming_it(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(
+        DataError, match=rf"array cache folder {blocker / 'arrays'}: cannot write the cache \(Not a directory\)"
+    ):
+        ensure_cache(make_manifest(), CLASSES, 8, root=blocker, decode=FakeDecoder())

@@ -200,6 +200,14 @@ def _remove_stale_builds(arrays_dir: Path, key: str) -> None:
             pass  # alive under another user, or unknown: leave it
 
 
+def _unwritable(folder: Path, exc: OSError) -> DataError:
+    why = exc.strerror or type(exc).__name__
+    return DataError(
+        f"array cache folder {folder}: cannot write the cache ({why}); free space there or point "
+        "MEDTUNE_CACHE_DIR at a writable folder (nothing half-written was kept)"
+    )
+
+
 def _fill_split(
     target: Path, rows: pd.DataFrame, image_size: int, channels: int, arrays: Mapping[str, np.ndarray], decode: Decoder
 ) -> None:
@@ -207,6 +215,9 @@ def _fill_split(
     shape = (image_size, image_size, channels)
     x = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=(len(rows),) + shape)
     try:
+        # Reserve the blocks now: a full disk is then an OSError here, not a SIGBUS while writing the map.
+        with open(target, "r+b") as fh:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
         missing: list[int] = []
         for k, path in enumerate(rows["path"]):
             array = arrays.get(path)
@@ -301,11 +312,14 @@ def ensure_cache(
         os.rename(final, stale)
         shutil.rmtree(stale, ignore_errors=True)
 
-    arrays_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        arrays_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_build_prefix(key)}{os.getpid()}-", dir=arrays_dir))
+    except OSError as exc:
+        raise _unwritable(arrays_dir, exc) from exc
     _remove_stale_builds(arrays_dir, key)
     decode = decode or _default_decode
     arrays = arrays or {}
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_build_prefix(key)}{os.getpid()}-", dir=arrays_dir))
     try:
         index = {c: i for i, c in enumerate(classes)}
         counts = {}
@@ -333,6 +347,9 @@ def ensure_cache(
                 raise
             logger.info("array cache %s was built concurrently; using that one", final)
             shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:  # disk full, quota, permissions: nothing half-written is left to trust
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _unwritable(arrays_dir, exc) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
