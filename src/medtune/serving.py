@@ -20,6 +20,10 @@ INTENDED_USE = (
     "outputs must be reviewed by qualified clinicians and validated on local data before any use."
 )
 KERAS_ARTIFACT = "keras_model"
+# Limits of one request to the served model (each breach is a 400 with one line; README "Serving"):
+MAX_ROWS = 256  # images per request
+MAX_IMAGE_BYTES = 20 * 2**20  # encoded bytes of one image
+MAX_IMAGE_PIXELS = 40_000_000  # width x height of one decoded image (a 6000 x 6000 photo is 36 MP)
 METADATA_ARTIFACT = "metadata"
 
 
@@ -66,6 +70,18 @@ class ImageInputError(_input_error_base(), ValueError):
 
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
+    # MLflow's scoring server rewrites ``message`` as "Failed to predict data '<the whole input
+    # DataFrame>'. Error: ...": a long multi-line answer that echoes the client's images back.
+    # The first message set (medtune's one line) is the one kept.
+    @property
+    def message(self) -> str:
+        return self._one_line
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_one_line"):
+            self._one_line = " ".join(str(value).split())
+
 
 class ImageClassifier(_pyfunc_base()):
     """MLflow pyfunc wrapping a Keras classifier that takes raw 0..255 pixels."""
@@ -89,12 +105,16 @@ class ImageClassifier(_pyfunc_base()):
             raise ImageInputError(
                 f"input needs an 'image' column of encoded image bytes (got columns {list(frame.columns)})"
             )
+        if len(frame) > MAX_ROWS:
+            raise ImageInputError(f"{len(frame)} images in one request: at most {MAX_ROWS}")
         size, channels = self.metadata["image_size"], self.metadata["channels"]
         images = []
         for i, value in enumerate(frame["image"]):
             data = _as_bytes(value, i)
+            if len(data) > MAX_IMAGE_BYTES:
+                raise ImageInputError(f"row {i}: {len(data)} bytes: at most {MAX_IMAGE_BYTES} per image")
             try:
-                images.append(decode_image(data, size, channels))
+                images.append(decode_image(data, size, channels, max_pixels=MAX_IMAGE_PIXELS))
             except ImageDecodeError as exc:
                 raise ImageInputError(f"row {i}: cannot decode image ({exc.reason})") from exc
         return predictions_frame(
@@ -111,6 +131,10 @@ def _as_bytes(value, row: int = 0) -> bytes:
         import base64
         import binascii
 
+        if len(value) > MAX_IMAGE_BYTES * 4 // 3 + 4:  # refused before decoding
+            raise ImageInputError(
+                f"row {row}: {len(value)} base64 characters: at most {MAX_IMAGE_BYTES} bytes per image"
+            )
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError) as exc:

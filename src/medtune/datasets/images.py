@@ -93,7 +93,9 @@ def _read_source(source: str | Path | bytes) -> tuple[bytes, str | None]:
         raise ImageDecodeError(f"unreadable: {exc.strerror or exc}", name) from exc
 
 
-def open_bytes(data: bytes, name: str | None = None, *, draft_size: int | None = None) -> Image.Image:
+def open_bytes(
+    data: bytes, name: str | None = None, *, draft_size: int | None = None, max_pixels: int | None = None
+) -> Image.Image:
     """Decode image bytes fully; see :func:`open_image`.
 
     Args:
@@ -117,7 +119,9 @@ def open_bytes(data: bytes, name: str | None = None, *, draft_size: int | None =
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             pixels = img.size[0] * img.size[1]
-            if pixels > _pixel_limit():  # also catches what a racing thread's filters let through
+            if pixels > min(
+                _pixel_limit(), max_pixels or MAX_PIXELS
+            ):  # also what a racing thread's filters let through
                 raise ImageDecodeError(f"decompression bomb ({pixels} pixels)", name)
             if draft_size and img.format == "JPEG":
                 img.draft(None, (draft_size, draft_size))
@@ -252,7 +256,9 @@ def to_array(img: Image.Image, size: int, channels: int = 3) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def decode_image(source: str | Path | bytes, size: int, channels: int = 3, *, draft: bool = False) -> np.ndarray:
+def decode_image(
+    source: str | Path | bytes, size: int, channels: int = 3, *, draft: bool = False, max_pixels: int | None = None
+) -> np.ndarray:
     """Open, convert and resize one image: :func:`open_image` + :func:`to_array`.
 
     Args:
@@ -261,6 +267,7 @@ def decode_image(source: str | Path | bytes, size: int, channels: int = 3, *, dr
         channels: 3 for RGB, 1 for grey.
         draft: allow the JPEG decoder to downscale first (faster; pixel values differ slightly
             from a full decode). Only for images at least 4x larger than ``size`` per side.
+        max_pixels: a lower limit than :data:`MAX_PIXELS` (the served model's).
 
     Returns:
         Array of shape ``(size, size, channels)``, dtype ``uint8``.
@@ -269,7 +276,7 @@ def decode_image(source: str | Path | bytes, size: int, channels: int = 3, *, dr
         ImageDecodeError: the source is not a usable image.
     """
     data, name = _read_source(source)
-    img = open_bytes(data, name, draft_size=2 * size if draft else None)
+    img = open_bytes(data, name, draft_size=2 * size if draft else None, max_pixels=max_pixels)
     return to_array(img, size, channels)
 
 
