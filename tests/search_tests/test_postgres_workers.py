@@ -63,9 +63,12 @@ def postgres_url():
     except psycopg2.Error as exc:
         conn.close()
         _unavailable(f"cannot create a test database on {_redact(admin)}: {str(exc).strip().splitlines()[0]}")
+    conn.close()
     try:
         yield urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
     finally:
+        conn = psycopg2.connect(admin, connect_timeout=30)  # a fresh one: the server may have restarted
+        conn.autocommit = True
         with conn.cursor() as cur:
             try:
                 cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -27,6 +27,7 @@ from medtune.search.base import (
     TrialSummary,
     rung_ends,
 )
+from medtune.search.reconnect import ReconnectingStorage, StorageUnavailable
 from medtune.search.trial import TrialData, train_trial
 from medtune.space import Param, SearchSpace
 
@@ -135,7 +136,8 @@ def _worker(trial) -> str:
     return f"{trial.user_attrs.get('host', '?')}:{trial.user_attrs.get('pid', '?')}"
 
 
-def make_storage(url: str | None, on_stale=None) -> optuna.storages.RDBStorage:
+def make_storage(url: str | None, on_stale=None) -> optuna.storages.BaseStorage:
+    """Optuna's RDB storage with heartbeats, retried through a database restart (``search.reconnect``)."""
     interval, grace = heartbeat_settings()
     url = url or default_storage()
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
@@ -147,13 +149,14 @@ def make_storage(url: str | None, on_stale=None) -> optuna.storages.RDBStorage:
 
     for attempt in range(3):
         try:
-            return optuna.storages.RDBStorage(
+            rdb = optuna.storages.RDBStorage(
                 url,
                 heartbeat_interval=interval,
                 grace_period=grace,
                 heartbeat_stale_trial_callback=RetryStaleTrial(on_stale),
                 engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
             )
+            return ReconnectingStorage(optuna.storages.get_storage(rdb), _redact(url))
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
             # Workers started together on an empty database race to create Optuna's tables.
             if attempt == 2:
@@ -503,7 +506,13 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
             time.sleep(WAIT_FOR_WORKERS_S)
             continue
         last_state.clear()
-        study.optimize(objective, n_trials=1, catch=(Exception,), timeout=remaining)
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,), timeout=remaining)
+        except Exception as exc:
+            outage = _outage_in(exc)  # Optuna 5 masks it with an UnboundLocalError when its tell fails
+            if outage is not None:
+                raise outage from None
+            raise
         if last_state.get("state") == FAILED and not last_state.get("surplus"):
             failures += 1
         recorder.progress(summaries(study))
@@ -513,6 +522,17 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
     log.info("Search stopped: %s", reason)
     recorder.search_stopped(reason)
     return summaries(study)
+
+
+def _outage_in(exc: BaseException | None) -> StorageUnavailable | None:
+    """The :class:`StorageUnavailable` behind ``exc`` (in its cause or context chain), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, StorageUnavailable):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class SurplusTrial(RuntimeError):

@@ -111,8 +111,9 @@ def one_line(exc: BaseException) -> str:
 
 
 def status_for(exc: BaseException | None) -> str:
+    """FINISHED, KILLED (interrupted: a signal, or an error whose class says ``run_status = "KILLED"``) or FAILED."""
     if exc is None:
         return "FINISHED"
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt) or getattr(exc, "run_status", None) == "KILLED":
         return "KILLED"
     return "FAILED"

@@ -18,7 +18,7 @@ from medtune.progress import finite, fmt, short_params
 from medtune.search.base import COMPLETE, FAILED, PRUNED, TrialSummary, best_trial
 from medtune.search.engines import get_engine
 from medtune.search.trial import objective_direction
-from medtune.tracking.logger import RunLogger, one_line, param_text
+from medtune.tracking.logger import RunLogger, one_line, param_text, status_for
 from medtune.tracking.runs import end_if_running, process_tags
 from medtune.tracking.store import TAG_DATASET, TAG_ERROR, TAG_STEP
 
@@ -113,7 +113,7 @@ class SearchRecorder:
     ) -> None:
         logger = handle.logger
         seconds = time.perf_counter() - handle.t0
-        interrupted = isinstance(error, KeyboardInterrupt)
+        interrupted = error is not None and status_for(error) == "KILLED"  # a signal, or the database gone
         try:
             logger.metrics({"trial_seconds": seconds})
             tags = {"medtune.trial_state": "KILLED" if interrupted else state}
