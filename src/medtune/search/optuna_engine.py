@@ -470,6 +470,8 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
                 last_state["fatal"] = as_search_error(exc, trial.number)
             raise
         finally:
+            if getattr(handle, "tracking_error", None):  # the study keeps why the trial has no run
+                trial.set_user_attr("tracking_error", handle.tracking_error)
             if result is not None:
                 result.model = None
             release_model()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from medtune.search.engines import get_engine
 from medtune.search.trial import objective_direction
 from medtune.tracking.logger import RunLogger, one_line, param_text, status_for
 from medtune.tracking.runs import end_if_running, process_tags
-from medtune.tracking.store import TAG_DATASET, TAG_ERROR, TAG_STEP
+from medtune.tracking.store import TAG_DATASET, TAG_ERROR, TAG_HOST, TAG_PID, TAG_STEP
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("medtune.progress")
@@ -48,6 +50,126 @@ class SearchRecorder:
 
     # -- engine callbacks
     def trial_started(self, number: int, params: dict):
+        handle = _Handle(None, number, time.perf_counter(), params)
+        try:
+            handle.logger = self._open_run(number, params)
+        except Exception as exc:  # the tracking server is down: the trial runs, its result stays in the study
+            self._untracked(handle, exc)
+        if self.bar is None:
+            from medtune.progress import Counter
+
+            left = max(self.opts.trials - self.done, 1) if get_engine(self.opts.engine).counts_trials else 0
+            self.bar = Counter("trials", left, "trial", lines=False)
+        # the number is Optuna's and the run's (trial-007 is "trial 7"), counted from 0
+        progress_log.info(
+            "trial %d started (%s, best %s): %s", number, self._done(), fmt(self.best), short_params(params)
+        )
+        return handle
+
+    def epoch_end(self, handle, epoch: int, logs: dict) -> None:
+        if handle.logger is not None:
+            try:
+                handle.logger.epoch(logs, epoch)  # one small batch per epoch; async costs ~1.5 s per trial to drain
+            except Exception as exc:
+                self._untracked(handle, exc)
+        value = logs.get(self.opts.objective)
+        best = self.best
+        progress_log.info(
+            "trial %d epoch %d/%d%s %s=%s (best so far %s)",
+            handle.number,
+            epoch + 1,
+            self.opts.epochs,
+            f" at {int(logs['image_size'])} px" if self.opts.rungs and finite(logs.get("image_size")) else "",
+            self.opts.objective,
+            fmt(value),
+            fmt(best),
+        )
+
+    def trial_finished(
+        self, handle, state: str, result=None, error: BaseException | None = None, reason: str | None = None
+    ) -> None:
+        logger = handle.logger
+        seconds = time.perf_counter() - handle.t0
+        interrupted = error is not None and status_for(error) == "KILLED"  # a signal, or the database gone
+        if logger is not None:
+            self._log_trial_end(handle, logger, state, result, error, reason, seconds, interrupted)
+        self._count_and_print(handle, state, result, error, reason, seconds, interrupted)
+
+    def _log_trial_end(self, handle, logger, state, result, error, reason, seconds, interrupted) -> None:
+        try:
+            logger.metrics({"trial_seconds": seconds})
+            tags = {"medtune.trial_state": "KILLED" if interrupted else state}
+            if reason:
+                tags["medtune.stop_reason"] = reason
+            if error is not None:
+                tags[TAG_ERROR] = one_line(error)
+            if result is not None and result.history:
+                tags["medtune.epochs_run"] = result.epochs_run
+                if state == COMPLETE:
+                    logger.metrics({f"best_{self.opts.objective}": result.value, "best_epoch": result.best_epoch})
+            logger.tags(tags)
+            if result is not None and not interrupted and result.history:
+                self._artifacts(logger, result)
+        except Exception as exc:  # tracking trouble must not turn a good trial into a failed one
+            log.warning("trial %d: could not log everything: %s", handle.number, exc)
+        finally:
+            status = "KILLED" if interrupted else ("FAILED" if state == FAILED else "FINISHED")
+            try:
+                logger.end(status)
+            except Exception as exc:
+                self._untracked(handle, exc)
+
+    def _count_and_print(self, handle, state, result, error, reason, seconds, interrupted) -> None:
+        if state == COMPLETE and result is not None and finite(result.value):
+            better = self.best is None or (
+                result.value > self.best if self.direction == "maximize" else result.value < self.best
+            )
+            if better:
+                self.best = result.value
+        if state in (COMPLETE, PRUNED):
+            self.done += 1
+            self.bar.update(1, postfix=f"best {fmt(self.best)}")
+        progress_log.info(
+            "trial %d %s in %.0f s: %s=%s (best %s; %s%s)%s",
+            handle.number,
+            "KILLED" if interrupted else (f"{state} ({reason})" if reason and reason != "pruned" else state),
+            seconds,
+            self.opts.objective,
+            fmt(result.value if result is not None else None),
+            fmt(self.best),
+            self._done(),
+            f", {self.bar.eta()}"
+            if 0 < self.bar.done < self.bar.total and getattr(self, "budget", None) is None
+            else "",
+            f": {one_line(error)}" if error is not None and not interrupted else "",
+        )
+
+    def progress(self, summaries: list[TrialSummary]) -> None:
+        done = [s for s in summaries if s.state in (COMPLETE, PRUNED)]
+        best = best_trial(summaries, self.direction)
+        metrics = {"trials_done": len(done), "trials_failed": sum(s.state == FAILED for s in summaries)}
+        self.done = len(done)
+        if best is not None:
+            metrics["best_so_far"] = best.value
+            self.best = best.value
+        try:
+            self.parent.metrics(metrics, step=len(summaries))
+        except Exception as exc:  # the search goes on while the tracking server is away
+            log.warning("search progress not logged: %s", one_line(exc))
+
+    def trial_abandoned(self, run_id: str, reason: str) -> None:
+        """Another worker's trial that Optuna's heartbeat failed: its run is ended KILLED here, by the survivor."""
+        if end_if_running(self.parent.client, run_id, reason):
+            log.warning("Ended the MLflow run %s of an abandoned trial KILLED: %s", run_id, reason)
+
+    def search_stopped(self, reason: str) -> None:
+        self.stop_reason = reason
+        try:
+            self.parent.tags({"medtune.stop_reason": reason})
+        except Exception as exc:  # logged again with the summary, once the server answers
+            log.warning("stop reason not logged: %s", one_line(exc))
+
+    def _open_run(self, number: int, params: dict) -> RunLogger:
         client = self.parent.client
         existing = client.search_runs(
             [self.experiment_id],
@@ -81,100 +203,17 @@ class SearchRecorder:
                     "medtune.weights_sha256": source.sha256 if source else "",
                 }
             )
-        handle = _Handle(logger, number, time.perf_counter(), params)
-        if self.bar is None:
-            from medtune.progress import Counter
+        return logger
 
-            left = max(self.opts.trials - self.done, 1) if get_engine(self.opts.engine).counts_trials else 0
-            self.bar = Counter("trials", left, "trial", lines=False)
-        # the number is Optuna's and the run's (trial-007 is "trial 7"), counted from 0
-        progress_log.info(
-            "trial %d started (%s, best %s): %s", number, self._done(), fmt(self.best), short_params(params)
-        )
-        return handle
-
-    def epoch_end(self, handle, epoch: int, logs: dict) -> None:
-        handle.logger.epoch(logs, epoch)  # one small batch per epoch; async costs ~1.5 s per trial to drain
-        value = logs.get(self.opts.objective)
-        best = self.best
-        progress_log.info(
-            "trial %d epoch %d/%d%s %s=%s (best so far %s)",
+    def _untracked(self, handle, exc: BaseException) -> None:
+        """Stop logging this trial (its result stays in the study); say so once per trial."""
+        handle.logger = None
+        handle.tracking_error = one_line(exc)
+        log.warning(
+            "trial %d: MLflow tracking failed (%s); the trial goes on untracked and its result stays in the study",
             handle.number,
-            epoch + 1,
-            self.opts.epochs,
-            f" at {int(logs['image_size'])} px" if self.opts.rungs and finite(logs.get("image_size")) else "",
-            self.opts.objective,
-            fmt(value),
-            fmt(best),
+            handle.tracking_error,
         )
-
-    def trial_finished(
-        self, handle, state: str, result=None, error: BaseException | None = None, reason: str | None = None
-    ) -> None:
-        logger = handle.logger
-        seconds = time.perf_counter() - handle.t0
-        interrupted = error is not None and status_for(error) == "KILLED"  # a signal, or the database gone
-        try:
-            logger.metrics({"trial_seconds": seconds})
-            tags = {"medtune.trial_state": "KILLED" if interrupted else state}
-            if reason:
-                tags["medtune.stop_reason"] = reason
-            if error is not None:
-                tags[TAG_ERROR] = one_line(error)
-            if result is not None and result.history:
-                tags["medtune.epochs_run"] = result.epochs_run
-                if state == COMPLETE:
-                    logger.metrics({f"best_{self.opts.objective}": result.value, "best_epoch": result.best_epoch})
-            logger.tags(tags)
-            if result is not None and not interrupted and result.history:
-                self._artifacts(logger, result)
-        except Exception as exc:  # tracking trouble must not turn a good trial into a failed one
-            log.warning("trial %d: could not log everything: %s", handle.number, exc)
-        finally:
-            status = "KILLED" if interrupted else ("FAILED" if state == FAILED else "FINISHED")
-            logger.end(status)
-        if state == COMPLETE and result is not None and finite(result.value):
-            better = self.best is None or (
-                result.value > self.best if self.direction == "maximize" else result.value < self.best
-            )
-            if better:
-                self.best = result.value
-        if state in (COMPLETE, PRUNED):
-            self.done += 1
-            self.bar.update(1, postfix=f"best {fmt(self.best)}")
-        progress_log.info(
-            "trial %d %s in %.0f s: %s=%s (best %s; %s%s)%s",
-            handle.number,
-            "KILLED" if interrupted else (f"{state} ({reason})" if reason and reason != "pruned" else state),
-            seconds,
-            self.opts.objective,
-            fmt(result.value if result is not None else None),
-            fmt(self.best),
-            self._done(),
-            f", {self.bar.eta()}"
-            if 0 < self.bar.done < self.bar.total and getattr(self, "budget", None) is None
-            else "",
-            f": {one_line(error)}" if error is not None and not interrupted else "",
-        )
-
-    def progress(self, summaries: list[TrialSummary]) -> None:
-        done = [s for s in summaries if s.state in (COMPLETE, PRUNED)]
-        best = best_trial(summaries, self.direction)
-        metrics = {"trials_done": len(done), "trials_failed": sum(s.state == FAILED for s in summaries)}
-        self.done = len(done)
-        if best is not None:
-            metrics["best_so_far"] = best.value
-            self.best = best.value
-        self.parent.metrics(metrics, step=len(summaries))
-
-    def trial_abandoned(self, run_id: str, reason: str) -> None:
-        """Another worker's trial that Optuna's heartbeat failed: its run is ended KILLED here, by the survivor."""
-        if end_if_running(self.parent.client, run_id, reason):
-            log.warning("Ended the MLflow run %s of an abandoned trial KILLED: %s", run_id, reason)
-
-    def search_stopped(self, reason: str) -> None:
-        self.stop_reason = reason
-        self.parent.tags({"medtune.stop_reason": reason})
 
     def _done(self) -> str:
         budget = getattr(self, "budget", None)
@@ -203,14 +242,15 @@ class SearchRecorder:
 
 @dataclass
 class _Handle:
-    logger: RunLogger
+    logger: RunLogger | None  # None: tracking failed, the trial runs untracked
     number: int
     t0: float
     params: dict
+    tracking_error: str | None = None
 
     @property
-    def run_id(self) -> str:
-        return self.logger.run_id
+    def run_id(self) -> str | None:
+        return self.logger.run_id if self.logger is not None else None
 
 
 def trial_run_ids(summaries, parent, experiment_id, study):
@@ -233,7 +273,51 @@ def trial_run_ids(summaries, parent, experiment_id, study):
             s.duration_s = run.data.metrics["trial_seconds"]
         if s.epochs_run is None and "medtune.epochs_run" in run.data.tags:
             s.epochs_run = int(run.data.tags["medtune.epochs_run"])
+    for s in summaries:
+        if s.run_id is None and s.state in (COMPLETE, PRUNED):
+            s.run_id = _log_late(s, parent, experiment_id, study)
+    _end_runs_left_by_an_outage(runs, summaries, parent.client)
     return summaries
+
+
+def _end_runs_left_by_an_outage(runs, summaries, client) -> None:
+    """This process's trial runs still RUNNING for trials the study has ended: the tracking server
+    went away mid-trial. Ended now with the trial's state, and tagged with the gap in their history."""
+    ended = {s.number: s.state for s in summaries if s.state in (COMPLETE, PRUNED, FAILED)}
+    mine = (str(os.getpid()), socket.gethostname())
+    for r in runs:
+        number = r.data.tags.get("medtune.trial", "")
+        if r.info.status != "RUNNING" or not number.isdigit() or int(number) not in ended:
+            continue
+        if (r.data.tags.get(TAG_PID), r.data.tags.get(TAG_HOST)) != mine:
+            continue
+        state = ended[int(number)]
+        client.set_tag(r.info.run_id, "medtune.trial_state", state)
+        client.set_tag(r.info.run_id, "medtune.tracking_gap", "the tracking server was away: the history stops early")
+        client.set_terminated(r.info.run_id, "FAILED" if state == FAILED else "FINISHED")
+
+
+def _log_late(s: TrialSummary, parent: RunLogger, experiment_id: str, study: str) -> str:
+    """The run of a trial that ran while the tracking server was away, from what the study kept."""
+    tags = {
+        "mlflow.parentRunId": parent.run_id,
+        TAG_STEP: "trial",
+        "medtune.study": study,
+        "medtune.trial": str(s.number),
+        "medtune.trial_state": s.state,
+        "medtune.logged_late": "true",  # from the study: no per-epoch history, figures or console
+    }
+    run = parent.client.create_run(experiment_id, run_name=f"trial-{s.number:03d}", tags=tags)
+    logger = RunLogger(run.info.run_id, parent.client)
+    logger.params(s.params)
+    objective = parent.client.get_run(parent.run_id).data.tags.get("medtune.objective", "objective")
+    for step, value in sorted(s.intermediate.items()):
+        logger.metrics({objective: value}, step=int(step) - 1)
+    if s.state == COMPLETE and s.value is not None:
+        logger.metrics({f"best_{objective}": s.value})
+    logger.end("FINISHED")
+    log.info("Trial %d, run untracked while the tracking server was away, logged now: %s", s.number, run.info.run_id)
+    return run.info.run_id
 
 
 def log_search(parent, summaries, best, space, opts, direction, seconds) -> None:
