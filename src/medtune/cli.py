@@ -120,6 +120,13 @@ class _Sizes(click.ParamType):
             self.fail(f"{text!r} is not a comma-separated list of sizes such as 64,96,128", param, ctx)
 
 
+TTA = click.option(
+    "--tta",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "flip", "none"]),
+    help="Test-time left-right flip averaged in the final model (auto: when it scores better on validation).",
+)
 BUDGET = click.option(
     "--budget",
     default="",
@@ -429,6 +436,7 @@ TRAIN_OPTIONS = [
         help="Members (seeds of the configuration) averaged in one model.",
     ),
     BUDGET,
+    TTA,
 ]
 
 
@@ -473,6 +481,7 @@ def train(
     weights,
     ensemble,
     budget,
+    tta,
     seed,
     tracking_uri,
 ):
@@ -495,6 +504,7 @@ def train(
             weights=weights,
             ensemble=ensemble,
             budget=budget,
+            tta=tta,
             seed=seed,
         )
     )
@@ -597,6 +607,7 @@ def app(ctx, model, host, port, max_file_size, tracking_uri):
     help="Mixed precision on GPU for final training (ignored on CPU).",
 )
 @WEIGHTS_OPTION("imagenet")
+@TTA
 @SEED
 @TRACKING_URI
 @click.pass_context

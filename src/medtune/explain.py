@@ -293,7 +293,8 @@ def gradcam(
         class_indices: One target class per image; None explains the predicted class.
         layer_path: Feature-map layer as returned by :func:`find_last_conv_layer` (the default).
             For an ensemble (:mod:`medtune.models.ensemble`) the default averages the members'
-            heatmaps, each taken for the ensemble's class.
+            heatmaps, each taken for the ensemble's class; for test-time flipping
+            (:mod:`medtune.models.tta`) the image's and the mirrored image's (mirrored back).
         batch_size: Images per forward/backward pass.
 
     Returns:
@@ -307,7 +308,19 @@ def gradcam(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     from medtune.models.ensemble import members_of
+    from medtune.models.tta import base_of
 
+    base = base_of(model) if layer_path is None else None
+    if base is not None:  # test-time flip: the image's heatmap and the mirrored one of its mirror, averaged
+        x = _prepare_images(model, images)
+        proba = model.predict(x, batch_size=batch_size, verbose=0).astype(np.float32)
+        target = proba.argmax(1) if class_indices is None else class_indices
+        direct = gradcam(base, x, target, None, batch_size)[0]
+        mirrored = gradcam(base, np.ascontiguousarray(x[:, :, ::-1]), target, None, batch_size)[0][:, :, ::-1]
+        heat = (direct + mirrored) / 2
+        peak = heat.reshape(len(heat), -1).max(axis=1) if len(heat) else np.zeros(0)
+        heat = np.where(peak[:, None, None] > 0, heat / np.maximum(peak, 1e-12)[:, None, None], 0.0)
+        return heat.astype(np.float32), proba
     members = members_of(model) if layer_path is None else []
     if members:  # an ensemble: each member's heatmap for the ensemble's class, averaged
         x = _prepare_images(model, images)

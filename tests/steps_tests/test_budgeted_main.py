@@ -1,4 +1,4 @@
-"""``medtune main --budget``: the plan from the fingerprints, the rungs, an ensemble of two, end to end.
+"""``medtune main --budget``: the plan from the fingerprints, the rungs, an ensemble of two with test-time flip, end to end.
 
 One real pipeline on the small synthetic set (SQLite MLflow store, real Optuna study): the plan
 is printed and logged, the search climbs image-size rungs within its share of the budget, and
@@ -31,7 +31,7 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
     from mlflow.tracking import MlflowClient
     from PIL import Image
 
-    proc = project.medtune("main", "--budget", "4m", "--ensemble", "2", timeout=900)
+    proc = project.medtune("main", "--budget", "4m", "--ensemble", "2", "--tta", "flip", timeout=900)
     out = proc.stdout + proc.stderr
     assert "Plan for synthetic" in out and "2 x " in out  # the table, with the ensemble the user gave
 
@@ -84,7 +84,10 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
 
     with tempfile.TemporaryDirectory() as tmp:
         model, meta = serving.load_keras_from_uri(f"models:/medtune-synthetic/{version}", Path(tmp))
-    assert len(members_of(model)) == 2
+    from medtune.models.tta import base_of
+
+    assert train.data.params["tta"] == "flip" and {"val_macro_f1_plain", "val_macro_f1_flip"} <= set(train.data.metrics)
+    assert len(members_of(base_of(model))) == 2  # the flip around the ensemble of two, as one model
     size = int(meta["image_size"])
     images = np.stack([np.full((size, size, 3), v, np.uint8) for v in (40, 200)])
     heatmaps, proba = explain.gradcam(model, images)

@@ -6,7 +6,7 @@ import keras
 
 from medtune.models.backbones import BACKBONE_SPECS
 
-__all__ = ["BackbonePreprocess"]
+__all__ = ["BackbonePreprocess", "HorizontalFlip"]
 
 
 @keras.saving.register_keras_serializable(package="medtune")
@@ -36,3 +36,14 @@ class BackbonePreprocess(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "backbone": self.backbone}
+
+
+@keras.saving.register_keras_serializable(package="medtune")
+class HorizontalFlip(keras.layers.Layer):
+    """Mirror NHWC images left to right (the flip of test-time augmentation, :mod:`medtune.models.tta`)."""
+
+    def call(self, inputs):
+        return keras.ops.flip(inputs, axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

@@ -36,6 +36,7 @@ class PipelineOptions:
     budget: float | None = None  # seconds for the whole pipeline: a plan from the fingerprints sizes everything
     ensemble: int | None = None  # final-training members (auto: the plan's, 1 without a budget)
     warm_start: str = "recipes"
+    tta: str = "auto"  # test-time flip in the final model: auto (when it scores better on validation) | flip | none
 
 
 @dataclass
@@ -152,6 +153,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
                 class_weights=opts.class_weights,
                 ensemble=opts.ensemble or 1,
                 budget=budget.remaining() if budget is not None else None,
+                tta=opts.tta,
             )
         )
         _log_files(train.run_id, plan_files)

@@ -39,6 +39,7 @@ class TrainOptions:
     weights: str | None = None  # imagenet | none | file | folder; None: what the search used
     ensemble: int = 1  # members (seeds of the configuration), averaged in one model
     budget: float | None = None  # seconds for the whole step; each member stops at an epoch boundary in its share
+    tta: str = "auto"  # test-time left-right flip: auto (when it scores better on validation) | flip | none
 
 
 @dataclass
@@ -348,6 +349,7 @@ def _train_and_register(
         from medtune import reports
 
         run.figure(reports.learning_curves(history), "learning_curves.png")
+        model = choose_tta(model, cache.x["val"], cache.y["val"], opts.tta, run)
 
         test = manifest_test_set(split)
         ev = evaluate_model(model, test.x, test.y, classes, test.paths)
@@ -502,6 +504,37 @@ def _log_card(run, ev, model, metadata, split, test, decision, model_name, versi
     )
     if model_name:
         cards.describe_version(model_name, version, card)
+
+
+TTA_MODES = ("auto", "flip", "none")
+
+
+def choose_tta(model, x_val, y_val, mode: str, run):
+    """The final model with test-time flipping when ``mode`` says so (``auto``: when its validation
+    macro-F1 is higher; the test images play no part). Logs both validation scores and the choice."""
+    from medtune.models.tta import with_flip
+    from medtune.training import predict_proba, validation_scores
+
+    if mode not in TTA_MODES:
+        raise ConfigError(f"tta={mode!r}: expected one of {', '.join(TTA_MODES)}")
+    if mode == "none":
+        run.params({"tta": "none"})
+        return model
+    flipped = with_flip(model)
+    scores = {}
+    for name, candidate in (("plain", model), ("flip", flipped)):
+        scores[name] = validation_scores(y_val, predict_proba(candidate, x_val))["val_macro_f1"]
+    use = mode == "flip" or scores["flip"] > scores["plain"]
+    run.params({"tta": "flip" if use else "none"})
+    run.metrics({"val_macro_f1_plain": scores["plain"], "val_macro_f1_flip": scores["flip"]})
+    log.info(
+        "Test-time flip %s: validation macro-F1 %.4f with it, %.4f without%s",
+        "on" if use else "off",
+        scores["flip"],
+        scores["plain"],
+        " (asked for)" if mode == "flip" else "",
+    )
+    return flipped if use else model
 
 
 def rescore_on_split(model_uri: str, split, test) -> float | None:
