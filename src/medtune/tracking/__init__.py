@@ -1,7 +1,7 @@
 """Everything medtune records in MLflow; the only package (with ``serving``, which MLflow loads) that imports mlflow.
 
 * ``store``    - where MLflow points, the ``medtune-<dataset>`` experiments, run reads and tags
-* ``runs``     - step, pipeline and trial runs, ``mlflow run`` launcher runs, orphaned-run repair
+* ``runs``     - step and pipeline runs, ``mlflow run`` launcher runs, orphaned-run repair
 * ``logger``   - ``RunLogger``: params, metrics, tags and artifacts of one run id
 * ``console``  - each step's share of the log lines, saved as ``console.log``
 * ``inputs``   - the split's manifest as a dataset input of the runs that read it
@@ -15,7 +15,6 @@ from medtune.tracking.logger import MAX_PARAM_LEN, RunLogger, metric_name, one_l
 from medtune.tracking.lookups import existing_models, existing_runs, get_step_run, model_lookup_error
 from medtune.tracking.runs import (
     Interrupted,
-    child_run,
     end_launcher_run,
     end_orphaned_runs,
     install_signal_handlers,
@@ -56,7 +55,6 @@ __all__ = [
     "Interrupted",
     "RunLogger",
     "capture_console",
-    "child_run",
     "configure",
     "default_tracking_uri",
     "download_artifact",

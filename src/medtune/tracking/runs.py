@@ -256,46 +256,6 @@ def step_run(
 
 
 @contextlib.contextmanager
-def child_run(
-    parent: RunLogger,
-    experiment_id: str,
-    *,
-    run_name: str,
-    tags: Mapping[str, Any] | None = None,
-    run_id: str | None = None,
-) -> Iterator[RunLogger]:
-    """A nested run under ``parent`` (client API, so no fluent state is touched).
-
-    Ends FINISHED on success, KILLED on interruption, FAILED otherwise; a caller that wants
-    another final status (e.g. a pruned trial) calls ``logger.end(...)`` itself first.
-    """
-    client = parent.client
-    if run_id is None:
-        run = client.create_run(
-            experiment_id,
-            run_name=run_name,
-            tags={"mlflow.parentRunId": parent.run_id, **process_tags(), **(tags or {})},
-        )
-        run_id = run.info.run_id
-    else:
-        client.update_run(run_id, status="RUNNING")
-    logger = RunLogger(run_id, client)
-    error: BaseException | None = None
-    try:
-        yield logger
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        current = client.get_run(run_id).info.status
-        if current == "RUNNING":
-            if error is not None:
-                with contextlib.suppress(Exception):
-                    client.set_tag(run_id, TAG_ERROR, one_line(error))
-            client.set_terminated(run_id, status_for(error))
-
-
-@contextlib.contextmanager
 def launcher_set_aside():
     """Hide ``MLFLOW_RUN_ID`` (the ``mlflow run`` launcher run) from the steps run inside the block.
 

@@ -1,4 +1,4 @@
-"""Nested runs (child_run), runs orphaned by a killed process, and the launcher run set aside or linked."""
+"""Runs orphaned by a killed process, and the launcher run set aside or linked."""
 
 from __future__ import annotations
 
@@ -8,59 +8,7 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from medtune import tracking
-
-
-@pytest.fixture
-def parent(client, dataset):
-    """A RunLogger of a plain run in the dataset's experiment, and that experiment's id."""
-    experiment_id = tracking.ensure_experiment(dataset)
-    run = client.create_run(experiment_id, run_name="parent")
-    return tracking.RunLogger(run.info.run_id, client), experiment_id
-
-
-def test_a_child_run_is_nested_under_its_parent_and_ends_finished(client, parent):
-    logger, experiment_id = parent
-    with tracking.child_run(logger, experiment_id, run_name="trial-0", tags={"medtune.trial": 0}) as child:
-        child.metrics({"val_accuracy": 0.5}, step=1)
-    got = client.get_run(child.run_id)
-    assert got.info.status == "FINISHED" and got.info.run_name == "trial-0"
-    assert got.data.tags["mlflow.parentRunId"] == logger.run_id
-    assert (got.data.tags["medtune.trial"], got.data.tags[tracking.TAG_PID]) == ("0", str(os.getpid()))
-    assert got.data.metrics == {"val_accuracy": 0.5}
-    assert client.get_run(logger.run_id).info.status == "RUNNING"  # the parent is the caller's to end
-
-
-@pytest.mark.parametrize(
-    ("error", "status"),
-    [(MemoryError("out of memory"), "FAILED"), (tracking.Interrupted("received signal 15"), "KILLED")],
-)
-def test_a_child_run_that_raises_ends_failed_or_killed(client, parent, error, status):
-    logger, experiment_id = parent
-    with pytest.raises(type(error)), tracking.child_run(logger, experiment_id, run_name="trial-1") as child:
-        raise error
-    got = client.get_run(child.run_id)
-    assert got.info.status == status
-    assert got.data.tags[tracking.TAG_ERROR] == tracking.one_line(error)
-
-
-def test_a_status_set_by_the_caller_is_kept(client, parent):
-    logger, experiment_id = parent
-    with tracking.child_run(logger, experiment_id, run_name="pruned") as child:
-        child.end("KILLED")  # e.g. a pruned trial
-    assert tracking.run_status(child.run_id) == "KILLED"
-
-
-def test_a_child_run_can_be_reopened_by_id(client, parent):
-    logger, experiment_id = parent
-    with tracking.child_run(logger, experiment_id, run_name="trial-2") as first:
-        first.end("FAILED")
-    with tracking.child_run(logger, experiment_id, run_name="ignored", run_id=first.run_id) as again:
-        assert client.get_run(first.run_id).info.status == "RUNNING"
-    assert again.run_id == first.run_id
-    assert tracking.run_status(first.run_id) == "FINISHED"
 
 
 def _dead_pid() -> int:
