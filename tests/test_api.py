@@ -26,8 +26,8 @@ def test_import_is_light_and_documented():
     assert out.stdout.strip() == "[]", "nothing heavy until a function is called"
     for name in ("split", "search", "train", "load"):
         assert getattr(medtune, name).__doc__ and callable(getattr(medtune, name)), name
-    importlib.import_module("medtune.search.base")  # importing the engines leaves medtune.search callable
-    assert callable(medtune.search) and medtune.search.base.ENGINES
+    importlib.import_module("medtune.search.engines")  # importing the engines leaves medtune.search callable
+    assert callable(medtune.search) and medtune.search.engines.ENGINES
     assert set(medtune.__all__) >= {"split", "search", "train", "load", "Model"}
 
 

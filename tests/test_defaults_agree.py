@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from medtune import cli
-from medtune.search.base import ENGINE_ALIASES, ENGINES, PRUNERS
+from medtune.search.base import PRUNERS
+from medtune.search.engines import ENGINE_ALIASES, ENGINES
 from medtune.search.trial import OBJECTIVES
 from medtune.steps.pipeline import PipelineOptions
 from medtune.steps.search import SearchOptions

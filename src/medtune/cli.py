@@ -14,7 +14,8 @@ import click
 from medtune import __version__
 from medtune.errors import MedtuneError
 from medtune.plan import AUTO
-from medtune.search.base import ENGINE_ALIASES, ENGINES, PRUNERS
+from medtune.search.base import PRUNERS
+from medtune.search.engines import ENGINE_ALIASES, ENGINES
 from medtune.search.trial import OBJECTIVES
 
 log = logging.getLogger("medtune")

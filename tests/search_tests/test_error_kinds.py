@@ -92,8 +92,7 @@ def test_keras_tuner_stops_at_the_first_type_error_with_one_line(tmp_path, monke
 
 
 def test_engines_are_one_registry_with_one_interface():
-    from medtune.search.base import ENGINES
-    from medtune.search.engines import REGISTRY, get_engine
+    from medtune.search.engines import ENGINES, REGISTRY, get_engine
 
     assert ENGINES == tuple(REGISTRY) == ("optuna", "bayesian", "keras_hyperband", "grid")
     assert get_engine("hyperband") is REGISTRY["keras_hyperband"] and get_engine("hyperband").study_label == "hyperband"

@@ -6,8 +6,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from medtune.search.engines import ENGINE_ALIASES, ENGINES  # noqa: E402,F401 - the names, defined with the registry
-
 log = logging.getLogger(__name__)
 
 COMPLETE, PRUNED, FAILED, RUNNING = "COMPLETE", "PRUNED", "FAILED", "RUNNING"
