@@ -73,9 +73,9 @@ def _counts(url: str) -> dict[str, int]:
 def test_a_database_restart_mid_search_loses_and_repeats_no_trial(postgres_url, cluster, tmp_path, monkeypatch, caplog):
     from medtune.search import optuna_engine
 
-    monkeypatch.setattr(optuna_engine, "train_trial", slow_trainer(0.5))
+    monkeypatch.setattr(optuna_engine, "train_trial", slow_trainer(0.3))
     space = helpers.two_param_space(tmp_path)
-    cfg = SearchSettings(study="restart", trials=6, epochs=3, seed=42, pruner="none", storage=postgres_url)
+    cfg = SearchSettings(study="restart", trials=4, epochs=3, seed=42, pruner="none", storage=postgres_url)
     errors = []
 
     def search():
@@ -97,7 +97,7 @@ def test_a_database_restart_mid_search_loses_and_repeats_no_trial(postgres_url, 
     cluster("start")
     worker.join(timeout=180)
     assert not worker.is_alive() and not errors, errors
-    assert _counts(postgres_url) == {"COMPLETE": 6}  # none lost, none repeated, nothing left RUNNING
+    assert _counts(postgres_url) == {"COMPLETE": 4}  # none lost, none repeated, nothing left RUNNING
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "unreachable" in r.getMessage()]
     assert len(warnings) == 1  # one line per outage, not one per retry
     assert any("answers again" in r.getMessage() for r in caplog.records)
