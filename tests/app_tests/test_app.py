@@ -329,6 +329,7 @@ def app_env(served) -> dict:
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     )
     env.pop("MLFLOW_RUN_ID", None)
+    env.pop("MLFLOW_EXPERIMENT_ID", None)  # left by an earlier test's set_experiment: the launcher goes to Default
     return env
 
 

@@ -25,8 +25,12 @@ def store(tmp_path_factory):
 
 @pytest.fixture
 def client(store, monkeypatch):
-    """A client of the module's store; no launcher run and no active run left over from another test."""
+    """A client of the module's store; no launcher run, active run or active experiment left over."""
+    from mlflow.tracking import fluent
+
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # what a test's set_experiment exports
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
     while mlflow.active_run() is not None:
         mlflow.end_run()
     return MlflowClient()

@@ -57,9 +57,9 @@ class Registry:
 
 
 @pytest.fixture
-def reg(store, request):
+def reg(store, request, monkeypatch):
     client, experiment_id = store
-    mlflow.set_experiment(experiment_id=experiment_id)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)  # where register() starts its runs; undone after
     return Registry(client, "gate-" + "".join(c if c.isalnum() else "-" for c in request.node.name))
 
 

@@ -53,6 +53,7 @@ def test_the_launcher_run_in_the_step_experiment_is_adopted(client, dataset, mon
         mlflow.set_experiment(f"elsewhere-{dataset}")
     launcher = client.create_run(tracking.ensure_experiment(dataset))
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher.info.run_id)
+    exported = os.environ.get("MLFLOW_EXPERIMENT_ID")
     with tracking.step_run(dataset, "split", run_name="split-adopted") as run:
         assert run.run_id == launcher.info.run_id
     got = client.get_run(launcher.info.run_id)
@@ -60,6 +61,12 @@ def test_the_launcher_run_in_the_step_experiment_is_adopted(client, dataset, mon
     assert got.data.tags["mlflow.runName"] == "split-adopted"
     assert got.data.tags[tracking.TAG_STEP] == "split"
     assert "MLFLOW_RUN_ID" not in os.environ  # a later step of `main` must not adopt an ended run
+    assert os.environ.get("MLFLOW_EXPERIMENT_ID") == exported  # nothing new exported to child processes
+    if other_experiment_active:  # the caller's active experiment is theirs again
+        assert (
+            mlflow.tracking.fluent._get_experiment_id()
+            == client.get_experiment_by_name(f"elsewhere-{dataset}").experiment_id
+        )
 
 
 @pytest.mark.parametrize(("error", "status"), [(None, "FINISHED"), (RuntimeError("boom"), "FAILED")])

@@ -208,13 +208,13 @@ def step_run(
                 resume_id = candidate.info.run_id
                 break
     adopted = resume_id is None and launcher is not None and launcher.info.experiment_id == experiment_id
-    # MLflow refuses to reopen a run while another experiment is the process's active one
-    mlflow.set_experiment(experiment_id=experiment_id)
     if resume_id:
-        run = mlflow.start_run(run_id=resume_id)
+        with _experiment_active(experiment_id):
+            run = mlflow.start_run(run_id=resume_id)
         log.info("Resuming run %s", resume_id)
     elif adopted:
-        run = mlflow.start_run(run_id=launcher_id)
+        with _experiment_active(experiment_id):
+            run = mlflow.start_run(run_id=launcher_id)
         if run_name:
             client.set_tag(run.info.run_id, "mlflow.runName", run_name)
     else:
@@ -277,6 +277,28 @@ def link_launcher(step_run_id: str, note: str) -> None:
         client = MlflowClient()
         client.set_tag(launcher_id, "medtune.step_run_id", step_run_id)
         client.set_tag(launcher_id, "medtune.note", note)
+
+
+@contextlib.contextmanager
+def _experiment_active(experiment_id: str):
+    """Make ``experiment_id`` the active experiment while a run of it is reopened, then restore the caller's.
+
+    MLflow refuses to reopen a run of another experiment than the process's active one (a notebook's
+    ``set_experiment``), and ``set_experiment`` also exports ``MLFLOW_EXPERIMENT_ID`` to every child
+    process: both are put back as they were.
+    """
+    from mlflow.tracking import fluent
+
+    before, before_env = fluent._active_experiment_id, os.environ.get("MLFLOW_EXPERIMENT_ID")
+    mlflow.set_experiment(experiment_id=experiment_id)
+    try:
+        yield
+    finally:
+        fluent._active_experiment_id = before
+        if before_env is None:
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        else:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = before_env
 
 
 def take_launcher() -> str | None:
