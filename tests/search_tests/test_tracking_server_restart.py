@@ -116,6 +116,7 @@ def test_a_search_goes_on_while_the_tracking_server_is_away_and_logs_its_trials_
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
+    optuna_engine.open_study(helpers.two_param_space(tmp_path), cfg)  # its tables, before the test watches them
     worker = threading.Thread(target=search)
     worker.start()
     for target, action in ((2, server.kill), (4, server.start)):

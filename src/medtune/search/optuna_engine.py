@@ -157,8 +157,13 @@ def make_storage(url: str | None, on_stale=None) -> optuna.storages.BaseStorage:
                 engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
             )
             return ReconnectingStorage(optuna.storages.get_storage(rdb), _redact(url))
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
-            # Workers started together on an empty database race to create Optuna's tables.
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
+            # Workers started together on an empty database race to create Optuna's tables
+            # (SQLite says "table ... already exists"); a refused connection is not retried here.
+            if isinstance(exc, sqlalchemy.exc.OperationalError) and "already exists" not in str(exc):
+                raise ConfigError(
+                    f"storage={_redact(url)}: cannot open Optuna storage ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+                ) from exc
             if attempt == 2:
                 raise ConfigError(
                     f"storage={_redact(url)}: cannot open Optuna storage ({type(exc).__name__}: {str(exc).splitlines()[0]})"
