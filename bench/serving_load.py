@@ -51,6 +51,7 @@ def peak_rss_mib(pid: int) -> float:
 
 def serve(home: Path, model: str, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # its uvicorn
     mlflow = Path(sys.executable).parent / "mlflow"
     cmd = [str(mlflow), "models", "serve", "-m", model, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     with log.open("w") as out:
@@ -137,7 +138,8 @@ def main() -> None:
             "startup_s": round(startup, 1),
         }
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     print(f"machine: {machine()}")
     print(table(hostile, "hostile requests (one each)"))
