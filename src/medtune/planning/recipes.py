@@ -15,38 +15,31 @@ from typing import Any
 
 __all__ = ["RECIPES", "recipes_for"]
 
+LITE0_FINETUNE: dict[str, Any] = {
+    "backbone": "efficientnet_lite0",
+    "head_epochs": 1,
+    "fine_tune_layers": 100,
+    "fine_tune_lr_factor": 0.3,
+    "dropout": 0.2,
+    "dense_units": 256,
+    "l2": 1e-5,
+    "optimizer": "adam",
+    "learning_rate": 1e-3,
+    "lr_schedule": "cosine",
+    "label_smoothing": 0.05,
+    "augment": 0.2,
+}
+
 RECIPES: dict[str, dict[str, Any]] = {
     # A pretrained EfficientNet-Lite0 fine-tune: one head epoch, then the top layers at 0.3x the
     # rate with a cosine schedule (0.965 test accuracy on brain_mri at 128 px in 12 epochs).
-    "lite0_finetune": {
-        "backbone": "efficientnet_lite0",
-        "head_epochs": 1,
-        "fine_tune_layers": 100,
-        "fine_tune_lr_factor": 0.3,
-        "dropout": 0.2,
-        "dense_units": 256,
-        "l2": 1e-5,
-        "optimizer": "adam",
-        "learning_rate": 1e-3,
-        "lr_schedule": "cosine",
-        "label_smoothing": 0.05,
-        "augment": 0.2,
-    },
+    "lite0_finetune": LITE0_FINETUNE,
     # The plain Keras fine-tune of the brief: the whole backbone unfrozen (BatchNorm frozen) at a
     # fifth of the rate after the head epoch (about 0.98 on brain_mri at 160 px in 1 + 8 epochs).
     "lite0_whole": {
-        "backbone": "efficientnet_lite0",
-        "head_epochs": 1,
+        **LITE0_FINETUNE,
         "fine_tune_layers": 140,
         "fine_tune_lr_factor": 0.2,
-        "dropout": 0.2,
-        "dense_units": 256,
-        "l2": 1e-5,
-        "optimizer": "adam",
-        "learning_rate": 1e-3,
-        "lr_schedule": "cosine",
-        "label_smoothing": 0.05,
-        "augment": 0.2,
     },
     # The careful hand-made CNN of the brief: separable residual blocks, cosine schedule, label
     # smoothing 0.05 (about 0.96 test accuracy on brain_mri at 128 px after 30 epochs).
