@@ -37,15 +37,17 @@ class _Auto(click.ParamType):
         return f"[{'|'.join((*choices, AUTO))}]" if choices else f"{self.name.upper()}|{AUTO}"
 
 
-def _auto(flag: str, kind, help_text: str):
+def _auto(flag: str, kind, help_text: str, auto: str = "sized from the machine, GPU or CPU"):
     """An option whose default is ``auto`` (sized from the machine, see medtune.plan)."""
-    return click.option(
-        flag,
-        default=AUTO,
-        show_default=True,
-        type=_Auto(kind),
-        help=f"{help_text} (auto: sized from the machine, GPU or CPU)",
-    )
+    return click.option(flag, default=AUTO, show_default=True, type=_Auto(kind), help=f"{help_text} (auto: {auto})")
+
+
+PATIENCE = _auto(
+    "--patience",
+    click.INT,
+    "Final-training early-stopping patience in epochs",
+    "8, or half the epochs under a cosine schedule",
+)
 
 
 ENGINE = click.option(
@@ -412,7 +414,7 @@ TRAIN_OPTIONS = [
     ),
     _auto("--epochs", click.INT, "Maximum epochs (early stopping ends sooner)"),
     _auto("--image-size", click.INT, "Final-training image size"),
-    click.option("--patience", default=8, show_default=True, type=int, help="Early-stopping patience in epochs."),
+    PATIENCE,
     click.option(
         "--mixed-precision",
         default=True,
@@ -592,7 +594,7 @@ def app(ctx, model, host, port, max_file_size, tracking_uri):
 @STUDY
 @STORAGE
 @WARM_START
-@click.option("--patience", default=8, show_default=True, type=int, help="Final-training early-stopping patience.")
+@PATIENCE
 @click.option(
     "--margin",
     default=0.0,

@@ -52,7 +52,7 @@ def test_the_plan_fits_the_budget_on_cpu(budget_min):
 
 def test_more_budget_buys_more_and_larger():
     tiny, short, long = make_plan(BRAIN, CPU, 15 * 60), make_plan(BRAIN, CPU, 30 * 60), make_plan(BRAIN, CPU, 120 * 60)
-    assert tiny.image_size == 128 and short.image_size == long.image_size == 160
+    assert (tiny.image_size, short.image_size, long.image_size) == (128, 160, 192)
     assert long.trials >= short.trials and long.epochs * long.ensemble > short.epochs * short.ensemble
     # an ensemble only when every member still gets enough epochs: one model at 30 minutes, three at 2 hours
     assert (short.ensemble, long.ensemble) == (1, 3) and long.epochs >= 12
@@ -169,3 +169,11 @@ def test_final_training_is_re_planned_from_a_measured_epoch_time():
         min(60, int((planned.final_s - EVALUATION_S - FIT_OVERHEAD_S) // 30)),
     )
     assert plan_final(600, 30.0, {"epochs": 5}) == (1, 5, plan_final(600, 30.0, {"epochs": 5})[2])
+
+
+def test_early_stopping_never_cuts_the_first_half_of_a_cosine_schedule():
+    from medtune.planning.rules import PATIENCE, early_stopping_patience
+
+    assert early_stopping_patience(38, "constant") == PATIENCE  # ReduceLROnPlateau works under it
+    assert early_stopping_patience(38, "cosine") == 19  # the 2-hour run's members were cut at 26 and 28 of 38
+    assert early_stopping_patience(9, "cosine") == PATIENCE  # short runs keep the usual patience

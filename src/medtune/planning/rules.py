@@ -44,6 +44,7 @@ MIN_TRIALS, MAX_TRIALS = 4, 60
 MIN_FINAL_EPOCHS, MAX_FINAL_EPOCHS = 4, 60
 ENSEMBLE_MIN_EPOCHS = 10  # per member of two; three members need 12 each
 SMALL_BUDGET_S = 20 * 60  # under it, CPU plans cap images at 128 px instead of 160
+LARGE_BUDGET_S = 90 * 60  # from it, CPU plans cap images at 192 px (still under Lite0's native 224)
 FIT_OVERHEAD_S = 20.0  # building a model and tracing its graphs, per fit (each rung, each member)
 EPOCH_OVERHEAD_S = 2.0  # per epoch: precise BatchNorm, validation set-up, logging
 EVALUATION_S = 60.0  # after final training: test set, Grad-CAM, model card, registration
@@ -69,6 +70,21 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+PATIENCE = 8  # early-stopping patience of a constant learning rate (ReduceLROnPlateau halves it after a third)
+
+
+def early_stopping_patience(epochs: int, lr_schedule: str) -> int:
+    """Final training's early-stopping patience, when the user gives none.
+
+    A cosine schedule gains most in its low-rate tail, so its run is never cut in the first half of
+    its planned epochs: stopping there ended 2 of 3 ensemble members of a 2-hour run a quarter
+    before their tail (docs/performance.md). A constant rate keeps the usual 8 epochs.
+    """
+    if lr_schedule == "constant":
+        return PATIENCE
+    return max(PATIENCE, -(-epochs // 2))
 
 
 def epoch_seconds(n_images: int, size: int, machine: MachineFingerprint, backbone: str = "efficientnet_lite0") -> float:
@@ -103,7 +119,7 @@ def make_plan(
     space = given.get("space") or ("auto_gpu" if gpu else "auto_cpu")
     why["space"] = "given" if "space" in given else f"rule 2: {'GPU' if gpu else 'CPU'} machine"
 
-    cap = 224 if gpu else (128 if budget < SMALL_BUDGET_S else 160)
+    cap = 224 if gpu else (128 if budget < SMALL_BUDGET_S else 160 if budget < LARGE_BUDGET_S else 192)
     native = data.median_side or cap
     image_size = int(given.get("image_size") or max(64, min(cap, _round16(native))))
     why["image_size"] = (

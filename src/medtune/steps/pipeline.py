@@ -28,7 +28,7 @@ class PipelineOptions:
     timeout: float | None = None
     study: str | None = None
     storage: str | None = None
-    patience: int = 8
+    patience: int | None = None  # auto: planning.rules.early_stopping_patience
     margin: float = 0.0
     mixed_precision: bool = True
     weights: str = "imagenet"

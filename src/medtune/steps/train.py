@@ -29,7 +29,7 @@ class TrainOptions:
     params: str | None = None  # a YAML/JSON file of explicit params
     epochs: int | None = None  # None (auto): sized from the machine, see medtune.plan
     image_size: int | None = None  # auto
-    patience: int = 8
+    patience: int | None = None  # auto: planning.rules.early_stopping_patience
     mixed_precision: bool = True
     class_weights: bool = True
     margin: float = 0.0
@@ -193,6 +193,8 @@ def run_train(opts: TrainOptions) -> TrainOutcome:
         raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
     if opts.image_size is not None and not 16 <= opts.image_size <= 1024:
         raise ConfigError(f"image_size={opts.image_size}: expected 16..1024 pixels")
+    if opts.patience is not None and opts.patience < 1:
+        raise ConfigError(f"patience={opts.patience}: expected at least 1 epoch")
     if not 1 <= opts.ensemble <= 10:
         raise ConfigError(f"ensemble={opts.ensemble}: expected 1 (one model) to 10 members")
     if opts.budget is not None and opts.budget <= 0:
@@ -205,6 +207,10 @@ def run_train(opts: TrainOptions) -> TrainOutcome:
     from medtune.plan import fill
 
     fill(opts, dataset_name(opts.dataset), {"epochs": "final_epochs", "image_size": "final_image_size"})
+    if opts.patience is None:
+        from medtune.planning.rules import early_stopping_patience
+
+        opts.patience = early_stopping_patience(opts.epochs, params.get("lr_schedule") or "constant")
     from medtune.models import backbones_of, check_image_size
     from medtune.models.weights import resolve_weights
 
