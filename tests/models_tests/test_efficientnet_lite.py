@@ -220,10 +220,11 @@ def test_gradcam_of_a_fine_tuned_imagenet_lite0_concentrates_on_the_lesion():
     The rule is the custom CNN's (test_evaluation): more heat on each image's own lesion than 1.5x the
     heat on other images' lesions. It needs a fine enough last feature map: measured with these
     settings, 160 px (5x5 map) gave 2.63 against 2.23 and 224 px (7x7) 4.47 against 3.04 (4.49 against
-    3.07 with every layer unfrozen); 288 px (9x9) gave 5.69 against 3.37.
+    3.07 with every layer unfrozen); 288 px (9x9) gave 5.69 against 3.37 after 8 epochs, and 6.02
+    against 3.50 after 5 (3 head epochs, 2 fine-tuning), which this test runs.
     """
     from tests.helpers import transfer_lesion_focus
 
     weights = resolve_weights("imagenet", ["efficientnet_lite0"])
-    own, control = transfer_lesion_focus("efficientnet_lite0", weights, size=288, epochs=8, min_accuracy=0.9)
+    own, control = transfer_lesion_focus("efficientnet_lite0", weights, size=288, epochs=5, min_accuracy=0.9)
     assert own > 1.5 * control > 1.5, (own, control)

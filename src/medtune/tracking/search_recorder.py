@@ -158,9 +158,22 @@ class SearchRecorder:
             log.warning("search progress not logged: %s", one_line(exc))
 
     def trial_abandoned(self, run_id: str, reason: str) -> None:
-        """Another worker's trial that Optuna's heartbeat failed: its run is ended KILLED here, by the survivor."""
-        if end_if_running(self.parent.client, run_id, reason):
-            log.warning("Ended the MLflow run %s of an abandoned trial KILLED: %s", run_id, reason)
+        """Another worker's trial failed by Optuna's heartbeat (or found orphaned on this host): the
+        survivor ends KILLED its run, that worker's search run and the `mlflow run` launcher run it linked."""
+        client = self.parent.client
+        try:
+            ended = [run_id] if end_if_running(client, run_id, reason) else []
+            search_id = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
+            if search_id and search_id != self.parent.run_id and end_if_running(client, search_id, reason):
+                ended.append(search_id)
+                launcher_id = client.get_run(search_id).data.tags.get("medtune.launcher_run_id")
+                if launcher_id and end_if_running(client, launcher_id, reason):
+                    ended.append(launcher_id)
+        except Exception as exc:  # the tracking server away: that worker's host repairs them at its next start
+            log.warning("the abandoned trial's run %s is not ended yet: %s", run_id, one_line(exc))
+            return
+        if ended:
+            log.warning("Ended KILLED the runs of an abandoned trial and its worker (%s): %s", reason, ", ".join(ended))
 
     def search_stopped(self, reason: str) -> None:
         self.stop_reason = reason
