@@ -81,6 +81,8 @@ def test_literal_mlflow_run_builds_a_virtualenv_and_searches_dermnet(tmp_path):
     search = client.search_runs([exp.experiment_id], "tags.`medtune.step` = 'search'")
     assert len(search) == 1 and search[0].info.status == "FINISHED", built
     run = search[0]
+    searched_s = (run.info.end_time - run.info.start_time) / 1000
+    print(f"of which the search itself {searched_s:.0f} s (the rest: building the environment, starting)")
     assert run.data.params["space"] == "cnn_cpu.yaml", "on CPU the planned default is the CPU space"
     assert int(run.data.metrics["trials_total"]) == int(run.data.params["trials"]) >= 10
     assert run.data.tags.get("medtune.best_trial", "none") != "none"
