@@ -147,6 +147,10 @@ def make_storage(url: str | None, on_stale=None) -> optuna.storages.BaseStorage:
         url = "postgresql+psycopg2://" + url[len("postgresql://") :]
     import sqlalchemy.exc
 
+    def unavailable(exc: Exception) -> ConfigError:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return ConfigError(f"storage={_redact(url)}: cannot open Optuna storage ({type(exc).__name__}: {first})")
+
     for attempt in range(3):
         try:
             rdb = optuna.storages.RDBStorage(
@@ -160,19 +164,12 @@ def make_storage(url: str | None, on_stale=None) -> optuna.storages.BaseStorage:
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
             # Workers started together on an empty database race to create Optuna's tables
             # (SQLite says "table ... already exists"); a refused connection is not retried here.
-            if isinstance(exc, sqlalchemy.exc.OperationalError) and "already exists" not in str(exc):
-                raise ConfigError(
-                    f"storage={_redact(url)}: cannot open Optuna storage ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-                ) from exc
-            if attempt == 2:
-                raise ConfigError(
-                    f"storage={_redact(url)}: cannot open Optuna storage ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-                ) from exc
+            refused = isinstance(exc, sqlalchemy.exc.OperationalError) and "already exists" not in str(exc)
+            if refused or attempt == 2:
+                raise unavailable(exc) from exc
             time.sleep(1 + attempt)
         except Exception as exc:  # connection refused, unknown driver, bad credentials
-            raise ConfigError(
-                f"storage={_redact(url)}: cannot open Optuna storage ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-            ) from exc
+            raise unavailable(exc) from exc
 
 
 def check_driver(url: str) -> None:

@@ -84,13 +84,7 @@ def end_orphaned_runs(experiment_id: str) -> list[str]:
         pid = int(tags[TAG_PID])
         if pid == os.getpid() or pid_alive(pid):
             continue
-        reason = f"process {pid} died without ending this run"
-        client.set_tag(run.info.run_id, TAG_ERROR, reason)
-        client.set_terminated(run.info.run_id, "KILLED")
-        ended.append(run.info.run_id)
-        launcher_id = tags.get("medtune.launcher_run_id")  # the `mlflow run` run it linked, in another experiment
-        if launcher_id and end_if_running(client, launcher_id, reason):
-            ended.append(launcher_id)
+        ended += end_with_launcher(client, run.info.run_id, f"process {pid} died without ending this run")
     if ended:
         log.warning("Ended %d orphaned run(s) KILLED: %s", len(ended), ", ".join(ended))
     return ended
@@ -120,6 +114,15 @@ def end_if_running(client: MlflowClient, run_id: str, reason: str) -> bool:
     except MlflowException:  # deleted, or in a store this client cannot reach
         return False
     return True
+
+
+def end_with_launcher(client: MlflowClient, run_id: str, reason: str) -> list[str]:
+    """End ``run_id`` KILLED if it is still RUNNING, and the `mlflow run` launcher run it linked
+    (``medtune.launcher_run_id``, in another experiment); the ids ended."""
+    if not end_if_running(client, run_id, reason):
+        return []
+    launcher_id = client.get_run(run_id).data.tags.get("medtune.launcher_run_id")
+    return [run_id] + ([launcher_id] if launcher_id and end_if_running(client, launcher_id, reason) else [])
 
 
 _PIPELINE_RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("medtune_pipeline_run", default=None)

@@ -21,7 +21,7 @@ from medtune.search.base import COMPLETE, FAILED, PRUNED, TrialSummary, best_tri
 from medtune.search.engines import get_engine
 from medtune.search.trial import objective_direction
 from medtune.tracking.logger import RunLogger, one_line, param_text, status_for
-from medtune.tracking.runs import end_if_running, process_tags
+from medtune.tracking.runs import end_if_running, end_with_launcher, process_tags
 from medtune.tracking.store import TAG_DATASET, TAG_ERROR, TAG_HOST, TAG_PID, TAG_STEP
 
 log = logging.getLogger(__name__)
@@ -164,11 +164,8 @@ class SearchRecorder:
         try:
             ended = [run_id] if end_if_running(client, run_id, reason) else []
             search_id = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
-            if search_id and search_id != self.parent.run_id and end_if_running(client, search_id, reason):
-                ended.append(search_id)
-                launcher_id = client.get_run(search_id).data.tags.get("medtune.launcher_run_id")
-                if launcher_id and end_if_running(client, launcher_id, reason):
-                    ended.append(launcher_id)
+            if search_id and search_id != self.parent.run_id:
+                ended += end_with_launcher(client, search_id, reason)
         except Exception as exc:  # the tracking server away: that worker's host repairs them at its next start
             log.warning("the abandoned trial's run %s is not ended yet: %s", run_id, one_line(exc))
             return
