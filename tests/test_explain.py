@@ -10,6 +10,8 @@ import tensorflow as tf
 from medtune.errors import ConfigError
 from medtune.explain import find_last_conv_layer, gradcam, heatmap_concentration, overlay
 
+pytestmark = pytest.mark.xdist_group("test_explain")  # one worker: the module's fixture built once
+
 L = keras.layers
 
 

@@ -22,6 +22,8 @@ from medtune.datasets.synthetic import generate
 from medtune.models import build_model
 from tests.helpers import use_sqlite_store
 
+pytestmark = pytest.mark.xdist_group("test_serving")  # one worker: the module's fixture built once
+
 CLASSES = ["crescent", "disc", "ring tumour", "speckled"]  # one name with a space
 SIZE = 32
 PARAMS = {

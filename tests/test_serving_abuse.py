@@ -30,7 +30,10 @@ from medtune.datasets.synthetic import generate
 from tests import test_serving
 from tests.test_serving import encode
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("test_serving_abuse"),
+]  # one worker: the module's fixture built once
 logged = test_serving.logged  # the module fixture: a tiny model registered as medtune-serving
 
 

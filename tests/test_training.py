@@ -21,6 +21,8 @@ from medtune.training import (
     predict_proba,
 )
 
+pytestmark = pytest.mark.xdist_group("test_training")  # one worker: the module's fixture built once
+
 TINY = {"num_blocks": 2, "filters": 4, "dense_units": 8, "dropout": 0.0}
 SHAPE = (16, 16, 3)
 

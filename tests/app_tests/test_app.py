@@ -34,6 +34,8 @@ from medtune.models import build_model
 from tests.helpers import sqlite_store
 from tests.test_serving import PARAMS, encode
 
+pytestmark = pytest.mark.xdist_group("test_app")  # one worker: the module's fixture built once
+
 CLASSES = ["crescent", "disc", "ring", "speckled"]
 NAME = "medtune-synthetic"
 CHAMPION, CHALLENGER = f"models:/{NAME}@champion", f"models:/{NAME}@challenger"

@@ -10,6 +10,8 @@ from medtune.errors import ConfigError
 from medtune.models import build_model
 from medtune.models.cnn import DEFAULTS, LAST_CONV_LAYER, build_cnn
 
+pytestmark = pytest.mark.xdist_group("test_cnn")  # one worker: the module's fixture built once
+
 SHAPE = (32, 32, 3)
 BATCH = np.random.default_rng(0).integers(0, 256, (2, *SHAPE), dtype=np.uint8)
 SMALL = {"filters": 8, "dense_units": 16}  # keeps the structural tests quick

@@ -16,6 +16,8 @@ from medtune.models.efficientnet_lite import EfficientNetLite0, packaged_imagene
 from medtune.models.torch_legacy import read_state_dict, write_state_dict
 from medtune.models.weights import WeightsError, load_backbone_weights, resolve_weights
 
+pytestmark = pytest.mark.xdist_group("test_efficientnet_lite")  # one worker: the module's fixture built once
+
 HEAD = {"dropout": 0.0, "dense_units": 8}
 
 

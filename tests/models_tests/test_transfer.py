@@ -12,6 +12,8 @@ from medtune.explain import find_last_conv_layer, gradcam
 from medtune.models import BACKBONES, backbones_of, build_model, check_image_size
 from medtune.models.transfer import BACKBONE_SPECS, set_stage, stage_plan, trainable_layer_count
 
+pytestmark = pytest.mark.xdist_group("test_transfer")  # one worker: the module's fixture built once
+
 TRANSFER = [b for b in BACKBONES if b != "custom"]
 HEAD = {"dropout": 0.2, "l2": 1e-4, "dense_units": 16, "learning_rate": 1e-3, "optimizer": "adam"}
 

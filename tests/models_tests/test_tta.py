@@ -11,6 +11,8 @@ from medtune.datasets.synthetic import generate
 from medtune.models import build_model
 from medtune.models.tta import base_of, with_flip
 
+pytestmark = pytest.mark.xdist_group("test_tta")  # one worker: the module's fixture built once
+
 PARAMS = {"num_blocks": 2, "filters": 4, "dense_units": 8, "learning_rate": 1e-3, "dropout": 0.0}
 SIZE = 32
 

@@ -267,6 +267,50 @@ def test_a_new_study_runs_the_recipes_first_and_imports_earlier_studies(tmp_path
         )
 
 
+def test_workers_starting_together_on_a_new_study_queue_each_recipe_once(tmp_path):
+    """Four workers open one new study at once: the one that creates it queues the recipes."""
+    import threading
+
+    import optuna
+
+    from medtune.planning.recipes import recipes_for
+    from medtune.search import optuna_engine
+    from medtune.space import resolve_space_path
+
+    space = load_space(resolve_space_path("auto_cpu"))
+    cfg = SearchSettings(
+        study="together", trials=8, epochs=1, storage=f"sqlite:///{tmp_path / 'o.db'}", warm_start="recipes", split="a"
+    )
+    barrier, errors = threading.Barrier(4), []
+
+    def worker():
+        try:
+            barrier.wait()
+            optuna_engine.open_study(space, cfg)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    queued = [t.user_attrs["recipe"] for t in optuna.load_study(study_name="together", storage=cfg.storage).trials]
+    assert queued == [name for name, _ in recipes_for(space)]
+
+
+def test_a_bad_warm_start_leaves_no_study_behind(tmp_path):
+    import optuna
+
+    from medtune.search import optuna_engine
+
+    cfg = SearchSettings(study="s", trials=2, epochs=1, storage=f"sqlite:///{tmp_path / 'o.db'}", warm_start="nosuch")
+    with pytest.raises(Exception, match="warm_start=nosuch: no such study in this storage"):
+        optuna_engine.open_study(two_param_space(tmp_path), cfg)
+    assert optuna.get_all_study_names(cfg.storage) == []  # the fixed command seeds the study it creates
+
+
 # ---------------------------------------------------------------- a worker that dies
 
 

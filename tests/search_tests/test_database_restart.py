@@ -21,7 +21,11 @@ from medtune.search.trial import TrialResult
 from tests import helpers
 from tests.search_tests import test_postgres_workers
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.postgres,
+    pytest.mark.xdist_group("postgres"),
+]  # one worker: one stops the server
 postgres_url = test_postgres_workers.postgres_url  # a fresh database on the test server
 
 

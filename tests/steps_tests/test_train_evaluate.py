@@ -31,7 +31,10 @@ from mlflow.tracking import MlflowClient
 
 from tests.helpers import activate_project
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("test_train_evaluate"),
+]  # one worker: the module's fixture built once
 
 MODEL = "medtune-synthetic"
 CLASSES = ["crescent", "disc", "ring", "speckled"]

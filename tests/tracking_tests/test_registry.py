@@ -13,6 +13,8 @@ from medtune import promotion
 from medtune.tracking import registry
 from tests.helpers import use_sqlite_store
 
+pytestmark = pytest.mark.xdist_group("test_registry")  # one worker: the module's fixture built once
+
 
 class Constant(mlflow.pyfunc.PythonModel):
     """A model whose only output is a fixed number (its 'test macro-F1', for the rescore callback)."""

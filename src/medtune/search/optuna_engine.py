@@ -209,7 +209,8 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
 
     With one fixed seed per process, two workers sharing a study (or a resumed search) would draw
     the same start-up parameters again; seeding per trial number keeps trial k reproducible and
-    never repeats another trial's draws.
+    its random draws its own. (After the start-up trials, ``constant_liar`` keeps concurrent
+    workers away from each other's running points; TPE may still return to a good finished one.)
     """
 
     def __init__(self, *, seed: int, **kwargs):
@@ -234,21 +235,29 @@ def open_study(space: SearchSpace, cfg: SearchSettings, on_stale=None) -> optuna
             n_startup_trials=min(10, max(3, cfg.trials // 3)),
             multivariate=True,
             group=True,
+            constant_liar=True,  # a running trial counts as a poor result: parallel workers spread out
         )
-    study = optuna.create_study(
-        study_name=cfg.study,
-        storage=make_storage(cfg.storage, on_stale),
-        sampler=sampler,
-        pruner=make_pruner(cfg.pruner, cfg.epochs),
-        direction=cfg.direction,
-        load_if_exists=True,
-    )
+    storage, pruner = make_storage(cfg.storage, on_stale), make_pruner(cfg.pruner, cfg.epochs)
+    try:  # the database lets exactly one of several starting workers create the study
+        study = optuna.create_study(
+            study_name=cfg.study, storage=storage, sampler=sampler, pruner=pruner, direction=cfg.direction
+        )
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=cfg.study, storage=storage, sampler=sampler, pruner=pruner)
+        created = False
     if study.direction.name.lower() != cfg.direction:
         raise ConfigError(f"study={cfg.study!r} was created to {study.direction.name.lower()}; use another study name")
     study.set_user_attr("objective", cfg.objective)
     if "fidelity" not in study.user_attrs:  # what its trials measured: warm starts import only equals
         study.set_user_attr("fidelity", cfg.fidelity)
         study.set_user_attr("split", cfg.split)
+    if created:
+        try:
+            warm_start(study, space, cfg)
+        except BaseException:  # a bad warm_start: no study left behind that a fixed command would skip seeding
+            optuna.delete_study(study_name=cfg.study, storage=storage)
+            raise
     return study
 
 
@@ -262,7 +271,8 @@ def warm_start(study: optuna.Study, space: SearchSpace, cfg: SearchSettings) -> 
     :mod:`medtune.planning.recipes`, then the space's defaults); ``auto`` (recipes, and every
     other study in the storage on the same split with the same objective, epochs and rungs); or
     a comma-separated list of study names to import from (their fidelity must match). Runs once,
-    on a study without trials. Returns what it did: ``{"imported": n, "enqueued": m}``.
+    in the worker whose ``open_study`` created the study, so workers starting together queue
+    each recipe once. Returns what it did: ``{"imported": n, "enqueued": m}``.
     """
     mode = (cfg.warm_start or "none").strip()
     done = {"imported": 0, "enqueued": 0}
@@ -398,7 +408,6 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
     study = open_study(space, cfg, on_stale=abandoned)
     check_space_unchanged(study, space)
     fail_local_orphans(study, abandoned)
-    warm_start(study, space, cfg)
     recorder.progress(summaries(study))  # a resumed search shows its best so far from the start
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
     started = time.monotonic()
