@@ -136,10 +136,17 @@ def print_table(home: Path) -> None:
 
 def the_split(dataset: str, data: Path, size: int):
     """The medtune split of ``data`` (made once, reused by every row), cached at ``size``."""
+    from medtune.errors import DataError
     from medtune.steps.data import load_split
     from medtune.steps.evaluate import manifest_test_set
 
-    split = load_split(dataset, size, data_dir=str(data))
+    try:
+        split = load_split(dataset, size, data_dir=str(data))
+    except DataError:  # the first row on this data: split it, as `main` would
+        medtune = Path(sys.executable).parent / "medtune"
+        cmd = [str(medtune), "split", "--dataset", dataset, "--data-dir", str(data), "--image-size", str(size)]
+        subprocess.run(cmd, check=True, env={**os.environ, "PATH": f"{medtune.parent}{os.pathsep}{os.environ['PATH']}"})
+        split = load_split(dataset, size, data_dir=str(data))
     return split, manifest_test_set(split)
 
 
