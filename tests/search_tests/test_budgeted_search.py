@@ -222,6 +222,26 @@ def test_a_promoted_trial_continues_from_its_own_weights_at_the_larger_size(monk
     assert trial_module.resize_images(x[:2], 32).shape == (2, 32, 32, x.shape[-1])
 
 
+def _in_threads(work, n: int = 4, timeout: float = 60) -> list[Exception]:
+    """Run ``work`` in ``n`` threads at once (as ``n`` workers); the exceptions they raised."""
+    import threading
+
+    errors: list[Exception] = []
+
+    def worker():
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    return errors
+
+
 # ---------------------------------------------------------------- warm starts
 
 
@@ -281,20 +301,8 @@ def test_workers_starting_together_on_a_new_study_queue_each_recipe_once(tmp_pat
     cfg = SearchSettings(
         study="together", trials=8, epochs=1, storage=f"sqlite:///{tmp_path / 'o.db'}", warm_start="recipes", split="a"
     )
-    barrier, errors = threading.Barrier(4), []
-
-    def worker():
-        try:
-            barrier.wait()
-            optuna_engine.open_study(space, cfg)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    barrier = threading.Barrier(4)
+    errors = _in_threads(lambda: (barrier.wait(), optuna_engine.open_study(space, cfg)), timeout=60)
     assert not errors, errors
     queued = [t.user_attrs["recipe"] for t in optuna.load_study(study_name="together", storage=cfg.storage).trials]
     assert queued == [name for name, _ in recipes_for(space)]
@@ -361,7 +369,6 @@ def test_a_dead_workers_trial_is_failed_by_the_heartbeat_retried_once_and_its_ru
 
 def test_workers_sharing_a_study_never_overshoot_its_trial_budget(tmp_path, monkeypatch):
     """Four workers (threads, one real SQLite study) share a budget of 5 trials that all overlap in time."""
-    import threading
     import time
 
     import optuna
@@ -384,19 +391,7 @@ def test_workers_sharing_a_study_never_overshoot_its_trial_budget(tmp_path, monk
         study="shared", trials=5, epochs=2, seed=42, pruner="none", storage=f"sqlite:///{tmp_path / 'o.db'}"
     )
     optuna_engine.open_study(space, cfg)  # created once, as the first worker would
-    errors = []
-
-    def worker():
-        try:
-            optuna_engine.run_search(space, None, cfg, NullRecorder())
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    errors = _in_threads(lambda: optuna_engine.run_search(space, None, cfg, NullRecorder()), timeout=120)
     assert not errors
     states = [t.state.name for t in optuna.load_study(study_name="shared", storage=cfg.storage).trials]
     assert states.count("COMPLETE") + states.count("PRUNED") == 5, states
