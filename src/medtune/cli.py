@@ -141,8 +141,9 @@ WARM_START = click.option(
     "--warm-start",
     default="recipes",
     show_default=True,
-    help="Seed a new Optuna study: recipes (documented known-good configurations), auto (recipes and the "
-    "finished trials of earlier studies on the same split), none, or study names to import.",
+    help="Seed a new Optuna study: recipes (documented known-good configurations), recipe:<name> (that one "
+    "only), auto (recipes and the finished trials of earlier studies on the same split), none, or study "
+    "names to import.",
 )
 
 

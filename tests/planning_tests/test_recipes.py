@@ -36,3 +36,8 @@ def test_values_outside_the_space_fall_back_to_its_defaults():
     )
     [(name, params)] = recipes_for(space)  # both recipes collapse onto the defaults
     assert params == {"filters": 8, "learning_rate": 2e-4} and name in RECIPES
+
+
+def test_named_recipes_come_alone_without_the_space_defaults():
+    assert [n for n, _ in recipes_for(_space("auto_cpu"), ["lite0_whole"])] == ["lite0_whole"]
+    assert recipes_for(_space("cnn_cpu"), ["lite0_whole"]) == []  # the space has no Lite0

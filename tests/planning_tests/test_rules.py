@@ -54,8 +54,9 @@ def test_more_budget_buys_more_and_larger():
     tiny, short, long = make_plan(BRAIN, CPU, 15 * 60), make_plan(BRAIN, CPU, 30 * 60), make_plan(BRAIN, CPU, 120 * 60)
     assert (tiny.image_size, short.image_size, long.image_size) == (128, 160, 192)
     assert long.trials >= short.trials and long.epochs * long.ensemble > short.epochs * short.ensemble
-    # an ensemble only when every member still gets enough epochs: one model at 30 minutes, three at 2 hours
-    assert (short.ensemble, long.ensemble) == (1, 3) and long.epochs >= 12
+    # an ensemble only when every member still gets enough epochs: fewer at 30 minutes, three at 2 hours
+    assert short.ensemble < long.ensemble == 3 and long.epochs >= 12
+    assert make_plan(BRAIN, CPU, 20 * 60).ensemble == 1
 
 
 def test_gpu_plans_larger_images_batches_and_an_ensemble():
@@ -177,3 +178,31 @@ def test_early_stopping_never_cuts_the_first_half_of_a_cosine_schedule():
     assert early_stopping_patience(38, "constant") == PATIENCE  # ReduceLROnPlateau works under it
     assert early_stopping_patience(38, "cosine") == 19  # the 2-hour run's members were cut at 26 and 28 of 38
     assert early_stopping_patience(9, "cosine") == PATIENCE  # short runs keep the usual patience
+
+
+def test_a_short_cpu_budget_trains_the_first_recipe_instead_of_searching():
+    """Rule 1: under 45 minutes on CPU, one probe trial of the recipe, the rest to final training."""
+    from medtune.planning.rules import FIRST_RECIPE, PROBE_EPOCHS, RECIPE_ONLY_BUDGET_S
+
+    short = make_plan(BRAIN, CPU, 30 * 60)
+    assert short.recipe == FIRST_RECIPE and short.trials == 1 and short.search_epochs == PROBE_EPOCHS
+    assert short.rungs == (short.image_size,)  # the probe times an epoch at the final size
+    probe = PROBE_EPOCHS * epoch_seconds(BRAIN.n_train, short.image_size, CPU) + 2 * FIT_OVERHEAD_S
+    assert short.search_s == pytest.approx(probe) and short.final_s == pytest.approx(30 * 60 - probe)
+    assert "none: one trial of the lite0_whole recipe" in render_plan(short, BRAIN, CPU)
+    # a longer budget, a GPU, an engine without warm starts, or any search value the user gives: a search
+    assert make_plan(BRAIN, CPU, RECIPE_ONLY_BUDGET_S).recipe is None
+    assert make_plan(BRAIN, GPU, 30 * 60).recipe is None
+    assert make_plan(BRAIN, CPU, 30 * 60, can_warm_start=False).recipe is None
+    for given in ({"trials": 3}, {"space": "auto_cpu"}, {"search_image_size": 96}, {"search_epochs": 2}):
+        plan = make_plan(BRAIN, CPU, 30 * 60, given)
+        assert plan.recipe is None and plan.search_s == pytest.approx(30 * 60 * 0.4), given
+
+
+def test_members_after_the_first_are_re_planned_from_its_measured_epochs():
+    from medtune.planning.rules import MAX_FINAL_EPOCHS, MIN_FINAL_EPOCHS, member_epochs
+
+    # COVID, 30 minutes: planned 3 x 19 from the search's 21 s epochs; member 0 measured 10 s
+    assert member_epochs(900, 2, 10.0) == (450 - FIT_OVERHEAD_S) // 10 == 43
+    assert member_epochs(900, 2, 1.0) == MAX_FINAL_EPOCHS
+    assert member_epochs(30, 2, 60.0) == MIN_FINAL_EPOCHS  # never below the floor

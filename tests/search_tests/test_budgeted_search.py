@@ -32,7 +32,7 @@ class Recorder(NullRecorder):
         self.started, self.finished, self.stopped, self.clock = [], [], None, clock
         self.start_times = []
 
-    def trial_started(self, number, params):
+    def trial_started(self, number, params, recipe=None):
         self.started.append(number)
         self.start_times.append(self.clock.now if self.clock else 0.0)
         return number
@@ -306,6 +306,32 @@ def test_workers_starting_together_on_a_new_study_queue_each_recipe_once(tmp_pat
     assert not errors, errors
     queued = [t.user_attrs["recipe"] for t in optuna.load_study(study_name="together", storage=cfg.storage).trials]
     assert queued == [name for name, _ in recipes_for(space)]
+
+
+def test_a_named_recipe_is_the_only_trial_queued(tmp_path, monkeypatch):
+    """``warm_start=recipe:<name>`` (main's plan under 45 CPU minutes): that recipe, tagged, and nothing else."""
+    import optuna
+
+    from medtune.planning.recipes import recipes_for
+    from medtune.search import optuna_engine
+    from medtune.space import resolve_space_path
+
+    space = load_space(resolve_space_path("auto_cpu"))
+    monkeypatch.setattr(optuna_engine, "train_trial", _scripted(lambda n: [0.9]))
+    cfg = SearchSettings(
+        study="one", trials=1, epochs=2, storage=f"sqlite:///{tmp_path / 'o.db'}", warm_start="recipe:lite0_whole"
+    )
+    [only] = optuna_engine.run_search(space, None, cfg, NullRecorder())
+    assert only.params == dict(recipes_for(space, ["lite0_whole"]))["lite0_whole"]
+    [trial] = optuna.load_study(study_name="one", storage=cfg.storage).trials
+    assert trial.user_attrs["recipe"] == "lite0_whole" and trial.state.name == "COMPLETE"
+
+    for bad, space_name in (("nosuch", "auto_cpu"), ("lite0_whole", "cnn_cpu")):  # cnn_cpu has no Lite0
+        bad_cfg = SearchSettings(
+            study=f"bad-{bad}", trials=1, epochs=1, storage=cfg.storage, warm_start=f"recipe:{bad}"
+        )
+        with pytest.raises(Exception, match=f"warm_start=recipe:{bad}: not a recipe this space can express"):
+            optuna_engine.open_study(load_space(resolve_space_path(space_name)), bad_cfg)
 
 
 def test_a_bad_warm_start_leaves_no_study_behind(tmp_path):

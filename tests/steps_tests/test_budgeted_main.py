@@ -31,7 +31,8 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
     from mlflow.tracking import MlflowClient
     from PIL import Image
 
-    proc = project.medtune("main", "--budget", "3m", "--ensemble", "2", "--tta", "flip", timeout=900)
+    # a trial count makes it search (under 45 CPU minutes the plan would train its first recipe only)
+    proc = project.medtune("main", "--budget", "3m", "--ensemble", "2", "--trials", "8", "--tta", "flip", timeout=900)
     out = proc.stdout + proc.stderr
     assert "Plan for synthetic" in out and "2 x " in out  # the table, with the ensemble the user gave
 
@@ -77,6 +78,8 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
         f"train-synthetic-{train.data.params['backbone']}-{plan['image_size']}px-x2-"
     )  # told apart in the table
     assert {"member0_best_val_macro_f1", "member1_best_val_macro_f1"} <= set(train.data.metrics)
+    # member 1's epochs re-planned from member 0's measured epoch time
+    assert train.data.metrics["member0_epoch_seconds"] > 0 and train.data.metrics["member1_planned_epochs"] >= 4
     assert "test_accuracy" in train.data.metrics
     version = train.data.tags["medtune.model_version"]
     from medtune import explain, serving
@@ -106,3 +109,31 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
     keras_proba = model.predict(images[1:].astype("float32"), verbose=0)[0]
     prob_cols = [c for c in served.columns if c.startswith("prob_")]
     assert np.allclose(served[prob_cols].to_numpy(dtype=float)[0], keras_proba, atol=1e-4)
+
+
+def test_a_short_budget_on_cpu_trains_the_first_recipe_without_a_search(project):
+    """Under 45 CPU minutes: one probe trial of the Lite0 recipe, then final training gets the rest."""
+    from mlflow.tracking import MlflowClient
+
+    from medtune.planning.recipes import RECIPES
+
+    proc = project.medtune("main", "--budget", "2m", timeout=900)
+    out = proc.stdout + proc.stderr
+    assert "none: one trial of the lite0_whole recipe" in out  # the printed plan
+
+    client = MlflowClient(project.tracking_uri)
+    exp = client.get_experiment_by_name("medtune-synthetic")
+    runs = client.search_runs([exp.experiment_id])
+    [search] = [r for r in runs if r.data.tags.get("medtune.step") == "search"]
+    [trial] = [r for r in runs if r.data.tags.get("medtune.step") == "trial"]
+    [train] = [r for r in runs if r.data.tags.get("medtune.step") == "train"]
+    plan = _json(client, search.info.run_id, "plan.json")
+    assert plan["recipe"] == "lite0_whole" and plan["trials"] == 1 and plan["rungs"] == [plan["image_size"]]
+    assert "no search" in plan["reasons"]["search_s"]  # the probe's time, not 40 % of the budget
+    assert plan["final_s"] == pytest.approx(plan["budget_s"] - plan["search_s"])
+    assert trial.data.tags["medtune.recipe"] == "lite0_whole" and trial.info.status == "FINISHED"
+    assert trial.data.params["fine_tune_layers"] == str(RECIPES["lite0_whole"]["fine_tune_layers"])
+    assert len(client.get_metric_history(trial.info.run_id, "epoch_seconds")) == 2  # head epoch + one fine-tuning
+    assert train.data.params["fine_tune_layers"] == trial.data.params["fine_tune_layers"]
+    assert train.info.status == "FINISHED" and "test_accuracy" in train.data.metrics
+    assert _json(client, train.info.run_id, "plan.json")["measured_epoch_s"] > 0

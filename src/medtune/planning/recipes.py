@@ -63,7 +63,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def recipes_for(space, names: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """``(name, params)`` for each recipe ``space`` can express, adapted to it; then the space's defaults."""
+    """``(name, params)`` for each recipe ``space`` can express, adapted to it; then the space's
+    defaults, unless ``names`` picks the recipes."""
     out: list[tuple[str, dict[str, Any]]] = []
     for name in names or list(RECIPES):
         backbone = RECIPES[name].get("backbone", "custom")
@@ -74,6 +75,6 @@ def recipes_for(space, names: list[str] | None = None) -> list[tuple[str, dict[s
         if params not in [p for _, p in out]:
             out.append((name, params))
     defaults = space.defaults()
-    if defaults not in [p for _, p in out]:
+    if names is None and defaults not in [p for _, p in out]:
         out.append(("space_defaults", defaults))
     return out

@@ -5,6 +5,10 @@ the rule, and the whole plan is logged as ``plan.json`` and printed as a short t
 training. The rules (docs/planning.md gives the measurements behind the constants):
 
 1. **Budget split.** The search gets ``SEARCH_SHARE`` of the budget, final training the rest.
+   On CPU under ``RECIPE_ONLY_BUDGET_S`` the search cannot beat its first recipe (measured at 30
+   minutes on brain_mri), so there is no search: one trial of ``FIRST_RECIPE`` (its head epoch
+   and one fine-tuning epoch at the final size) checks that it trains and measures the epoch
+   time, and final training gets the rest.
 2. **Space.** Always the pretrained EfficientNet-Lite0 (its ImageNet weights are offline) beside
    the custom CNN: ``auto_cpu`` on CPU (cnn_cpu-sized custom CNNs), ``auto_gpu`` with a GPU.
 3. **Image sizes.** The final size is the median image side, capped by the machine (CPU: 160 px,
@@ -32,9 +36,12 @@ from typing import Any
 
 from medtune.planning.fingerprint import DataFingerprint, MachineFingerprint
 
-__all__ = ["Plan", "make_plan", "plan_final", "render_plan"]
+__all__ = ["Plan", "make_plan", "member_epochs", "plan_final", "render_plan"]
 
 SEARCH_SHARE = 0.4
+RECIPE_ONLY_BUDGET_S = 45 * 60  # on CPU, below it: the first recipe only, the whole budget to final training
+FIRST_RECIPE = "lite0_whole"  # the plain Keras fine-tune of the brief (planning.recipes)
+PROBE_EPOCHS = 2  # the recipe-only trial: the head epoch, then one fine-tuning epoch (the one timed)
 # 2 cores, brain_mri, 2026-11-30: the custom CNN (cnn_cpu sizes); Lite0 fine-tuning, measured alone
 CPU_SECONDS_PER_IMAGE_128 = {"custom": 0.0145, "efficientnet_lite0": 0.007}
 REFERENCE_CORES = 2
@@ -66,6 +73,7 @@ class Plan:
     ensemble: int
     class_weights: bool
     augment: float
+    recipe: str | None = None  # rule 1: no search, one trial of this recipe
     reasons: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,8 +114,13 @@ def make_plan(
     machine: MachineFingerprint,
     budget_s: float | None,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    can_warm_start: bool = True,
 ) -> Plan:
-    """Rules 1-7 on the fingerprints; ``overrides`` (the user's own values) win over every rule."""
+    """Rules 1-7 on the fingerprints; ``overrides`` (the user's own values) win over every rule.
+
+    ``can_warm_start``: whether the engine queues recipes (Optuna); without it rule 1 always searches.
+    """
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     why: dict[str, str] = {}
     budget = float(budget_s or DEFAULT_BUDGET_S)
@@ -127,13 +140,33 @@ def make_plan(
         if "image_size" in given
         else (f"rule 3: median side {data.median_side} px, capped at {cap} px on this machine and budget")
     )
+    searched = ("space", "trials", "search_epochs", "search_image_size")
+    recipe = (
+        FIRST_RECIPE
+        if not gpu and budget < RECIPE_ONLY_BUDGET_S and can_warm_start and not any(k in given for k in searched)
+        else None
+    )
+    if recipe:
+        probe = PROBE_EPOCHS * epoch_seconds(max(1, data.n_train), image_size, machine) + 2 * FIT_OVERHEAD_S
+        search_s, final_s = probe, budget - probe
+        why["search_s"] = (
+            f"rule 1: under {RECIPE_ONLY_BUDGET_S // 60} minutes on CPU no search, one trial of the "
+            f"{recipe} recipe ({PROBE_EPOCHS} epochs at the final size)"
+        )
+        why["recipe"] = why["search_s"]
     rungs = tuple(sorted({_round16(image_size / 2), _round16(image_size * 3 / 4), image_size}))
-    if "search_image_size" in given:
-        rungs = (int(given["search_image_size"]),)
-    why["rungs"] = "given (one size)" if "search_image_size" in given else "rule 3: 1/2, 3/4 and 1 of the final size"
+    if "search_image_size" in given or recipe:
+        rungs = (int(given.get("search_image_size") or image_size),)
+    why["rungs"] = (
+        "given (one size)"
+        if "search_image_size" in given
+        else "rule 1: the final size"
+        if recipe
+        else "rule 3: 1/2, 3/4 and 1 of the final size"
+    )
 
-    search_epochs = int(given.get("search_epochs") or len(rungs) * EPOCHS_PER_RUNG)
-    why["search_epochs"] = "given" if "search_epochs" in given else "rule 5: one epoch per rung"
+    search_epochs = int(given.get("search_epochs") or (PROBE_EPOCHS if recipe else len(rungs) * EPOCHS_PER_RUNG))
+    why["search_epochs"] = "given" if "search_epochs" in given else "rule 1" if recipe else "rule 5: one epoch per rung"
     n_train = max(1, data.n_train)
     # With ASHA-like pruning at each rung, about half the trials stop after the first rung.
     per_epoch = [epoch_seconds(n_train, s, machine) for s in rungs]
@@ -146,6 +179,8 @@ def make_plan(
         if "trials" in given
         else (f"rule 5: {search_s / 60:.0f} min of search at about {expected_trial / 60:.1f} min per trial")
     )
+    if recipe:
+        trials, why["trials"] = 1, "rule 1: the recipe only"
 
     final_epoch = epoch_seconds(n_train, image_size, machine)  # final training fits the training images
     ensemble, epochs, reasons = plan_final(final_s, final_epoch, given)
@@ -173,6 +208,7 @@ def make_plan(
         ensemble=ensemble,
         class_weights=class_weights,
         augment=augment,
+        recipe=recipe,
         reasons=why,
     )
 
@@ -207,6 +243,13 @@ def plan_final(final_s: float, epoch_s: float, given: Mapping[str, Any] | None =
     return ensemble, epochs, why
 
 
+def member_epochs(remaining_s: float, members: int, epoch_s: float) -> int:
+    """Rule 6 during final training: epochs for each of ``members`` still to train in ``remaining_s``
+    (evaluation's reserve already taken out), at a measured ``epoch_s``."""
+    affordable = math.floor((max(0.0, remaining_s) / max(1, members) - FIT_OVERHEAD_S) / max(epoch_s, 1e-3))
+    return max(MIN_FINAL_EPOCHS, min(MAX_FINAL_EPOCHS, affordable))
+
+
 def render_plan(plan: Plan, data: DataFingerprint, machine: MachineFingerprint) -> str:
     """The short table printed before work starts."""
     rows = [
@@ -220,7 +263,10 @@ def render_plan(plan: Plan, data: DataFingerprint, machine: MachineFingerprint) 
         ("budget", f"{plan.budget_s / 60:.0f} min: search {plan.search_s / 60:.0f}, final {plan.final_s / 60:.0f}"),
         (
             "search",
-            f"{plan.trials} trials of {plan.search_epochs} epochs at {'/'.join(map(str, plan.rungs))} px, "
+            f"none: one trial of the {plan.recipe} recipe, {plan.search_epochs} epochs at {plan.rungs[-1]} px, "
+            f"batch {plan.batch_size}"
+            if plan.recipe
+            else f"{plan.trials} trials of {plan.search_epochs} epochs at {'/'.join(map(str, plan.rungs))} px, "
             f"space {plan.space}, batch {plan.batch_size}",
         ),
         (

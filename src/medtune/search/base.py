@@ -31,7 +31,9 @@ class SearchSettings:
     grid: dict | None = None  # parameter -> values: Optuna's GridSampler instead of TPE
     budget: object | None = None  # a medtune.planning.Budget: the search's share of the time
     rungs: tuple[int, ...] | None = None  # image sizes of the resolution rungs, smallest first
-    warm_start: str = "none"  # recipes | auto (recipes + earlier studies of this split) | none | study names
+    warm_start: str = (
+        "none"  # recipes | recipe:<name> | auto (recipes + earlier studies of this split) | none | study names
+    )
     plateau_patience: int = 0  # stop when this many finished trials in a row improve nothing (0: never)
     split: str = ""  # the split's manifest hash: which earlier studies a warm start may import
 
@@ -62,7 +64,7 @@ class TrialSummary:
 class TrialRecorder(Protocol):
     """Where an engine reports trials; the MLflow implementation is tracking.search_recorder.SearchRecorder."""
 
-    def trial_started(self, number: int, params: dict) -> object: ...
+    def trial_started(self, number: int, params: dict, recipe: str | None = None) -> object: ...
 
     def epoch_end(self, handle: object, epoch: int, logs: dict) -> None: ...
 
@@ -80,7 +82,7 @@ class TrialRecorder(Protocol):
 class NullRecorder:
     """A recorder that records nothing (tests, dry runs)."""
 
-    def trial_started(self, number, params):
+    def trial_started(self, number, params, recipe=None):
         return number
 
     def epoch_end(self, handle, epoch, logs):

@@ -268,7 +268,8 @@ def warm_start(study: optuna.Study, space: SearchSpace, cfg: SearchSettings) -> 
     """Seed a new study: import earlier studies' finished trials, then queue the recipes.
 
     ``cfg.warm_start``: ``none``; ``recipes`` (the documented recipes the space can express, see
-    :mod:`medtune.planning.recipes`, then the space's defaults); ``auto`` (recipes, and every
+    :mod:`medtune.planning.recipes`, then the space's defaults); ``recipe:<name>[,<name>]`` (only
+    those recipes); ``auto`` (recipes, and every
     other study in the storage on the same split with the same objective, epochs and rungs); or
     a comma-separated list of study names to import from (their fidelity must match). Runs once,
     in the worker whose ``open_study`` created the study, so workers starting together queue
@@ -276,6 +277,7 @@ def warm_start(study: optuna.Study, space: SearchSpace, cfg: SearchSettings) -> 
     """
     mode = (cfg.warm_start or "none").strip()
     done = {"imported": 0, "enqueued": 0}
+    names = None  # every recipe the space can express
     if mode == "none" or cfg.grid is not None or study.get_trials(deepcopy=False):
         return done
     sources: list[str] = []
@@ -287,6 +289,8 @@ def warm_start(study: optuna.Study, space: SearchSpace, cfg: SearchSettings) -> 
             and s.user_attrs.get("split") == cfg.split
             and s.user_attrs.get("fidelity") == cfg.fidelity
         ]
+    elif mode.startswith("recipe:"):
+        names = [n.strip() for n in mode.removeprefix("recipe:").split(",") if n.strip()]
     elif mode != "recipes":
         sources = [name.strip() for name in mode.split(",") if name.strip()]
     wanted = distributions(space)
@@ -313,9 +317,16 @@ def warm_start(study: optuna.Study, space: SearchSpace, cfg: SearchSettings) -> 
                 )
             )
             done["imported"] += 1
-    from medtune.planning.recipes import recipes_for
+    from medtune.planning.recipes import RECIPES, recipes_for
 
-    for name, params in recipes_for(space):
+    if names is not None:
+        unknown = [n for n in names if n not in RECIPES] or (None if recipes_for(space, names) else names)
+        if unknown:
+            raise ConfigError(
+                f"warm_start=recipe:{','.join(unknown)}: not a recipe this space can express "
+                f"(recipes: {', '.join(RECIPES)})"
+            )
+    for name, params in recipes_for(space, names):
         study.enqueue_trial(params, user_attrs={"recipe": name}, skip_if_exists=True)
         done["enqueued"] += 1
     log.info(
@@ -427,7 +438,7 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
         params = suggest(trial, space)
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
-        handle = recorder.trial_started(trial.number, params)
+        handle = recorder.trial_started(trial.number, params, recipe=trial.user_attrs.get("recipe"))
         run_id = getattr(handle, "run_id", None)
         if run_id:
             trial.set_user_attr("mlflow_run_id", run_id)

@@ -153,6 +153,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
                 class_weights=opts.class_weights,
                 ensemble=opts.ensemble or 1,
                 budget=budget.remaining() if budget is not None else None,
+                replan=bool(plan_files) and plan_files["plan.json"]["reasons"]["epochs"] != "given",
                 tta=opts.tta,
             )
         )
@@ -209,7 +210,11 @@ def _plan(opts: PipelineOptions, search_opts, split, budget) -> dict:
         "ensemble": opts.ensemble,
         "class_weights": opts.class_weights,
     }  # applied as given
-    plan = make_plan(data, machine, budget.remaining(), overrides=given)
+    from medtune.search.engines import get_engine
+
+    engine = get_engine(opts.engine)
+    recipes = bool(engine.optuna_options) and not engine.grid and opts.warm_start == "recipes"
+    plan = make_plan(data, machine, budget.remaining(), overrides=given, can_warm_start=recipes)
     log.info(
         "Plan for %s (%.0f minutes left of the budget; any option you give overrides it):\n%s",
         split.resolved.name,
@@ -224,9 +229,9 @@ def _plan(opts: PipelineOptions, search_opts, split, budget) -> dict:
     search_opts.image_size = plan.rungs[-1]
     search_opts.budget = plan.search_s
     search_opts.plateau = max(PLATEAU_MIN_PATIENCE, plan.trials // 3)
-    from medtune.search.engines import get_engine
-
-    engine = get_engine(opts.engine)
+    if plan.recipe:  # no search: one trial of the recipe, never cut short (its time is the probe)
+        search_opts.trials, search_opts.budget, search_opts.plateau = 1, None, 0
+        search_opts.warm_start = f"recipe:{plan.recipe}"
     if search_opts.rungs and opts.pruner is None and engine.optuna_options and not engine.grid:
         search_opts.pruner = "median"  # decides at the end of every rung (ASHA's rungs are 1, 3, 9 epochs)
     opts.epochs, opts.image_size, opts.ensemble = plan.epochs, plan.image_size, plan.ensemble

@@ -50,7 +50,7 @@ class SearchOptions:
     weights: str = "imagenet"  # for keras.applications backbones: imagenet | none | file | folder
     budget: float | None = None  # seconds of wall clock for the whole search (None: no time limit)
     rungs: tuple[int, ...] | None = None  # image sizes of the resolution rungs (None: image_size only)
-    warm_start: str = "recipes"  # recipes | auto | none | earlier study names (Optuna)
+    warm_start: str = "recipes"  # recipes | recipe:<name> | auto | none | earlier study names (Optuna)
     plateau: int = 0  # stop after this many finished trials without improvement (0: never)
 
 

@@ -39,6 +39,8 @@ class TrainOptions:
     weights: str | None = None  # imagenet | none | file | folder; None: what the search used
     ensemble: int = 1  # members (seeds of the configuration), averaged in one model
     budget: float | None = None  # seconds for the whole step; each member stops at an epoch boundary in its share
+    replan: bool = False  # with a budget: the members after the first get the epochs their share pays for, at
+    # the epoch time the previous member measured (main sets it when the epochs came from its plan)
     tta: str = "auto"  # test-time left-right flip: auto (when it scores better on validation) | flip | none
 
 
@@ -207,7 +209,8 @@ def run_train(opts: TrainOptions) -> TrainOutcome:
     from medtune.plan import fill
 
     fill(opts, dataset_name(opts.dataset), {"epochs": "final_epochs", "image_size": "final_image_size"})
-    if opts.patience is None:
+    auto_patience = opts.patience is None
+    if auto_patience:
         from medtune.planning.rules import early_stopping_patience
 
         opts.patience = early_stopping_patience(opts.epochs, params.get("lr_schedule") or "constant")
@@ -230,7 +233,9 @@ def run_train(opts: TrainOptions) -> TrainOutcome:
     training.configure_threads()
     device, mixed = device_summary(opts.mixed_precision)
     try:
-        return _train_and_register(opts, split, params, search_run_id, device, mixed, t0, weights, weights_option)
+        return _train_and_register(
+            opts, split, params, search_run_id, device, mixed, t0, weights, weights_option, auto_patience=auto_patience
+        )
     finally:
         keras.mixed_precision.set_global_policy("float32")  # later steps (`main`) start clean
 
@@ -245,6 +250,8 @@ def _train_and_register(
     t0: float,
     weights: dict,
     weights_option: str,
+    *,
+    auto_patience: bool = False,  # the patience follows re-planned epochs
 ) -> TrainOutcome:
     import keras
 
@@ -308,6 +315,8 @@ def _train_and_register(
         reserve = min(max(30.0, 0.08 * opts.budget), 240.0) if opts.budget else 0.0
         members, histories = [], []
         for i in range(opts.ensemble):
+            if i and budget is not None and opts.replan:
+                _replan_members(opts, params, histories[-1], budget.remaining() - reserve, i, auto_patience, run)
             share = (
                 Budget(max(0.0, budget.remaining() - reserve) / (opts.ensemble - i)).start() if budget else None
             )  # what is left, split evenly between the members still to train
@@ -417,6 +426,35 @@ def _train_and_register(
         )
         training.release_model(model)
         return TrainOutcome(run.run_id, ev.metrics, model_name, version, decision, time.perf_counter() - t0)
+
+
+def _replan_members(opts: TrainOptions, params, history, remaining_s: float, i: int, auto_patience: bool, run):
+    """Rule 6 for the members still to train, at the steady epoch time member ``i - 1`` measured:
+    the plan's estimate (from the search, or the cost model) was off by up to 2x on small data."""
+    from medtune.planning.rules import early_stopping_patience, member_epochs
+
+    seconds = [float(t) for t in history.get("epoch_seconds", [])]
+    stages = history.get("stage", [None] * len(seconds))
+    last = [t for t, st in zip(seconds, stages, strict=False) if st == stages[-1]] if seconds else []
+    steady = last[1:] or last  # the first epoch of a stage traces its graphs
+    if not steady:
+        return
+    epoch_s = float(np.median(steady))
+    epochs = member_epochs(remaining_s, opts.ensemble - i, epoch_s)
+    run.metrics({f"member{i}_planned_epochs": epochs, f"member{i - 1}_epoch_seconds": epoch_s})
+    if epochs != opts.epochs:
+        log.info(
+            "Members %d-%d re-planned from member %d's %.1f s per epoch: %d epochs each (were %d)",
+            i,
+            opts.ensemble - 1,
+            i - 1,
+            epoch_s,
+            epochs,
+            opts.epochs,
+        )
+        opts.epochs = epochs
+        if auto_patience:
+            opts.patience = early_stopping_patience(epochs, params.get("lr_schedule") or "constant")
 
 
 def _fit_member(

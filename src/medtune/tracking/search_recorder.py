@@ -49,10 +49,11 @@ class SearchRecorder:
         self.budget = None  # the search's time budget (a medtune.planning.Budget), when it has one
 
     # -- engine callbacks
-    def trial_started(self, number: int, params: dict):
+    def trial_started(self, number: int, params: dict, recipe: str | None = None):
+        """Open the trial's run (tagged ``medtune.recipe`` when a warm start queued it) and say so."""
         handle = _Handle(None, number, time.perf_counter(), params)
         try:
-            handle.logger = self._open_run(number, params)
+            handle.logger = self._open_run(number, params, recipe)
         except Exception as exc:  # the tracking server is down: the trial runs, its result stays in the study
             self._untracked(handle, exc)
         if self.bar is None:
@@ -62,7 +63,12 @@ class SearchRecorder:
             self.bar = Counter("trials", left, "trial", lines=False)
         # the number is Optuna's and the run's (trial-007 is "trial 7"), counted from 0
         progress_log.info(
-            "trial %d started (%s, best %s): %s", number, self._done(), fmt(self.best), short_params(params)
+            "trial %d started (%s%s, best %s): %s",
+            number,
+            f"recipe {recipe}, " if recipe else "",
+            self._done(),
+            fmt(self.best),
+            short_params(params),
         )
         return handle
 
@@ -179,7 +185,7 @@ class SearchRecorder:
         except Exception as exc:  # logged again with the summary, once the server answers
             log.warning("stop reason not logged: %s", one_line(exc))
 
-    def _open_run(self, number: int, params: dict) -> RunLogger:
+    def _open_run(self, number: int, params: dict, recipe: str | None = None) -> RunLogger:
         client = self.parent.client
         existing = client.search_runs(
             [self.experiment_id],
@@ -195,6 +201,7 @@ class SearchRecorder:
             "medtune.trial": str(number),
             "medtune.attempt": str(attempt),
             "medtune.engine": self.opts.engine,
+            **({"medtune.recipe": recipe} if recipe else {}),
             **process_tags(),
         }
         name = f"trial-{number:03d}" + (f"-attempt{attempt}" if attempt > 1 else "")
