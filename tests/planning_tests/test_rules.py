@@ -206,3 +206,15 @@ def test_members_after_the_first_are_re_planned_from_its_measured_epochs():
     assert member_epochs(900, 2, 10.0) == (450 - FIT_OVERHEAD_S) // 10 == 43
     assert member_epochs(900, 2, 1.0) == MAX_FINAL_EPOCHS
     assert member_epochs(30, 2, 60.0) == MIN_FINAL_EPOCHS  # never below the floor
+
+
+def test_the_steady_epoch_leaves_out_each_fits_first_epoch():
+    from medtune.planning.rules import steady_epoch_seconds
+
+    # the brain_mri probe: a head epoch, then one fine-tuning epoch that also compiled its stage
+    assert steady_epoch_seconds([50.0, 115.0], [160, 160], [1, 2]) == 115.0 - FIT_OVERHEAD_S
+    # COVID's rungs: one epoch per rung, mostly overhead on 420 images: never below half of it
+    assert steady_epoch_seconds([9.0, 14.0, 21.0], [80, 128, 160], [1, 2, 2]) == 10.5
+    # a final member: the later epochs of the last stage
+    assert steady_epoch_seconds([50.0, 115.0, 93.0, 95.0, 91.0], [160] * 5, [1, 2, 2, 2, 2]) == 93.0
+    assert steady_epoch_seconds([30.0, 31.0], [64]) == 31.0  # one size logged for the trial

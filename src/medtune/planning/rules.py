@@ -36,7 +36,7 @@ from typing import Any
 
 from medtune.planning.fingerprint import DataFingerprint, MachineFingerprint
 
-__all__ = ["Plan", "make_plan", "member_epochs", "plan_final", "render_plan"]
+__all__ = ["Plan", "make_plan", "member_epochs", "plan_final", "render_plan", "steady_epoch_seconds"]
 
 SEARCH_SHARE = 0.4
 RECIPE_ONLY_BUDGET_S = 45 * 60  # on CPU, below it: the first recipe only, the whole budget to final training
@@ -241,6 +241,23 @@ def plan_final(final_s: float, epoch_s: float, given: Mapping[str, Any] | None =
         "epochs": "given" if "epochs" in given else f"rule 6: {final_s / 60:.0f} min of final training",
     }
     return ensemble, epochs, why
+
+
+def steady_epoch_seconds(seconds: list[float], sizes: list[float], stages: list[float] | None = None) -> float:
+    """The time of one steady epoch at the last image size and stage of a trial's ``epoch_seconds``.
+
+    The first epoch of each fit (a new rung, a new stage) also traces its graphs: the median of
+    the later epochs at that size and stage; with only that first epoch, it less ``FIT_OVERHEAD_S``
+    (at least half of it). The probe trial's one fine-tuning epoch took 115 s on brain_mri, the
+    steady ones 90-98 s.
+    """
+    if len(sizes) != len(seconds):  # one size for the whole trial
+        sizes = [sizes[-1]] * len(seconds)
+    stages = stages if stages and len(stages) == len(seconds) else [0.0] * len(seconds)
+    last = [t for t, size, st in zip(seconds, sizes, stages, strict=False) if (size, st) == (sizes[-1], stages[-1])]
+    if len(last) > 1:
+        return float(sorted(last[1:])[len(last[1:]) // 2])
+    return max(seconds[-1] - FIT_OVERHEAD_S, seconds[-1] / 2)
 
 
 def member_epochs(remaining_s: float, members: int, epoch_s: float) -> int:

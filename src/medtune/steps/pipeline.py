@@ -239,8 +239,8 @@ def _plan(opts: PipelineOptions, search_opts, split, budget) -> dict:
 
 
 def _replan_final(opts: PipelineOptions, search, plan_files: dict, budget) -> None:
-    """Rule 6 again, with what the search measured: the best trial's epoch time at the final size."""
-    from medtune.planning.rules import plan_final
+    """Rule 6 again, with what the search measured: the best trial's steady epoch time at the final size."""
+    from medtune.planning.rules import plan_final, steady_epoch_seconds
 
     plan = plan_files["plan.json"]
     if search.best is None or not search.best.run_id:
@@ -249,7 +249,9 @@ def _replan_final(opts: PipelineOptions, search, plan_files: dict, budget) -> No
     sizes = tracking.metric_values(search.best.run_id, "image_size")
     if not seconds or not sizes:
         return
-    measured = max(seconds[-1], 1.0) * (plan["image_size"] / sizes[-1]) ** 2 * 1.1  # a 10 % margin
+    stages = tracking.metric_values(search.best.run_id, "stage")
+    steady = steady_epoch_seconds(seconds, sizes, stages)
+    measured = max(steady, 1.0) * (plan["image_size"] / sizes[-1]) ** 2 * 1.05  # train's TimeLimit guards the rest
     given = {
         "ensemble": plan["ensemble"] if plan["reasons"]["ensemble"] == "given" else None,
         "epochs": plan["epochs"] if plan["reasons"]["epochs"] == "given" else None,

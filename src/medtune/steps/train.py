@@ -431,15 +431,12 @@ def _train_and_register(
 def _replan_members(opts: TrainOptions, params, history, remaining_s: float, i: int, auto_patience: bool, run):
     """Rule 6 for the members still to train, at the steady epoch time member ``i - 1`` measured:
     the plan's estimate (from the search, or the cost model) was off by up to 2x on small data."""
-    from medtune.planning.rules import early_stopping_patience, member_epochs
+    from medtune.planning.rules import early_stopping_patience, member_epochs, steady_epoch_seconds
 
     seconds = [float(t) for t in history.get("epoch_seconds", [])]
-    stages = history.get("stage", [None] * len(seconds))
-    last = [t for t, st in zip(seconds, stages, strict=False) if st == stages[-1]] if seconds else []
-    steady = last[1:] or last  # the first epoch of a stage traces its graphs
-    if not steady:
+    if not seconds:
         return
-    epoch_s = float(np.median(steady))
+    epoch_s = steady_epoch_seconds(seconds, [0] * len(seconds), history.get("stage"))
     epochs = member_epochs(remaining_s, opts.ensemble - i, epoch_s)
     run.metrics({f"member{i}_planned_epochs": epochs, f"member{i - 1}_epoch_seconds": epoch_s})
     if epochs != opts.epochs:
