@@ -55,6 +55,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--table", action="store_true", help="print the recorded rows and exit")
     p.add_argument("--quick", action="store_true", help="tiny epochs and budget, to check that the script runs")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--exclude-classes", default="", help="classes the split leaves out, comma-separated (isic_skin: see docs)"
+    )
     return p.parse_args()
 
 
@@ -134,7 +137,7 @@ def print_table(home: Path) -> None:
 # ---------------------------------------------------------------- the shared split
 
 
-def the_split(dataset: str, data: Path, size: int):
+def the_split(dataset: str, data: Path, size: int, exclude: str = ""):
     """The medtune split of ``data`` (made once, reused by every row), cached at ``size``."""
     from medtune.errors import DataError
     from medtune.steps.data import load_split
@@ -145,6 +148,7 @@ def the_split(dataset: str, data: Path, size: int):
     except DataError:  # the first row on this data: split it, as `main` would
         medtune = Path(sys.executable).parent / "medtune"
         cmd = [str(medtune), "split", "--dataset", dataset, "--data-dir", str(data), "--image-size", str(size)]
+        cmd += ["--exclude-classes", exclude] if exclude else []
         subprocess.run(cmd, check=True, env={**os.environ, "PATH": f"{medtune.parent}{os.pathsep}{os.environ['PATH']}"})
         split = load_split(dataset, size, data_dir=str(data))
     return split, manifest_test_set(split)
@@ -279,7 +283,7 @@ def run_reference(name: str, args, data: Path, dataset: str, home: Path) -> None
     from medtune.training import configure_threads
 
     size = 128 if name == "reference_cnn" else 160
-    split, test = the_split(dataset, data, size)
+    split, test = the_split(dataset, data, size, args.exclude_classes)
     configure_threads()
     t0 = time.perf_counter()
     if name == "reference_cnn":
@@ -324,6 +328,7 @@ def run_medtune(budget: str, args, data: Path, dataset: str, home: Path) -> None
         f"seed={args.seed}",
         "-P",
         f"study=bench-{budget}-{time.strftime('%Y%m%d-%H%M%S')}",
+        *(["-P", f"exclude_classes={args.exclude_classes}"] if args.exclude_classes else []),
     ]  # each row searches from scratch
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
@@ -336,7 +341,7 @@ def run_medtune(budget: str, args, data: Path, dataset: str, home: Path) -> None
         [experiment.experiment_id], "tags.`medtune.step` = 'train'", order_by=["start_time DESC"], max_results=1
     )
     train = runs[0]
-    split, test = the_split(dataset, data, int(train.data.params["image_size"]))
+    split, test = the_split(dataset, data, int(train.data.params["image_size"]), args.exclude_classes)
     import tempfile
 
     from medtune import serving

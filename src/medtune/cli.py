@@ -169,6 +169,18 @@ DATA_DIR = click.option(
     help="Where the named dataset lives (else $MEDTUNE_DATA_DIR/<name>, then ./data/<name>).",
 )
 SEED = click.option("--seed", default=42, show_default=True, type=int, help="Random seed.")
+
+
+def _class_list(ctx, param, value):  # noqa: ARG001
+    return tuple(c.strip() for c in (value or "").split(",") if c.strip())
+
+
+EXCLUDE_CLASSES = click.option(
+    "--exclude-classes",
+    default="",
+    callback=_class_list,
+    help="Class folders to leave out, comma-separated (e.g. a class that label conflicts leave empty).",
+)
 TRACKING_URI = click.option(
     "--tracking-uri",
     default="",
@@ -293,19 +305,32 @@ def cli(ctx, verbose):
     type=int,
     help="Near-duplicate threshold in perceptual-hash bits (0 = byte-identical only).",
 )
+@EXCLUDE_CLASSES
 @click.option(
     "--new-run", is_flag=True, help="Log a new run even when a finished split of the same files and split exists."
 )
 @SEED
 @TRACKING_URI
 @click.pass_context
-def split(ctx, dataset, data_dir, image_size, val_fraction, test_fraction, phash_distance, new_run, seed, tracking_uri):
+def split(
+    ctx,
+    dataset,
+    data_dir,
+    image_size,
+    val_fraction,
+    test_fraction,
+    phash_distance,
+    exclude_classes,
+    new_run,
+    seed,
+    tracking_uri,
+):
     """Validate, de-duplicate, split and cache a dataset (a finished identical split is reused)."""
     _setup(ctx.obj["verbose"], tracking_uri)
     from medtune.steps.split import SplitOptions, run_split
 
     out = run_split(
-        SplitOptions(dataset, data_dir, image_size, val_fraction, test_fraction, seed, phash_distance),
+        SplitOptions(dataset, data_dir, image_size, val_fraction, test_fraction, seed, phash_distance, exclude_classes),
         reuse_run=not new_run,
     )
     counts = {s: sum(c.values()) for s, c in out.result.report["counts"].items()}
@@ -579,6 +604,7 @@ def app(ctx, model, host, port, max_file_size, tracking_uri):
 @cli.command(name="main")
 @DATASET
 @DATA_DIR
+@EXCLUDE_CLASSES
 @BUDGET
 @ENGINE
 @SPACE

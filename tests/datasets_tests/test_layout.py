@@ -138,3 +138,15 @@ def test_missing_expected_class_is_a_warning_and_extras_kept(tmp_path, caplog):
         layout = detect_layout(tmp_path, ["glioma", "pituitary"])
     assert sorted(layout.train) == ["extra", "glioma"]
     assert "pituitary" in caplog.text
+
+
+def test_classes_left_out_of_train_and_test(tmp_path):
+    from medtune.errors import ConfigError
+
+    _make(tmp_path, "Train/a/1.jpg", "Train/b/2.jpg", "Train/c d/3.jpg", "Test/a/4.jpg", "Test/c d/5.jpg")
+    layout = detect_layout(tmp_path).without(["c d"])
+    assert layout.classes == ["a", "b"] and list(layout.test) == ["a"]
+    with pytest.raises(ConfigError, match="'e' is no class of"):
+        detect_layout(tmp_path).without(["e"])
+    with pytest.raises(ConfigError, match="leaves 1 class"):
+        detect_layout(tmp_path).without(["a", "b"])

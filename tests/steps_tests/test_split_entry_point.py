@@ -152,6 +152,35 @@ def test_split_real_isic_sample_finds_label_conflicts(project, tmp_path, shared_
     assert run.data.metrics["n_label_conflicts"] >= 2 * len(conflicts)
 
 
+def test_a_class_that_label_conflicts_empty_is_named_and_can_be_left_out(project, tmp_path, shared_data):
+    """isic_skin's trap: 75 of 77 seborrheic keratosis images are also filed under another class."""
+    src = shared_data("isic_skin") / "Train"
+    data = tmp_path / "isic_trap"
+    owners = defaultdict(set)
+    for cls in ("melanoma", "nevus"):
+        (data / cls).mkdir(parents=True)
+        for f in sorted((src / cls).iterdir())[:8]:
+            shutil.copy(f, data / cls / f.name)
+            owners[_sha(f)].add(cls)
+    (data / "seborrheic keratosis").mkdir()
+    for f in sorted((src / "melanoma").iterdir())[:4]:  # the same files under a second class
+        shutil.copy(f, data / "seborrheic keratosis" / f.name)
+
+    proc = project.medtune("split", "--dataset", str(data), "--image-size", "32", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("medtune: error:")]
+    assert "'seborrheic keratosis' has 0 group(s)" in line and "exclude_classes='seborrheic keratosis'" in line
+
+    project.mlflow_run("split", {"dataset": str(data), "image_size": 32, "exclude_classes": "seborrheic keratosis"})
+    (run,) = _split_runs("isic_trap")
+    manifest, report = _artifacts(run.info.run_id, tmp_path)
+    assert set(manifest["label"]) == {"melanoma", "nevus"} and report["classes"] == ["melanoma", "nevus"]
+    assert run.data.params["exclude_classes"] == "seborrheic keratosis"
+    assert len(manifest) == 16  # no conflict left: the class that held the copies is out
+    bad = project.medtune("split", "--dataset", str(data), "--exclude-classes", "keratosis", check=False)
+    assert bad.returncode == 2 and "exclude_classes: 'keratosis' is no class of" in bad.stderr
+
+
 def test_split_real_covid_sample_nested_images_and_masks(project, tmp_path, shared_data):
     src = shared_data("covid19_radiography")
     data = tmp_path / "covid_sample" / "COVID-19_Radiography_Dataset"

@@ -53,6 +53,27 @@ class Layout:
         names = set(self.train) | set(self.test or {})
         return sorted(names)
 
+    def without(self, classes: Sequence[str]) -> Layout:
+        """This layout with ``classes`` left out of train and test.
+
+        Raises:
+            ConfigError: a name that is no class here, or fewer than two classes left.
+        """
+        from medtune.errors import ConfigError
+
+        unknown = [c for c in classes if c not in self.classes]
+        if unknown:
+            raise ConfigError(
+                f"exclude_classes: {', '.join(map(repr, unknown))} is no class of {self.root} "
+                f"(classes: {', '.join(self.classes)})"
+            )
+        left = [c for c in self.classes if c not in classes]
+        if len(left) < 2:
+            raise ConfigError(f"exclude_classes: leaves {len(left)} class(es) of {self.root}; a classifier needs two")
+        drop = set(classes)
+        test = {k: v for k, v in self.test.items() if k not in drop} if self.test is not None else None
+        return Layout(self.root, {k: v for k, v in self.train.items() if k not in drop}, test)
+
 
 def is_ignored_dir(name: str) -> bool:
     """Whether a folder name is hidden or a tool's by-product (never a class or image folder)."""

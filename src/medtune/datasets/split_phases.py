@@ -213,7 +213,8 @@ def deal_class(
         if len(pool) < 2 or not tests:
             raise DataError(
                 f"class {label!r} has {len(pool)} training group(s) and {len(tests)} official test group(s) "
-                "after removing duplicates; need at least 2 and 1 to fill train, val and test"
+                "after removing duplicates and label conflicts; need at least 2 and 1 to fill train, val and "
+                f"test (or leave it out: exclude_classes={label!r})"
             )
         targets = {"val": max(1, round(val_fraction * _images(pool)))}
         dealt = deal(pool, targets, ("val", "train"), class_rng(seed, label))
@@ -221,8 +222,8 @@ def deal_class(
         return dealt
     if len(class_units) < 3:
         raise DataError(
-            f"class {label!r} has {len(class_units)} group(s) of images after removing duplicates; "
-            "need at least 3 to fill train, val and test"
+            f"class {label!r} has {len(class_units)} group(s) of images after removing duplicates and label "
+            f"conflicts; need at least 3 to fill train, val and test (or leave it out: exclude_classes={label!r})"
         )
     n_images = _images(class_units)
     targets = {"test": max(1, round(test_fraction * n_images)), "val": max(1, round(val_fraction * n_images))}

@@ -37,6 +37,7 @@ class PipelineOptions:
     ensemble: int | None = None  # final-training members (auto: the plan's, 1 without a budget)
     warm_start: str = "recipes"
     tta: str = "auto"  # test-time flip in the final model: auto (when it scores better on validation) | flip | none
+    exclude_classes: tuple[str, ...] = ()  # class folders the split leaves out
 
 
 @dataclass
@@ -106,14 +107,20 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
     else:
         fill(opts, dataset_name(opts.dataset), {"epochs": "final_epochs", "image_size": "final_image_size"})
     split_opts = SplitOptions(
-        dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size or 128, seed=opts.seed
+        dataset=opts.dataset,
+        data_dir=opts.data_dir,
+        image_size=opts.image_size or 128,
+        seed=opts.seed,
+        exclude_classes=tuple(opts.exclude_classes),
     )
     split_opts.check()
     launcher_id = tracking.take_launcher()
     name = dataset_name(opts.dataset)
     run_name = f"main-{name}-{f'{opts.budget / 60:.0f}min' if opts.budget else 'defaults'}-{time.strftime('%m%d-%H%M')}"
     with tracking.pipeline_run(name, run_name=run_name, launcher_id=launcher_id) as pipeline:
-        pipeline.params({k: v for k, v in asdict(opts).items() if v is not None and k not in ("data_dir", "storage")})
+        pipeline.params(
+            {k: v for k, v in asdict(opts).items() if v not in (None, ()) and k not in ("data_dir", "storage")}
+        )
         seconds = {}
         t = time.perf_counter()
         split = run_split(split_opts, reuse_run=True)

@@ -32,6 +32,7 @@ class SplitOptions:
     test_fraction: float = 0.15
     seed: int = 42
     phash_distance: int = 4
+    exclude_classes: tuple[str, ...] = ()  # class folders left out (e.g. a class label conflicts empty)
 
     def check(self) -> None:
         if not 16 <= self.image_size <= 1024:
@@ -67,6 +68,9 @@ def prepare(opts: SplitOptions) -> tuple[ResolvedDataset, SplitResult, dict, flo
     t0 = time.perf_counter()
     resolved = resolve_dataset(opts.dataset, opts.data_dir)
     layout = detect_layout(resolved.root, resolved.spec.classes if resolved.spec else None)
+    if opts.exclude_classes:
+        layout = layout.without(opts.exclude_classes)
+        log.info("Leaving out %d class(es): %s", len(opts.exclude_classes), ", ".join(opts.exclude_classes))
     index = settings.cache_dir() / "index" / f"{safe_name(resolved.name)}.json"
     log.info("Scanning %s", resolved.root)
     from medtune.progress import Counter
@@ -143,6 +147,7 @@ def _log_split(run, opts, resolved, result, mhash, cache, reused, seconds) -> No
             "seed": opts.seed,
             "phash_distance": opts.phash_distance,
             "n_classes": len(report["classes"]),
+            **({"exclude_classes": ",".join(opts.exclude_classes)} if opts.exclude_classes else {}),
         }
     )
     counts = report["counts"]
