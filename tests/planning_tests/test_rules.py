@@ -54,8 +54,8 @@ def test_more_budget_buys_more_and_larger():
     tiny, short, long = make_plan(BRAIN, CPU, 15 * 60), make_plan(BRAIN, CPU, 30 * 60), make_plan(BRAIN, CPU, 120 * 60)
     assert (tiny.image_size, short.image_size, long.image_size) == (128, 160, 192)
     assert long.trials >= short.trials and long.epochs * long.ensemble > short.epochs * short.ensemble
-    # an ensemble only when every member still gets enough epochs: shorter members at 30 minutes
-    assert short.ensemble <= long.ensemble == 3 and long.epochs > short.epochs
+    # an ensemble only when every member still gets 10 epochs: one model at 30 minutes, two at 2 hours
+    assert (short.ensemble, long.ensemble) == (1, 2) and long.epochs >= 10
     assert make_plan(BRAIN, CPU, 10 * 60).ensemble == 1
 
 
@@ -169,7 +169,7 @@ def test_final_training_is_re_planned_from_a_measured_epoch_time():
         1,
         min(60, int((planned.final_s - EVALUATION_S - FIT_OVERHEAD_S) // 30)),
     )
-    assert plan_final(400, 30.0, {"epochs": 5}) == (1, 5, plan_final(400, 30.0, {"epochs": 5})[2])
+    assert plan_final(600, 30.0, {"epochs": 5}) == (1, 5, plan_final(600, 30.0, {"epochs": 5})[2])
 
 
 def test_early_stopping_never_cuts_the_first_half_of_a_cosine_schedule():
