@@ -103,7 +103,7 @@ def test_optuna_search_end_to_end_then_resume(project, store):
     assert store.runs("tags.`medtune.step` = 'split'"), "the split step ran first"
     assert parent.data.tags["medtune.split_run_id"] == store.runs("tags.`medtune.step` = 'split'")[0].info.run_id
     # Console progress: trial k (counted from 0, as the runs trial-000...), epoch, current and best objective.
-    assert re.search(r"trial 0 started \(0 of 2 done", output), output[-3000:]
+    assert re.search(r"trial 0 started \(recipe hand_cnn, 0 of 2 done", output), output[-3000:]  # warm start
     assert re.search(r"trial 0 epoch 1/2 val_macro_f1=\d\.\d{4} \(best so far -\)", output), output[-3000:]
     assert re.search(r"trial 1 epoch 2/2 val_macro_f1=\d\.\d{4} \(best so far \d\.\d{4}\)", output), output[-3000:]
     assert re.search(r"trial 1 COMPLETE in \d+ s: val_macro_f1=\d\.\d{4} \(best \d\.\d{4}; 2 of 2 done\)", output)
