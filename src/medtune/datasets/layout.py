@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medtune.errors import DataError
+from medtune.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,6 @@ class Layout:
         Raises:
             ConfigError: a name that is no class here, or fewer than two classes left.
         """
-        from medtune.errors import ConfigError
-
         unknown = [c for c in classes if c not in self.classes]
         if unknown:
             raise ConfigError(

@@ -247,7 +247,9 @@ def plan_final(final_s: float, epoch_s: float, given: Mapping[str, Any] | None =
     return ensemble, epochs, why
 
 
-def steady_epoch_seconds(seconds: list[float], sizes: list[float], stages: list[float] | None = None) -> float:
+def steady_epoch_seconds(
+    seconds: list[float], sizes: list[float] | None = None, stages: list[float] | None = None
+) -> float:
     """The time of one steady epoch at the last image size and stage of a trial's ``epoch_seconds``.
 
     The first epoch of each fit (a new rung, a new stage) also traces its graphs: the median of
@@ -255,8 +257,8 @@ def steady_epoch_seconds(seconds: list[float], sizes: list[float], stages: list[
     (at least half of it). The probe trial's one fine-tuning epoch took 115 s on brain_mri, the
     steady ones 90-98 s.
     """
-    if len(sizes) != len(seconds):  # one size for the whole trial
-        sizes = [sizes[-1]] * len(seconds)
+    if not sizes or len(sizes) != len(seconds):  # one size for the whole fit
+        sizes = [sizes[-1] if sizes else 0] * len(seconds)
     stages = stages if stages and len(stages) == len(seconds) else [0.0] * len(seconds)
     last = [t for t, size, st in zip(seconds, sizes, stages, strict=False) if (size, st) == (sizes[-1], stages[-1])]
     if len(last) > 1:

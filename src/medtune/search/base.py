@@ -31,9 +31,7 @@ class SearchSettings:
     grid: dict | None = None  # parameter -> values: Optuna's GridSampler instead of TPE
     budget: object | None = None  # a medtune.planning.Budget: the search's share of the time
     rungs: tuple[int, ...] | None = None  # image sizes of the resolution rungs, smallest first
-    warm_start: str = (
-        "none"  # recipes | recipe:<name> | auto (recipes + earlier studies of this split) | none | study names
-    )
+    warm_start: str = "none"  # recipes | recipe:<name> | auto (+ earlier studies of this split) | study names
     plateau_patience: int = 0  # stop when this many finished trials in a row improve nothing (0: never)
     split: str = ""  # the split's manifest hash: which earlier studies a warm start may import
 

@@ -319,14 +319,13 @@ def warm_start(study: optuna.Study, space: SearchSpace, cfg: SearchSettings) -> 
             done["imported"] += 1
     from medtune.planning.recipes import RECIPES, recipes_for
 
-    if names is not None:
-        unknown = [n for n in names if n not in RECIPES] or (None if recipes_for(space, names) else names)
-        if unknown:
-            raise ConfigError(
-                f"warm_start=recipe:{','.join(unknown)}: not a recipe this space can express "
-                f"(recipes: {', '.join(RECIPES)})"
-            )
-    for name, params in recipes_for(space, names):
+    recipes = recipes_for(space, None if names is None else [n for n in names if n in RECIPES])
+    if names is not None and (not recipes or any(n not in RECIPES for n in names)):
+        bad = [n for n in names if n not in RECIPES] or names
+        raise ConfigError(
+            f"warm_start=recipe:{','.join(bad)}: not a recipe this space can express (recipes: {', '.join(RECIPES)})"
+        )
+    for name, params in recipes:
         study.enqueue_trial(params, user_attrs={"recipe": name}, skip_if_exists=True)
         done["enqueued"] += 1
     log.info(

@@ -220,8 +220,10 @@ def _plan(opts: PipelineOptions, search_opts, split, budget) -> dict:
     from medtune.search.engines import get_engine
 
     engine = get_engine(opts.engine)
-    recipes = bool(engine.optuna_options) and not engine.grid and opts.warm_start == "recipes"
-    plan = make_plan(data, machine, budget.remaining(), overrides=given, can_warm_start=recipes)
+    tpe = bool(engine.optuna_options) and not engine.grid  # queues recipes, prunes at rungs
+    plan = make_plan(
+        data, machine, budget.remaining(), overrides=given, can_warm_start=tpe and opts.warm_start == "recipes"
+    )
     log.info(
         "Plan for %s (%.0f minutes left of the budget; any option you give overrides it):\n%s",
         split.resolved.name,
@@ -239,7 +241,7 @@ def _plan(opts: PipelineOptions, search_opts, split, budget) -> dict:
     if plan.recipe:  # no search: one trial of the recipe, never cut short (its time is the probe)
         search_opts.trials, search_opts.budget, search_opts.plateau = 1, None, 0
         search_opts.warm_start = f"recipe:{plan.recipe}"
-    if search_opts.rungs and opts.pruner is None and engine.optuna_options and not engine.grid:
+    if search_opts.rungs and opts.pruner is None and tpe:
         search_opts.pruner = "median"  # decides at the end of every rung (ASHA's rungs are 1, 3, 9 epochs)
     opts.epochs, opts.image_size, opts.ensemble = plan.epochs, plan.image_size, plan.ensemble
     return {"fingerprint.json": {"data": data.to_dict(), "machine": machine.to_dict()}, "plan.json": plan.to_dict()}

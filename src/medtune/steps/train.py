@@ -315,11 +315,11 @@ def _train_and_register(
         reserve = min(max(30.0, 0.08 * opts.budget), 240.0) if opts.budget else 0.0
         members, histories = [], []
         for i in range(opts.ensemble):
-            if i and budget is not None and opts.replan:
-                _replan_members(opts, params, histories[-1], budget.remaining() - reserve, i, auto_patience, run)
-            share = (
-                Budget(max(0.0, budget.remaining() - reserve) / (opts.ensemble - i)).start() if budget else None
-            )  # what is left, split evenly between the members still to train
+            left = max(0.0, budget.remaining() - reserve) if budget else None
+            if i and left is not None and opts.replan:
+                _replan_members(opts, params, histories[-1], left, i, auto_patience, run)
+            # what is left, split evenly between the members still to train
+            share = Budget(left / (opts.ensemble - i)).start() if left is not None else None
             prefix = f"member{i}_" if opts.ensemble > 1 else ""
             member, history = _fit_member(
                 params,
@@ -436,7 +436,7 @@ def _replan_members(opts: TrainOptions, params, history, remaining_s: float, i: 
     seconds = [float(t) for t in history.get("epoch_seconds", [])]
     if not seconds:
         return
-    epoch_s = steady_epoch_seconds(seconds, [0] * len(seconds), history.get("stage"))
+    epoch_s = steady_epoch_seconds(seconds, stages=history.get("stage"))
     epochs = member_epochs(remaining_s, opts.ensemble - i, epoch_s)
     run.metrics({f"member{i}_planned_epochs": epochs, f"member{i - 1}_epoch_seconds": epoch_s})
     if epochs != opts.epochs:
