@@ -59,6 +59,28 @@ def shared_data(name: str) -> Path:
     return path
 
 
+def kept_home(args) -> tuple[Path, Path, str]:
+    """The data folder, its dataset name and the home kept across runs of the budget benchmarks.
+
+    ``args.data`` is a folder under ../shared/data (or an absolute path), ``args.dataset`` an
+    optional medtune dataset name, ``args.home`` an optional home; ``bench/budget.py`` and
+    ``bench/rungs.py`` share the default home (``~/.cache/medtune-bench/budget-<dataset>``), so
+    they share one split. Also points MLflow at the home's store and imports medtune from here.
+    """
+    given = Path(args.data)
+    data = given if given.is_absolute() else shared_data(given.parts[0]).parent / given
+    dataset = getattr(args, "dataset", None) or (data.name if given.is_absolute() else given.parts[0])
+    quick = "-quick" if args.quick else ""
+    home = Path(args.home or Path.home() / ".cache" / "medtune-bench" / f"budget-{dataset}{quick}")
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["MEDTUNE_HOME"] = str(home)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    sys.path.insert(0, str(REPO / "src"))
+    return data, home, dataset
+
+
 def isolated_home(prefix: str) -> Path:
     """A fresh medtune home (tracking store, caches) so runs measure cold starts honestly."""
     home = Path(tempfile.mkdtemp(prefix=f"medtune-bench-{prefix}-"))

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO, machine, shared_data, table
+from _common import REPO, kept_home, machine, table
 
 REFERENCES = ("reference_cnn", "reference_lite0")
 
@@ -59,20 +59,6 @@ def parse_args() -> argparse.Namespace:
         "--exclude-classes", default="", help="classes the split leaves out, comma-separated (isic_skin: see docs)"
     )
     return p.parse_args()
-
-
-def setup(args) -> tuple[Path, Path, str]:
-    data = Path(args.data) if Path(args.data).is_absolute() else shared_data(args.data.split("/")[0]).parent / args.data
-    dataset = args.dataset or (data.name if Path(args.data).is_absolute() else Path(args.data).parts[0])
-    home = Path(
-        args.home or Path.home() / ".cache" / "medtune-bench" / f"budget-{dataset}{'-quick' if args.quick else ''}"
-    )
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["MEDTUNE_HOME"] = str(home)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return data, home, dataset
 
 
 # ---------------------------------------------------------------- results
@@ -374,8 +360,7 @@ def run_medtune(budget: str, args, data: Path, dataset: str, home: Path) -> None
 
 def main() -> None:
     args = parse_args()
-    data, home, dataset = setup(args)
-    sys.path.insert(0, str(REPO / "src"))
+    data, home, dataset = kept_home(args)
     if args.table:
         print_table(home)
         return

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO, machine, shared_data, table
+from _common import kept_home, machine, table
 
 SIZES = {"rungs": "80,128,160", "single": "160"}
 
@@ -47,19 +47,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a 2-minute budget and 2 epochs, to check that it runs")
     p.add_argument("--seed", type=int, default=42)
     return p.parse_args()
-
-
-def setup(args) -> tuple[Path, Path, str]:
-    data = shared_data(args.data.split("/")[0]).parent / args.data
-    dataset = Path(args.data).parts[0]
-    home = Path(
-        args.home or Path.home() / ".cache" / "medtune-bench" / f"budget-{dataset}{'-quick' if args.quick else ''}"
-    )
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["MEDTUNE_HOME"] = str(home)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return data, home, dataset
 
 
 def results(home: Path) -> dict:
@@ -144,8 +131,7 @@ def print_table(home: Path) -> None:
 
 def main() -> None:
     args = parse_args()
-    data, home, dataset = setup(args)
-    sys.path.insert(0, str(REPO / "src"))
+    data, home, dataset = kept_home(args)
     if args.table:
         print_table(home)
         return
