@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -79,6 +80,18 @@ def kept_home(args) -> tuple[Path, Path, str]:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     sys.path.insert(0, str(REPO / "src"))
     return data, home, dataset
+
+
+def load_rows(path: Path) -> dict:
+    """The rows a benchmark recorded in ``path`` (a JSON object of row name -> row), or none."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_row(path: Path, name: str, row: dict) -> None:
+    """Record ``row`` under ``name`` in ``path``, keeping the other rows."""
+    rows = load_rows(path)
+    rows[name] = row
+    path.write_text(json.dumps(rows, indent=1))
 
 
 def isolated_home(prefix: str) -> Path:

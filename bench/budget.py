@@ -29,14 +29,13 @@ Heavy rows must not run beside other TensorFlow jobs: minutes are wall-clock.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import REPO, kept_home, machine, table
+from _common import REPO, kept_home, load_rows, machine, save_row, table
 
 REFERENCES = ("reference_cnn", "reference_lite0")
 
@@ -64,17 +63,6 @@ def parse_args() -> argparse.Namespace:
 # ---------------------------------------------------------------- results
 
 
-def load_results(home: Path) -> dict:
-    path = home / "results.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def save_row(home: Path, name: str, row: dict) -> None:
-    results = load_results(home)
-    results[name] = row
-    (home / "results.json").write_text(json.dumps(results, indent=1))
-
-
 def score(name: str, y, proba, classes, minutes: float, split_id: str, extra: dict | None = None) -> dict:
     from medtune.metrics import classification_metrics
 
@@ -95,7 +83,7 @@ def score(name: str, y, proba, classes, minutes: float, split_id: str, extra: di
 
 
 def print_table(home: Path) -> None:
-    results = load_results(home)
+    results = load_rows(home / "results.json")
     if not results:
         print(f"no rows recorded in {home / 'results.json'}")
         return
@@ -279,7 +267,7 @@ def run_reference(name: str, args, data: Path, dataset: str, home: Path) -> None
     proba = model.predict(test.x.astype(np.float32), batch_size=64, verbose=0)
     minutes = (time.perf_counter() - t0) / 60
     row = score(name, test.y, proba, split.classes, minutes, test.split_id, {"image_size": size})
-    save_row(home, name, row)
+    save_row(home / "results.json", name, row)
     print(
         f"{name}: accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, "
         f"ROC-AUC {row['roc_auc']:.4f}, ECE {row['ece']:.4f}, {minutes:.1f} min",
@@ -350,7 +338,7 @@ def run_medtune(budget: str, args, data: Path, dataset: str, home: Path) -> None
             "logged_test_accuracy": train.data.metrics.get("test_accuracy"),
         },
     )
-    save_row(home, f"medtune_{budget}", row)
+    save_row(home / "results.json", f"medtune_{budget}", row)
     print(
         f"medtune {budget}: accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, "
         f"ROC-AUC {row['roc_auc']:.4f}, {minutes:.1f} min",

@@ -22,14 +22,13 @@ Heavy: do not run beside other TensorFlow jobs (minutes are wall-clock).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import kept_home, machine, table
+from _common import kept_home, load_rows, machine, save_row, table
 
 SIZES = {"rungs": "80,128,160", "single": "160"}
 
@@ -47,11 +46,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a 2-minute budget and 2 epochs, to check that it runs")
     p.add_argument("--seed", type=int, default=42)
     return p.parse_args()
-
-
-def results(home: Path) -> dict:
-    path = home / "rungs.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def run_search(name: str, args, data: Path, dataset: str, home: Path) -> dict:
@@ -119,7 +113,7 @@ def read_back(study: str, dataset: str) -> dict:
 
 
 def print_table(home: Path) -> None:
-    rows = list(results(home).values())
+    rows = list(load_rows(home / "rungs.json").values())
     if not rows:
         print(f"no rows recorded in {home / 'rungs.json'}")
         return
@@ -139,9 +133,7 @@ def main() -> None:
         args.budget, args.epochs = "2m", 2
     for name in [args.only] if args.only else list(SIZES):
         row = run_search(name, args, data, dataset, home)
-        recorded = results(home)
-        recorded[name] = row
-        (home / "rungs.json").write_text(json.dumps(recorded, indent=1))
+        save_row(home / "rungs.json", name, row)
         print(
             f"{name}: best val macro-F1 {row['best_val_macro_f1']}, {row['started']} trials, {row['minutes']:.1f} min"
         )
