@@ -484,3 +484,25 @@ def test_prepare_fit_builds_what_trials_and_final_training_share(memmap, compile
         setup.model, params, setup.train_ds, setup.val_ds, y_val=y[:8], epochs=1, callbacks=setup.callbacks
     )
     assert len(history["val_macro_f1"]) == 1
+
+
+def test_mix_batch_mixes_images_and_labels_with_one_weight():
+    from medtune.training.data import mix_batch
+
+    images = tf.constant(np.stack([np.full((4, 4, 1), v, np.float32) for v in (0.0, 100.0, 200.0)]))
+    labels = tf.one_hot([0, 1, 2], 3)
+    mixed, mixed_labels = mix_batch(images, labels, tf.constant([3, 4]), alpha=0.4)
+    lam = float(mixed_labels[0, 0])  # image 0 mixed with image 2: label 0 keeps lam, label 2 gets 1 - lam
+    assert 0.0 <= lam <= 1.0
+    np.testing.assert_allclose(mixed_labels.numpy().sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(float(mixed_labels[0, 2]), 1.0 - lam, rtol=1e-5)
+    np.testing.assert_allclose(mixed.numpy()[0], lam * 0.0 + (1 - lam) * 200.0, rtol=1e-4)
+    np.testing.assert_allclose(mixed.numpy()[1], 100.0, rtol=1e-5)  # the middle image meets itself
+    again, _ = mix_batch(images, labels, tf.constant([3, 4]), alpha=0.4)
+    np.testing.assert_array_equal(again.numpy(), mixed.numpy())  # stateless: same seed, same mix
+
+
+def test_compile_model_with_ema_averages_weights():
+    model = compile_model(build_model(TINY, SHAPE, 3), {"optimizer": "adamw", "ema": True})
+    assert model.optimizer.use_ema and model.optimizer.ema_momentum == 0.99
+    assert not compile_model(build_model(TINY, SHAPE, 3), {}).optimizer.use_ema

@@ -28,19 +28,23 @@ def compile_model(model: keras.Model, params: Mapping[str, Any]) -> keras.Model:
     """
     name = params.get("optimizer", "adam")
     lr = _positive(params.get("learning_rate", 1e-3), "learning_rate")
+    # WIP (issue 17): an exponential moving average of the weights. Keras swaps the averaged
+    # weights in only at the end of fit, so validation, the best-epoch keeper and precise
+    # BatchNorm do not see them yet: not in any space until they do.
+    ema = {"use_ema": True, "ema_momentum": 0.99} if params.get("ema", False) else {}
     smoothing = _fraction(params.get("label_smoothing", 0.0), "label_smoothing")
     if name == "adam":
-        optimizer = keras.optimizers.Adam(learning_rate=lr)
+        optimizer = keras.optimizers.Adam(learning_rate=lr, **ema)
     elif name == "adamw":
         decay = params.get("weight_decay", 1e-4)
         optimizer = keras.optimizers.AdamW(
-            learning_rate=lr, weight_decay=_positive(decay, "weight_decay") if decay else 0.0
+            learning_rate=lr, weight_decay=_positive(decay, "weight_decay") if decay else 0.0, **ema
         )
     elif name == "rmsprop":
-        optimizer = keras.optimizers.RMSprop(learning_rate=lr)
+        optimizer = keras.optimizers.RMSprop(learning_rate=lr, **ema)
     elif name == "sgd":
         momentum = _fraction(params.get("momentum", 0.9), "momentum")
-        optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
+        optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=momentum, **ema)
     else:
         raise ConfigError(f"optimizer: {name!r} is not adam, adamw, rmsprop or sgd")
     model.compile(

@@ -125,6 +125,17 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Ten
     return tf.clip_by_value(images, 0.0, 255.0)
 
 
+def mix_batch(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mixup of a batch with itself reversed: ``lam x + (1 - lam) x[::-1]``, the same for the
+    one-hot labels, ``lam ~ Beta(alpha, alpha)`` once per batch (stateless, from ``seed``).
+    """
+    seed = tf.cast(seed, tf.int64)
+    g1 = tf.random.stateless_gamma([], seed=seed, alpha=alpha)
+    g2 = tf.random.stateless_gamma([], seed=seed + 1, alpha=alpha)
+    lam = g1 / (g1 + g2)
+    return lam * images + (1.0 - lam) * tf.reverse(images, [0]), lam * labels + (1.0 - lam) * tf.reverse(labels, [0])
+
+
 def gatherer(x: np.ndarray, *, sort: bool):
     """A TF function mapping a batch of int64 indices to float32 images gathered from ``x``."""
     tout = tf.as_dtype(x.dtype)
