@@ -506,3 +506,50 @@ def test_compile_model_with_ema_averages_weights():
     model = compile_model(build_model(TINY, SHAPE, 3), {"optimizer": "adamw", "ema": True})
     assert model.optimizer.use_ema and model.optimizer.ema_momentum == 0.99
     assert not compile_model(build_model(TINY, SHAPE, 3), {}).optimizer.use_ema
+    with pytest.raises(ConfigError, match="ema_momentum: needs a number in"):
+        compile_model(build_model(TINY, SHAPE, 3), {"ema": True, "ema_momentum": 1.5})
+
+
+def test_averaged_weights_are_validated_kept_and_shipped_however_training_stops(data):
+    """With `ema`, every callback after the swap sees the averaged weights at an epoch's end, the
+    next epoch trains on from the raw ones, and the model fit returns holds the average, also
+    when a callback stops training early."""
+    x, y = data
+    params = {**TINY, "learning_rate": 0.05, "ema": True, "ema_momentum": 0.9}
+    model = compile_model(build_model(TINY, SHAPE, 3), params)
+    seen = []
+
+    def averages():
+        return [a.numpy() for a in model.optimizer._model_variables_moving_average]
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch:
+                seen.append(("begin", [w.numpy() for w in model.trainable_weights]))
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(("end", [w.numpy() for w in model.trainable_weights], averages()))
+            model.stop_training = epoch == 1  # stopped early, as a time limit or pruner would
+
+    ds = make_dataset(x, y, 3, 4, training=True)
+    history = fit(model, ds, make_dataset(x, y, 3, 8, training=False), y_val=y, epochs=4, callbacks=[Probe()])
+    assert len(history["val_macro_f1"]) == 2
+    (_, end0, avg0), (_, begin1), (_, end1, avg1) = seen
+    for got, want in [*zip(end0, avg0), *zip(end1, avg1)]:
+        np.testing.assert_array_equal(got, want)  # the callbacks saw the average
+    assert any(not np.allclose(b, a) for b, a in zip(begin1, avg0))  # and training went on from the raw weights
+    for got, want in zip(model.trainable_weights, avg1):
+        np.testing.assert_array_equal(got.numpy(), want)  # the model shipped is the average
+
+
+def test_mixup_makes_soft_labels_only_when_asked(data):
+    x, y = data
+    _, hard = stacked(make_dataset(x, y, 3, 8, training=True, augment=0.1, seed=2))
+    assert set(np.unique(hard)) == {0.0, 1.0}
+    images, soft = stacked(make_dataset(x, y, 3, 8, training=True, augment=0.1, mixup=0.2, seed=2))
+    assert images.shape == (24, *SHAPE) and ((soft > 0) & (soft < 1)).any()
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-5)
+    _, again = stacked(make_dataset(x, y, 3, 8, training=True, augment=0.1, mixup=0.2, seed=2))
+    np.testing.assert_array_equal(again, soft)
+    with pytest.raises(ConfigError, match="mixup: needs a Beta alpha"):
+        make_dataset(x, y, 3, 8, training=True, mixup=-1)

@@ -170,7 +170,7 @@ def test_too_small_images_and_imagenet_offline_fail_before_any_run(project, stor
     assert not store.searches() and not store.running()
 
 
-def test_a_transfer_model_trains_in_two_stages_registers_and_serves(project, store, tmp_path):
+def test_a_transfer_model_trains_in_two_stages_with_the_recipe_options_registers_and_serves(project, store, tmp_path):
     import h5py
     import keras
     import mlflow
@@ -197,6 +197,10 @@ def test_a_transfer_model_trains_in_two_stages_registers_and_serves(project, sto
                 "dense_units": 32,
                 "learning_rate": 2e-3,
                 "batch_size": 32,
+                "lr_schedule": "cosine",
+                "mixup": 0.2,  # the recipe options of the auto spaces, through the real path
+                "ema": True,
+                "warmup_epochs": 1,
             }
         )
     )
@@ -208,6 +212,9 @@ def test_a_transfer_model_trains_in_two_stages_registers_and_serves(project, sto
     [run] = store.runs("tags.`medtune.step` = 'train'")
     assert run.info.status == "FINISHED"
     assert run.data.params["weights"] == str(weights) and run.data.params["backbone"] == "mobilenet_v2"
+    assert (run.data.params["ema"], run.data.params["mixup"], run.data.params["warmup_epochs"]) == ("True", "0.2", "1")
+    rates = [v for _, v in store.history(run.info.run_id, "learning_rate")]
+    assert len(rates) == 3 and rates[1] < rates[2]  # the fine-tuning stage warms up
     assert run.data.tags["medtune.weights_sha256"] == sha
     assert [v for _, v in store.history(run.info.run_id, "stage")] == [1.0, 2.0, 2.0]
     assert "test_macro_f1" in run.data.metrics

@@ -1,5 +1,5 @@
-"""Callbacks: validation scores per epoch, precise BatchNorm, NaN guard, early stopping across stages,
-time limit, learning-rate schedules."""
+"""Callbacks: averaged weights, validation scores per epoch, precise BatchNorm, NaN guard, early
+stopping across stages, time limit, learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -58,6 +58,37 @@ class EpochScores(keras.callbacks.Callback):
         logs.update(validation_loss_accuracy(self.model, self.y_val, probs))
         logs.update(validation_scores(self.y_val, probs))
         logs["epoch_seconds"] = time.perf_counter() - self._start
+
+
+class AveragedWeights(keras.callbacks.Callback):
+    """Puts the optimiser's moving average of the weights (``use_ema``) in the model at each
+    epoch's end, so every later callback (precise BatchNorm, validation scores, the best-epoch
+    keeper) sees the averaged model, and training resumes from the raw weights next epoch.
+
+    Keras swaps the average in only when ``fit`` ends (``finalize_variable_values``). Here the
+    average stays in the optimiser as well, so that final swap gives the averaged model however
+    training stops (last epoch, early stop, time limit or pruning).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._raw: list[np.ndarray] | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._raw is not None:
+            for var, value in zip(self._pairs()[0], self._raw):
+                var.assign(value)
+            self._raw = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        variables, averages = self._pairs()
+        self._raw = [v.numpy() for v in variables]
+        for var, average in zip(variables, averages):
+            var.assign(average)
+
+    def _pairs(self):
+        optimizer = self.model.optimizer
+        return optimizer._trainable_variables, optimizer._model_variables_moving_average
 
 
 class PreciseBatchNorm(keras.callbacks.Callback):

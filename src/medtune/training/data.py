@@ -38,6 +38,7 @@ def make_dataset(
     *,
     training: bool,
     augment: float = 0.0,
+    mixup: float = 0.0,
     seed: int = 0,
 ) -> tf.data.Dataset:
     """Batches of ``(float32 images 0..255, one-hot float32 labels)``.
@@ -48,18 +49,21 @@ def make_dataset(
     ``seed``) and, when ``augment`` > 0, each batch is augmented on the fly: horizontal
     flip (p=0.5), rotation up to ``augment`` x 30 degrees, zoom up to ``augment`` x 20 %,
     shift up to ``augment`` x 10 %, brightness up to ``augment`` x 20 % of 255 and
-    contrast up to ``augment`` x 30 %, clipped to 0..255. Without ``training``: input
-    order, no augmentation (``augment`` ignored).
+    contrast up to ``augment`` x 30 %, clipped to 0..255; when ``mixup`` > 0, each augmented
+    batch is then mixed with itself reversed (:func:`mix_batch`, ``alpha = mixup``). Without
+    ``training``: input order, no augmentation or mixing.
 
     Raises:
         DataError: ``x``/``y`` shapes or labels are unusable.
-        ConfigError: ``batch_size`` or ``augment`` out of range.
+        ConfigError: ``batch_size``, ``augment`` or ``mixup`` out of range.
     """
     y_arr = check_xy(x, y, n_classes)
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"batch_size: needs an integer >= 1 (got {batch_size!r})")
     if not isinstance(augment, (int, float, np.number)) or not 0.0 <= float(augment) <= 1.0:
         raise ConfigError(f"augment: needs a strength in [0, 1] (got {augment!r})")
+    if not isinstance(mixup, (int, float, np.number)) or isinstance(mixup, bool) or not 0.0 <= float(mixup) <= 10.0:
+        raise ConfigError(f"mixup: needs a Beta alpha in [0, 10], 0 = off (got {mixup!r})")
     n = len(x)
     ds = tf.data.Dataset.range(n)
     if training:
@@ -76,13 +80,19 @@ def make_dataset(
         return images, onehot
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE)
-    if training and augment > 0:
+    if training and (augment > 0 or mixup > 0):
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        strength = float(augment)
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda batch, s: (augment_batch(batch[0], s, strength), batch[1]),
-            num_parallel_calls=AUTOTUNE,
-        )
+        strength, alpha = float(augment), float(mixup)
+
+        def vary(batch, s):
+            images, onehot = batch
+            if strength > 0:
+                images = augment_batch(images, s, strength)
+            if alpha > 0:
+                images, onehot = mix_batch(images, onehot, tf.random.experimental.stateless_fold_in(s, 1), alpha)
+            return images, onehot
+
+        ds = tf.data.Dataset.zip((ds, seeds)).map(vary, num_parallel_calls=AUTOTUNE)
     return without_autotune_thread(ds.prefetch(AUTOTUNE))
 
 

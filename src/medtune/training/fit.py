@@ -13,7 +13,14 @@ import numpy as np
 import tensorflow as tf
 
 from medtune.errors import TrainingDiverged
-from medtune.training.callbacks import EpochScores, NaNGuard, PreciseBatchNorm, StageMarker, schedule_callbacks
+from medtune.training.callbacks import (
+    AveragedWeights,
+    EpochScores,
+    NaNGuard,
+    PreciseBatchNorm,
+    StageMarker,
+    schedule_callbacks,
+)
 from medtune.training.compile import compile_model
 from medtune.training.data import (
     AUTOTUNE,
@@ -45,9 +52,9 @@ def fit(
 
     ``initial_epoch`` continues an earlier ``fit`` (epoch numbers run on; ``epochs`` is the end).
 
-    Runs ``[PreciseBatchNorm (if given), EpochScores, NaNGuard, *callbacks]`` so the validation
-    pass sees re-estimated BatchNorm statistics and ``callbacks`` can monitor ``val_macro_f1`` /
-    ``val_balanced_accuracy``.
+    Runs ``[AveragedWeights (with an ``ema`` optimiser), PreciseBatchNorm (if given), EpochScores,
+    NaNGuard, *callbacks]`` so the validation pass sees the averaged weights and re-estimated
+    BatchNorm statistics, and ``callbacks`` can monitor ``val_macro_f1`` / ``val_balanced_accuracy``.
 
     Returns:
         The history: ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``,
@@ -62,12 +69,13 @@ def fit(
     guard = next((cb for cb in callbacks if isinstance(cb, NaNGuard)), None) or NaNGuard()
     precise = [cb for cb in callbacks if isinstance(cb, PreciseBatchNorm)]
     others = [cb for cb in callbacks if cb is not scorer and cb is not guard and cb not in precise]
+    averaged = [AveragedWeights()] if getattr(model.optimizer, "use_ema", False) else []
     history = model.fit(
         train_ds,
         epochs=int(epochs),  # no validation_data: EpochScores scores the validation set once
         initial_epoch=int(initial_epoch),
         class_weight=class_weight,
-        callbacks=[*precise, scorer, guard, *others],
+        callbacks=[*averaged, *precise, scorer, guard, *others],
         shuffle=False,  # the dataset shuffles itself
         verbose=verbose,
     )
@@ -190,7 +198,14 @@ def prepare_fit(
 
     batch = int(params.get("batch_size", 32))
     train_ds = make_dataset(
-        x_train, y_train, n_classes, batch, training=True, augment=float(params.get("augment", 0.0)), seed=seed
+        x_train,
+        y_train,
+        n_classes,
+        batch,
+        training=True,
+        augment=float(params.get("augment", 0.0)),
+        mixup=float(params.get("mixup", 0.0)),
+        seed=seed,
     )
     val_ds = make_dataset(x_val, y_val, n_classes, batch, training=False)
     model = build_model(params, tuple(x_train.shape[1:]), n_classes, weights=weights)
