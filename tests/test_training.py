@@ -553,3 +553,42 @@ def test_mixup_makes_soft_labels_only_when_asked(data):
     np.testing.assert_array_equal(again, soft)
     with pytest.raises(ConfigError, match="mixup: needs a Beta alpha"):
         make_dataset(x, y, 3, 8, training=True, mixup=-1)
+
+
+def test_cosine_schedule_shortens_itself_to_the_time_budget(monkeypatch):
+    """Planned for 10 epochs of 10 s with 60 s left after the second: the cosine re-targets its end
+    (so the rate still decays to its tail), training stops there, and never later than planned."""
+    from medtune.training import callbacks as cb_module
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(cb_module.time, "monotonic", lambda: clock["now"])
+
+    class FakeBudget:
+        def __init__(self, left):
+            self.left = left
+
+        def remaining(self):
+            return self.left - clock["now"]
+
+    def run(left, epoch_seconds):
+        model = compile_model(build_model(TINY, SHAPE, 3), {})
+        cos = training.EpochCosine(0, 10, 1.0, budget=FakeBudget(left))
+        cos.set_model(model)
+        rates, epoch = [], 0
+        model.stop_training = False
+        while not model.stop_training:
+            cos.on_epoch_begin(epoch)
+            rates.append(float(model.optimizer.learning_rate.numpy()))
+            clock["now"] += epoch_seconds[min(epoch, len(epoch_seconds) - 1)]
+            cos.on_epoch_end(epoch, {})
+            epoch += 1
+        clock["now"] = 0.0
+        return cos, rates
+
+    cos, rates = run(80.0, [20.0, 10.0])  # 80 s: a 20 s first epoch (tracing), then 10 s ones
+    assert cos.end == 7 and len(rates) == 7 and cos.planned_end == 10
+    assert rates[2] < training.EpochCosine(0, 10, 1.0).rate(2) and rates[-1] == pytest.approx(cos.rate(6))
+    assert rates[-1] < 0.1  # the tail of the cosine was reached
+    cos, rates = run(1000.0, [20.0, 10.0])  # time to spare: the plan as it was
+    assert cos.end == 10 and rates == pytest.approx([training.EpochCosine(0, 10, 1.0).rate(e) for e in range(10)])
+    training.release_model()

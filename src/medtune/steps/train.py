@@ -517,6 +517,7 @@ def _fit_member(
             class_weight=class_weight,
             callbacks=callbacks,
             stop_requested=(lambda: budget.spent()) if budget is not None else None,
+            budget=budget,
             on_stage=lambda st, n: log.info(
                 "Stage %d: epochs %d-%d, learning rate %.2g, %d trainable layers",
                 st.number,

@@ -287,11 +287,18 @@ class EpochCosine(keras.callbacks.Callback):
     The first ``warmup`` epochs rise linearly to ``base_lr`` (from ``base_lr / (warmup + 1)``);
     then the rate follows half a cosine from ``base_lr`` towards 0 at ``end``. Each epoch's logs
     carry ``learning_rate``.
+
+    With a ``budget`` (a :class:`medtune.planning.Budget`), the schedule fits the time it has:
+    from the second epoch on, when the epochs left at the slowest steady epoch so far would not
+    fit in what remains, ``end`` moves earlier and training stops there, so the rate still
+    decays to its low tail instead of a time limit cutting the cosine half-way.
     """
 
-    def __init__(self, first: int, end: int, base_lr: float, warmup: int = 0):
+    def __init__(self, first: int, end: int, base_lr: float, warmup: int = 0, budget=None):
         super().__init__()
         self.first, self.end, self.base_lr, self.warmup = int(first), int(end), float(base_lr), max(0, int(warmup))
+        self.planned_end, self.budget = self.end, budget
+        self._t0, self._seconds = 0.0, []
 
     def rate(self, epoch: int) -> float:
         k = epoch - self.first
@@ -301,22 +308,44 @@ class EpochCosine(keras.callbacks.Callback):
         return self.base_lr * 0.5 * (1 + math.cos(math.pi * (k - self.warmup) / span))
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.monotonic()
         self.model.optimizer.learning_rate = self.rate(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = self.rate(epoch)
+        if self.budget is None:
+            return
+        self._seconds.append(time.monotonic() - self._t0)
+        if len(self._seconds) > 1:  # the first epoch of a fit also traces its graphs
+            self._fit_to_budget(epoch, max(self._seconds[1:]))
+        if epoch + 1 >= self.end:
+            self.model.stop_training = True
+
+    def _fit_to_budget(self, epoch: int, epoch_s: float) -> None:
+        fits = epoch + 1 + int(max(0.0, self.budget.remaining() or 0.0) // max(epoch_s, 1e-3))
+        end = max(epoch + 1, min(self.planned_end, fits))
+        if end < self.end:
+            log.info(
+                "Time budget: the cosine schedule now ends after epoch %d, not %d (%.0f s per epoch, %.0f s left)",
+                end,
+                self.planned_end,
+                epoch_s,
+                self.budget.remaining() or 0.0,
+            )
+            self.end = end
 
 
 LR_SCHEDULES = ("constant", "cosine")
 
 
 def schedule_callbacks(
-    params: Mapping[str, Any], first: int, end: int, base_lr: float, *, last_stage: bool = True
+    params: Mapping[str, Any], first: int, end: int, base_lr: float, *, last_stage: bool = True, budget=None
 ) -> list[keras.callbacks.Callback]:
     """The ``lr_schedule`` of ``params`` for one stage: [] (constant) or an :class:`EpochCosine`.
 
-    Warm-up (``warmup_epochs``) belongs to the last stage, where the fine-tuning starts.
+    Warm-up (``warmup_epochs``) and fitting the schedule to a ``budget`` belong to the last stage,
+    where the fine-tuning starts.
 
     Raises:
         ConfigError: an unknown schedule or a negative warm-up.
@@ -329,7 +358,7 @@ def schedule_callbacks(
         raise ConfigError(f"warmup_epochs: needs an integer >= 0 (got {warmup!r})")
     if name == "constant":
         return []
-    return [EpochCosine(first, end, base_lr, warmup if last_stage else 0)]
+    return [EpochCosine(first, end, base_lr, warmup if last_stage else 0, budget if last_stage else None)]
 
 
 class StageMarker(keras.callbacks.Callback):

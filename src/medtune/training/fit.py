@@ -102,6 +102,7 @@ def fit_stages(
     stop_requested=None,
     on_stage=None,
     window: tuple[int, int] | None = None,
+    budget=None,
 ) -> dict[str, list[float]]:
     """:func:`fit` through the stages of ``models.transfer.stage_plan(params, epochs)``.
 
@@ -112,7 +113,8 @@ def fit_stages(
     Stage 2 is skipped when ``stop_requested()`` is true after stage 1 (a pruned trial).
     ``on_stage(stage, trainable_layers)`` is called as each stage starts. ``window=(first, end)``
     trains only the epochs ``[first, end)`` of the plan for ``epochs`` (a resolution rung: the
-    stages, learning rates and schedules are those of the whole plan).
+    stages, learning rates and schedules are those of the whole plan). With a ``budget``, the last
+    stage's cosine schedule shortens itself to the time left (:class:`EpochCosine`).
 
     Returns:
         The history of all stages, concatenated per key.
@@ -138,7 +140,12 @@ def fit_stages(
         if on_stage is not None:
             on_stage(stage, trainable)
         schedule = schedule_callbacks(
-            params, stage.first_epoch, stage.end_epoch, stage.learning_rate, last_stage=stage is stages[-1]
+            params,
+            stage.first_epoch,
+            stage.end_epoch,
+            stage.learning_rate,
+            last_stage=stage is stages[-1],
+            budget=budget,
         )
         part = fit(
             model,
