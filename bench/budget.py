@@ -278,32 +278,17 @@ def run_reference(name: str, args, data: Path, dataset: str, home: Path) -> None
 # ---------------------------------------------------------------- medtune's budgeted main
 
 
-def run_medtune(budget: str, args, data: Path, dataset: str, home: Path) -> None:
+def mlflow_run(entry: str, params: dict, dataset: str, home: Path):
+    """``mlflow run . --env-manager local -e <entry>`` with ``params`` in a subprocess in ``home``.
+
+    Returns the newest ``train`` run of the dataset's experiment and the minutes the command took.
+    """
     import mlflow
 
-    from medtune.planning.budget import parse_budget
-
     bin_dir = Path(sys.executable).parent  # the environment's mlflow and medtune scripts
-    cmd = [
-        str(bin_dir / "mlflow"),
-        "run",
-        str(REPO),
-        "--env-manager",
-        "local",
-        "-e",
-        "main",
-        "-P",
-        f"dataset={dataset}",
-        "-P",
-        f"data_dir={data}",
-        "-P",
-        f"budget={budget}",
-        "-P",
-        f"seed={args.seed}",
-        "-P",
-        f"study=bench-{budget}-{time.strftime('%Y%m%d-%H%M%S')}",
-        *(["-P", f"exclude_classes={args.exclude_classes}"] if args.exclude_classes else []),
-    ]  # each row searches from scratch
+    cmd = [str(bin_dir / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", entry]
+    for key, value in params.items():
+        cmd += ["-P", f"{key}={value}"]
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -311,24 +296,42 @@ def run_medtune(budget: str, args, data: Path, dataset: str, home: Path) -> None
     minutes = (time.perf_counter() - t0) / 60
     client = mlflow.tracking.MlflowClient()
     experiment = client.get_experiment_by_name(f"medtune-{dataset}")
-    runs = client.search_runs(
+    [train] = client.search_runs(
         [experiment.experiment_id], "tags.`medtune.step` = 'train'", order_by=["start_time DESC"], max_results=1
     )
-    train = runs[0]
-    split, test = the_split(dataset, data, int(train.data.params["image_size"]), args.exclude_classes)
+    return train, minutes
+
+
+def logged_model_proba(run_id: str, x):
+    """The class probabilities of the model a train run logged, for the images ``x``."""
     import tempfile
+
+    import numpy as np
 
     from medtune import serving
 
     with tempfile.TemporaryDirectory() as tmp:
-        model, meta = serving.load_keras_from_uri(f"runs:/{train.info.run_id}/model", Path(tmp))
-    import numpy as np
+        model, _ = serving.load_keras_from_uri(f"runs:/{run_id}/model", Path(tmp))
+    return model.predict(x.astype(np.float32), batch_size=64, verbose=0)
 
-    proba = model.predict(test.x.astype(np.float32), batch_size=64, verbose=0)
+
+def run_medtune(budget: str, args, data: Path, dataset: str, home: Path) -> None:
+    from medtune.planning.budget import parse_budget
+
+    params = {
+        "dataset": dataset,
+        "data_dir": data,
+        "budget": budget,
+        "seed": args.seed,
+        "study": f"bench-{budget}-{time.strftime('%Y%m%d-%H%M%S')}",  # each row searches from scratch
+        **({"exclude_classes": args.exclude_classes} if args.exclude_classes else {}),
+    }
+    train, minutes = mlflow_run("main", params, dataset, home)
+    split, test = the_split(dataset, data, int(train.data.params["image_size"]), args.exclude_classes)
     row = score(
         f"medtune_{budget}",
         test.y,
-        proba,
+        logged_model_proba(train.info.run_id, test.x),
         split.classes,
         minutes,
         test.split_id,

@@ -14,17 +14,12 @@ Run it alone on the machine: minutes are wall-clock.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
-from _common import REPO, kept_home, load_rows, save_row, table
-from budget import score, the_split
+from _common import kept_home, load_rows, save_row, table
+from budget import logged_model_proba, mlflow_run, score, the_split
 
 VARIANTS = {"base": {}, "ema": {"ema": True}, "mixup": {"mixup": 0.2}, "ema_mixup": {"ema": True, "mixup": 0.2}}
 
@@ -44,17 +39,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def run_variant(name: str, args, data: Path, dataset: str, home: Path) -> dict:
-    import mlflow
-    import numpy as np
-
-    from medtune import serving
     from medtune.planning.recipes import RECIPES
 
     params = home / f"recipe-{name}.yaml"
     params.write_text(yaml.safe_dump({**RECIPES["lite0_finetune"], **VARIANTS[name]}))
-    bin_dir = Path(sys.executable).parent
-    cmd = [str(bin_dir / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", "train"]
-    for key, value in {
+    given = {
         "dataset": dataset,
         "data_dir": data,
         "params": params,
@@ -63,22 +52,10 @@ def run_variant(name: str, args, data: Path, dataset: str, home: Path) -> dict:
         "patience": args.epochs,  # no early stop inside the cosine schedule
         "seed": args.seed,
         "tta": "none",
-    }.items():
-        cmd += ["-P", f"{key}={value}"]
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    subprocess.run(cmd, check=True, cwd=home, env=env)
-    minutes = (time.perf_counter() - t0) / 60
-    client = mlflow.tracking.MlflowClient()
-    experiment = client.get_experiment_by_name(f"medtune-{dataset}")
-    [train] = client.search_runs(
-        [experiment.experiment_id], "tags.`medtune.step` = 'train'", order_by=["start_time DESC"], max_results=1
-    )
+    }
+    train, minutes = mlflow_run("train", given, dataset, home)
     split, test = the_split(dataset, data, args.image_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        model, _ = serving.load_keras_from_uri(f"runs:/{train.info.run_id}/model", Path(tmp))
-    proba = model.predict(test.x.astype(np.float32), batch_size=64, verbose=0)
+    proba = logged_model_proba(train.info.run_id, test.x)
     row = score(name, test.y, proba, split.classes, minutes, test.split_id, {"train_run": train.info.run_id})
     row["val_macro_f1"] = train.data.metrics.get("val_macro_f1")
     return row
