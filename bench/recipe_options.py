@@ -82,7 +82,9 @@ def main() -> None:
         args.epochs, args.image_size = 2, 64
     for name in args.variants:
         row = run_variant(name, args, data, dataset, home)
-        save_row(results, name, row)
+        if args.seed != 42:
+            row["row"] = f"{name}_seed{args.seed}"
+        save_row(results, row["row"], row)
         print(f"{name}: accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, {row['minutes']:.1f} min")
     print_table(results)
 
