@@ -534,6 +534,7 @@ def test_averaged_weights_are_validated_kept_and_shipped_however_training_stops(
     ds = make_dataset(x, y, 3, 4, training=True)
     history = fit(model, ds, make_dataset(x, y, 3, 8, training=False), y_val=y, epochs=4, callbacks=[Probe()])
     assert len(history["val_macro_f1"]) == 2
+    assert model.optimizer.ema_momentum == pytest.approx(1 - 1 / 6)  # 6 steps an epoch: at most an epoch's memory
     (_, end0, avg0), (_, begin1), (_, end1, avg1) = seen
     for got, want in [*zip(end0, avg0), *zip(end1, avg1)]:
         np.testing.assert_array_equal(got, want)  # the callbacks saw the average

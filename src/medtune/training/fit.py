@@ -55,6 +55,8 @@ def fit(
     Runs ``[AveragedWeights (with an ``ema`` optimiser), PreciseBatchNorm (if given), EpochScores,
     NaNGuard, *callbacks]`` so the validation pass sees the averaged weights and re-estimated
     BatchNorm statistics, and ``callbacks`` can monitor ``val_macro_f1`` / ``val_balanced_accuracy``.
+    The average's momentum is lowered, if need be, so it spans at most about one epoch
+    (``1 - 1 / steps per epoch``).
 
     Returns:
         The history: ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``,
@@ -69,7 +71,12 @@ def fit(
     guard = next((cb for cb in callbacks if isinstance(cb, NaNGuard)), None) or NaNGuard()
     precise = [cb for cb in callbacks if isinstance(cb, PreciseBatchNorm)]
     others = [cb for cb in callbacks if cb is not scorer and cb is not guard and cb not in precise]
-    averaged = [AveragedWeights()] if getattr(model.optimizer, "use_ema", False) else []
+    averaged = []
+    if getattr(model.optimizer, "use_ema", False):
+        averaged = [AveragedWeights()]
+        steps = int(train_ds.cardinality())
+        if steps > 0:  # the average spans at most about one epoch: small data, short memory
+            model.optimizer.ema_momentum = min(model.optimizer.ema_momentum, 1.0 - 1.0 / steps)
     history = model.fit(
         train_ds,
         epochs=int(epochs),  # no validation_data: EpochScores scores the validation set once
