@@ -543,6 +543,30 @@ def test_averaged_weights_are_validated_kept_and_shipped_however_training_stops(
         np.testing.assert_array_equal(got.numpy(), want)  # the model shipped is the average
 
 
+def test_averaged_weights_under_mixed_precision(data):
+    """Mixed precision wraps the optimiser in loss scaling: the average is still found and shipped."""
+    x, y = data
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = compile_model(build_model(TINY, SHAPE, 3), {"ema": True})
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert training.callbacks.averaging_optimizer(model) is model.optimizer.inner_optimizer
+        seen = []
+
+        class Probe(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                averages = model.optimizer.inner_optimizer._model_variables_moving_average
+                seen.append(
+                    all(np.array_equal(w.numpy(), a.numpy()) for w, a in zip(model.trainable_weights, averages))
+                )
+
+        fit(model, make_dataset(x, y, 3, 4, training=True), make_dataset(x, y, 3, 8, training=False), y_val=y,
+            epochs=2, callbacks=[Probe()])  # fmt: skip
+        assert seen == [True, True]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def test_mixup_makes_soft_labels_only_when_asked(data):
     x, y = data
     _, hard = stacked(make_dataset(x, y, 3, 8, training=True, augment=0.1, seed=2))

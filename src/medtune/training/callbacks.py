@@ -86,9 +86,17 @@ class AveragedWeights(keras.callbacks.Callback):
         for var, average in zip(variables, averages):
             var.assign(average)
 
-    def _pairs(self):
-        optimizer = self.model.optimizer
+    def _pairs(self):  # the private attributes keras.callbacks.SwapEMAWeights reads too
+        optimizer = averaging_optimizer(self.model)
         return optimizer._trainable_variables, optimizer._model_variables_moving_average
+
+
+def averaging_optimizer(model: keras.Model):
+    """The model's optimiser if it keeps a moving average of the weights (also inside the loss
+    scaling of mixed precision), else None."""
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    return optimizer if getattr(optimizer, "use_ema", False) else None
 
 
 class PreciseBatchNorm(keras.callbacks.Callback):

@@ -19,6 +19,7 @@ from medtune.training.callbacks import (
     NaNGuard,
     PreciseBatchNorm,
     StageMarker,
+    averaging_optimizer,
     schedule_callbacks,
 )
 from medtune.training.compile import compile_model
@@ -71,12 +72,12 @@ def fit(
     guard = next((cb for cb in callbacks if isinstance(cb, NaNGuard)), None) or NaNGuard()
     precise = [cb for cb in callbacks if isinstance(cb, PreciseBatchNorm)]
     others = [cb for cb in callbacks if cb is not scorer and cb is not guard and cb not in precise]
-    averaged = []
-    if getattr(model.optimizer, "use_ema", False):
+    averaged, optimizer = [], averaging_optimizer(model)
+    if optimizer is not None:
         averaged = [AveragedWeights()]
         steps = int(train_ds.cardinality())
         if steps > 0:  # the average spans at most about one epoch: small data, short memory
-            model.optimizer.ema_momentum = min(model.optimizer.ema_momentum, 1.0 - 1.0 / steps)
+            optimizer.ema_momentum = min(optimizer.ema_momentum, 1.0 - 1.0 / steps)
     history = model.fit(
         train_ds,
         epochs=int(epochs),  # no validation_data: EpochScores scores the validation set once
