@@ -72,12 +72,11 @@ def fit(
     guard = next((cb for cb in callbacks if isinstance(cb, NaNGuard)), None) or NaNGuard()
     precise = [cb for cb in callbacks if isinstance(cb, PreciseBatchNorm)]
     others = [cb for cb in callbacks if cb is not scorer and cb is not guard and cb not in precise]
-    averaged, optimizer = [], averaging_optimizer(model)
-    if optimizer is not None:
-        averaged = [AveragedWeights()]
-        steps = int(train_ds.cardinality())
-        if steps > 0:  # the average spans at most about one epoch: small data, short memory
-            optimizer.ema_momentum = min(optimizer.ema_momentum, 1.0 - 1.0 / steps)
+    optimizer = averaging_optimizer(model)
+    steps = int(train_ds.cardinality())
+    if optimizer is not None and steps > 0:  # the average spans at most about one epoch
+        optimizer.ema_momentum = min(optimizer.ema_momentum, 1.0 - 1.0 / steps)
+    averaged = [AveragedWeights()] if optimizer is not None else []
     history = model.fit(
         train_ds,
         epochs=int(epochs),  # no validation_data: EpochScores scores the validation set once
