@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
         default="fixed",
         help="'fixed' (cnn.yaml defaults, the same model every trial), or a space name/path (default fixed)",
     )
-    from medtune.search.base import PRUNERS  # no TensorFlow yet
+    from medtune.hpo.base import PRUNERS  # no TensorFlow yet
 
     p.add_argument("--pruner", default="median", choices=PRUNERS)
     p.add_argument("--seed", type=int, default=42)

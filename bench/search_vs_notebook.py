@@ -64,7 +64,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--space", default="cnn", help="search space name or path, used by both sides (default cnn)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--rounds", type=int, default=2, help="alternating chunks the budget is run in (default 2)")
-    from medtune.search.base import PRUNERS
+    from medtune.hpo.base import PRUNERS
 
     p.add_argument("--pruner", default="median", choices=PRUNERS, help="medtune's Optuna pruner (default median)")
     p.add_argument(
@@ -111,8 +111,8 @@ def main() -> None:
 
     from medtune import training
     from medtune.models import build_model
-    from medtune.search.base import COMPLETE, PRUNED
-    from medtune.search.keras_tuner_engine import active_values, declare
+    from medtune.hpo.base import COMPLETE, PRUNED
+    from medtune.hpo.keras_tuner_engine import active_values, declare
     from medtune.space import load_space, resolve_space_path
     from medtune.steps.search import SearchOptions, run_search
     from medtune.steps.split import SplitOptions, run_split

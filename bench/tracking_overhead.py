@@ -11,7 +11,7 @@ same balanced class weights, in rotating order for ``--repeats`` rounds:
 * bare:    ``model.fit(train_ds, validation_data=val_ds, epochs=...)`` with the same training
            recipe (``PreciseBatchNorm``: BatchNorm statistics re-estimated on clean training
            images each epoch, as medtune trains) and nothing else;
-* trainer: ``medtune.search.trial.train_trial`` without a recorder (its one validation pass per
+* trainer: ``medtune.hpo.trial.train_trial`` without a recorder (its one validation pass per
            epoch gives val loss/accuracy, macro-F1 and balanced accuracy, and the last one the
            final validation probabilities);
 * tracked: ``train_trial`` wrapped by ``SearchRecorder`` exactly as the Optuna engine does it:
@@ -70,8 +70,8 @@ def main() -> None:
 
     from medtune import tracking, training
     from medtune.models import build_model
-    from medtune.search.base import COMPLETE
-    from medtune.search.trial import TrialData, probe_indices, train_trial
+    from medtune.hpo.base import COMPLETE
+    from medtune.hpo.trial import TrialData, probe_indices, train_trial
     from medtune.space import load_space, resolve_space_path
     from medtune.steps.data import load_split
     from medtune.steps.search import SearchOptions

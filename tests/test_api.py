@@ -24,11 +24,11 @@ def test_import_is_light_and_documented():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", "nothing heavy until a function is called"
-    for name in ("split", "search", "train", "load"):
+    for name in ("main", "split", "search", "train", "load"):
         assert getattr(medtune, name).__doc__ and callable(getattr(medtune, name)), name
-    importlib.import_module("medtune.search.engines")  # importing the engines leaves medtune.search callable
-    assert callable(medtune.search) and medtune.search.engines.ENGINES
-    assert set(medtune.__all__) >= {"split", "search", "train", "load", "Model"}
+    importlib.import_module("medtune.hpo.engines")  # the engine package is not the notebook function
+    assert medtune.search is medtune.api.search
+    assert set(medtune.__all__) >= {"main", "split", "search", "train", "load", "Model"}
 
 
 def test_api_errors_are_the_cli_errors(project):

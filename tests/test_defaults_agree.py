@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from medtune import cli
-from medtune.search.base import PRUNERS
-from medtune.search.engines import ENGINE_ALIASES, ENGINES
-from medtune.search.trial import OBJECTIVES
+from medtune.hpo.base import PRUNERS
+from medtune.hpo.engines import ENGINE_ALIASES, ENGINES
+from medtune.hpo.trial import OBJECTIVES
 from medtune.steps.pipeline import PipelineOptions
 from medtune.steps.search import SearchOptions
 from medtune.steps.split import SplitOptions

@@ -1,12 +1,11 @@
 """medtune: tracked hyperparameter search for medical-image classifiers.
 
-From Python (notebooks): ``medtune.split``, ``medtune.search``, ``medtune.train`` and
-``medtune.load`` (see :mod:`medtune.api`); nothing heavy is imported until they are called.
+From Python (notebooks): ``medtune.main``, ``medtune.split``, ``medtune.search``, ``medtune.train``
+and ``medtune.load`` (see :mod:`medtune.api`); nothing heavy is imported until they are called.
 """
 
 __version__ = "0.1.0"
 
-from medtune import search  # noqa: E402 - the package, callable: medtune.search(...) is medtune.api.search
-from medtune.api import Model, load, split, train  # noqa: E402
+from medtune.api import Model, load, main, search, split, train  # noqa: E402
 
-__all__ = ["Model", "__version__", "load", "search", "split", "train"]
+__all__ = ["Model", "__version__", "load", "main", "search", "split", "train"]

@@ -6,6 +6,7 @@ same ``None`` = sized-from-the-machine defaults), same MLflow runs, same one-lin
 
     import medtune
     medtune.split("brain_mri")
+    medtune.main("brain_mri", budget="1h")      # split, search, train, evaluate, gate: the best model in 1 hour
     medtune.search("brain_mri", trials=12)
     medtune.train("brain_mri")
     model = medtune.load("models:/medtune-brain_mri@champion")
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Model", "load", "search", "split", "train"]
+__all__ = ["Model", "load", "main", "search", "split", "train"]
 
 _READY: dict[str, Any] = {}
 
@@ -101,6 +102,23 @@ def train(dataset: str = "synthetic", *, tracking_uri: str | None = None, **opti
     from medtune.steps.train import TrainOptions, run_train
 
     return run_train(TrainOptions(dataset=dataset, **options))
+
+
+def main(dataset: str = "synthetic", *, budget: str | float | None = None, tracking_uri: str | None = None, **options):
+    """The whole pipeline (``medtune main``): split, search, final training, evaluation and the gate.
+
+    ``budget``: wall-clock time for all of it (``"90m"``, ``"2h"`` or minutes); the plan sizes the
+    search and final training from the data and the machine. Other options as the CLI's.
+
+    Returns:
+        A :class:`medtune.steps.pipeline.PipelineOutcome`: the step runs and ``train`` (test
+        ``metrics``, the registered version and the gate's ``decision``).
+    """
+    _ready(tracking_uri)
+    from medtune.planning.budget import parse_budget
+    from medtune.steps.pipeline import PipelineOptions, run_pipeline
+
+    return run_pipeline(PipelineOptions(dataset=dataset, budget=parse_budget(budget), **options))
 
 
 def load(model_uri: str, *, tracking_uri: str | None = None) -> Model:

@@ -14,9 +14,9 @@ import click
 from medtune import __version__
 from medtune.errors import MedtuneError
 from medtune.plan import AUTO
-from medtune.search.base import PRUNERS
-from medtune.search.engines import ENGINE_ALIASES, ENGINES
-from medtune.search.trial import OBJECTIVES
+from medtune.hpo.base import PRUNERS
+from medtune.hpo.engines import ENGINE_ALIASES, ENGINES
+from medtune.hpo.trial import OBJECTIVES
 
 log = logging.getLogger("medtune")
 

@@ -18,7 +18,7 @@ Categorical choices are all of one kind (all strings, all numbers or all boolean
 mixed with floats become floats) because keras-tuner's ``Choice`` requires it.
 
 This module only parses and validates; each engine adapts a :class:`SearchSpace` itself
-(``medtune.search``). Nothing here imports TensorFlow, Optuna or keras-tuner.
+(``medtune.hpo``). Nothing here imports TensorFlow, Optuna or keras-tuner.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from medtune.planning.budget import Budget
-from medtune.search.base import COMPLETE, PRUNED, NullRecorder, SearchSettings
-from medtune.search.trial import TrialResult, rung_schedule
+from medtune.hpo.base import COMPLETE, PRUNED, NullRecorder, SearchSettings
+from medtune.hpo.trial import TrialResult, rung_schedule
 from medtune.space import load_space
 from tests.helpers import two_param_space
 
@@ -71,7 +71,7 @@ def _scripted(values_of, clock: FakeClock | None = None, epoch_s: float = 0.0, s
 
 
 def test_optuna_starts_no_trial_after_the_budget_and_stops_the_running_one_at_an_epoch(tmp_path, monkeypatch):
-    from medtune.search import optuna_engine
+    from medtune.hpo import optuna_engine
 
     clock = FakeClock()
     seen = {}
@@ -99,8 +99,8 @@ def test_optuna_starts_no_trial_after_the_budget_and_stops_the_running_one_at_an
 
 
 def test_keras_tuner_honours_the_budget_too(tmp_path, monkeypatch):
-    from medtune.search import keras_tuner_engine
-    from medtune.search.trial import TrialData
+    from medtune.hpo import keras_tuner_engine
+    from medtune.hpo.trial import TrialData
 
     clock = FakeClock()
     seen = {}
@@ -126,7 +126,7 @@ def test_keras_tuner_honours_the_budget_too(tmp_path, monkeypatch):
 
 
 def test_the_search_stops_when_it_has_plateaued(tmp_path, monkeypatch):
-    from medtune.search import optuna_engine
+    from medtune.hpo import optuna_engine
 
     script = {0: 0.60, 1: 0.70, 2: 0.69, 3: 0.70, 4: 0.65, 5: 0.7005, 6: 0.99}
     monkeypatch.setattr(optuna_engine, "train_trial", _scripted(lambda n: [script[n]]))
@@ -158,7 +158,7 @@ def test_rung_schedule_splits_the_epochs_and_keeps_the_largest_sizes():
 
 
 def test_the_pruner_decides_only_at_the_end_of_a_rung(tmp_path, monkeypatch):
-    from medtune.search import optuna_engine
+    from medtune.hpo import optuna_engine
 
     curves = {0: [0.6, 0.7, 0.8, 0.9], 1: [0.6, 0.7, 0.8, 0.9], 2: [0.1, 0.2, 0.3, 0.4]}
     seen = {}
@@ -182,8 +182,8 @@ def test_a_promoted_trial_continues_from_its_own_weights_at_the_larger_size(monk
     """Real training on synthetic images: 32 px for one epoch, then 48 px from the same weights."""
     import medtune.models as models
     from medtune.datasets.synthetic import CLASSES, generate
-    from medtune.search import trial as trial_module
-    from medtune.search.trial import TrialData, train_trial
+    from medtune.hpo import trial as trial_module
+    from medtune.hpo.trial import TrialData, train_trial
 
     x, y, _ = generate(8, 48, seed=0)
     data = TrialData(list(CLASSES), x, y.astype(np.int32), x[::2], y[::2].astype(np.int32), np.arange(4))
@@ -249,7 +249,7 @@ def test_a_new_study_runs_the_recipes_first_and_imports_earlier_studies(tmp_path
     import optuna
 
     from medtune.planning.recipes import recipes_for
-    from medtune.search import optuna_engine
+    from medtune.hpo import optuna_engine
     from medtune.space import resolve_space_path
 
     space = load_space(resolve_space_path("auto_cpu"))
@@ -294,7 +294,7 @@ def test_workers_starting_together_on_a_new_study_queue_each_recipe_once(tmp_pat
     import optuna
 
     from medtune.planning.recipes import recipes_for
-    from medtune.search import optuna_engine
+    from medtune.hpo import optuna_engine
     from medtune.space import resolve_space_path
 
     space = load_space(resolve_space_path("auto_cpu"))
@@ -313,7 +313,7 @@ def test_a_named_recipe_is_the_only_trial_queued(tmp_path, monkeypatch):
     import optuna
 
     from medtune.planning.recipes import recipes_for
-    from medtune.search import optuna_engine
+    from medtune.hpo import optuna_engine
     from medtune.space import resolve_space_path
 
     space = load_space(resolve_space_path("auto_cpu"))
@@ -337,7 +337,7 @@ def test_a_named_recipe_is_the_only_trial_queued(tmp_path, monkeypatch):
 def test_a_bad_warm_start_leaves_no_study_behind(tmp_path):
     import optuna
 
-    from medtune.search import optuna_engine
+    from medtune.hpo import optuna_engine
 
     cfg = SearchSettings(study="s", trials=2, epochs=1, storage=f"sqlite:///{tmp_path / 'o.db'}", warm_start="nosuch")
     with pytest.raises(Exception, match="warm_start=nosuch: no such study in this storage"):
@@ -356,7 +356,7 @@ def test_a_dead_workers_trial_is_failed_by_the_heartbeat_retried_once_and_its_ru
 
     import optuna
 
-    from medtune.search import optuna_engine
+    from medtune.hpo import optuna_engine
 
     monkeypatch.setenv("MEDTUNE_HEARTBEAT", "1,2")
     monkeypatch.setattr(optuna_engine, "train_trial", _scripted(lambda n: [0.5 + 0.01 * n]))
@@ -399,7 +399,7 @@ def test_workers_sharing_a_study_never_overshoot_its_trial_budget(tmp_path, monk
 
     import optuna
 
-    from medtune.search import optuna_engine
+    from medtune.hpo import optuna_engine
 
     def slow(params, data, *, epochs, seed, on_epoch, **kwargs):
         result = TrialResult()

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from medtune.search.base import NullRecorder, SearchSettings
-from medtune.search.trial import TrialResult
+from medtune.hpo.base import NullRecorder, SearchSettings
+from medtune.hpo.trial import TrialResult
 from tests import helpers
 from tests.search_tests import test_postgres_workers
 
@@ -75,7 +75,7 @@ def _counts(url: str) -> dict[str, int]:
 
 
 def test_a_database_restart_mid_search_loses_and_repeats_no_trial(postgres_url, cluster, tmp_path, monkeypatch, caplog):
-    from medtune.search import optuna_engine
+    from medtune.hpo import optuna_engine
 
     monkeypatch.setattr(optuna_engine, "train_trial", slow_trainer(0.3))
     space = helpers.two_param_space(tmp_path)
@@ -88,7 +88,7 @@ def test_a_database_restart_mid_search_loses_and_repeats_no_trial(postgres_url, 
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    caplog.set_level(logging.INFO, logger="medtune.search.reconnect")
+    caplog.set_level(logging.INFO, logger="medtune.hpo.reconnect")
     optuna_engine.open_study(space, cfg)  # the study's tables, before the test starts watching them
     worker = threading.Thread(target=search)
     worker.start()
@@ -108,8 +108,8 @@ def test_a_database_restart_mid_search_loses_and_repeats_no_trial(postgres_url, 
 
 
 def test_a_database_that_stays_down_stops_the_search_with_one_line(postgres_url, cluster, tmp_path, monkeypatch):
-    from medtune.search import optuna_engine
-    from medtune.search.reconnect import StorageUnavailable
+    from medtune.hpo import optuna_engine
+    from medtune.hpo.reconnect import StorageUnavailable
     from medtune.tracking import status_for
 
     monkeypatch.setattr(optuna_engine, "train_trial", slow_trainer(0.5))

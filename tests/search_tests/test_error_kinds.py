@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from medtune.errors import ConfigError, InternalError, TrainingDiverged, stops_the_search
-from medtune.search.base import COMPLETE, FAILED, NullRecorder, SearchSettings
-from medtune.search.trial import TrialData, TrialResult
+from medtune.hpo.base import COMPLETE, FAILED, NullRecorder, SearchSettings
+from medtune.hpo.trial import TrialData, TrialResult
 from tests.helpers import two_param_space
 
 
@@ -44,7 +44,7 @@ def test_which_errors_stop_a_search():
 
 
 def test_optuna_stops_at_the_first_config_error(tmp_path, monkeypatch):
-    from medtune.search import optuna_engine
+    from medtune.hpo import optuna_engine
 
     calls = []
     monkeypatch.setattr(
@@ -61,7 +61,7 @@ def test_optuna_stops_at_the_first_config_error(tmp_path, monkeypatch):
 
 
 def test_a_diverged_trial_is_failed_and_the_search_goes_on(tmp_path, monkeypatch):
-    from medtune.search import optuna_engine
+    from medtune.hpo import optuna_engine
 
     monkeypatch.setattr(
         optuna_engine, "train_trial", _failing(lambda n: TrainingDiverged("loss is NaN at epoch 1") if n == 0 else None)
@@ -72,7 +72,7 @@ def test_a_diverged_trial_is_failed_and_the_search_goes_on(tmp_path, monkeypatch
 
 
 def test_keras_tuner_stops_at_the_first_type_error_with_one_line(tmp_path, monkeypatch):
-    from medtune.search import keras_tuner_engine
+    from medtune.hpo import keras_tuner_engine
 
     calls = []
     monkeypatch.setattr(
@@ -92,7 +92,7 @@ def test_keras_tuner_stops_at_the_first_type_error_with_one_line(tmp_path, monke
 
 
 def test_engines_are_one_registry_with_one_interface():
-    from medtune.search.engines import ENGINES, REGISTRY, get_engine
+    from medtune.hpo.engines import ENGINES, REGISTRY, get_engine
 
     assert ENGINES == tuple(REGISTRY) == ("optuna", "bayesian", "keras_hyperband", "grid")
     assert get_engine("hyperband") is REGISTRY["keras_hyperband"] and get_engine("hyperband").study_label == "hyperband"

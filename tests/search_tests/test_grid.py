@@ -8,7 +8,7 @@ import re
 import pytest
 
 from medtune.errors import SpaceError
-from medtune.search.grid import describe, grid_size, grid_values
+from medtune.hpo.grid import describe, grid_size, grid_values
 from medtune.space import parse_space
 
 GRID_SPACE = """

@@ -26,7 +26,7 @@ def _options(**kw):
 
 @pytest.mark.slow
 def test_failing_trial_is_recorded_and_the_search_goes_on(project, store, monkeypatch):
-    from medtune.search import optuna_engine
+    from medtune.hpo import optuna_engine
     from medtune.steps.search import run_search
 
     real_train = optuna_engine.train_trial

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from medtune.search.base import COMPLETE, FAILED, PRUNED, TrialSummary, best_trial
-from medtune.search.trial import best_of, objective_direction, probe_indices
+from medtune.hpo.base import COMPLETE, FAILED, PRUNED, TrialSummary, best_trial
+from medtune.hpo.trial import best_of, objective_direction, probe_indices
 from medtune.space import load_space, parse_space, resolve_space_path
 
 
@@ -29,7 +29,7 @@ def _adam(space) -> dict:
 def test_optuna_suggest_fixed_trial_skips_inactive_momentum(demo):
     import optuna
 
-    from medtune.search.optuna_engine import suggest
+    from medtune.hpo.optuna_engine import suggest
 
     values = _adam(demo)
     got = suggest(optuna.trial.FixedTrial(values), demo)  # FixedTrial raises on a param it was not given
@@ -40,7 +40,7 @@ def test_optuna_suggest_fixed_trial_skips_inactive_momentum(demo):
 def test_optuna_suggest_fixed_trial_asks_momentum_for_sgd(demo):
     import optuna
 
-    from medtune.search.optuna_engine import suggest
+    from medtune.hpo.optuna_engine import suggest
 
     values = {**_adam(demo), "optimizer": "sgd", "momentum": 0.95}
     got = suggest(optuna.trial.FixedTrial(values), demo)
@@ -52,7 +52,7 @@ def test_optuna_suggest_fixed_trial_asks_momentum_for_sgd(demo):
 def test_optuna_distributions_match_the_space(demo):
     import optuna
 
-    from medtune.search.optuna_engine import distributions
+    from medtune.hpo.optuna_engine import distributions
 
     dists = distributions(demo)
     assert list(dists) == demo.names()
@@ -68,7 +68,7 @@ def test_optuna_distributions_match_the_space(demo):
 
 def test_keras_tuner_declare_defaults_without_momentum(demo):
     kt = pytest.importorskip("keras_tuner")
-    from medtune.search.keras_tuner_engine import active_values, declare
+    from medtune.hpo.keras_tuner_engine import active_values, declare
 
     hp = kt.HyperParameters()
     values = declare(hp, demo)
@@ -81,7 +81,7 @@ def test_keras_tuner_declare_defaults_without_momentum(demo):
 
 def test_keras_tuner_declare_momentum_only_for_sgd(demo):
     kt = pytest.importorskip("keras_tuner")
-    from medtune.search.keras_tuner_engine import active_values, declare
+    from medtune.hpo.keras_tuner_engine import active_values, declare
 
     hp = kt.HyperParameters()
     hp.Fixed("optimizer", "sgd")
@@ -116,7 +116,7 @@ def _summaries(demo, intermediate: bool) -> list[TrialSummary]:
 
 
 def test_trials_table_has_every_trial_and_every_space_param(demo):
-    from medtune.search.summary import trials_table
+    from medtune.hpo.summary import trials_table
 
     summaries = _summaries(demo, intermediate=True)
     table = trials_table(list(reversed(summaries)), demo)
@@ -133,7 +133,7 @@ def test_trials_table_has_every_trial_and_every_space_param(demo):
 def test_search_figures_from_summaries(demo, intermediate):
     import matplotlib.pyplot as plt
 
-    from medtune.search.summary import as_study, search_figures
+    from medtune.hpo.summary import as_study, search_figures
 
     summaries = _summaries(demo, intermediate)
     study = as_study(summaries, demo, "maximize")
@@ -149,7 +149,7 @@ def test_search_figures_from_summaries(demo, intermediate):
 def test_search_figures_with_few_trials(demo):
     import matplotlib.pyplot as plt
 
-    from medtune.search.summary import search_figures
+    from medtune.hpo.summary import search_figures
 
     one = [TrialSummary(0, COMPLETE, 0.4, _adam(demo)), TrialSummary(1, FAILED, None, _adam(demo))]
     figures = search_figures(one, demo, "maximize")
@@ -160,7 +160,7 @@ def test_search_figures_with_few_trials(demo):
 
 
 def test_as_study_leaves_out_values_outside_the_space(demo):
-    from medtune.search.summary import as_study
+    from medtune.hpo.summary import as_study
 
     odd = {**_adam(demo), "filters": 64, "not_in_space": 1}  # e.g. a trial of an older space file
     study = as_study(
@@ -218,7 +218,7 @@ def test_parse_space_condition_used_by_both_adapters():
     """A space with a condition on a bool parent works with both adapters."""
     import optuna
 
-    from medtune.search.optuna_engine import suggest
+    from medtune.hpo.optuna_engine import suggest
 
     space = parse_space(
         {
@@ -248,8 +248,8 @@ def test_a_study_resumed_with_other_categorical_choices_is_a_clear_error(tmp_pat
     import optuna
 
     from medtune.errors import SpaceError
-    from medtune.search import optuna_engine
-    from medtune.search.base import SearchSettings
+    from medtune.hpo import optuna_engine
+    from medtune.hpo.base import SearchSettings
 
     cfg = SearchSettings(study="s", trials=1, epochs=1, storage=f"sqlite:///{tmp_path / 'o.db'}")
     old = _tiny_space(tmp_path, [16, 32, 64])
@@ -267,8 +267,8 @@ def test_a_study_resumed_with_other_categorical_choices_is_a_clear_error(tmp_pat
 
 def test_trials_failing_before_training_stop_the_search(tmp_path, monkeypatch):
     """A failure in suggest (before any training) counts too: the search stops instead of looping."""
-    from medtune.search import optuna_engine
-    from medtune.search.base import NullRecorder, SearchSettings
+    from medtune.hpo import optuna_engine
+    from medtune.hpo.base import NullRecorder, SearchSettings
 
     space = _tiny_space(tmp_path, [16, 32])
     calls = []
@@ -286,7 +286,7 @@ def test_trials_failing_before_training_stop_the_search(tmp_path, monkeypatch):
 def _curve_trainer(curves: dict, seen: dict):
     """A ``train_trial`` stand-in: trial ``seed - 42`` reports ``curves[n]`` epoch by epoch until
     pruned; ``seen[n]`` records how many epochs it ran."""
-    from medtune.search.trial import TrialResult
+    from medtune.hpo.trial import TrialResult
 
     def fake_train(params, data, *, epochs, seed, on_epoch, **kwargs):
         number = seed - 42
@@ -307,8 +307,8 @@ def test_asha_pruning_keeps_only_the_best_third_at_each_rung(tmp_path, monkeypat
     """ASHA (``pruner=asha``) compares trials after 1 and 3 epochs trained: with fewer than three
     rivals at a rung a trial goes on only if it is the best there, so a trial worse than the first
     one after its first epoch stops, and one that is better goes on to the next rung."""
-    from medtune.search import optuna_engine
-    from medtune.search.base import NullRecorder, SearchSettings
+    from medtune.hpo import optuna_engine
+    from medtune.hpo.base import NullRecorder, SearchSettings
 
     curves = {0: [0.5, 0.6, 0.7, 0.8, 0.8], 1: [0.4, 0.9, 0.9, 0.9, 0.9], 2: [0.6, 0.65, 0.68, 0.9, 0.95]}
     seen = {}
@@ -326,8 +326,8 @@ def test_asha_pruning_keeps_only_the_best_third_at_each_rung(tmp_path, monkeypat
 def test_median_pruning_stops_a_bad_trial_after_its_first_epoch_but_never_at_the_last(tmp_path, monkeypatch):
     """The engine feeds the pruner every epoch: after two complete trials, a trial below their
     median at epoch 1 stops there; a trial that is bad only at its last epoch completes."""
-    from medtune.search import optuna_engine
-    from medtune.search.base import NullRecorder, SearchSettings
+    from medtune.hpo import optuna_engine
+    from medtune.hpo.base import NullRecorder, SearchSettings
 
     curves = {0: [0.6, 0.7, 0.8], 1: [0.5, 0.6, 0.7], 2: [0.1, 0.2, 0.3], 3: [0.9, 0.9, 0.1]}
     seen = {}
@@ -344,7 +344,7 @@ def test_a_trial_validates_and_keeps_batchnorm_statistics_of_clean_training_imag
     import keras
 
     from medtune import training
-    from medtune.search.trial import TrialData, train_trial
+    from medtune.hpo.trial import TrialData, train_trial
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from medtune.errors import ConfigError
-from medtune.search import optuna_engine
+from medtune.hpo import optuna_engine
 from medtune.steps.search import SearchOptions, check_options
 
 URL = "postgresql://medtune:secret@db.lab:5432/optuna"

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 
 from medtune import tracking
-from medtune.search.base import SearchSettings
+from medtune.hpo.base import SearchSettings
 from medtune.tracking.search_recorder import SearchRecorder, trial_run_ids
 from tests import helpers
 from tests.search_tests.test_database_restart import slow_trainer
@@ -97,7 +97,7 @@ def test_a_search_goes_on_while_the_tracking_server_is_away_and_logs_its_trials_
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from medtune.search import optuna_engine
+    from medtune.hpo import optuna_engine
 
     monkeypatch.setattr(optuna_engine, "train_trial", slow_trainer(0.4))
     experiment_id = tracking.ensure_experiment("away")

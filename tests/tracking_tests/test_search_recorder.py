@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from medtune import tracking
-from medtune.search.base import COMPLETE, TrialSummary
-from medtune.search.trial import Probe, TrialResult
+from medtune.hpo.base import COMPLETE, TrialSummary
+from medtune.hpo.trial import Probe, TrialResult
 from medtune.tracking.search_recorder import SearchRecorder, trial_run_ids
 
 OPTS = SimpleNamespace(dataset="d", engine="bayesian", trials=2, epochs=2, objective="val_macro_f1", rungs=None)

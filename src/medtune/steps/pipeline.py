@@ -217,7 +217,7 @@ def _plan(opts: PipelineOptions, search_opts, split, budget) -> dict:
         "ensemble": opts.ensemble,
         "class_weights": opts.class_weights,
     }  # applied as given
-    from medtune.search.engines import get_engine
+    from medtune.hpo.engines import get_engine
 
     engine = get_engine(opts.engine)
     tpe = bool(engine.optuna_options) and not engine.grid  # queues recipes, prunes at rungs

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from medtune import settings, tracking
 from medtune.errors import ConfigError
-from medtune.search.base import (
+from medtune.hpo.base import (
     COMPLETE,
     PRUNED,
     PRUNERS,
@@ -22,8 +22,8 @@ from medtune.search.base import (
     TrialSummary,
     best_trial,
 )
-from medtune.search.engines import get_engine
-from medtune.search.trial import TrialData, objective_direction, probe_indices
+from medtune.hpo.engines import get_engine
+from medtune.hpo.trial import TrialData, objective_direction, probe_indices
 from medtune.tracking.search_recorder import SearchRecorder, log_search, trial_run_ids
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def check_options(opts: SearchOptions) -> None:
         raise ConfigError(f"pruner={opts.pruner!r}: expected one of {', '.join(PRUNERS)}")
     objective_direction(opts.objective)
     if opts.storage:
-        from medtune.search.optuna_engine import check_driver
+        from medtune.hpo.optuna_engine import check_driver
 
         check_driver(opts.storage)
 
@@ -144,7 +144,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     space = load_space(space_path)  # a bad space file stops here, before any trial
     grid = None
     if engine.grid:  # a continuous parameter without a step stops here, in one line
-        from medtune.search.grid import describe, grid_size, grid_values
+        from medtune.hpo.grid import describe, grid_size, grid_values
 
         grid = grid_values(space)
         opts.trials = min(opts.trials or grid_size(grid), grid_size(grid))
@@ -287,6 +287,6 @@ def _best_stopped(summaries: list[TrialSummary], direction: str) -> TrialSummary
 
 
 def _storage_label(storage: str | None) -> str:
-    from medtune.search.optuna_engine import _redact
+    from medtune.hpo.optuna_engine import _redact
 
     return _redact(storage) if storage else "default"

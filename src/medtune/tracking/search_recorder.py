@@ -2,7 +2,7 @@
 
 Engines call :class:`SearchRecorder` (``trial_started`` / ``epoch_end`` / ``trial_finished``);
 the trial's values (history, confusion counts, probe heat-maps) are computed by the core
-(:func:`medtune.search.trial.train_trial`) and only rendered and logged here.
+(:func:`medtune.hpo.trial.train_trial`) and only rendered and logged here.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medtune.progress import finite, fmt, short_params
-from medtune.search.base import COMPLETE, FAILED, PRUNED, TrialSummary, best_trial
-from medtune.search.engines import get_engine
-from medtune.search.trial import objective_direction
+from medtune.hpo.base import COMPLETE, FAILED, PRUNED, TrialSummary, best_trial
+from medtune.hpo.engines import get_engine
+from medtune.hpo.trial import objective_direction
 from medtune.tracking.logger import RunLogger, one_line, param_text, status_for
 from medtune.tracking.runs import end_if_running, end_with_launcher, process_tags
 from medtune.tracking.store import TAG_DATASET, TAG_ERROR, TAG_HOST, TAG_PID, TAG_STEP
@@ -338,7 +338,7 @@ def _log_late(s: TrialSummary, parent: RunLogger, experiment_id: str, study: str
 
 
 def log_search(parent, summaries, best, space, opts, direction, seconds) -> None:
-    from medtune.search import summary
+    from medtune.hpo import summary
 
     states = [s.state for s in summaries]
     pruned_saved = sum(max(opts.epochs - (s.epochs_run or opts.epochs), 0) for s in summaries if s.state == PRUNED)

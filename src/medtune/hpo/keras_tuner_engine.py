@@ -17,8 +17,8 @@ import keras_tuner as kt
 
 from medtune.errors import ConfigError, InternalError, as_search_error, stops_the_search
 from medtune.planning.budget import plateaued
-from medtune.search.base import COMPLETE, FAILED, PRUNED, RUNNING, SearchSettings, TrialRecorder, TrialSummary
-from medtune.search.trial import TrialData, train_trial
+from medtune.hpo.base import COMPLETE, FAILED, PRUNED, RUNNING, SearchSettings, TrialRecorder, TrialSummary
+from medtune.hpo.trial import TrialData, train_trial
 from medtune.space import Param, SearchSpace
 
 log = logging.getLogger(__name__)

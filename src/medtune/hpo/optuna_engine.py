@@ -16,7 +16,7 @@ from medtune import settings as medtune_settings
 from medtune.errors import ConfigError, as_search_error, stops_the_search
 from medtune.planning.budget import plateaued
 from medtune.processes import pid_alive
-from medtune.search.base import (
+from medtune.hpo.base import (
     COMPLETE,
     FAILED,
     PRUNED,
@@ -27,8 +27,8 @@ from medtune.search.base import (
     TrialSummary,
     rung_ends,
 )
-from medtune.search.reconnect import ReconnectingStorage, StorageUnavailable
-from medtune.search.trial import TrialData, train_trial
+from medtune.hpo.reconnect import ReconnectingStorage, StorageUnavailable
+from medtune.hpo.trial import TrialData, train_trial
 from medtune.space import Param, SearchSpace
 
 log = logging.getLogger(__name__)

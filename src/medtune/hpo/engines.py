@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from medtune.search.base import SearchSettings, TrialRecorder, TrialSummary
-    from medtune.search.trial import TrialData
+    from medtune.hpo.base import SearchSettings, TrialRecorder, TrialSummary
+    from medtune.hpo.trial import TrialData
     from medtune.space import SearchSpace
 
 __all__ = ["ENGINES", "ENGINE_ALIASES", "Engine", "REGISTRY", "get_engine"]
@@ -48,12 +48,12 @@ class OptunaEngine:
         return self.name
 
     def check_state(self, space, cfg) -> None:
-        from medtune.search import optuna_engine
+        from medtune.hpo import optuna_engine
 
         optuna_engine.check_state(space, cfg)
 
     def run(self, space, data, cfg, recorder):
-        from medtune.search import optuna_engine
+        from medtune.hpo import optuna_engine
 
         return optuna_engine.run_search(space, data, cfg, recorder)
 
@@ -72,12 +72,12 @@ class KerasTunerEngine:
         return "hyperband" if self.name == "keras_hyperband" else self.name  # its studies' name before the rename
 
     def check_state(self, space, cfg) -> None:  # noqa: ARG002 - the oracle's files, not the space
-        from medtune.search import keras_tuner_engine
+        from medtune.hpo import keras_tuner_engine
 
         keras_tuner_engine.check_state(cfg)
 
     def run(self, space, data, cfg, recorder):
-        from medtune.search import keras_tuner_engine
+        from medtune.hpo import keras_tuner_engine
 
         return keras_tuner_engine.run_search(self.name, space, data, cfg, recorder)
 

@@ -13,7 +13,7 @@ import warnings
 import optuna
 import pandas as pd
 
-from medtune.search.base import COMPLETE, PRUNED, TrialSummary
+from medtune.hpo.base import COMPLETE, PRUNED, TrialSummary
 from medtune.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def trials_table(summaries: list[TrialSummary], space: SearchSpace) -> pd.DataFr
 
 def as_study(summaries: list[TrialSummary], space: SearchSpace, direction: str) -> optuna.Study:
     """An in-memory Optuna study holding the finished trials (for plotting only)."""
-    from medtune.search.optuna_engine import distribution
+    from medtune.hpo.optuna_engine import distribution
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction=direction)

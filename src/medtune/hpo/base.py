@@ -101,7 +101,7 @@ class NullRecorder:
 
 def rung_ends(rungs, epochs: int) -> set[int]:
     """Epoch counts after which the pruner may decide: each rung's end (every epoch without rungs)."""
-    from medtune.search.trial import rung_schedule
+    from medtune.hpo.trial import rung_schedule
 
     if not rungs or len(rungs) <= 1:
         return set(range(1, epochs + 1))
