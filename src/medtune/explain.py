@@ -307,9 +307,14 @@ def gradcam(
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    from medtune.calibration import uncalibrated
     from medtune.models.ensemble import members_of
     from medtune.models.tta import base_of
 
+    inner = uncalibrated(model) if layer_path is None else None
+    if inner is not None:  # a temperature changes no class: the heatmap of the model inside, calibrated probabilities
+        proba = model.predict(_prepare_images(model, images), batch_size=batch_size, verbose=0).astype(np.float32)
+        return gradcam(inner, images, class_indices, None, batch_size)[0], proba
     base = base_of(model) if layer_path is None else None
     if base is not None:  # test-time flip: the image's heatmap and the mirrored one of its mirror, averaged
         x = _prepare_images(model, images)

@@ -6,7 +6,7 @@ import keras
 
 from medtune.models.backbones import BACKBONE_SPECS
 
-__all__ = ["BackbonePreprocess", "HorizontalFlip"]
+__all__ = ["BackbonePreprocess", "HorizontalFlip", "TemperatureScaling"]
 
 
 @keras.saving.register_keras_serializable(package="medtune")
@@ -47,3 +47,22 @@ class HorizontalFlip(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+@keras.saving.register_keras_serializable(package="medtune")
+class TemperatureScaling(keras.layers.Layer):
+    """Class probabilities ``p`` -> ``softmax(log p / temperature)`` (:mod:`medtune.calibration`)."""
+
+    def __init__(self, temperature: float, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, inputs):
+        p = keras.ops.clip(keras.ops.cast(inputs, "float32"), 1e-12, 1.0)
+        return keras.ops.softmax(keras.ops.log(p) / self.temperature, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
