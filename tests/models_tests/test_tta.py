@@ -65,27 +65,15 @@ def test_gradcam_averages_the_heatmap_and_the_mirrored_heatmap_of_the_mirror(ima
     np.testing.assert_allclose(heat, expected, atol=1e-4)
 
 
-class FakeRun:
-    def __init__(self):
-        self.logged = {}
-
-    def params(self, values):
-        self.logged.update(values)
-
-    def metrics(self, values, step=None):
-        self.logged.update(values)
-
-
 @pytest.mark.parametrize("mode", ["auto", "flip", "none"])
 def test_final_training_adds_the_flip_only_when_validation_says_so(images, mode):
-    from medtune.steps.train import choose_tta
+    from medtune.models.tta import choose_flip
 
     x, y = images
-    base, run = _model(seed=3), FakeRun()
-    chosen = choose_tta(base, x, y, mode, run)
+    base = _model(seed=3)
+    chosen, used, scores = choose_flip(base, x, y, mode)
     if mode == "none":
-        assert chosen is base and run.logged == {"tta": "none"}
+        assert chosen is base and not used and scores == {}
         return
-    better = run.logged["val_macro_f1_flip"] > run.logged["val_macro_f1_plain"]
-    flipped = mode == "flip" or better
-    assert (base_of(chosen) is base) is flipped and run.logged["tta"] == ("flip" if flipped else "none")
+    flipped = mode == "flip" or scores["flip"] > scores["plain"]
+    assert (base_of(chosen) is base) is flipped and used is flipped

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from medtune.errors import ConfigError
-from medtune.planning import Budget, parse_budget, plateaued
+from medtune.hpo.stopping import plateaued
+from medtune.planning import Budget, parse_budget
 
 
 @pytest.mark.parametrize(

@@ -41,11 +41,11 @@ def test_float32_copy_of_a_mixed_precision_model():
     try:
         keras.mixed_precision.set_global_policy("mixed_float16")
         keras.utils.set_random_seed(0)
-        from medtune.models import build_model
+        from medtune.models import build_model, float32_copy
 
         mixed = build_model(params, (16, 16, 3), 3)
         assert mixed.get_layer("block0_conv0").compute_dtype == "float16"
-        copy = train.float32_copy(mixed, params, (16, 16, 3), 3)
+        copy = float32_copy(mixed, params, (16, 16, 3), 3)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert all(layer.compute_dtype == "float32" for layer in copy.layers if layer.weights)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from medtune.planning.budget import Budget
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +24,6 @@ class SearchSettings:
     epochs: int = 5
     objective: str = "val_macro_f1"
     direction: str = "maximize"
-    timeout: float | None = None
     seed: int = 42
     class_weights: bool = True
     storage: str | None = None  # Optuna storage URL
@@ -29,7 +31,7 @@ class SearchSettings:
     workdir: str = ".medtune/keras_tuner"  # keras-tuner state
     weights: dict = field(default_factory=dict)  # backbone -> resolved WeightsFile
     grid: dict | None = None  # parameter -> values: Optuna's GridSampler instead of TPE
-    budget: object | None = None  # a medtune.planning.Budget: the search's share of the time
+    budget: Budget | None = None  # the search's share of the time (None: no time limit)
     rungs: tuple[int, ...] | None = None  # image sizes of the resolution rungs, smallest first
     warm_start: str = "none"  # recipes | recipe:<name> | auto (+ earlier studies of this split) | study names
     plateau_patience: int = 0  # stop when this many finished trials in a row improve nothing (0: never)

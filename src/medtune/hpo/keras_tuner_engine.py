@@ -16,8 +16,8 @@ from pathlib import Path
 import keras_tuner as kt
 
 from medtune.errors import ConfigError, InternalError, as_search_error, stops_the_search
-from medtune.planning.budget import plateaued
 from medtune.hpo.base import COMPLETE, FAILED, PRUNED, RUNNING, SearchSettings, TrialRecorder, TrialSummary
+from medtune.hpo.stopping import stop_reason
 from medtune.hpo.trial import TrialData, train_trial
 from medtune.space import Param, SearchSpace
 
@@ -178,15 +178,8 @@ class _TrackedTunerMixin:
     def pre_create_trial(self):
         """No new trial once the time budget is spent or the search has plateaued."""
         super().pre_create_trial()
-        cfg = self._cfg
-        reason = None
-        if cfg.budget_spent():
-            reason = f"time budget of {cfg.budget.seconds / 60:.1f} min spent"
-        elif cfg.plateau_patience:
-            done = [s for s in summaries(self) if s.state in (COMPLETE, PRUNED)]
-            reason = plateaued(
-                [s.value for s in done], patience=cfg.plateau_patience, maximize=cfg.direction == "maximize"
-            )
+        done = [s for s in summaries(self) if s.state in (COMPLETE, PRUNED)]
+        reason = stop_reason(self._cfg, [s.value for s in done])  # keras-tuner counts trials itself
         if reason:
             raise _StopSearch(reason)
 
@@ -289,8 +282,6 @@ def run_search(
     engine: str, space: SearchSpace, data: TrialData, cfg: SearchSettings, recorder: TrialRecorder
 ) -> list[TrialSummary]:
     tuner = make_tuner(engine, space, data, cfg, recorder)
-    if cfg.timeout:
-        log.warning("timeout is not supported by keras-tuner engines; the trial budget applies")
     if engine in ("keras_hyperband", "hyperband"):
         log.info(
             "Hyperband sets its own number of trials from epochs=%d (max_epochs) and factor 3; trials=%d is ignored",

@@ -14,8 +14,6 @@ from optuna.trial import TrialState
 
 from medtune import settings as medtune_settings
 from medtune.errors import ConfigError, as_search_error, stops_the_search
-from medtune.planning.budget import plateaued
-from medtune.processes import pid_alive
 from medtune.hpo.base import (
     COMPLETE,
     FAILED,
@@ -28,7 +26,9 @@ from medtune.hpo.base import (
     rung_ends,
 )
 from medtune.hpo.reconnect import ReconnectingStorage, StorageUnavailable
+from medtune.hpo.stopping import stop_reason
 from medtune.hpo.trial import TrialData, train_trial
+from medtune.processes import pid_alive
 from medtune.space import Param, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -420,7 +420,6 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
     fail_local_orphans(study, abandoned)
     recorder.progress(summaries(study))  # a resumed search shows its best so far from the start
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
-    started = time.monotonic()
     failures = 0
     last_state: dict[str, str] = {}
     decide_at = rung_ends(cfg.rungs, cfg.epochs)
@@ -505,21 +504,13 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
     while reason is None:
         done = len(study.get_trials(deepcopy=False, states=counted))
         others = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))  # other workers' trials
-        remaining = None if not cfg.timeout else cfg.timeout - (time.monotonic() - started)
-        if done >= cfg.trials:
-            reason = f"trial budget: {done} trials done"
-        elif cfg.grid is not None and study.sampler.is_exhausted(study):
-            reason = "every point of the grid has been tried"
-        elif remaining is not None and remaining <= 0:
-            reason = f"timeout of {cfg.timeout:.0f} s reached after {done} trials"
-        elif cfg.budget_spent():
-            reason = f"time budget of {cfg.budget.seconds / 60:.1f} min spent after {done} trials"
-        elif failures > max(3, cfg.trials):
-            reason = f"{failures} trials failed in this session (see the FAILED runs for reasons)"
-        elif cfg.plateau_patience:
-            reason = plateaued(
-                _finished_values(study), patience=cfg.plateau_patience, maximize=cfg.direction == "maximize"
-            )
+        reason = stop_reason(
+            cfg,
+            _finished_values(study),
+            done=done,
+            failures=failures,
+            grid_exhausted=cfg.grid is not None and study.sampler.is_exhausted(study),
+        )
         if reason is not None:
             break
         if done + others >= cfg.trials:  # the rest of the budget is running elsewhere: wait for its end
@@ -534,7 +525,7 @@ def run_search(space: SearchSpace, data: TrialData, cfg: SearchSettings, recorde
             continue
         last_state.clear()
         try:
-            study.optimize(objective, n_trials=1, catch=(Exception,), timeout=remaining)
+            study.optimize(objective, n_trials=1, catch=(Exception,))
         except Exception as exc:
             outage = _outage_in(exc)  # Optuna 5 masks it with an UnboundLocalError when its tell fails
             if outage is not None:

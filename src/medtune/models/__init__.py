@@ -62,3 +62,17 @@ def check_image_size(backbones: Iterable[str], image_size: int) -> None:
     for name in backbones:
         if name != "custom":
             check(name, image_size)  # an unknown name: ConfigError listing BACKBONES
+
+
+def float32_copy(model, params: Mapping[str, Any], input_shape: tuple, n_classes: int):
+    """The same network and weights under the float32 policy (for a model trained in mixed precision).
+
+    A mixed-precision model computes in float16, which CPUs (where it is usually served) run
+    slowly or not at all; the variables are float32 either way, so the weights copy over exactly.
+    """
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    copy = build_model(params, input_shape, n_classes)
+    copy.set_weights(model.get_weights())
+    return copy

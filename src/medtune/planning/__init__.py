@@ -1,6 +1,6 @@
 """Self-configuration: fingerprints of the data and the machine, a time budget, and the plan."""
 
-from medtune.planning.budget import Budget, parse_budget, plateaued
+from medtune.planning.budget import Budget, parse_budget
 from medtune.planning.fingerprint import DataFingerprint, MachineFingerprint, image_stats
 from medtune.planning.rules import Plan, make_plan, render_plan
 
@@ -12,6 +12,5 @@ __all__ = [
     "image_stats",
     "make_plan",
     "parse_budget",
-    "plateaued",
     "render_plan",
 ]

@@ -1,7 +1,8 @@
 """A time budget: parsed from the user's words, measured on an injectable clock.
 
 ``parse_budget("90")`` (minutes), ``"90m"``, ``"2h"``, ``"1h30m"`` or ``"45s"`` give seconds;
-``Budget`` hands out shares (the search's, the final training's) and says when a share is spent,
+One ``Budget`` is created per command and handed down: ``share()`` gives the search, final
+training and each ensemble member their part, and says when a share is spent,
 so engines ask it before a trial starts and at each epoch boundary. Tests drive it with a fake
 clock.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 from medtune.errors import ConfigError
 
-__all__ = ["Budget", "parse_budget", "plateaued"]
+__all__ = ["Budget", "parse_budget"]
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "": 60.0, "s": 1.0}
@@ -66,10 +67,16 @@ class Budget:
     def spent(self) -> bool:
         return self.seconds is not None and self.elapsed() >= self.seconds
 
-    def share(self, fraction: float) -> Budget:
-        """A sub-budget of ``fraction`` of what remains now, started now (same clock)."""
+    def share(self, seconds: float | None = None, *, fraction: float = 1.0, keep: float = 0.0) -> Budget:
+        """A part of this budget, started now on the same clock: ``seconds`` (None: all that remains)
+        times ``fraction``, never more than what remains less ``keep`` seconds kept for later.
+        Unlimited stays unlimited."""
         remaining = self.remaining()
-        return Budget(None if remaining is None else remaining * fraction, self.clock).start()
+        if remaining is None:
+            return Budget(None, self.clock).start()
+        available = max(0.0, remaining - keep)
+        wanted = available if seconds is None else min(seconds, available)
+        return Budget(wanted * fraction, self.clock).start()
 
     def allows(self, expected_s: float) -> bool:
         """Whether something expected to take ``expected_s`` still fits."""
@@ -82,31 +89,3 @@ class Budget:
             "budget_planned_s": float("nan") if self.seconds is None else self.seconds,
             "budget_used_s": self.elapsed(),
         }
-
-
-def plateaued(
-    values: list[float | None], *, patience: int, min_delta: float = 1e-3, min_trials: int = 4, maximize: bool = True
-) -> str | None:
-    """The early-stop rule of a search: the reason to stop, or None.
-
-    ``values`` are the objective values of finished trials in order (None for pruned or failed
-    ones, which count as trials without an improvement). Stop when at least ``min_trials`` have
-    finished and the best value has not improved by more than ``min_delta`` over the last
-    ``patience`` of them.
-    """
-    if patience <= 0 or len(values) < max(min_trials, patience + 1):
-        return None
-    sign = 1.0 if maximize else -1.0
-    best_before = None
-    for v in values[:-patience]:
-        if v is not None and (best_before is None or sign * v > sign * best_before):
-            best_before = v
-    if best_before is None:
-        return None
-    recent = [v for v in values[-patience:] if v is not None]
-    if any(sign * (v - best_before) > min_delta for v in recent):
-        return None
-    return (
-        f"plateau: no trial improved the best value {best_before:.4f} by more than {min_delta:g} "
-        f"in the last {patience} trials"
-    )

@@ -9,13 +9,15 @@ Both are plain dataclasses, logged as ``fingerprint.json``; the rules that use t
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["DataFingerprint", "MachineFingerprint", "image_stats"]
+__all__ = ["DataFingerprint", "MachineFingerprint", "image_stats", "usable_cpus"]
 
 
 @dataclass(frozen=True)
@@ -118,22 +120,43 @@ class MachineFingerprint:
         return asdict(self)
 
     @classmethod
+    @functools.lru_cache(maxsize=1)
     def detect(cls) -> MachineFingerprint:
-        """This machine: GPUs and usable cores as the defaults see them (``medtune.plan``), memory."""
-        from medtune.plan import detect_machine
-
-        machine = detect_machine()
+        """This machine: GPUs TensorFlow sees (``$MEDTUNE_GPUS`` overrides, e.g. 0 to plan for CPU),
+        usable CPU cores (:func:`usable_cpus`), memory. The one machine detection of medtune."""
         try:
             memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
         except (ValueError, OSError, AttributeError):
             memory = 0.0
-        gpu_memory = 0.0
-        if machine.gpus:
+        env = os.environ.get("MEDTUNE_GPUS", "").strip()
+        devices = []
+        if not env.isdigit() or int(env):
             import tensorflow as tf
 
             devices = tf.config.list_physical_devices("GPU")  # none when $MEDTUNE_GPUS plans for absent GPUs
-            details = tf.config.experimental.get_device_details(devices[0]) if devices else {}
+        gpus = int(env) if env.isdigit() else len(devices)
+        gpu_memory = 0.0
+        if gpus and devices:
+            import tensorflow as tf
+
+            details = tf.config.experimental.get_device_details(devices[0])
             gpu_memory = float(details.get("memory_limit", 0) or 0) / 2**30
-        return cls(
-            gpus=machine.gpus, cpu_cores=machine.cores, memory_gib=round(memory, 1), gpu_memory_gib=round(gpu_memory, 1)
-        )
+        return cls(gpus=gpus, cpu_cores=usable_cpus(), memory_gib=round(memory, 1), gpu_memory_gib=round(gpu_memory, 1))
+
+    def describe(self) -> str:
+        return f"{self.gpus} GPU(s), {self.cpu_cores} CPU cores" if self.gpus else f"CPU only, {self.cpu_cores} cores"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: affinity mask, capped by a cgroup v2 CPU quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        count = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)

@@ -16,27 +16,42 @@ training. The rules (docs/planning.md gives the measurements behind the constant
    1/2, 3/4 and 1 of it (multiples of 16), so promising trials continue at larger sizes.
 4. **Cost model.** An epoch costs ``n_train x (size/128)^2 x`` seconds per image at 128 px
    (measured per backbone kind, scaled by cores; a GPU is ``GPU_SPEEDUP`` faster).
-5. **Trials and epochs.** Search epochs per trial: 3 rungs x ``EPOCHS_PER_RUNG``; trials: what
-   the search budget pays for when pruning stops half of the rung-1 trials, at least
-   ``MIN_TRIALS``.
+5. **Trials and epochs.** Search epochs per trial: 3 rungs x ``EPOCHS_PER_RUNG``. The time ends
+   the search (up to ``MAX_BUDGETED_TRIALS``); the trials it is expected to pay for (pruning stops
+   half of the rung-1 trials) set the plateau stop: a third of them, at least ``PLATEAU_MIN``.
 6. **Final training and ensemble.** Final epochs: what the final budget pays for, between
    ``MIN_FINAL_EPOCHS`` and ``MAX_FINAL_EPOCHS``; an ensemble of k members when k members still
    get ``ENSEMBLE_MIN_EPOCHS`` each (two members) or two more (three members).
-7. **Batch and class weights.** Batch 32 on CPU, 64 on a GPU (128 with 40 GiB or more); balanced
-   class weights when the imbalance ratio exceeds 1.5; stronger augmentation under 200 images per
-   class.
+7. **Class weights.** Balanced class weights (near 1 on balanced data).
+
+Without a budget (:func:`default_plan`) the plan is the machine-sized defaults of the separate
+steps: the offline ``synthetic`` demo gets the minutes-long ``demo`` space; a CPU the ``cnn_cpu``
+space with ASHA pruning (more trials with more cores); a GPU the full ``cnn`` space.
+:func:`apply` sets every option the user left unset (None) from the plan, for any step.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from medtune.planning.fingerprint import DataFingerprint, MachineFingerprint
 
-__all__ = ["Plan", "make_plan", "member_epochs", "plan_final", "render_plan", "steady_epoch_seconds"]
+__all__ = [
+    "Plan",
+    "apply",
+    "default_plan",
+    "replan_final",
+    "with_given",
+    "evaluation_reserve",
+    "make_plan",
+    "member_epochs",
+    "plan_final",
+    "render_plan",
+    "steady_epoch_seconds",
+]
 
 SEARCH_SHARE = 0.4
 RECIPE_ONLY_BUDGET_S = 45 * 60  # on CPU, below it: the first recipe only, the whole budget to final training
@@ -58,30 +73,114 @@ SMALL_BUDGET_S = 20 * 60  # under it, CPU plans cap images at 128 px instead of 
 LARGE_BUDGET_S = 90 * 60  # from it, CPU plans cap images at 192 px (still under Lite0's native 224)
 FIT_OVERHEAD_S = 20.0  # building a model and tracing its graphs, per fit (each rung, each member)
 EPOCH_OVERHEAD_S = 2.0  # per epoch: precise BatchNorm, validation set-up, logging
-EVALUATION_S = 60.0  # after final training: test set, Grad-CAM, model card, registration
-DEFAULT_BUDGET_S = 2 * 3600  # a plan always has a budget; `main` without one plans for 2 hours
+MAX_BUDGETED_TRIALS = 200  # with a budget and no trial count, the time ends the search
+PLATEAU_MIN = 6  # finished trials without improvement before a planned search stops early
+
+
+def evaluation_reserve(final_s: float) -> float:
+    """Seconds kept after final training for the test set, Grad-CAM, the model card and registration."""
+    return min(max(30.0, 0.08 * final_s), 240.0)
 
 
 @dataclass
 class Plan:
-    budget_s: float
-    search_s: float
-    final_s: float
+    """What a run will do; every field is applied (:func:`apply`), none is only printed."""
+
     space: str
-    rungs: tuple[int, ...]  # search image sizes, smallest first
-    search_epochs: int
-    trials: int
-    batch_size: int
-    image_size: int  # final training
-    epochs: int  # final training, per ensemble member
-    ensemble: int
-    class_weights: bool
-    augment: float
+    trials: int  # the cap; with a budget the time ends the search first
+    search_epochs: int  # per trial, over all its image sizes
+    search_image_sizes: tuple[int, ...]  # smallest first; more than one: resolution rungs
+    final_epochs: int  # per ensemble member
+    final_image_size: int
+    ensemble: int = 1
+    class_weights: bool = True
+    pruner: str | None = None  # None: the search step's own choice
+    plateau: int = 0  # finished trials without improvement that stop the search (0: never)
+    budget_s: float | None = None
+    search_s: float | None = None  # the search's share of the budget
+    final_s: float | None = None
     recipe: str | None = None  # rule 1: no search, one trial of this recipe
     reasons: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def default_plan(machine: MachineFingerprint, dataset: str) -> Plan:
+    """The plan without a budget: machine-sized defaults (the module's docstring)."""
+    why = "no budget: the machine-sized defaults"
+    if dataset == "synthetic":
+        plan = Plan("demo", 4, 3, (48,), 12, 64, pruner="median")
+    elif machine.gpus:
+        plan = Plan("cnn", 30, 10, (64,), 50, 128, pruner="median")
+    else:
+        plan = Plan("cnn_cpu", 10 if machine.cpu_cores < 8 else 20, 8, (64,), 30, 128, pruner="asha")
+    plan.reasons = {k: why for k in ("space", "trials", "search_epochs", "search_image_sizes", "final_epochs")}
+    plan.reasons.update(final_image_size=why, ensemble="one model", class_weights="rule 7", pruner=why)
+    return plan
+
+
+def with_given(plan: Plan, given: Mapping[str, Any]) -> Plan:
+    """``plan`` with the user's own values (by :class:`Plan` field name) in place of the rules'."""
+    for name, value in given.items():
+        if value is not None:
+            setattr(plan, name, value)
+            plan.reasons[name] = "given"
+    return plan
+
+
+def replan_final(
+    plan: Plan, seconds: list[float], sizes: list[float], stages: list[float] | None, remaining_s: float
+) -> tuple[Plan, float]:
+    """Rule 6 again after the search, from the best trial's measured ``epoch_seconds`` (with the
+    ``image_size`` and ``stage`` of each epoch): members and epochs for ``remaining_s``. Values the
+    user gave stay. Returns the new plan and the measured epoch time at the final size."""
+    steady = steady_epoch_seconds(seconds, sizes, stages)
+    measured = max(steady, 1.0) * (plan.final_image_size / sizes[-1]) ** 2 * 1.05  # TimeLimit guards the rest
+    given = {k: getattr(plan, k) for k in ("ensemble", "final_epochs") if plan.reasons.get(k) == "given"}
+    ensemble, epochs, why = plan_final(remaining_s, measured, given)
+    reasons = {k: f"{v} (re-planned after the search: {measured:.0f} s per epoch)" for k, v in why.items() if v != "given"}
+    new = replace(plan, ensemble=ensemble, final_epochs=epochs, reasons={**plan.reasons, **reasons})
+    return new, measured
+
+
+# option field -> plan field, per options class: what `apply` sets when the user left it unset
+APPLIED = {
+    "SearchOptions": {
+        "space": "space",
+        "trials": "trials",
+        "epochs": "search_epochs",
+        "image_size": "search_image_sizes",
+        "pruner": "pruner",
+        "class_weights": "class_weights",
+    },
+    "TrainOptions": {
+        "epochs": "final_epochs",
+        "image_size": "final_image_size",
+        "ensemble": "ensemble",
+        "class_weights": "class_weights",
+    },
+}
+
+
+def apply(plan: Plan, options) -> list[str]:
+    """Set each field of ``options`` (a ``SearchOptions`` or ``TrainOptions``) that is None from ``plan``.
+
+    Returns the names of the fields it set. The search's image sizes set ``image_size`` (the
+    largest) and, when there are several, ``rungs``.
+    """
+    set_now = []
+    for field_name, attr in APPLIED[type(options).__name__].items():
+        if getattr(options, field_name) is not None:
+            continue
+        value = getattr(plan, attr)
+        if attr == "search_image_sizes":
+            value = value[-1]
+            if len(plan.search_image_sizes) > 1 and getattr(options, "rungs", None) is None:
+                options.rungs = plan.search_image_sizes
+        setattr(options, field_name, value)
+        set_now.append(field_name)
+    return set_now
 
 
 PATIENCE = 8  # early-stopping patience of a constant learning rate (ReduceLROnPlateau halves it after a third)
@@ -116,19 +215,19 @@ def _round16(x: float) -> int:
 def make_plan(
     data: DataFingerprint,
     machine: MachineFingerprint,
-    budget_s: float | None,
+    budget_s: float,
     overrides: Mapping[str, Any] | None = None,
     *,
     can_warm_start: bool = True,
 ) -> Plan:
-    """Rules 1-7 on the fingerprints; ``overrides`` (the user's own values) win over every rule.
+    """Rules 1-7 on the fingerprints for ``budget_s`` seconds; ``overrides`` (the user's own values,
+    by :class:`Plan` field name) win over every rule.
 
     ``can_warm_start``: whether the engine queues recipes (Optuna); without it rule 1 always searches.
     """
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    why: dict[str, str] = {}
-    budget = float(budget_s or DEFAULT_BUDGET_S)
-    why["budget_s"] = "given" if budget_s else f"no budget given: planned for {DEFAULT_BUDGET_S // 60} minutes"
+    why: dict[str, str] = {"budget_s": "given"}
+    budget = float(budget_s)
     search_s, final_s = budget * SEARCH_SHARE, budget * (1 - SEARCH_SHARE)
     why["search_s"] = f"rule 1: {SEARCH_SHARE:.0%} of the budget"
 
@@ -138,13 +237,13 @@ def make_plan(
 
     cap = 224 if gpu else (128 if budget < SMALL_BUDGET_S else 160 if budget < LARGE_BUDGET_S else 192)
     native = data.median_side or cap
-    image_size = int(given.get("image_size") or max(64, min(cap, _round16(native))))
-    why["image_size"] = (
+    image_size = int(given.get("final_image_size") or max(64, min(cap, _round16(native))))
+    why["final_image_size"] = (
         "given"
-        if "image_size" in given
-        else (f"rule 3: median side {data.median_side} px, capped at {cap} px on this machine and budget")
+        if "final_image_size" in given
+        else f"rule 3: median side {data.median_side} px, capped at {cap} px on this machine and budget"
     )
-    searched = ("space", "trials", "search_epochs", "search_image_size")
+    searched = ("space", "trials", "search_epochs", "search_image_sizes")
     recipe = (
         FIRST_RECIPE
         if not gpu and budget < RECIPE_ONLY_BUDGET_S and can_warm_start and not any(k in given for k in searched)
@@ -158,60 +257,63 @@ def make_plan(
             f"{recipe} recipe ({PROBE_EPOCHS} epochs at the final size)"
         )
         why["recipe"] = why["search_s"]
-    rungs = tuple(sorted({_round16(image_size / 2), _round16(image_size * 3 / 4), image_size}))
-    if "search_image_size" in given or recipe:
-        rungs = (int(given.get("search_image_size") or image_size),)
-    why["rungs"] = (
-        "given (one size)"
-        if "search_image_size" in given
+    why["final_s"] = "the rest of the budget"
+    sizes = tuple(sorted({_round16(image_size / 2), _round16(image_size * 3 / 4), image_size}))
+    if "search_image_sizes" in given or recipe:
+        sizes = tuple(given.get("search_image_sizes") or (image_size,))
+    why["search_image_sizes"] = (
+        "given"
+        if "search_image_sizes" in given
         else "rule 1: the final size"
         if recipe
         else "rule 3: 1/2, 3/4 and 1 of the final size"
     )
 
-    search_epochs = int(given.get("search_epochs") or (PROBE_EPOCHS if recipe else len(rungs) * EPOCHS_PER_RUNG))
+    search_epochs = int(given.get("search_epochs") or (PROBE_EPOCHS if recipe else len(sizes) * EPOCHS_PER_RUNG))
     why["search_epochs"] = "given" if "search_epochs" in given else "rule 1" if recipe else "rule 5: one epoch per rung"
     n_train = max(1, data.n_train)
     # With ASHA-like pruning at each rung, about half the trials stop after the first rung.
-    per_epoch = [epoch_seconds(n_train, s, machine) for s in rungs]
-    epochs_per_rung = max(1, search_epochs // len(rungs))
+    per_epoch = [epoch_seconds(n_train, s, machine) for s in sizes]
+    epochs_per_rung = max(1, search_epochs // len(sizes))
     full_trial = sum(e * epochs_per_rung + FIT_OVERHEAD_S for e in per_epoch)
     expected_trial = 0.5 * full_trial + 0.5 * (per_epoch[0] * epochs_per_rung + FIT_OVERHEAD_S)
-    trials = int(given.get("trials") or min(MAX_TRIALS, max(MIN_TRIALS, math.floor(search_s / expected_trial))))
+    expected = min(MAX_TRIALS, max(MIN_TRIALS, math.floor(search_s / expected_trial)))
+    trials = int(given.get("trials") or MAX_BUDGETED_TRIALS)
     why["trials"] = (
         "given"
         if "trials" in given
-        else (f"rule 5: {search_s / 60:.0f} min of search at about {expected_trial / 60:.1f} min per trial")
+        else f"rule 5: the time ends the search (about {expected} trials of {expected_trial / 60:.1f} min "
+        f"in {search_s / 60:.0f} min)"
     )
+    plateau = max(PLATEAU_MIN, expected // 3)
+    why["plateau"] = f"rule 5: a third of the {expected} expected trials, at least {PLATEAU_MIN}"
+    pruner = given.get("pruner") or ("median" if len(sizes) > 1 else None)
+    why["pruner"] = "given" if "pruner" in given else "rule 3: decides at the end of every rung" if pruner else "none"
     if recipe:
-        trials, why["trials"] = 1, "rule 1: the recipe only"
+        trials, plateau, pruner = 1, 0, given.get("pruner")
+        why["trials"] = why["plateau"] = "rule 1: the recipe only"
 
     final_epoch = epoch_seconds(n_train, image_size, machine)  # final training fits the training images
     ensemble, epochs, reasons = plan_final(final_s, final_epoch, given)
     why.update(reasons)
-
-    batch = int(given.get("batch_size") or (32 if not gpu else (128 if machine.gpu_memory_gib >= 40 else 64)))
-    why["batch_size"] = "given" if "batch_size" in given else "rule 7"
-    class_weights = bool(given["class_weights"]) if "class_weights" in given else data.imbalance_ratio > 1.5
+    class_weights = bool(given.get("class_weights", True))
     why["class_weights"] = (
-        "given" if "class_weights" in given else f"rule 7: imbalance ratio {data.imbalance_ratio:.1f}"
+        "given" if "class_weights" in given else f"rule 7 (imbalance ratio {data.imbalance_ratio:.1f})"
     )
-    augment = float(given.get("augment") or (0.3 if data.smallest_class < 200 else 0.2))
-    why["augment"] = "given" if "augment" in given else f"rule 7: smallest class {data.smallest_class} images"
     return Plan(
+        space=space,
+        trials=trials,
+        search_epochs=search_epochs,
+        search_image_sizes=sizes,
+        final_epochs=epochs,
+        final_image_size=image_size,
+        ensemble=ensemble,
+        class_weights=class_weights,
+        pruner=pruner,
+        plateau=plateau,
         budget_s=budget,
         search_s=search_s,
         final_s=final_s,
-        space=space,
-        rungs=rungs,
-        search_epochs=search_epochs,
-        trials=trials,
-        batch_size=batch,
-        image_size=image_size,
-        epochs=epochs,
-        ensemble=ensemble,
-        class_weights=class_weights,
-        augment=augment,
         recipe=recipe,
         reasons=why,
     )
@@ -224,7 +326,7 @@ def plan_final(final_s: float, epoch_s: float, given: Mapping[str, Any] | None =
     time the search measured at the final size. Returns ``(ensemble, epochs, reasons)``.
     """
     given = {k: v for k, v in (given or {}).items() if v is not None}
-    training_s = max(0.0, final_s - EVALUATION_S)
+    training_s = max(0.0, final_s - evaluation_reserve(final_s))
 
     def per_member(k: int) -> int:  # epochs each of k members can afford
         return max(0, math.floor((training_s / k - FIT_OVERHEAD_S) / epoch_s))
@@ -234,7 +336,7 @@ def plan_final(final_s: float, epoch_s: float, given: Mapping[str, Any] | None =
         given.get("ensemble")
         or next((k for k in (3, 2) if per_member(k) >= (ENSEMBLE_MIN_EPOCHS + 2 if k == 3 else ENSEMBLE_MIN_EPOCHS)), 1)
     )
-    epochs = int(given.get("epochs") or max(MIN_FINAL_EPOCHS, min(MAX_FINAL_EPOCHS, per_member(ensemble))))
+    epochs = int(given.get("final_epochs") or max(MIN_FINAL_EPOCHS, min(MAX_FINAL_EPOCHS, per_member(ensemble))))
     why = {
         "ensemble": "given"
         if "ensemble" in given
@@ -242,7 +344,7 @@ def plan_final(final_s: float, epoch_s: float, given: Mapping[str, Any] | None =
             f"rule 6: {affordable} final epochs of {epoch_s:.0f} s affordable; {ensemble} member(s) of "
             f">= {ENSEMBLE_MIN_EPOCHS} epochs"
         ),
-        "epochs": "given" if "epochs" in given else f"rule 6: {final_s / 60:.0f} min of final training",
+        "final_epochs": "given" if "final_epochs" in given else f"rule 6: {final_s / 60:.0f} min of final training",
     }
     return ensemble, epochs, why
 
@@ -273,30 +375,39 @@ def member_epochs(remaining_s: float, members: int, epoch_s: float) -> int:
     return max(MIN_FINAL_EPOCHS, min(MAX_FINAL_EPOCHS, affordable))
 
 
-def render_plan(plan: Plan, data: DataFingerprint, machine: MachineFingerprint) -> str:
-    """The short table printed before work starts."""
-    rows = [
-        (
-            "data",
-            f"{data.n_train} train / {data.n_val} val / {data.n_test} test images, {len(data.classes)} classes, "
-            f"imbalance {data.imbalance_ratio:.1f}, median side {data.median_side} px, "
-            f"{'colour' if data.colour_fraction > 0.5 else 'grey'}",
-        ),
-        ("machine", f"{machine.gpus} GPU(s), {machine.cpu_cores} cores, {machine.memory_gib:.0f} GiB"),
-        ("budget", f"{plan.budget_s / 60:.0f} min: search {plan.search_s / 60:.0f}, final {plan.final_s / 60:.0f}"),
-        (
-            "search",
-            f"none: one trial of the {plan.recipe} recipe, {plan.search_epochs} epochs at {plan.rungs[-1]} px, "
-            f"batch {plan.batch_size}"
-            if plan.recipe
-            else f"{plan.trials} trials of {plan.search_epochs} epochs at {'/'.join(map(str, plan.rungs))} px, "
-            f"space {plan.space}, batch {plan.batch_size}",
-        ),
+def render_plan(plan: Plan, data: DataFingerprint | None, machine: MachineFingerprint) -> str:
+    """The short table printed before work starts: what will run, nothing else."""
+    sizes = "/".join(map(str, plan.search_image_sizes))
+    rows = []
+    if data is not None:
+        rows.append(
+            (
+                "data",
+                f"{data.n_train} train / {data.n_val} val / {data.n_test} test images, {len(data.classes)} classes, "
+                f"imbalance {data.imbalance_ratio:.1f}, median side {data.median_side} px, "
+                f"{'colour' if data.colour_fraction > 0.5 else 'grey'}",
+            )
+        )
+    rows.append(("machine", f"{machine.describe()}, {machine.memory_gib:.0f} GiB"))
+    if plan.budget_s:
+        rows.append(
+            ("budget", f"{plan.budget_s / 60:.0f} min: search {plan.search_s / 60:.0f}, final {plan.final_s / 60:.0f}")
+        )
+    else:
+        rows.append(("budget", "none: the machine-sized defaults"))
+    if plan.recipe:
+        search = f"none: one trial of the {plan.recipe} recipe, {plan.search_epochs} epochs at {sizes} px"
+    else:
+        cap = f"up to {plan.trials} trials (the time ends it)" if plan.budget_s else f"{plan.trials} trials"
+        stop = f", plateau stop after {plan.plateau}" if plan.plateau else ""
+        search = f"{cap} of {plan.search_epochs} epochs at {sizes} px, space {plan.space}, pruner {plan.pruner}{stop}"
+    rows.append(("search", search))
+    rows.append(
         (
             "final",
-            f"{plan.ensemble} x {plan.epochs} epochs at {plan.image_size} px, class weights "
+            f"{plan.ensemble} x {plan.final_epochs} epochs at {plan.final_image_size} px, class weights "
             f"{'on' if plan.class_weights else 'off'}",
-        ),
-    ]
+        )
+    )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

@@ -7,6 +7,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from medtune import tracking
+from medtune.planning.fingerprint import DataFingerprint, MachineFingerprint
+from medtune.planning.rules import Plan, default_plan, make_plan, render_plan, replan_final, with_given
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,8 @@ class PipelineOptions:
     image_size: int | None = None
     objective: str = "val_macro_f1"
     pruner: str | None = None
-    class_weights: bool = True
-    timeout: float | None = None
+    class_weights: bool | None = None  # auto: the plan's
+    timeout: float | None = None  # the search's time limit; an alias of a budget for the search
     study: str | None = None
     storage: str | None = None
     patience: int | None = None  # auto: planning.rules.early_stopping_patience
@@ -59,15 +61,19 @@ class PipelineOutcome:
 
 
 def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
-    """Split (reusing a finished split of the same files), search, train with evaluation and the gate.
+    """Split (reusing a finished split of the same files), plan, search, train with evaluation and the gate.
+
+    One plan decides every value the user left unset (:mod:`medtune.planning.rules`): from the
+    fingerprints of the split and the machine when there is a budget, the machine-sized defaults
+    otherwise. It is printed, logged as ``plan.json`` and applied as printed. One :class:`Budget`
+    is handed down: the search gets its share, final training the rest.
 
     The pipeline has its own run in ``medtune-<dataset>``, the parent of its step runs, with the
     plan, the budget used and the test metrics; under ``mlflow run -e main`` the launcher run is
     linked to it and tagged with the step run ids.
     """
-
     from medtune.datasets.registry import dataset_name
-    from medtune.plan import fill
+    from medtune.planning.budget import Budget
     from medtune.steps.search import SearchOptions, check_options, run_search
     from medtune.steps.split import SplitOptions, run_split
     from medtune.steps.train import TrainOptions, run_train
@@ -76,13 +82,8 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
         dataset=opts.dataset,
         data_dir=opts.data_dir,
         engine=opts.engine,
-        space=opts.space,
-        trials=opts.trials,
-        epochs=opts.search_epochs,
-        image_size=opts.search_image_size,
         objective=opts.objective,
         pruner=opts.pruner,
-        class_weights=opts.class_weights,
         timeout=opts.timeout,
         study=opts.study,
         storage=opts.storage,
@@ -91,31 +92,20 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
         warm_start=opts.warm_start,
     )
     check_options(search_opts)  # every option is checked before the first step starts
-    if opts.epochs is not None and opts.epochs < 1:
-        from medtune.errors import ConfigError
-
-        raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
-    if opts.ensemble is not None and not 1 <= opts.ensemble <= 10:
-        from medtune.errors import ConfigError
-
-        raise ConfigError(f"ensemble={opts.ensemble}: expected 1 (one model) to 10 members")
-    budget = None
-    if opts.budget:
-        from medtune.planning.budget import Budget
-
-        budget = Budget(opts.budget).start()
-    else:
-        fill(opts, dataset_name(opts.dataset), {"epochs": "final_epochs", "image_size": "final_image_size"})
+    _check(opts)
+    budget = Budget(opts.budget).start() if opts.budget else None
+    name = dataset_name(opts.dataset)
+    machine = MachineFingerprint.detect()
+    plan = None if budget else with_given(default_plan(machine, name), _given(opts))
     split_opts = SplitOptions(
         dataset=opts.dataset,
         data_dir=opts.data_dir,
-        image_size=opts.image_size or 128,
+        image_size=opts.image_size or (plan.final_image_size if plan else 128),
         seed=opts.seed,
         exclude_classes=tuple(opts.exclude_classes),
     )
     split_opts.check()
     launcher_id = tracking.take_launcher()
-    name = dataset_name(opts.dataset)
     run_name = f"main-{name}-{f'{opts.budget / 60:.0f}min' if opts.budget else 'defaults'}-{time.strftime('%m%d-%H%M')}"
     with tracking.pipeline_run(name, run_name=run_name, launcher_id=launcher_id) as pipeline:
         pipeline.params(
@@ -126,45 +116,59 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
         split = run_split(split_opts, reuse_run=True)
         seconds["split"] = time.perf_counter() - t
         _link(launcher_id, pipeline, {"medtune.split_run_id": split.run_id})
-        plan_files = {}
-        if budget is not None:  # fingerprint the data and the machine, then plan the rest of the budget
-            plan_files = _plan(opts, search_opts, split, budget)
-            _log_files(pipeline.run_id, plan_files)
+        fingerprint = {"machine": machine.to_dict()}
+        if budget is not None:  # fingerprint the data, then plan what is left of the budget
+            data = data_fingerprint(split)
+            fingerprint["data"] = data.to_dict()
+            plan = make_plan(data, machine, budget.remaining(), _given(opts), can_warm_start=_warm_starts(opts))
+        else:
+            data = None
+        _fit_to_engine(plan, opts.engine)
+        log.info(
+            "Plan for %s (%s; any option you give overrides it):\n%s",
+            split.resolved.name,
+            f"{budget.remaining() / 60:.0f} minutes left of the budget" if budget else "no budget",
+            render_plan(plan, data, machine),
+        )
+        files = {"fingerprint.json": fingerprint, "plan.json": plan.to_dict()}
+        _log_files(pipeline.run_id, files)
         t = time.perf_counter()
         search_opts.split_run = split.run_id
-        search = run_search(search_opts)
-        _log_files(search.run_id, plan_files)
+        _search_options(search_opts, plan)
+        search = run_search(search_opts, budget=budget.share(plan.search_s) if budget and not plan.recipe else None)
+        _log_files(search.run_id, files)
         seconds["search"] = time.perf_counter() - t
         _link(launcher_id, pipeline, {"medtune.search_run_id": search.run_id})
         if search.best is None:
             from medtune.errors import ConfigError
 
             raise ConfigError(f"search run {search.run_id}: no trial completed, nothing to train (see its trial runs)")
-        if budget is not None and plan_files:
-            _replan_final(opts, search, plan_files, budget)
-            _log_files(pipeline.run_id, plan_files)  # the plan as final training will follow it
+        if budget is not None:
+            plan = _replan_final(plan, search, budget)
+            files["plan.json"] = plan.to_dict()
+            _log_files(pipeline.run_id, files)  # the plan as final training will follow it
         t = time.perf_counter()
         train = run_train(
             TrainOptions(
                 dataset=opts.dataset,
                 data_dir=opts.data_dir,
                 search_run=search.run_id,
-                epochs=opts.epochs,
-                image_size=opts.image_size,
+                epochs=plan.final_epochs,
+                image_size=plan.final_image_size,
                 patience=opts.patience,
                 mixed_precision=opts.mixed_precision,
                 margin=opts.margin,
                 seed=opts.seed,
                 split_run=split.run_id,
                 weights=opts.weights,
-                class_weights=opts.class_weights,
-                ensemble=opts.ensemble or 1,
-                budget=budget.remaining() if budget is not None else None,
-                replan=bool(plan_files) and plan_files["plan.json"]["reasons"]["epochs"] != "given",
+                class_weights=plan.class_weights,
+                ensemble=plan.ensemble,
+                replan=budget is not None and plan.reasons["final_epochs"] != "given",
                 tta=opts.tta,
-            )
+            ),
+            budget=budget.share() if budget is not None else None,
         )
-        _log_files(train.run_id, plan_files)
+        _log_files(train.run_id, files)
         seconds["train+evaluate"] = time.perf_counter() - t
         _link(
             launcher_id,
@@ -185,109 +189,99 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
 
 
 PIPELINE_METRICS = ("test_accuracy", "test_macro_f1", "test_balanced_accuracy", "test_roc_auc_macro", "test_ece")
-PLATEAU_MIN_PATIENCE = 6  # finished trials without improvement before a planned search stops early
-MAX_BUDGETED_TRIALS = 200  # with a budget and no trial count, the time ends the search
 
 
-def fingerprints(split):
-    """The data's fingerprint from a finished split (its report and a sample of its files), and the machine's."""
+def _check(opts: PipelineOptions) -> None:
+    from medtune.errors import ConfigError
+
+    if opts.epochs is not None and opts.epochs < 1:
+        raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
+    if opts.ensemble is not None and not 1 <= opts.ensemble <= 10:
+        raise ConfigError(f"ensemble={opts.ensemble}: expected 1 (one model) to 10 members")
+
+
+def _given(opts: PipelineOptions) -> dict:
+    """The user's own values, by plan field name (None: left to the plan)."""
+    return {
+        "space": opts.space,
+        "trials": opts.trials,
+        "search_epochs": opts.search_epochs,
+        "search_image_sizes": (opts.search_image_size,) if opts.search_image_size else None,
+        "final_epochs": opts.epochs,
+        "final_image_size": opts.image_size,
+        "ensemble": opts.ensemble,
+        "class_weights": opts.class_weights,
+        "pruner": opts.pruner,
+    }
+
+
+def _warm_starts(opts: PipelineOptions) -> bool:
+    """Whether the engine queues recipes and prunes at rungs (Optuna's TPE), so rule 1 may skip the search."""
+    from medtune.hpo.engines import get_engine
+
+    engine = get_engine(opts.engine)
+    return bool(engine.optuna_options) and not engine.grid and opts.warm_start == "recipes"
+
+
+def _fit_to_engine(plan: Plan, engine_name: str) -> None:
+    """keras-tuner engines have no pruner: the plan says so rather than print one that does not run."""
+    from medtune.hpo.engines import get_engine
+
+    engine = get_engine(engine_name)
+    if not engine.optuna_options and plan.pruner not in (None, "none"):
+        plan.pruner, plan.reasons["pruner"] = None, f"engine {engine.name} has no pruner"
+
+
+def _search_options(search_opts, plan: Plan) -> None:
+    """The plan's search values on the search step's options."""
+    search_opts.space = plan.space
+    search_opts.trials = plan.trials
+    search_opts.epochs = plan.search_epochs
+    search_opts.image_size = plan.search_image_sizes[-1]
+    search_opts.rungs = plan.search_image_sizes if len(plan.search_image_sizes) > 1 else None
+    search_opts.pruner = plan.pruner or "none"
+    search_opts.plateau = plan.plateau
+    search_opts.class_weights = plan.class_weights
+    if plan.budget_s:  # main hands the search its share of the one budget
+        search_opts.timeout = search_opts.budget = None
+    if plan.recipe:  # no search: one trial of the recipe, never cut short (its time is the probe)
+        search_opts.warm_start = f"recipe:{plan.recipe}"
+
+
+def data_fingerprint(split) -> DataFingerprint:
+    """The data's fingerprint from a finished split (its report and a sample of its files)."""
     from pathlib import Path
 
-    from medtune.planning.fingerprint import DataFingerprint, MachineFingerprint, image_stats
+    from medtune.planning.fingerprint import image_stats
 
     manifest = split.result.manifest
     root = Path(split.resolved.root)
     paths = [p if Path(p).is_absolute() else str(root / p) for p in manifest["path"]]
-    data = DataFingerprint.from_split(split.result.report, image_stats(paths))
-    return data, MachineFingerprint.detect()
+    return DataFingerprint.from_split(split.result.report, image_stats(paths))
 
 
-def _plan(opts: PipelineOptions, search_opts, split, budget) -> dict:
-    """Derive the plan for what is left of ``budget``, apply it to the options, print it; the files to log."""
-    from medtune.planning.rules import make_plan, render_plan
-
-    data, machine = fingerprints(split)
-    given = {
-        "space": opts.space,
-        "trials": opts.trials,
-        "search_epochs": opts.search_epochs,
-        "search_image_size": opts.search_image_size,
-        "epochs": opts.epochs,
-        "image_size": opts.image_size,
-        "ensemble": opts.ensemble,
-        "class_weights": opts.class_weights,
-    }  # applied as given
-    from medtune.hpo.engines import get_engine
-
-    engine = get_engine(opts.engine)
-    tpe = bool(engine.optuna_options) and not engine.grid  # queues recipes, prunes at rungs
-    plan = make_plan(
-        data, machine, budget.remaining(), overrides=given, can_warm_start=tpe and opts.warm_start == "recipes"
-    )
-    log.info(
-        "Plan for %s (%.0f minutes left of the budget; any option you give overrides it):\n%s",
-        split.resolved.name,
-        budget.remaining() / 60,
-        render_plan(plan, data, machine),
-    )
-    search_opts.space = plan.space
-    # the time budget ends the search; a trial count the user gave caps it
-    search_opts.trials = opts.trials or MAX_BUDGETED_TRIALS
-    search_opts.epochs = plan.search_epochs
-    search_opts.rungs = plan.rungs if len(plan.rungs) > 1 else None
-    search_opts.image_size = plan.rungs[-1]
-    search_opts.budget = plan.search_s
-    search_opts.plateau = max(PLATEAU_MIN_PATIENCE, plan.trials // 3)
-    if plan.recipe:  # no search: one trial of the recipe, never cut short (its time is the probe)
-        search_opts.trials, search_opts.budget, search_opts.plateau = 1, None, 0
-        search_opts.warm_start = f"recipe:{plan.recipe}"
-    if search_opts.rungs and opts.pruner is None and tpe:
-        search_opts.pruner = "median"  # decides at the end of every rung (ASHA's rungs are 1, 3, 9 epochs)
-    opts.epochs, opts.image_size, opts.ensemble = plan.epochs, plan.image_size, plan.ensemble
-    return {"fingerprint.json": {"data": data.to_dict(), "machine": machine.to_dict()}, "plan.json": plan.to_dict()}
-
-
-def _replan_final(opts: PipelineOptions, search, plan_files: dict, budget) -> None:
+def _replan_final(plan: Plan, search, budget) -> Plan:
     """Rule 6 again, with what the search measured: the best trial's steady epoch time at the final size."""
-    from medtune.planning.rules import plan_final, steady_epoch_seconds
-
-    plan = plan_files["plan.json"]
-    if search.best is None or not search.best.run_id:
-        return
+    if not search.best.run_id:
+        return plan
     seconds = tracking.metric_values(search.best.run_id, "epoch_seconds")
     sizes = tracking.metric_values(search.best.run_id, "image_size")
     if not seconds or not sizes:
-        return
+        return plan
     stages = tracking.metric_values(search.best.run_id, "stage")
-    steady = steady_epoch_seconds(seconds, sizes, stages)
-    measured = max(steady, 1.0) * (plan["image_size"] / sizes[-1]) ** 2 * 1.05  # train's TimeLimit guards the rest
-    given = {
-        "ensemble": plan["ensemble"] if plan["reasons"]["ensemble"] == "given" else None,
-        "epochs": plan["epochs"] if plan["reasons"]["epochs"] == "given" else None,
-    }
-    ensemble, epochs, why = plan_final(budget.remaining(), measured, given)
-    if (ensemble, epochs) != (opts.ensemble, opts.epochs):
+    new, measured = replan_final(plan, seconds, sizes, stages, budget.remaining())
+    if (new.ensemble, new.final_epochs) != (plan.ensemble, plan.final_epochs):
         log.info(
             "Final training re-planned from the search's measured epoch time (%.0f s at %d px): %d x %d epochs "
             "(planned %d x %d)",
             measured,
-            plan["image_size"],
-            ensemble,
-            epochs,
-            opts.ensemble,
-            opts.epochs,
+            plan.final_image_size,
+            new.ensemble,
+            new.final_epochs,
+            plan.ensemble,
+            plan.final_epochs,
         )
-    opts.ensemble, opts.epochs = ensemble, epochs
-    plan_files["plan.json"] = {
-        **plan,
-        "ensemble": ensemble,
-        "epochs": epochs,
-        "measured_epoch_s": round(measured, 1),
-        "reasons": {
-            **plan["reasons"],
-            **{k: f"{v} (re-planned after the search)" for k, v in why.items() if v != "given"},
-        },
-    }
+    return new
 
 
 def _log_files(run_id: str | None, files: dict) -> None:

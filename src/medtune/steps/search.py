@@ -24,6 +24,7 @@ from medtune.hpo.base import (
 )
 from medtune.hpo.engines import get_engine
 from medtune.hpo.trial import TrialData, objective_direction, probe_indices
+from medtune.planning.budget import Budget
 from medtune.tracking.search_recorder import SearchRecorder, log_search, trial_run_ids
 
 log = logging.getLogger(__name__)
@@ -35,16 +36,16 @@ class SearchOptions:
     dataset: str = "synthetic"
     data_dir: str | None = None
     engine: str = "optuna"
-    space: str | None = None  # None (auto): sized from the machine, see medtune.plan
+    space: str | None = None  # None (auto): from the plan, see medtune.planning.rules
     trials: int | None = None  # auto
     epochs: int | None = None  # auto
     image_size: int | None = None  # auto
     objective: str = "val_macro_f1"
-    timeout: float | None = None
+    timeout: float | None = None  # an alias of budget (seconds)
     study: str | None = None
     storage: str | None = None
     seed: int = 42
-    class_weights: bool = True
+    class_weights: bool | None = None  # auto: the plan's (balanced)
     pruner: str | None = None  # auto; Optuna only
     split_run: str | None = None
     weights: str = "imagenet"  # for keras.applications backbones: imagenet | none | file | folder
@@ -67,10 +68,6 @@ class SearchOutcome:
 # ---------------------------------------------------------------- the step
 
 
-MAX_BUDGETED_TRIALS = 200  # with a time budget and no trial count, the budget ends the search
-PLANNED = {"space": "space", "trials": "trials", "epochs": "epochs", "image_size": "image_size"}
-
-
 def default_study(opts: SearchOptions, space_stem: str, manifest_hash: str) -> str:
     engine = get_engine(opts.engine).study_label
     sizes = "-".join(map(str, opts.rungs)) if opts.rungs and len(opts.rungs) > 1 else str(opts.image_size)
@@ -81,12 +78,12 @@ def check_options(opts: SearchOptions) -> None:
     """Check what is set (options left to the plan are None) and name the engine's canonical spelling."""
     engine = get_engine(opts.engine)
     opts.engine = engine.name
-    if not engine.optuna_options:  # keras-tuner has no pruner, Optuna storage or time limit
-        given = [
-            f"{k}={v}"
-            for k, v in (("pruner", opts.pruner), ("storage", opts.storage), ("timeout", opts.timeout))
-            if v not in (None, "", 0, "none")
-        ]
+    if opts.timeout:  # the older name of the search's time budget
+        if opts.budget and opts.budget != opts.timeout:
+            raise ConfigError(f"timeout={opts.timeout:g} and budget={opts.budget:g}: give one (timeout is budget's old name)")
+        opts.budget, opts.timeout = opts.timeout, None
+    if not engine.optuna_options:  # keras-tuner has no pruner or Optuna storage
+        given = [f"{k}={v}" for k, v in (("pruner", opts.pruner), ("storage", opts.storage)) if v not in (None, "", "none")]
         if given:
             raise ConfigError(
                 f"{', '.join(given)}: only the optuna engine takes this; engine={opts.engine} "
@@ -117,28 +114,34 @@ def check_options(opts: SearchOptions) -> None:
         check_driver(opts.storage)
 
 
-def run_search(opts: SearchOptions) -> SearchOutcome:
-    """Validate everything, load the split cache, then search with the chosen engine."""
+def run_search(opts: SearchOptions, budget: Budget | None = None) -> SearchOutcome:
+    """Validate everything, load the split cache, then search with the chosen engine.
+
+    ``budget``: the search's share of a larger budget (``main``); without it, ``opts.budget``
+    seconds from now. Options left unset come from the plan without a budget (``main`` applies
+    its own plan first).
+    """
     from medtune.datasets.cache import manifest_hash
     from medtune.datasets.registry import dataset_name
-    from medtune.plan import fill
+    from medtune.planning.fingerprint import MachineFingerprint
+    from medtune.planning.rules import MAX_BUDGETED_TRIALS, apply, default_plan
     from medtune.space import load_space, resolve_space_path
     from medtune.steps.data import load_split
     from medtune.steps.prerequisites import ensure_split
 
     check_options(opts)
     engine = get_engine(opts.engine)
-    if opts.budget and opts.trials is None and not engine.grid:
+    if budget is None and opts.budget:
+        budget = Budget(opts.budget).start()
+    if budget is not None and opts.trials is None and not engine.grid:
         opts.trials = MAX_BUDGETED_TRIALS  # the time budget decides how many run
-    fill(
-        opts,
-        dataset_name(opts.dataset),
-        {
-            **PLANNED,
-            **({"pruner": "pruner"} if engine.optuna_options else {}),
-            **({"trials": "trials"} if not engine.grid else {}),
-        },
-    )
+    if engine.grid and opts.trials is None:
+        opts.trials = 0  # the grid's size, below
+    if not engine.optuna_options:
+        opts.pruner = opts.pruner or "none"
+    set_now = apply(default_plan(MachineFingerprint.detect(), dataset_name(opts.dataset)), opts)
+    if set_now:
+        log.info("Defaults for this machine: %s", ", ".join(f"{f}={getattr(opts, f)}" for f in set_now))
     opts.weights = opts.weights or "none"
     space_path = resolve_space_path(opts.space)
     space = load_space(space_path)  # a bad space file stops here, before any trial
@@ -178,7 +181,6 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         epochs=opts.epochs,
         objective=opts.objective,
         direction=direction,
-        timeout=opts.timeout,
         seed=opts.seed,
         class_weights=opts.class_weights,
         storage=opts.storage,
@@ -190,6 +192,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         warm_start=opts.warm_start,
         plateau_patience=opts.plateau,
         split=manifest_hash(split.manifest),
+        budget=budget,
     )
     # unreadable keras-tuner state, or a study that searched other categorical choices, stops here
     engine.check_state(space, cfg)
@@ -222,14 +225,13 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
                 "epochs": opts.epochs,
                 "image_size": opts.image_size,
                 "objective": opts.objective,
-                "timeout": opts.timeout,
                 "study": study,
                 "seed": opts.seed,
                 "class_weights": opts.class_weights,
                 "pruner": opts.pruner if engine.optuna_options else "none",
                 "storage": _storage_label(opts.storage),
                 "weights": opts.weights if backbones != ["custom"] else "n/a",
-                "budget_min": round(opts.budget / 60, 2) if opts.budget else "none",
+                "budget_min": round(budget.seconds / 60, 2) if budget and budget.seconds else "none",
                 "image_sizes": ",".join(map(str, cfg.rungs)) if cfg.rungs else opts.image_size,
                 "warm_start": opts.warm_start,
                 "plateau": opts.plateau,
@@ -239,20 +241,17 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
             parent.json({name: w.tags() for name, w in weights.items()}, "weights.json")
         parent.file(space_path)
         tracking.log_manifest(split.manifest, split.root, split.dataset, "training")
-        recorder = SearchRecorder(parent, experiment_id, opts, study, split.classes, weights)
+        recorder = SearchRecorder(parent, experiment_id, opts, study, split.classes, weights, budget=budget)
         log.info(
             "Search %s: %s engine, %s trials x %d epochs at %s px, objective %s%s",
             study,
             opts.engine,
-            "up to " + str(opts.trials) if opts.budget else opts.trials,
+            "up to " + str(opts.trials) if budget else opts.trials,
             opts.epochs,
             "/".join(map(str, cfg.rungs)) if cfg.rungs else opts.image_size,
             opts.objective,
-            f", budget {opts.budget / 60:.1f} min" if opts.budget else "",
+            f", budget {budget.seconds / 60:.1f} min" if budget and budget.seconds else "",
         )
-        from medtune.planning.budget import Budget
-
-        cfg.budget = recorder.budget = Budget(opts.budget).start() if opts.budget else None
         summaries = engine.run(space, data, cfg, recorder)
         summaries = trial_run_ids(summaries, parent, experiment_id, study)
         best = best_trial(summaries, direction)

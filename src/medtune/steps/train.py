@@ -15,6 +15,10 @@ import yaml
 from medtune import tracking
 from medtune.datasets.registry import dataset_name
 from medtune.errors import ConfigError
+from medtune.models.tta import TTA_MODES
+from medtune.planning.budget import Budget
+from medtune.planning.fingerprint import MachineFingerprint
+from medtune.planning.rules import apply, default_plan
 from medtune.steps import model_card as cards
 from medtune.tracking import registry
 
@@ -27,17 +31,17 @@ class TrainOptions:
     data_dir: str | None = None
     search_run: str | None = "latest"
     params: str | None = None  # a YAML/JSON file of explicit params
-    epochs: int | None = None  # None (auto): sized from the machine, see medtune.plan
+    epochs: int | None = None  # None (auto): from the plan, see medtune.planning.rules
     image_size: int | None = None  # auto
     patience: int | None = None  # auto: planning.rules.early_stopping_patience
     mixed_precision: bool = True
-    class_weights: bool = True
+    class_weights: bool | None = None  # auto: the plan's
     margin: float = 0.0
     register: bool = True
     seed: int = 42
     split_run: str | None = None
     weights: str | None = None  # imagenet | none | file | folder; None: what the search used
-    ensemble: int = 1  # members (seeds of the configuration), averaged in one model
+    ensemble: int | None = None  # members (seeds of the configuration), averaged in one model; auto: the plan's
     budget: float | None = None  # seconds for the whole step; each member stops at an epoch boundary in its share
     replan: bool = False  # with a budget: the members after the first get the epochs their share pays for, at
     # the epoch time the previous member measured (main sets it when the epochs came from its plan)
@@ -129,407 +133,248 @@ def params_from_file(path: str) -> dict:
     return data
 
 
-def device_summary(mixed_precision: bool) -> tuple[str, bool]:
-    """Use the GPU when TensorFlow sees one (mixed precision there, unless turned off)."""
-    import keras
-    import tensorflow as tf
+def run_train(opts: TrainOptions, budget: Budget | None = None) -> TrainOutcome:
+    """Final training of the best trial (or a params file), evaluation, registration and the gate.
 
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        for gpu in gpus:
-            try:
-                tf.config.experimental.set_memory_growth(gpu, True)
-            except (RuntimeError, ValueError):
-                pass
-        if mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_float16")
-        return f"GPU ({len(gpus)}: {gpus[0].name})", bool(mixed_precision)
-    keras.mixed_precision.set_global_policy("float32")
-    return "CPU", False
-
-
-def _epoch_logger(run: tracking.RunLogger, epochs: int, prefix: str = "", title: str = "final training"):
-    import keras
-
-    from medtune.progress import Counter, finite
-
-    class EpochLogger(keras.callbacks.Callback):
-        """Per-epoch metrics to the run, and one readable line per epoch with the time left (a bar on a terminal)."""
-
-        def on_train_begin(self, logs=None):
-            if not hasattr(self, "bar"):  # one bar over all stages
-                self.bar = Counter(title, epochs, "epoch", lines=False)
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = dict(logs or {})
-            lr = getattr(self.model.optimizer, "learning_rate", None)
-            if lr is not None:
-                try:
-                    logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
-                except Exception:  # noqa: BLE001
-                    pass
-            run.epoch(logs, epoch, prefix=prefix, synchronous=False)
-            shown = {
-                k: v for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1")
-            }
-            text = ", ".join(f"{k}={float(v):.4f}" for k, v in shown.items() if finite(v))
-            self.bar.to(epoch + 1)
-            log.info(
-                "%sepoch %d/%d: %s (%s; early stopping may end sooner)",
-                prefix.replace("_", " "),
-                epoch + 1,
-                epochs,
-                text,
-                self.bar.eta(),
-            )
-
-        def on_train_end(self, logs=None):
-            if self.model.stop_training or self.bar.done >= epochs:
-                self.bar.close()
-
-    return EpochLogger()
-
-
-def run_train(opts: TrainOptions) -> TrainOutcome:
-    if opts.epochs is not None and opts.epochs < 1:
-        raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
-    if opts.image_size is not None and not 16 <= opts.image_size <= 1024:
-        raise ConfigError(f"image_size={opts.image_size}: expected 16..1024 pixels")
-    if opts.patience is not None and opts.patience < 1:
-        raise ConfigError(f"patience={opts.patience}: expected at least 1 epoch")
-    if not 1 <= opts.ensemble <= 10:
-        raise ConfigError(f"ensemble={opts.ensemble}: expected 1 (one model) to 10 members")
-    if opts.budget is not None and opts.budget <= 0:
-        raise ConfigError(f"budget={opts.budget}: expected a positive duration")
+    ``budget``: the share of a larger budget (``main``); without it, ``opts.budget`` seconds from now.
+    """
+    _check(opts)
     t0 = time.perf_counter()
     if opts.params:  # what to train is found before any split is made or loaded
         params, search_run_id = params_from_file(opts.params), None
     else:
         params, search_run_id = best_params_of_search(dataset_name(opts.dataset), opts.search_run)
-    from medtune.plan import fill
-
-    fill(opts, dataset_name(opts.dataset), {"epochs": "final_epochs", "image_size": "final_image_size"})
-    auto_patience = opts.patience is None
-    if auto_patience:
-        from medtune.planning.rules import early_stopping_patience
-
-        opts.patience = early_stopping_patience(opts.epochs, params.get("lr_schedule") or "constant")
+    set_now = apply(default_plan(MachineFingerprint.detect(), dataset_name(opts.dataset)), opts)
+    if set_now:
+        log.info("Defaults for this machine: %s", ", ".join(f"{f}={getattr(opts, f)}" for f in set_now))
+    if budget is None and opts.budget:
+        budget = Budget(opts.budget).start()
     from medtune.models import backbones_of, check_image_size
     from medtune.models.weights import resolve_weights
 
     searched_with = params.pop("weights", None)  # the search's option, not a model parameter
     weights_option = opts.weights or searched_with or "imagenet"
-    backbones = backbones_of(params)
-    check_image_size(backbones, opts.image_size)
-    weights = resolve_weights(weights_option, backbones)  # one line, before any training
+    check_image_size(backbones_of(params), opts.image_size)
+    weights = resolve_weights(weights_option, backbones_of(params))  # one line, before any training
     import keras  # TensorFlow loads once the arguments are known to be good
 
     from medtune import training
     from medtune.steps.data import load_split
     from medtune.steps.prerequisites import ensure_split
+    from medtune.training.final import device_summary
 
     ensure_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     training.configure_threads()
     device, mixed = device_summary(opts.mixed_precision)
     try:
-        return _train_and_register(
-            opts, split, params, search_run_id, device, mixed, t0, weights, weights_option, auto_patience=auto_patience
-        )
+        with tracking.step_run(
+            split.dataset,
+            "train",
+            run_name=_run_name(opts, split, params),
+            tags={
+                "medtune.split_run_id": split.run_id,
+                "medtune.device": device,
+                **({"medtune.search_run_id": search_run_id} if search_run_id else {}),
+            },
+        ) as run:
+            source = weights.get(params.get("backbone", "custom"))
+            _record_inputs(run, opts, split, params, search_run_id, mixed, weights_option, source, budget)
+            fitted = _train(opts, split, params, weights, mixed, budget, run)
+            return _evaluate_and_register(opts, split, params, search_run_id, source, fitted, run, t0)
     finally:
         keras.mixed_precision.set_global_policy("float32")  # later steps (`main`) start clean
 
 
-def _train_and_register(
-    opts: TrainOptions,
-    split,
-    params: dict,
-    search_run_id: str | None,
-    device: str,
-    mixed: bool,
-    t0: float,
-    weights: dict,
-    weights_option: str,
-    *,
-    auto_patience: bool = False,  # the patience follows re-planned epochs
-) -> TrainOutcome:
+def _check(opts: TrainOptions) -> None:
+    if opts.epochs is not None and opts.epochs < 1:
+        raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
+    if opts.image_size is not None and not 16 <= opts.image_size <= 1024:
+        raise ConfigError(f"image_size={opts.image_size}: expected 16..1024 pixels")
+    if opts.patience is not None and opts.patience < 1:
+        raise ConfigError(f"patience={opts.patience}: expected at least 1 epoch")
+    if opts.ensemble is not None and not 1 <= opts.ensemble <= 10:
+        raise ConfigError(f"ensemble={opts.ensemble}: expected 1 (one model) to 10 members")
+    if opts.budget is not None and opts.budget <= 0:
+        raise ConfigError(f"budget={opts.budget}: expected a positive duration")
+    if opts.tta not in TTA_MODES:
+        raise ConfigError(f"tta={opts.tta!r}: expected one of {', '.join(TTA_MODES)}")
+
+
+def _run_name(opts: TrainOptions, split, params: dict) -> str:
+    return (
+        f"train-{split.dataset}-{params.get('backbone', 'custom')}-{opts.image_size}px"
+        f"{f'-x{opts.ensemble}' if opts.ensemble > 1 else ''}-{time.strftime('%m%d-%H%M')}"
+    )
+
+
+def _record_inputs(run, opts, split, params, search_run_id, mixed, weights_option, source, budget) -> None:
+    """What the run trains: params, options, weights' source and the training manifest."""
+    run.params(
+        {
+            **params,
+            "epochs": opts.epochs,
+            "image_size": opts.image_size,
+            "patience": opts.patience if opts.patience is not None else "auto",
+            "ensemble": opts.ensemble,
+            "budget_min": round(budget.seconds / 60, 2) if budget and budget.seconds else "none",
+            "mixed_precision": mixed,
+            "class_weights": opts.class_weights,
+            "seed": opts.seed,
+            "params_source": opts.params or f"search {search_run_id}",
+        }
+    )
+    if params.get("backbone", "custom") != "custom":
+        run.params({"weights": weights_option})
+        run.tags(
+            {
+                "medtune.weights_source": source.source if source else "none",
+                "medtune.weights_sha256": source.sha256 if source else "",
+            }
+        )
+    tracking.log_manifest(split.manifest, split.root, split.dataset, "training")
+
+
+def _train(opts: TrainOptions, split, params: dict, weights: dict, mixed: bool, budget, run):
+    """Fit the members, average them, choose the test-time flip; record the training's figures."""
     import keras
 
+    from medtune import reports, training
+    from medtune.models.tta import choose_flip
+    from medtune.progress import short_params
+    from medtune.training.final import final_fit
+
+    classes, cache = split.classes, split.cache
+    keras.utils.set_random_seed(opts.seed)
+    class_weight = training.balanced_class_weights(cache.y["train"], len(classes)) if opts.class_weights else None
+    log.info(
+        "Final training (%s, mixed precision %s%s): %s",
+        split.dataset,
+        "on" if mixed else "off",
+        f", ensemble of {opts.ensemble}" if opts.ensemble > 1 else "",
+        short_params(params),
+    )
+    fitted = final_fit(
+        params,
+        cache,
+        len(classes),
+        class_weight=class_weight,
+        weights=weights,
+        epochs=opts.epochs,
+        patience=opts.patience,
+        ensemble=opts.ensemble,
+        seed=opts.seed,
+        mixed=mixed,
+        report=lambda prefix, epoch, logs: run.epoch(logs, epoch, prefix=prefix, synchronous=False),
+        budget=budget,
+        replan=opts.replan,
+    )
+    if opts.ensemble > 1:
+        from medtune.models.ensemble import build_ensemble
+
+        model = build_ensemble(fitted.members)
+    else:
+        model = fitted.members[0]
+    model, flipped, scores = choose_flip(model, cache.x["val"], cache.y["val"], opts.tta)
+    if scores:
+        log.info(
+            "Test-time flip %s: validation macro-F1 %.4f with it, %.4f without%s",
+            "on" if flipped else "off",
+            scores["flip"],
+            scores["plain"],
+            " (asked for)" if opts.tta == "flip" else "",
+        )
+
+    history = fitted.histories[0]
+    best_epoch = int(np.nanargmax(history["val_macro_f1"])) if history.get("val_macro_f1") else -1
+    if class_weight:
+        run.json({classes[k]: v for k, v in class_weight.items()}, "class_weights.json")
+    run.params({"tta": "flip" if flipped else "none"})
+    run.metrics(
+        {
+            **fitted.metrics,
+            **({"val_macro_f1_plain": scores["plain"], "val_macro_f1_flip": scores["flip"]} if scores else {}),
+            **{
+                f"member{i}_best_val_macro_f1": float(np.nanmax(h["val_macro_f1"]))
+                for i, h in enumerate(fitted.histories)
+                if opts.ensemble > 1 and h.get("val_macro_f1")
+            },
+            "best_epoch": best_epoch,
+            "epochs_run": len(history.get("loss", [])),
+            "best_val_macro_f1": float(np.nanmax(history["val_macro_f1"])) if best_epoch >= 0 else float("nan"),
+            **(budget.record() if budget is not None else {}),
+        }
+    )
+    run.figure(reports.learning_curves(history), "learning_curves.png")
+    return model
+
+
+def _evaluate_and_register(opts, split, params, search_run_id, source, model, run, t0) -> TrainOutcome:
+    """Score the test images, log the model, pass it through the champion gate, write the card."""
     from medtune import promotion, serving, training
     from medtune.evaluation import evaluate_model
     from medtune.steps.evaluate import log_evaluation, manifest_test_set
 
     classes, cache = split.classes, split.cache
-    n_classes = len(classes)
-    keras.utils.set_random_seed(opts.seed)
-    tags = {"medtune.split_run_id": split.run_id, "medtune.device": device}
-    if search_run_id:
-        tags["medtune.search_run_id"] = search_run_id
-    run_name = (
-        f"train-{split.dataset}-{params.get('backbone', 'custom')}-{opts.image_size}px"
-        f"{f'-x{opts.ensemble}' if opts.ensemble > 1 else ''}-{time.strftime('%m%d-%H%M')}"
+    test = manifest_test_set(split)
+    ev = evaluate_model(model, test.x, test.y, classes, test.paths)
+    log_evaluation(run, ev, classes)
+    run.tags({"medtune.test_split": test.split_id})
+    log.info(
+        "test accuracy %.4f, macro-F1 %.4f, macro ROC-AUC %.4f",
+        ev.metrics["test_accuracy"],
+        ev.metrics["test_macro_f1"],
+        ev.metrics.get("test_roc_auc_macro", float("nan")),
     )
-    with tracking.step_run(split.dataset, "train", run_name=run_name, tags=tags) as run:
-        class_weight = training.balanced_class_weights(cache.y["train"], n_classes) if opts.class_weights else None
-        run.params(
-            {
-                **params,
-                "epochs": opts.epochs,
-                "image_size": opts.image_size,
-                "patience": opts.patience,
-                "ensemble": opts.ensemble,
-                "budget_min": round(opts.budget / 60, 2) if opts.budget else "none",
-                "mixed_precision": mixed,
-                "class_weights": opts.class_weights,
-                "seed": opts.seed,
-                "params_source": opts.params or f"search {search_run_id}",
-            }
-        )
-        backbone = params.get("backbone", "custom")
-        source = weights.get(backbone)
-        if backbone != "custom":
-            run.params({"weights": weights_option})
-            run.tags(
-                {
-                    "medtune.weights_source": source.source if source else "none",
-                    "medtune.weights_sha256": source.sha256 if source else "",
-                }
-            )
-        if class_weight:
-            run.json({classes[k]: v for k, v in class_weight.items()}, "class_weights.json")
-        tracking.log_manifest(split.manifest, split.root, split.dataset, "training")
-        from medtune.progress import short_params
-
-        log.info(
-            "Final training on %s (%s, mixed precision %s%s): %s",
-            device,
-            split.dataset,
-            "on" if mixed else "off",
-            f", ensemble of {opts.ensemble}" if opts.ensemble > 1 else "",
-            short_params(params),
-        )
-        from medtune.planning.budget import Budget
-
-        budget = Budget(opts.budget).start() if opts.budget else None
-        # evaluation, Grad-CAM, model card and registration after training: a reserve of the budget
-        reserve = min(max(30.0, 0.08 * opts.budget), 240.0) if opts.budget else 0.0
-        members, histories = [], []
-        for i in range(opts.ensemble):
-            left = max(0.0, budget.remaining() - reserve) if budget else None
-            if i and left is not None and opts.replan:
-                _replan_members(opts, params, histories[-1], left, i, auto_patience, run)
-            # what is left, split evenly between the members still to train
-            share = Budget(left / (opts.ensemble - i)).start() if left is not None else None
-            prefix = f"member{i}_" if opts.ensemble > 1 else ""
-            member, history = _fit_member(
-                params,
-                cache,
-                n_classes,
-                class_weight,
-                weights,
-                opts,
-                run,
-                seed=opts.seed + i,
-                prefix=prefix,
-                budget=share,
-            )
-            if mixed:  # evaluate, explain and log a float32 model: it serves on any CPU
-                member = float32_copy(member, params, tuple(cache.x["train"].shape[1:]), n_classes)
-            members.append(member)
-            histories.append(history)
-        if budget is not None:
-            run.metrics(budget.record())
-        if opts.ensemble > 1:
-            from medtune.models.ensemble import build_ensemble
-
-            model = build_ensemble(members)
-            run.metrics(
-                {
-                    f"member{i}_best_val_macro_f1": float(np.nanmax(h["val_macro_f1"]))
-                    for i, h in enumerate(histories)
-                    if h.get("val_macro_f1")
-                }
-            )
-        else:
-            model = members[0]
-        history = histories[0]
-        best_epoch = int(np.nanargmax(history["val_macro_f1"])) if history.get("val_macro_f1") else -1
-        run.metrics(
-            {
-                "best_epoch": best_epoch,
-                "epochs_run": len(history.get("loss", [])),
-                "best_val_macro_f1": float(np.nanmax(history["val_macro_f1"])) if best_epoch >= 0 else float("nan"),
-            }
-        )
-        from medtune import reports
-
-        run.figure(reports.learning_curves(history), "learning_curves.png")
-        model = choose_tta(model, cache.x["val"], cache.y["val"], opts.tta, run)
-
-        test = manifest_test_set(split)
-        ev = evaluate_model(model, test.x, test.y, classes, test.paths)
-        log_evaluation(run, ev, classes)
-        run.tags({"medtune.test_split": test.split_id})
-        log.info(
-            "test accuracy %.4f, macro-F1 %.4f, macro ROC-AUC %.4f",
-            ev.metrics["test_accuracy"],
-            ev.metrics["test_macro_f1"],
-            ev.metrics.get("test_roc_auc_macro", float("nan")),
-        )
-
-        metadata = serving.build_metadata(
-            classes,
-            opts.image_size,
-            cache.x["train"].shape[-1],
-            dataset=split.dataset,
-            backbone=backbone,
-            weights_source=source.source if source else "none",
-            weights_sha256=source.sha256 if source else "",
-            params=params,
-            split_run_id=split.run_id,
-            search_run_id=search_run_id or "",
-        )
-        model_name = f"medtune-{split.dataset}" if opts.register else None
-        info = serving.log_model(model, metadata, registered_model_name=model_name)
-        version, decision = None, None
-        if model_name:
-            version = registry.registered_version(model_name, info)
-            decision = registry.promote(
-                model_name,
-                version,
-                ev.metrics["test_macro_f1"],
-                test.split_id,
-                margin=opts.margin,
-                rescore=lambda uri: rescore_on_split(uri, split, test),
-            )
-            run.tags({**decision.tags(), "medtune.model_version": version})
-            run.metrics(
-                {
-                    "champion_score_before": decision.champion_score
-                    if decision.champion_score is not None
-                    else float("nan"),
-                    "promoted": 1.0 if decision.alias == promotion.CHAMPION else 0.0,
-                }
-            )
-        _log_card(
-            run,
-            ev,
-            model,
-            metadata,
-            split,
-            test,
-            decision,
+    metadata = serving.build_metadata(
+        classes,
+        opts.image_size,
+        cache.x["train"].shape[-1],
+        dataset=split.dataset,
+        backbone=params.get("backbone", "custom"),
+        weights_source=source.source if source else "none",
+        weights_sha256=source.sha256 if source else "",
+        params=params,
+        split_run_id=split.run_id,
+        search_run_id=search_run_id or "",
+    )
+    model_name = f"medtune-{split.dataset}" if opts.register else None
+    info = serving.log_model(model, metadata, registered_model_name=model_name)
+    version, decision = None, None
+    if model_name:
+        version = registry.registered_version(model_name, info)
+        decision = registry.promote(
             model_name,
             version,
-            cards.params_source(search_run_id, opts.params),
-            opts.seed,
+            ev.metrics["test_macro_f1"],
+            test.split_id,
+            margin=opts.margin,
+            rescore=lambda uri: rescore_on_split(uri, split, test),
         )
-        training.release_model(model)
-        return TrainOutcome(run.run_id, ev.metrics, model_name, version, decision, time.perf_counter() - t0)
-
-
-def _replan_members(opts: TrainOptions, params, history, remaining_s: float, i: int, auto_patience: bool, run):
-    """Rule 6 for the members still to train, at the steady epoch time member ``i - 1`` measured:
-    the plan's estimate (from the search, or the cost model) was off by up to 2x on small data."""
-    from medtune.planning.rules import early_stopping_patience, member_epochs, steady_epoch_seconds
-
-    seconds = [float(t) for t in history.get("epoch_seconds", [])]
-    if not seconds:
-        return
-    epoch_s = steady_epoch_seconds(seconds, stages=history.get("stage"))
-    epochs = member_epochs(remaining_s, opts.ensemble - i, epoch_s)
-    run.metrics({f"member{i}_planned_epochs": epochs, f"member{i - 1}_epoch_seconds": epoch_s})
-    if epochs != opts.epochs:
-        log.info(
-            "Members %d-%d re-planned from member %d's %.1f s per epoch: %d epochs each (were %d)",
-            i,
-            opts.ensemble - 1,
-            i - 1,
-            epoch_s,
-            epochs,
-            opts.epochs,
+        run.tags({**decision.tags(), "medtune.model_version": version})
+        run.metrics(
+            {
+                "champion_score_before": decision.champion_score
+                if decision.champion_score is not None
+                else float("nan"),
+                "promoted": 1.0 if decision.alias == promotion.CHAMPION else 0.0,
+            }
         )
-        opts.epochs = epochs
-        if auto_patience:
-            opts.patience = early_stopping_patience(epochs, params.get("lr_schedule") or "constant")
-
-
-def _fit_member(
-    params: dict,
-    cache,
-    n_classes: int,
-    class_weight,
-    weights,
-    opts: TrainOptions,
-    run,
-    *,
-    seed: int,
-    prefix: str,
-    budget=None,
-):
-    """One model of the final training: fitted with early stopping, the best epoch's weights restored."""
-    import keras
-
-    from medtune import training
-
-    keras.utils.set_random_seed(seed)
-    setup = training.prepare_fit(
-        params,
-        cache.x["train"],
-        cache.y["train"],
-        cache.x["val"],
-        cache.y["val"],
-        n_classes,
-        seed=seed,
-        weights=weights,
+    _log_card(
+        run,
+        ev,
+        model,
+        metadata,
+        split,
+        test,
+        decision,
+        model_name,
+        version,
+        cards.params_source(search_run_id, opts.params),
+        opts.seed,
     )
-    model = setup.model
-    title = f"final training{' ' + prefix.rstrip('_') if prefix else ''}"
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(tmp) / "best.weights.h5"
-        callbacks = [
-            *setup.callbacks,
-            training.StagedEarlyStopping(
-                monitor="val_macro_f1", mode="max", patience=opts.patience, restore_best_weights=True
-            ),
-            *(
-                [
-                    keras.callbacks.ReduceLROnPlateau(
-                        monitor="val_loss", factor=0.5, patience=max(2, opts.patience // 3), min_lr=1e-6
-                    )
-                ]
-                if params.get("lr_schedule", "constant") == "constant"
-                else []
-            ),  # cosine sets its own rate
-            keras.callbacks.ModelCheckpoint(
-                str(ckpt), monitor="val_macro_f1", mode="max", save_best_only=True, save_weights_only=True
-            ),
-            *([training.TimeLimit(budget)] if budget is not None else []),
-            _epoch_logger(run, opts.epochs, prefix, title),
-        ]
-        history = training.fit_stages(
-            model,
-            params,
-            setup.train_ds,
-            setup.val_ds,
-            y_val=cache.y["val"],
-            epochs=opts.epochs,
-            class_weight=class_weight,
-            callbacks=callbacks,
-            stop_requested=(lambda: budget.spent()) if budget is not None else None,
-            budget=budget,
-            on_stage=lambda st, n: log.info(
-                "Stage %d: epochs %d-%d, learning rate %.2g, %d trainable layers",
-                st.number,
-                st.first_epoch + 1,
-                st.end_epoch,
-                st.learning_rate,
-                n,
-            ),
-        )
-        if ckpt.exists():
-            model.load_weights(ckpt)  # the best epoch, whatever early stopping did
-    return model, history
+    training.release_model(model)
+    return TrainOutcome(run.run_id, ev.metrics, model_name, version, decision, time.perf_counter() - t0)
 
 
 def _log_card(run, ev, model, metadata, split, test, decision, model_name, version, source: str, seed: int) -> None:
@@ -546,37 +391,6 @@ def _log_card(run, ev, model, metadata, split, test, decision, model_name, versi
     )
     if model_name:
         cards.describe_version(model_name, version, card)
-
-
-TTA_MODES = ("auto", "flip", "none")
-
-
-def choose_tta(model, x_val, y_val, mode: str, run):
-    """The final model with test-time flipping when ``mode`` says so (``auto``: when its validation
-    macro-F1 is higher; the test images play no part). Logs both validation scores and the choice."""
-    from medtune.models.tta import with_flip
-    from medtune.training import predict_proba, validation_scores
-
-    if mode not in TTA_MODES:
-        raise ConfigError(f"tta={mode!r}: expected one of {', '.join(TTA_MODES)}")
-    if mode == "none":
-        run.params({"tta": "none"})
-        return model
-    flipped = with_flip(model)
-    scores = {}
-    for name, candidate in (("plain", model), ("flip", flipped)):
-        scores[name] = validation_scores(y_val, predict_proba(candidate, x_val))["val_macro_f1"]
-    use = mode == "flip" or scores["flip"] > scores["plain"]
-    run.params({"tta": "flip" if use else "none"})
-    run.metrics({"val_macro_f1_plain": scores["plain"], "val_macro_f1_flip": scores["flip"]})
-    log.info(
-        "Test-time flip %s: validation macro-F1 %.4f with it, %.4f without%s",
-        "on" if use else "off",
-        scores["flip"],
-        scores["plain"],
-        " (asked for)" if mode == "flip" else "",
-    )
-    return flipped if use else model
 
 
 def rescore_on_split(model_uri: str, split, test) -> float | None:
@@ -606,19 +420,3 @@ def rescore_on_split(model_uri: str, split, test) -> float | None:
     if size != test.x.shape[1]:  # the same test images, cached at the model's own size
         test = manifest_test_set(load_split(split.dataset, size, split_run=split.run_id))
     return score_macro_f1(model, test, list(split.classes))
-
-
-def float32_copy(model, params: dict, input_shape: tuple, n_classes: int):
-    """The same network and weights under the float32 policy (for a model trained in mixed precision).
-
-    A mixed-precision model computes in float16, which CPUs (where it is usually served) run
-    slowly or not at all; the variables are float32 either way, so the weights copy over exactly.
-    """
-    import keras
-
-    from medtune.models import build_model
-
-    keras.mixed_precision.set_global_policy("float32")
-    copy = build_model(params, input_shape, n_classes)
-    copy.set_weights(model.get_weights())
-    return copy

@@ -16,10 +16,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from medtune.progress import finite, fmt, short_params
 from medtune.hpo.base import COMPLETE, FAILED, PRUNED, TrialSummary, best_trial
 from medtune.hpo.engines import get_engine
 from medtune.hpo.trial import objective_direction
+from medtune.planning.budget import Budget
+from medtune.progress import finite, fmt, short_params
 from medtune.tracking.logger import RunLogger, one_line, param_text, status_for
 from medtune.tracking.runs import end_if_running, end_with_launcher, process_tags
 from medtune.tracking.store import TAG_DATASET, TAG_ERROR, TAG_HOST, TAG_PID, TAG_STEP
@@ -39,6 +40,7 @@ class SearchRecorder:
         study: str,
         classes: list[str],
         weights: dict | None = None,
+        budget: Budget | None = None,  # the search's time budget, when it has one
     ):
         self.parent, self.experiment_id, self.opts, self.study = parent, experiment_id, opts, study
         self.classes, self.weights = classes, weights or {}
@@ -46,7 +48,7 @@ class SearchRecorder:
         self.done = 0  # trials COMPLETE or PRUNED in the study (all sessions and workers)
         self.direction = objective_direction(opts.objective)
         self.bar = None  # trials left in this session: a bar on a terminal, an ETA in each line
-        self.budget = None  # the search's time budget (a medtune.planning.Budget), when it has one
+        self.budget = budget
 
     # -- engine callbacks
     def trial_started(self, number: int, params: dict, recipe: str | None = None):
@@ -145,7 +147,7 @@ class SearchRecorder:
             fmt(self.best),
             self._done(),
             f", {self.bar.eta()}"
-            if 0 < self.bar.done < self.bar.total and getattr(self, "budget", None) is None
+            if 0 < self.bar.done < self.bar.total and self.budget is None
             else "",
             f": {one_line(error)}" if error is not None and not interrupted else "",
         )
@@ -233,7 +235,7 @@ class SearchRecorder:
         )
 
     def _done(self) -> str:
-        budget = getattr(self, "budget", None)
+        budget = self.budget
         if budget is not None and budget.seconds is not None:  # the time, not the trial count, ends it
             return f"{self.done} done, {budget.remaining() / 60:.1f} min of the search's budget left"
         if not get_engine(self.opts.engine).counts_trials:  # Hyperband's brackets, not `trials`, set its budget

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
-import os
 
 import keras
 import tensorflow as tf
+
+from medtune.planning.fingerprint import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +43,6 @@ def configure_threads(intra: int | None = None, inter: int | None = None) -> tup
         )
         return current
     return intra, inter
-
-
-def usable_cpus() -> int:
-    """CPUs this process may use: affinity mask, capped by a cgroup v2 CPU quota."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        count = os.cpu_count() or 1
-    try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
 
 
 def release_model(model: keras.Model | None = None) -> None:

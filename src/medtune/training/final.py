@@ -1,0 +1,235 @@
+"""Final training: the members of one configuration, each fitted with early stopping and its best
+epoch kept, within a time budget that the members share (re-planned from measured epochs).
+
+No tracking here: epochs are reported through ``report(prefix, epoch, logs)``, and what the step
+should record comes back in :class:`FinalFit`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[str, int, dict], None]  # (member prefix, epoch, logs)
+
+
+@dataclass
+class FinalFit:
+    members: list  # keras.Model, float32
+    histories: list[dict]
+    epochs: int  # per member, as the last member was planned
+    metrics: dict[str, float] = field(default_factory=dict)  # the re-planning, to record
+
+
+def final_fit(
+    params: dict,
+    cache,
+    n_classes: int,
+    *,
+    class_weight: dict | None,
+    weights: dict,
+    epochs: int,
+    patience: int | None,
+    ensemble: int,
+    seed: int,
+    mixed: bool,
+    report: Report,
+    budget=None,
+    replan: bool = False,
+) -> FinalFit:
+    """Fit ``ensemble`` members (seeds ``seed``, ``seed + 1``, ...) of ``params`` on ``cache``.
+
+    ``patience`` None: :func:`medtune.planning.rules.early_stopping_patience` of the epochs (it
+    follows re-planned epochs). ``budget`` (a :class:`medtune.planning.Budget`): the members share
+    what is left after the evaluation's reserve, evenly; with ``replan``, the members after the
+    first get the epochs their share pays for at the epoch time the previous member measured.
+    """
+    from medtune.planning.rules import early_stopping_patience, evaluation_reserve, member_epochs, steady_epoch_seconds
+
+    schedule = params.get("lr_schedule") or "constant"
+    reserve = evaluation_reserve(budget.seconds) if budget is not None and budget.seconds else 0.0
+    out = FinalFit([], [], epochs)
+    for i in range(ensemble):
+        if i and replan and budget is not None and out.histories[-1].get("epoch_seconds"):
+            history = out.histories[-1]
+            epoch_s = steady_epoch_seconds([float(t) for t in history["epoch_seconds"]], stages=history.get("stage"))
+            planned = member_epochs(max(0.0, budget.remaining() - reserve), ensemble - i, epoch_s)
+            out.metrics.update({f"member{i}_planned_epochs": planned, f"member{i - 1}_epoch_seconds": epoch_s})
+            if planned != out.epochs:
+                log.info(
+                    "Members %d-%d re-planned from member %d's %.1f s per epoch: %d epochs each (were %d)",
+                    i,
+                    ensemble - 1,
+                    i - 1,
+                    epoch_s,
+                    planned,
+                    out.epochs,
+                )
+                out.epochs = planned
+        share = budget.share(fraction=1 / (ensemble - i), keep=reserve) if budget is not None else None
+        prefix = f"member{i}_" if ensemble > 1 else ""
+        member, history = fit_member(
+            params,
+            cache,
+            n_classes,
+            class_weight=class_weight,
+            weights=weights,
+            epochs=out.epochs,
+            patience=patience or early_stopping_patience(out.epochs, schedule),
+            seed=seed + i,
+            report=lambda epoch, logs, prefix=prefix: report(prefix, epoch, logs),
+            title=f"final training{' ' + prefix.rstrip('_') if prefix else ''}",
+            budget=share,
+        )
+        if mixed:  # evaluate, explain and log a float32 model: it serves on any CPU
+            from medtune.models import float32_copy
+
+            member = float32_copy(member, params, tuple(cache.x["train"].shape[1:]), n_classes)
+        out.members.append(member)
+        out.histories.append(history)
+    return out
+
+
+def fit_member(
+    params: dict,
+    cache,
+    n_classes: int,
+    *,
+    class_weight,
+    weights,
+    epochs: int,
+    patience: int,
+    seed: int,
+    report: Callable[[int, dict], None],
+    title: str = "final training",
+    budget=None,
+):
+    """One model of the final training: fitted with early stopping, the best epoch's weights restored."""
+    import keras
+
+    from medtune import training
+
+    keras.utils.set_random_seed(seed)
+    setup = training.prepare_fit(
+        params,
+        cache.x["train"],
+        cache.y["train"],
+        cache.x["val"],
+        cache.y["val"],
+        n_classes,
+        seed=seed,
+        weights=weights,
+    )
+    model = setup.model
+    constant = params.get("lr_schedule", "constant") == "constant"  # a cosine sets its own rate
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "best.weights.h5"
+        callbacks = [
+            *setup.callbacks,
+            training.StagedEarlyStopping(
+                monitor="val_macro_f1", mode="max", patience=patience, restore_best_weights=True
+            ),
+            *(
+                [
+                    keras.callbacks.ReduceLROnPlateau(
+                        monitor="val_loss", factor=0.5, patience=max(2, patience // 3), min_lr=1e-6
+                    )
+                ]
+                if constant
+                else []
+            ),
+            keras.callbacks.ModelCheckpoint(
+                str(ckpt), monitor="val_macro_f1", mode="max", save_best_only=True, save_weights_only=True
+            ),
+            *([training.TimeLimit(budget)] if budget is not None else []),
+            epoch_reporter(report, epochs, title),
+        ]
+        history = training.fit_stages(
+            model,
+            params,
+            setup.train_ds,
+            setup.val_ds,
+            y_val=cache.y["val"],
+            epochs=epochs,
+            class_weight=class_weight,
+            callbacks=callbacks,
+            stop_requested=(lambda: budget.spent()) if budget is not None else None,
+            budget=budget,
+            on_stage=lambda st, n: log.info(
+                "Stage %d: epochs %d-%d, learning rate %.2g, %d trainable layers",
+                st.number,
+                st.first_epoch + 1,
+                st.end_epoch,
+                st.learning_rate,
+                n,
+            ),
+        )
+        if ckpt.exists():
+            model.load_weights(ckpt)  # the best epoch, whatever early stopping did
+    return model, history
+
+
+def epoch_reporter(report: Callable[[int, dict], None], epochs: int, title: str = "final training"):
+    """A callback: each epoch's logs (with the learning rate) to ``report``, and one readable line per
+    epoch with the time left (a bar on a terminal)."""
+    import keras
+
+    from medtune.progress import Counter, finite
+
+    class EpochReporter(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            if not hasattr(self, "bar"):  # one bar over all stages
+                self.bar = Counter(title, epochs, "epoch", lines=False)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            lr = getattr(self.model.optimizer, "learning_rate", None)
+            if lr is not None:
+                try:
+                    logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+                except Exception:  # noqa: BLE001
+                    pass
+            report(epoch, logs)
+            shown = {
+                k: v for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1")
+            }
+            text = ", ".join(f"{k}={float(v):.4f}" for k, v in shown.items() if finite(v))
+            self.bar.to(epoch + 1)
+            log.info(
+                "%s epoch %d/%d: %s (%s; early stopping may end sooner)",
+                title,
+                epoch + 1,
+                epochs,
+                text,
+                self.bar.eta(),
+            )
+
+        def on_train_end(self, logs=None):
+            if self.model.stop_training or self.bar.done >= epochs:
+                self.bar.close()
+
+    return EpochReporter()
+
+
+def device_summary(mixed_precision: bool) -> tuple[str, bool]:
+    """Use the GPU when TensorFlow sees one (mixed precision there, unless turned off)."""
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        for gpu in gpus:
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except (RuntimeError, ValueError):
+                pass
+        if mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        return f"GPU ({len(gpus)}: {gpus[0].name})", bool(mixed_precision)
+    keras.mixed_precision.set_global_policy("float32")
+    return "CPU", False
