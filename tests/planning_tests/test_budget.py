@@ -49,8 +49,10 @@ def test_shares_and_spending_on_a_fake_clock():
     budget = Budget(3600, clock).start()
     clock.now += 600
     assert budget.remaining() == 3000 and not budget.spent()
-    search = budget.share(0.4)  # 40 % of what remains: 1200 s from now
+    search = budget.share(fraction=0.4)  # 40 % of what remains: 1200 s from now
     assert search.seconds == 1200
+    assert budget.share(5000).seconds == 3000  # never more than what remains
+    assert budget.share(fraction=0.5, keep=1000).seconds == 1000  # half of what remains after the reserve
     assert search.allows(1200) and not search.allows(1201)
     clock.now += 1200
     assert search.spent() and not budget.spent()
@@ -62,7 +64,7 @@ def test_shares_and_spending_on_a_fake_clock():
 def test_no_budget_is_unlimited():
     budget = Budget(None, FakeClock()).start()
     assert budget.remaining() is None and not budget.spent() and budget.allows(1e9)
-    assert budget.share(0.5).seconds is None
+    assert budget.share(fraction=0.5).seconds is None
 
 
 def test_plateau_rule_on_scripted_values():

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from medtune.planning import DataFingerprint, MachineFingerprint, image_stats, make_plan, render_plan
-from medtune.planning.rules import EVALUATION_S, FIT_OVERHEAD_S, epoch_seconds, plan_final
+from medtune.planning.rules import (
+    FIT_OVERHEAD_S,
+    MAX_BUDGETED_TRIALS,
+    MAX_TRIALS,
+    PLATEAU_MIN,
+    epoch_seconds,
+    evaluation_reserve,
+    plan_final,
+)
 
 CPU = MachineFingerprint(gpus=0, cpu_cores=2, memory_gib=24)
 GPU = MachineFingerprint(gpus=1, cpu_cores=16, memory_gib=128, gpu_memory_gib=139)
@@ -37,96 +45,112 @@ SMALL_IMAGES = data({"a": 3000, "b": 3000}, median_side=48)
 
 @pytest.mark.parametrize("budget_min", [30, 60, 120])
 def test_the_plan_fits_the_budget_on_cpu(budget_min):
-    from medtune.planning.rules import epoch_seconds
-
     plan = make_plan(BRAIN, CPU, budget_min * 60)
     assert plan.search_s + plan.final_s == pytest.approx(budget_min * 60)
-    assert plan.space == "auto_cpu" and plan.batch_size == 32
+    assert plan.space == "auto_cpu"
     # final training fits the training images; each member pays a fixed cost, then evaluation
-    member = FIT_OVERHEAD_S + plan.epochs * epoch_seconds(BRAIN.n_train, plan.image_size, CPU)
-    final = plan.ensemble * member + EVALUATION_S
-    assert final <= plan.final_s * 1.01 or plan.epochs == 4  # the floor of 4 epochs may exceed a tiny budget
-    assert plan.rungs[-1] == plan.image_size and list(plan.rungs) == sorted(plan.rungs)
-    assert all(r % 16 == 0 for r in plan.rungs)
+    member = FIT_OVERHEAD_S + plan.final_epochs * epoch_seconds(BRAIN.n_train, plan.final_image_size, CPU)
+    final = plan.ensemble * member + evaluation_reserve(plan.final_s)
+    assert final <= plan.final_s * 1.01 or plan.final_epochs == 4  # the floor of 4 epochs may exceed a tiny budget
+    sizes = plan.search_image_sizes
+    assert sizes[-1] == plan.final_image_size and list(sizes) == sorted(sizes) and all(r % 16 == 0 for r in sizes)
 
 
 def test_more_budget_buys_more_and_larger():
     tiny, short, long = make_plan(BRAIN, CPU, 15 * 60), make_plan(BRAIN, CPU, 30 * 60), make_plan(BRAIN, CPU, 120 * 60)
-    assert (tiny.image_size, short.image_size, long.image_size) == (128, 160, 192)
-    assert long.trials >= short.trials and long.epochs * long.ensemble > short.epochs * short.ensemble
+    assert (tiny.final_image_size, short.final_image_size, long.final_image_size) == (128, 160, 192)
+    assert long.final_epochs * long.ensemble > short.final_epochs * short.ensemble
     # an ensemble only when every member still gets 10 epochs: one model at 30 minutes, two at 2 hours
-    assert (short.ensemble, long.ensemble) == (1, 2) and long.epochs >= 10
+    assert (short.ensemble, long.ensemble) == (1, 2) and long.final_epochs >= 10
     assert make_plan(BRAIN, CPU, 10 * 60).ensemble == 1
+    # the time ends a budgeted search; a longer one waits longer for an improvement
+    hour, two = make_plan(BRAIN, CPU, 60 * 60), long
+    assert hour.trials == two.trials == MAX_BUDGETED_TRIALS and two.plateau >= hour.plateau >= PLATEAU_MIN
 
 
-def test_gpu_plans_larger_images_batches_and_an_ensemble():
+def test_gpu_plans_larger_images_and_an_ensemble():
     cpu, gpu = make_plan(BRAIN, CPU, 3600), make_plan(BRAIN, GPU, 3600)
-    assert gpu.space == "auto_gpu" and gpu.image_size == 224 and gpu.batch_size == 128
-    assert gpu.trials > cpu.trials and gpu.ensemble >= 2
+    assert gpu.space == "auto_gpu" and gpu.final_image_size == 224
+    assert gpu.plateau > cpu.plateau and gpu.ensemble >= 2  # more trials fit: a later plateau stop
 
 
-def test_tiny_data_gets_stronger_augmentation_and_the_plan_caps_its_counts():
+def test_tiny_data_caps_the_final_epochs():
     plan = make_plan(TINY, CPU, 3600)
-    assert plan.augment == 0.3
-    assert plan.epochs == 60  # capped: the data is cheap, not worth more
-    # each rung of a trial pays a fixed cost (build and trace) however small the data
-    rungs = len(plan.rungs)
-    assert plan.trials == int(
-        plan.search_s
-        // (
-            0.5 * rungs * FIT_OVERHEAD_S
-            + 0.5 * FIT_OVERHEAD_S
-            + 0.5 * sum(epoch_seconds(TINY.n_train, s, CPU) for s in plan.rungs)
-            + 0.5 * epoch_seconds(TINY.n_train, plan.rungs[0], CPU)
-        )
-    )
-    assert "smallest class 20" in plan.reasons["augment"]
+    assert plan.final_epochs == 60  # capped: the data is cheap, not worth more
+    assert PLATEAU_MIN <= plan.plateau <= MAX_TRIALS // 3  # the expected trials are capped too
 
 
-def test_imbalanced_colour_data_turns_class_weights_on():
+def test_class_weights_are_balanced_unless_turned_off():
     plan = make_plan(IMBALANCED, CPU, 3600)
     assert plan.class_weights and "imbalance ratio 90.0" in plan.reasons["class_weights"]
-    assert not make_plan(BRAIN, CPU, 3600).class_weights
-    assert "colour" in render_plan(plan, IMBALANCED, CPU)
+    assert not make_plan(IMBALANCED, CPU, 3600, {"class_weights": False}).class_weights
+    assert "colour" in render_plan(plan, IMBALANCED, CPU) and "class weights on" in render_plan(plan, IMBALANCED, CPU)
 
 
 def test_small_images_are_not_upsampled_beyond_their_size():
     plan = make_plan(SMALL_IMAGES, CPU, 3600)
-    assert plan.image_size == 64  # the floor: the median side is 48
-    assert plan.rungs == (32, 48, 64)
+    assert plan.final_image_size == 64  # the floor: the median side is 48
+    assert plan.search_image_sizes == (32, 48, 64)
 
 
 def test_the_users_values_override_every_rule():
-    plan = make_plan(
-        BRAIN,
-        CPU,
-        3600,
-        {
-            "trials": 7,
-            "image_size": 96,
-            "space": "cnn_cpu",
-            "epochs": 11,
-            "ensemble": 1,
-            "search_image_size": 64,
-            "class_weights": True,
-        },
-    )
-    assert (plan.trials, plan.image_size, plan.space, plan.epochs, plan.ensemble, plan.rungs, plan.class_weights) == (
-        7,
-        96,
-        "cnn_cpu",
-        11,
-        1,
-        (64,),
-        True,
-    )
-    assert plan.reasons["trials"] == "given" and plan.reasons["rungs"] == "given (one size)"
+    given = {
+        "trials": 7,
+        "final_image_size": 96,
+        "space": "cnn_cpu",
+        "final_epochs": 11,
+        "ensemble": 1,
+        "search_image_sizes": (64,),
+        "class_weights": False,
+        "pruner": "asha",
+    }
+    plan = make_plan(BRAIN, CPU, 3600, given)
+    assert {k: getattr(plan, k) for k in given} == given
+    assert all(plan.reasons[k] == "given" for k in given)
 
 
-def test_no_budget_plans_for_two_hours_and_says_so():
-    plan = make_plan(BRAIN, CPU, None)
-    assert plan.budget_s == 7200 and "no budget given" in plan.reasons["budget_s"]
-    json.dumps(plan.to_dict())  # logged as plan.json
+def test_without_a_budget_the_plan_is_the_machine_sized_defaults():
+    from medtune.planning.rules import apply, default_plan, with_given
+    from medtune.steps.search import SearchOptions
+    from medtune.steps.train import TrainOptions
+
+    cpu, big = default_plan(CPU, "brain_mri"), default_plan(MachineFingerprint(0, 32, 64), "brain_mri")
+    assert (cpu.space, cpu.pruner, cpu.search_image_sizes, cpu.final_image_size) == ("cnn_cpu", "asha", (64,), 128)
+    assert big.trials > cpu.trials
+    gpu = default_plan(GPU, "brain_mri")
+    assert gpu.space == "cnn" and gpu.trials > cpu.trials and gpu.final_epochs > cpu.final_epochs
+    demo = default_plan(GPU, "synthetic")  # the minutes-long demo everywhere
+    assert (demo.space, demo.trials, demo.search_epochs, demo.final_image_size) == ("demo", 4, 3, 64)
+    assert cpu.budget_s is None and "none: the machine-sized defaults" in render_plan(cpu, None, CPU)
+    json.dumps(cpu.to_dict())  # logged as plan.json
+    # apply sets only what the user left unset, for either step
+    search = SearchOptions(dataset="brain_mri", trials=3)
+    assert set(apply(cpu, search)) == {"space", "epochs", "image_size", "pruner", "class_weights"}
+    assert (search.space, search.trials, search.epochs, search.image_size) == ("cnn_cpu", 3, 8, 64)
+    train = TrainOptions(image_size=96)
+    apply(with_given(default_plan(CPU, "brain_mri"), {"ensemble": 2}), train)
+    assert (train.epochs, train.image_size, train.ensemble, train.class_weights) == (30, 96, 2, True)
+
+
+def test_medtune_gpus_overrides_detection(monkeypatch):
+    monkeypatch.setenv("MEDTUNE_GPUS", "2")
+    MachineFingerprint.detect.cache_clear()
+    try:
+        assert MachineFingerprint.detect().gpus == 2
+    finally:
+        MachineFingerprint.detect.cache_clear()
+
+
+def test_re_planning_after_the_search_keeps_the_users_values():
+    from medtune.planning.rules import replan_final
+
+    plan = make_plan(BRAIN, CPU, 3600)
+    faster, measured = replan_final(plan, [40.0, 20.0, 20.0], [160, 160, 160], None, plan.final_s)
+    assert measured == pytest.approx(21.0) and faster.final_epochs * faster.ensemble > plan.final_epochs
+    assert "re-planned after the search" in faster.reasons["final_epochs"]
+    fixed = make_plan(BRAIN, CPU, 3600, {"final_epochs": 5, "ensemble": 1})
+    kept, _ = replan_final(fixed, [40.0, 20.0, 20.0], [160, 160, 160], None, fixed.final_s)
+    assert (kept.final_epochs, kept.ensemble) == (5, 1)
 
 
 def test_fingerprint_from_a_split_report_and_image_stats(tmp_path):
@@ -165,11 +189,9 @@ def test_final_training_is_re_planned_from_a_measured_epoch_time():
     slow = plan_final(planned.final_s, 60.0)
     fast = plan_final(planned.final_s, 30.0)
     assert fast[0] * fast[1] > slow[0] * slow[1]
-    assert plan_final(planned.final_s, 30.0, {"ensemble": 1})[:2] == (
-        1,
-        min(60, int((planned.final_s - EVALUATION_S - FIT_OVERHEAD_S) // 30)),
-    )
-    assert plan_final(600, 30.0, {"epochs": 5}) == (1, 5, plan_final(600, 30.0, {"epochs": 5})[2])
+    one = plan_final(planned.final_s, 30.0, {"ensemble": 1})
+    assert one[0] == 1 and one[1] > slow[1]
+    assert plan_final(600, 30.0, {"final_epochs": 5})[:2] == (1, 5)
 
 
 def test_early_stopping_never_cuts_the_first_half_of_a_cosine_schedule():
@@ -186,15 +208,15 @@ def test_a_short_cpu_budget_trains_the_first_recipe_instead_of_searching():
 
     short = make_plan(BRAIN, CPU, 30 * 60)
     assert short.recipe == FIRST_RECIPE and short.trials == 1 and short.search_epochs == PROBE_EPOCHS
-    assert short.rungs == (short.image_size,)  # the probe times an epoch at the final size
-    probe = PROBE_EPOCHS * epoch_seconds(BRAIN.n_train, short.image_size, CPU) + 2 * FIT_OVERHEAD_S
-    assert short.search_s == pytest.approx(probe) and short.final_s == pytest.approx(30 * 60 - probe)
+    assert short.search_image_sizes == (short.final_image_size,)  # the probe times an epoch at the final size
+    assert short.search_s < 0.15 * 30 * 60 and short.final_s == pytest.approx(30 * 60 - short.search_s)
+    assert short.plateau == 0 and short.pruner is None
     assert "none: one trial of the lite0_whole recipe" in render_plan(short, BRAIN, CPU)
     # a longer budget, a GPU, an engine without warm starts, or any search value the user gives: a search
     assert make_plan(BRAIN, CPU, RECIPE_ONLY_BUDGET_S).recipe is None
     assert make_plan(BRAIN, GPU, 30 * 60).recipe is None
     assert make_plan(BRAIN, CPU, 30 * 60, can_warm_start=False).recipe is None
-    for given in ({"trials": 3}, {"space": "auto_cpu"}, {"search_image_size": 96}, {"search_epochs": 2}):
+    for given in ({"trials": 3}, {"space": "auto_cpu"}, {"search_image_sizes": (96,)}, {"search_epochs": 2}):
         plan = make_plan(BRAIN, CPU, 30 * 60, given)
         assert plan.recipe is None and plan.search_s == pytest.approx(30 * 60 * 0.4), given
 

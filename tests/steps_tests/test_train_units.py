@@ -116,18 +116,21 @@ def test_main_trains_the_best_trial_of_its_own_search_and_stops_without_a_comple
     calls = {}
     monkeypatch.setenv("MLFLOW_RUN_ID", "launcher")
     monkeypatch.setattr(pipeline, "_link", lambda launcher, tags, step_run=None: calls.setdefault("link", launcher))
+    monkeypatch.setattr(pipeline, "_log_files", lambda run_id, files: calls.setdefault("files", files))
     monkeypatch.setattr(
         split, "run_split", lambda opts, reuse_run: calls.update(split=(opts, reuse_run)) or SimpleNamespace(run_id="S")
     )
     monkeypatch.setattr(
         search,
         "run_search",
-        lambda opts: calls.update(search=opts) or SimpleNamespace(run_id="Q", best=SimpleNamespace(number=0)),
+        lambda opts, budget=None: (
+            calls.update(search=opts) or SimpleNamespace(run_id="Q", best=SimpleNamespace(number=0))
+        ),
     )
     monkeypatch.setattr(
         train_step,
         "run_train",
-        lambda opts: (
+        lambda opts, budget=None: (
             calls.update(train=opts) or SimpleNamespace(run_id="T", model_version="1", decision=None, metrics={})
         ),
     )
@@ -139,9 +142,13 @@ def test_main_trains_the_best_trial_of_its_own_search_and_stops_without_a_comple
     assert calls["search"].split_run == "S" and calls["search"].image_size == 32 and calls["search"].trials == 2
     t = calls["train"]
     assert (t.search_run, t.split_run, t.image_size, t.mixed_precision, t.margin) == ("Q", "S", 40, False, 0.1)
+    plan = calls["files"]["plan.json"]  # without a budget the plan is the defaults, with what was given
+    assert (plan["trials"], plan["search_image_sizes"], plan["final_image_size"]) == (2, (32,), 40)
+    assert (plan["final_epochs"], plan["ensemble"], plan["space"]) == (t.epochs, t.ensemble, calls["search"].space)
+    assert plan["reasons"]["trials"] == "given" and plan["budget_s"] is None
     assert (out.split_run, out.search_run) == ("S", "Q")
 
-    monkeypatch.setattr(search, "run_search", lambda opts: SimpleNamespace(run_id="Q", best=None))
+    monkeypatch.setattr(search, "run_search", lambda opts, budget=None: SimpleNamespace(run_id="Q", best=None))
     with pytest.raises(ConfigError, match="no trial completed"):
         pipeline.run_pipeline(pipeline.PipelineOptions())
 

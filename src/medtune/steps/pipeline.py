@@ -126,7 +126,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
         _fit_to_engine(plan, opts.engine)
         log.info(
             "Plan for %s (%s; any option you give overrides it):\n%s",
-            split.resolved.name,
+            name,
             f"{budget.remaining() / 60:.0f} minutes left of the budget" if budget else "no budget",
             render_plan(plan, data, machine),
         )
