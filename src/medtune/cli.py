@@ -13,16 +13,16 @@ import click
 
 from medtune import __version__
 from medtune.errors import MedtuneError
-from medtune.plan import AUTO
 from medtune.hpo.base import PRUNERS
 from medtune.hpo.engines import ENGINE_ALIASES, ENGINES
 from medtune.hpo.trial import OBJECTIVES
 
 log = logging.getLogger("medtune")
+AUTO = "auto"  # an option left to the plan (medtune.planning.rules)
 
 
 class _Auto(click.ParamType):
-    """A value, or ``auto`` (the default): sized from the machine and dataset (see medtune.plan)."""
+    """A value, or ``auto`` (the default): sized from the machine and dataset (see medtune.planning.rules)."""
 
     def __init__(self, inner: click.ParamType):
         self.inner, self.name = inner, inner.name
@@ -38,7 +38,7 @@ class _Auto(click.ParamType):
 
 
 def _auto(flag: str, kind, help_text: str, auto: str = "sized from the machine, GPU or CPU"):
-    """An option whose default is ``auto`` (sized from the machine, see medtune.plan)."""
+    """An option whose default is ``auto`` (sized from the machine, see medtune.planning.rules)."""
     return click.option(flag, default=AUTO, show_default=True, type=_Auto(kind), help=f"{help_text} (auto: {auto})")
 
 
@@ -60,14 +60,19 @@ ENGINE = click.option(
 )
 OBJECTIVE = click.option("--objective", default="val_macro_f1", show_default=True, type=click.Choice(list(OBJECTIVES)))
 PRUNER = _auto("--pruner", click.Choice(PRUNERS), "Optuna pruner, per epoch")
-CLASS_WEIGHTS = click.option(
+CLASS_WEIGHTS = _auto(
     "--class-weights",
-    default=True,
-    show_default=True,
-    type=click.BOOL,
-    help="Weight classes by inverse frequency (balanced): true or false.",
+    click.BOOL,
+    "Weight classes by inverse frequency (balanced): true or false",
+    "on, the plan's rule 7",
 )
-TIMEOUT = click.option("--timeout", default=0.0, show_default=True, type=float, help="Seconds; 0 = no limit (Optuna).")
+TIMEOUT = click.option(
+    "--timeout",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="The search's time limit in seconds (budget's old name).",
+)
 STUDY = click.option(
     "--study",
     default="",
@@ -448,7 +453,7 @@ TRAIN_OPTIONS = [
         type=click.BOOL,
         help="Mixed precision on GPU (ignored on CPU).",
     ),
-    click.option("--class-weights", default=True, show_default=True, type=click.BOOL),
+    CLASS_WEIGHTS,
     click.option(
         "--margin",
         default=0.0,
@@ -457,13 +462,7 @@ TRAIN_OPTIONS = [
         help="Macro-F1 margin a new model must beat the champion by.",
     ),
     WEIGHTS_OPTION(""),
-    click.option(
-        "--ensemble",
-        default=1,
-        show_default=True,
-        type=int,
-        help="Members (seeds of the configuration) averaged in one model.",
-    ),
+    _auto("--ensemble", click.INT, "Members (seeds of the configuration) averaged in one model", "the plan's, 1"),
     BUDGET,
     TTA,
 ]
@@ -587,18 +586,28 @@ def predict(ctx, model_uri, inputs, output, gradcam, tracking_uri):
     help="Preselected model, e.g. models:/medtune-brain_mri@champion (default: the first medtune-* model's @champion).",
 )
 @click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 opens the demo to the network."
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; 0.0.0.0 opens the demo to the network (then --auth or --no-auth is required).",
 )
 @click.option("--port", default=7860, show_default=True, type=int)
 @click.option("--max-file-size", default="20mb", show_default=True, help="Largest upload accepted, e.g. 5mb, 1gb.")
+@click.option(
+    "--auth",
+    envvar="MEDTUNE_APP_AUTH",
+    default=None,
+    help="user:password of the page's login (or $MEDTUNE_APP_AUTH, which `ps` does not show).",
+)
+@click.option("--no-auth", is_flag=True, help="Serve beyond loopback with no login, on purpose.")
 @TRACKING_URI
 @click.pass_context
-def app(ctx, model, host, port, max_file_size, tracking_uri):
+def app(ctx, model, host, port, max_file_size, auth, no_auth, tracking_uri):
     """A web demo (Gradio) of the registered models: upload an image, see the label, probabilities and Grad-CAM."""
     _setup(ctx.obj["verbose"], tracking_uri)
     from medtune.steps.app import run_app
 
-    run_app(model, host, port, max_file_size)
+    run_app(model, host, port, max_file_size, auth=auth, no_auth=no_auth)
 
 
 @cli.command(name="main")
