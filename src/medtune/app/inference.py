@@ -6,27 +6,19 @@ with, so the model sees the pixels it would have seen in training.
 
 from __future__ import annotations
 
-import io
 import threading
-import zipfile
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
 
+from medtune.app.uploads import UploadError
 from medtune.datasets.images import ImageDecodeError, convert_mode, open_bytes, to_array
-from medtune.errors import MedtuneError
+from medtune.serving import MAX_IMAGE_PIXELS, prob_column
 
 DISPLAY_SIDE = 768  # the original and its overlay are shown at most this large (aspect kept)
 THUMBNAIL_SIDE = 160
-MAX_BATCH_IMAGES = 200
-MAX_BATCH_BYTES = 512 * 2**20  # uncompressed, all files of one batch together
 _GRADCAM = threading.Lock()  # Grad-CAM swaps a layer's call for one pass: one pass at a time
-
-
-class UploadError(MedtuneError):
-    """An upload the demo cannot use; the message names the file."""
 
 
 @dataclass
@@ -40,6 +32,11 @@ class LoadedModel:
     def classes(self) -> list[str]:
         return list(self.metadata["classes"])
 
+    @property
+    def set_level(self) -> float | None:
+        """The coverage of the model's prediction sets; None for a model without a conformal threshold."""
+        return self.metadata.get("conformal_level") if self.metadata.get("conformal_threshold") is not None else None
+
 
 @dataclass
 class Prediction:
@@ -48,6 +45,19 @@ class Prediction:
     probabilities: dict[str, float]
     original: np.ndarray  # uint8 RGB, at most DISPLAY_SIDE
     overlay: np.ndarray  # the same size, heatmap of the predicted class blended in
+    prediction_set: list[str] | None = None  # most probable first; None: the model has no conformal threshold
+    set_level: float | None = None
+
+    @property
+    def set_names(self) -> str:
+        """E.g. "glioma or meningioma"; empty without a set."""
+        *others, last = self.prediction_set or [""]
+        return f"{', '.join(others)} or {last}" if others else last
+
+    @property
+    def set_text(self) -> str:
+        """E.g. "glioma or meningioma (90 % set)"; empty without a set."""
+        return f"{self.set_names} ({self.set_level * 100:g} % set)" if self.prediction_set else ""
 
 
 def predict_image(loaded: LoadedModel, data: bytes, name: str) -> Prediction:
@@ -56,11 +66,12 @@ def predict_image(loaded: LoadedModel, data: bytes, name: str) -> Prediction:
     Raises:
         UploadError: the bytes are not a usable image (the message names ``name`` and why).
     """
+    from medtune.calibration import prediction_set
     from medtune.explain import gradcam, overlay
     from medtune.training import predict_proba
 
     try:
-        img = open_bytes(data, name)
+        img = open_bytes(data, name, max_pixels=MAX_IMAGE_PIXELS)  # refused from the header, before decoding
         x = to_array(img, loaded.metadata["image_size"], loaded.metadata["channels"])[None]
         display = convert_mode(img, 3)
     except ImageDecodeError as exc:
@@ -70,49 +81,16 @@ def predict_image(loaded: LoadedModel, data: bytes, name: str) -> Prediction:
     with _GRADCAM:
         proba = predict_proba(loaded.model, x)[0].astype(float)
         heat, _ = gradcam(loaded.model, x, class_indices=[int(proba.argmax())])
-    classes = loaded.classes
+    classes, level = loaded.classes, loaded.set_level
     return Prediction(
-        name, classes[int(proba.argmax())], dict(zip(classes, proba.tolist())), original, overlay(original, heat[0])
+        name,
+        classes[int(proba.argmax())],
+        dict(zip(classes, proba.tolist())),
+        original,
+        overlay(original, heat[0]),
+        prediction_set(proba, classes, loaded.metadata)[0] if level else None,
+        level,
     )
-
-
-def read_batch(
-    files: list[tuple[str, bytes]], max_images: int = MAX_BATCH_IMAGES, max_member_bytes: int = 50 * 2**20
-) -> list[tuple[str, bytes]]:
-    """Uploaded files with every zip archive replaced by the files inside it (folders flattened).
-
-    Hidden entries and macOS resource forks are left out; a member larger than
-    ``max_member_bytes`` uncompressed becomes an empty entry (reported as a zero-byte file).
-
-    Raises:
-        UploadError: a damaged zip, more than ``max_images`` files or :data:`MAX_BATCH_BYTES` in all.
-    """
-    out: list[tuple[str, bytes]] = []
-    for name, data in files:
-        if not zipfile.is_zipfile(io.BytesIO(data)):
-            out.append((name, data))
-            continue
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                for info in archive.infolist():
-                    path = PurePosixPath(info.filename)
-                    if info.is_dir() or any(p.startswith(".") or p == "__MACOSX" for p in path.parts):
-                        continue
-                    member = archive.read(info) if info.file_size <= max_member_bytes else b""
-                    out.append((f"{name}/{info.filename}", member))
-                    if len(out) > max_images:
-                        break
-        except (zipfile.BadZipFile, OSError, NotImplementedError) as exc:  # NotImplementedError: unknown compression
-            raise UploadError(f"{name}: damaged or unsupported zip archive ({exc})") from exc
-        if len(out) > max_images:
-            break
-    if len(out) > max_images:
-        raise UploadError(f"more than {max_images} images in one batch: split it into smaller ones")
-    if sum(len(d) for _, d in out) > MAX_BATCH_BYTES:
-        raise UploadError(
-            f"more than {MAX_BATCH_BYTES // 2**20} MiB of images in one batch: split it into smaller ones"
-        )
-    return out
 
 
 def predict_batch(
@@ -120,11 +98,6 @@ def predict_batch(
 ) -> tuple[pd.DataFrame, list[tuple[np.ndarray, str]]]:
     """One table row per file (label and probabilities, or why it was skipped) and a thumbnail overlay per image."""
     from PIL import Image
-
-    from medtune.metrics import safe_key
-
-    def prob_column(cls: str) -> str:  # the pyfunc's column names
-        return f"prob_{safe_key(cls)}"
 
     rows, thumbnails = [], []
     for name, data in files:
@@ -137,6 +110,7 @@ def predict_batch(
             {
                 "file": name,
                 "label": p.label,
+                "prediction_set": p.set_names,
                 "confidence": p.probabilities[p.label],
                 "error": "",
                 **{prob_column(c): v for c, v in p.probabilities.items()},
@@ -145,5 +119,6 @@ def predict_batch(
         thumb = Image.fromarray(p.overlay)
         thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
         thumbnails.append((np.asarray(thumb), f"{name}: {p.label} {p.probabilities[p.label]:.0%}"))
-    columns = ["file", "label", "confidence", *(prob_column(c) for c in loaded.classes), "error"]
+    sets = ["prediction_set"] if loaded.set_level else []  # none for a model logged before medtune had them
+    columns = ["file", "label", *sets, "confidence", *(prob_column(c) for c in loaded.classes), "error"]
     return pd.DataFrame(rows).reindex(columns=columns), thumbnails

@@ -1,4 +1,4 @@
-"""Start the demo safely: loopback by default, no telemetry, an upload limit, a private cache.
+"""Start the demo safely: loopback by default, a login beyond it, no telemetry, an upload limit, a private cache.
 
 Gradio reads ``GRADIO_ANALYTICS_ENABLED`` and ``GRADIO_TEMP_DIR`` when it builds components, so
 both are set here before the page is built.
@@ -6,6 +6,7 @@ both are set here before the page is built.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -18,6 +19,20 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MAX_FILE_SIZE = "20mb"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (a name other than localhost counts as not)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def audience(host: str, auth: tuple[str, str] | None) -> str:
+    """Who can reach a demo served on ``host``, in words (never the password)."""
+    where = "this machine only (loopback)" if is_loopback(host) else "the network"
+    return f"{where}, login required (user {auth[0]})" if auth else f"{where}, no login"
 
 
 @dataclass
@@ -42,9 +57,10 @@ def start(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     max_file_size: str = DEFAULT_MAX_FILE_SIZE,
+    auth: tuple[str, str] | None = None,
     block: bool = True,
 ) -> RunningApp:
-    """Build the page for ``source`` and serve it on ``host:port``.
+    """Build the page for ``source`` and serve it on ``host:port``, behind Gradio's login when ``auth`` is given.
 
     With ``block`` the call serves until interrupted, then cleans up; otherwise it returns the
     running app (tests, scripts), which the caller closes.
@@ -61,6 +77,7 @@ def start(
             server_name=host,
             server_port=port,
             max_file_size=max_file_size,
+            auth=auth,
             share=False,
             inbrowser=False,
             prevent_thread_lock=True,
@@ -83,7 +100,12 @@ def start(
             ) from exc
         raise
     running = RunningApp(blocks, url, cache_dir)
-    log.info("medtune demo on %s (uploads up to %s; Ctrl-C stops it)", url, max_file_size)
+    log.info(
+        "medtune demo on %s, reachable from %s (uploads up to %s; Ctrl-C stops it)",
+        url,
+        audience(host, auth),
+        max_file_size,
+    )
     if block:
         try:
             blocks.block_thread()

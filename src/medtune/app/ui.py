@@ -19,7 +19,8 @@ from typing import Protocol
 
 import gradio as gr
 
-from medtune.app.inference import LoadedModel, UploadError, predict_batch, predict_image, read_batch
+from medtune.app.inference import LoadedModel, predict_batch, predict_image
+from medtune.app.uploads import UploadError, read_batch
 from medtune.errors import MedtuneError
 from medtune.model_card import INTENDED_USE
 
@@ -70,6 +71,11 @@ def figures_html(items: list[tuple[object, str]], css_class: str = "result") -> 
     return f"<div>{cells}</div>"
 
 
+def set_line(p) -> str:
+    """The prediction set as a line of its own under the label (nothing for a model without sets)."""
+    return f"\n\nprediction set: **{p.set_text}**" if p.set_text else ""
+
+
 def csv_link(table) -> str:
     data = base64.b64encode(table.to_csv(index=False).encode("utf-8")).decode("ascii")
     return f'<a id="predictions-csv" download="predictions.csv" href="data:text/csv;base64,{data}">download predictions.csv</a>'
@@ -107,7 +113,7 @@ def build_app(source: ModelSource, default_uri: str, compare_uri: str | None = N
         loaded = source.load(uri)
         p = predict_image(loaded, data, name)
         return (
-            f"**{p.label}** ({p.probabilities[p.label]:.1%}) from {loaded.title} for {name}",
+            f"**{p.label}** ({p.probabilities[p.label]:.1%}) from {loaded.title} for {name}{set_line(p)}",
             p.probabilities,
             figures_html([(p.original, name), (p.overlay, f"Grad-CAM of {p.label}")]),
             None,
@@ -120,21 +126,27 @@ def build_app(source: ModelSource, default_uri: str, compare_uri: str | None = N
             loaded = source.load(uri)
             p = predict_image(loaded, data, name)
             out += [
-                f"**{loaded.title}**: {p.label} ({p.probabilities[p.label]:.1%})",
+                f"**{loaded.title}**: {p.label} ({p.probabilities[p.label]:.1%}){set_line(p)}",
                 p.probabilities,
                 figures_html([(p.overlay, f"Grad-CAM of {p.label}")]),
             ]
         return ("", *out, None)
 
     def batch(paths, uri):
-        files = read_batch([take_upload(p) for p in paths or []])
+        uploaded = [Path(p) for p in paths or []]
+        try:
+            files = read_batch(uploaded)
+        finally:
+            for p in uploaded:
+                p.unlink(missing_ok=True)
         if not files:
             raise UploadError(f"no file: upload {FORMATS} images or a .zip of them")
         loaded = source.load(uri)
         table, thumbnails = predict_batch(loaded, files)
         bad = int((table["error"] != "").sum())
         return (
-            f"{len(table) - bad} images labelled by {loaded.title}, {bad} skipped (see the error column).",
+            f"{len(table) - bad} images labelled by {loaded.title}, {bad} skipped (see the error column)."
+            + (f" Prediction sets at {loaded.set_level * 100:g} % coverage." if loaded.set_level else ""),
             table,
             csv_link(table) + figures_html(thumbnails, "thumbnail"),
             None,
@@ -146,7 +158,8 @@ def build_app(source: ModelSource, default_uri: str, compare_uri: str | None = N
         except Exception as exc:  # noqa: BLE001
             return _message(exc)
 
-    with gr.Blocks(title="medtune demo", analytics_enabled=False) as app:
+    # delete_cache: uploads no handler consumed (posted straight to /upload) leave the disk after 10 minutes
+    with gr.Blocks(title="medtune demo", analytics_enabled=False, delete_cache=(600, 600)) as app:
         gr.Markdown("# medtune demo")
         gr.HTML(
             f'<div id="intended-use" style="background:#fff3cd;border:1px solid #e0b000;padding:8px 12px;'

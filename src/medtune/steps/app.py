@@ -109,16 +109,45 @@ class RegistryModels:
         return render_markdown(card)
 
 
-def run_app(model_uri: str | None, host: str, port: int, max_file_size: str, *, block: bool = True):
-    """Check the model, then serve the demo (see :func:`medtune.app.server.start`)."""
+def parse_auth(auth: str | None, host: str, no_auth: bool) -> tuple[str, str] | None:
+    """``user:password`` as Gradio's ``auth``; a host beyond loopback needs it, or an explicit ``no_auth``."""
+    from medtune.app.server import is_loopback
+
+    if auth is None:
+        if not (no_auth or is_loopback(host)):
+            raise ConfigError(
+                f"host={host}: the demo would be open to the network with no login; "
+                "pass --auth user:password (or $MEDTUNE_APP_AUTH), or --no-auth to open it to anyone anyway"
+            )
+        return None
+    user, _, password = auth.partition(":")
+    if not (user and password):
+        raise ConfigError("auth: expected user:password, both non-empty")  # the value is not echoed: a password
+    if no_auth:
+        raise ConfigError("auth: --auth and --no-auth contradict each other; pass one")
+    return user, password
+
+
+def run_app(
+    model_uri: str | None,
+    host: str,
+    port: int,
+    max_file_size: str,
+    *,
+    auth: str | None = None,
+    no_auth: bool = False,
+    block: bool = True,
+):
+    """Check the options and the model, then serve the demo (see :func:`medtune.app.server.start`)."""
     from medtune.app.server import start
 
     if not re.fullmatch(r"\d+\s*(b|kb|mb|gb)", max_file_size.strip().lower()):
         raise ConfigError(f"max_file_size={max_file_size}: expected a size such as 20mb or 1gb")
+    login = parse_auth(auth, host, no_auth)
     source = RegistryModels()
     default, other = (model_uri, None) if model_uri else source.default_uris()
     source.load(default)  # a wrong URI stops here, with one line
     if model_uri:
         other = source.counterpart(model_uri)
     tracking.end_launcher_run("medtune app serves registered models and logs nothing")
-    return start(source, default, other, host=host, port=port, max_file_size=max_file_size, block=block)
+    return start(source, default, other, host=host, port=port, max_file_size=max_file_size, auth=login, block=block)
