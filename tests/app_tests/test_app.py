@@ -1,7 +1,8 @@
 """`medtune app` on loopback, driven through gradio_client and a headless Chromium.
 
 Two tiny models registered in a fresh SQLite store as medtune-synthetic v1 (@champion, with a
-model card) and v2 (@challenger), served by the real `run_app` path in this process.
+model card and prediction sets) and v2 (@challenger, neither, as models logged before them), served
+by the real `run_app` path in this process with the default upload cap.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 import keras
@@ -29,6 +32,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from medtune import serving, training
+from medtune.app.server import DEFAULT_MAX_FILE_SIZE
 from medtune.datasets.synthetic import generate
 from medtune.models import build_model
 from tests.helpers import sqlite_store
@@ -40,6 +44,7 @@ CLASSES = ["crescent", "disc", "ring", "speckled"]
 NAME = "medtune-synthetic"
 CHAMPION, CHALLENGER = f"models:/{NAME}@champion", f"models:/{NAME}@challenger"
 SIZE = 32
+SET_THRESHOLD, SET_LEVEL = 0.2, 0.9  # the champion's prediction sets: every class with p >= 0.2
 
 
 def free_port() -> int:
@@ -49,6 +54,7 @@ def free_port() -> int:
 
 
 def _register(experiment_id: str, seed: int, with_card: bool) -> str:
+    """A tiny model; ``with_card`` also gives it a model card and prediction sets."""
     from medtune.evaluation import evaluate_model
     from medtune.model_card import DataInfo
     from medtune.steps import model_card as cards
@@ -58,7 +64,8 @@ def _register(experiment_id: str, seed: int, with_card: bool) -> str:
     x, y, _ = generate(8, SIZE, seed=seed)
     model = training.compile_model(build_model(PARAMS, (SIZE, SIZE, 3), len(CLASSES)), PARAMS)
     model.fit(x.astype("float32"), keras.utils.to_categorical(y, len(CLASSES)), epochs=2, batch_size=8, verbose=0)
-    meta = serving.build_metadata(CLASSES, SIZE, 3, dataset="synthetic", backbone="custom", params=PARAMS)
+    sets = {"conformal_level": SET_LEVEL, "conformal_threshold": SET_THRESHOLD} if with_card else {}
+    meta = serving.build_metadata(CLASSES, SIZE, 3, dataset="synthetic", backbone="custom", params=PARAMS, **sets)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         info = serving.log_model(
             model, meta, example_images=[encode(Image.fromarray(x[0]), "PNG")], registered_model_name=NAME
@@ -89,7 +96,7 @@ def served(tmp_path_factory):
             mp.setenv(env, os.environ.get(env, ""))  # restored after the module
         for seed, alias in ((1, "champion"), (2, "challenger")):
             MlflowClient().set_registered_model_alias(NAME, alias, _register(experiment_id, seed, seed == 1))
-        running = run_app(None, "127.0.0.1", free_port(), "2mb", block=False)
+        running = run_app(None, "127.0.0.1", free_port(), DEFAULT_MAX_FILE_SIZE, block=False)
         try:
             yield {"app": running, "root": root}
         finally:
@@ -125,6 +132,13 @@ def confidences(label: dict) -> dict[str, float]:
     return {c["label"]: c["confidence"] for c in label["confidences"]}
 
 
+def champion_set(probs: dict[str, float]) -> str:
+    """The champion's prediction set as the page words it: classes with p >= its threshold, most probable first."""
+    ranked = sorted(probs, key=probs.get, reverse=True)
+    *others, last = [c for c in ranked if probs[c] >= SET_THRESHOLD] or ranked[:1]
+    return f"{', '.join(others)} or {last}" if others else last
+
+
 def images_in(page: str) -> list[tuple[str, Image.Image]]:
     """(caption, image) of every inline PNG in an HTML output."""
     found = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]*)"', page or "")
@@ -141,7 +155,7 @@ def test_safe_defaults_loopback_no_telemetry_no_run_history(served):
     app = served["app"]
     assert app.url.startswith("http://127.0.0.1:")
     assert app.blocks.analytics_enabled is False and os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
-    assert app.blocks.run_history is False and app.blocks.max_file_size == 2 * 1024**2
+    assert app.blocks.run_history is False and app.blocks.max_file_size == 20 * 1024**2
     assert Path(os.environ["GRADIO_TEMP_DIR"]) == app.cache_dir
     assert not [
         r
@@ -166,6 +180,7 @@ def test_an_image_gets_label_probabilities_and_an_overlay_of_its_size(served, cl
     assert label["label"] == max(probs, key=probs.get) and f"**{label['label']}**" in message
     expected = pyfunc_probabilities(CHAMPION, data)  # decoded as in training and serving
     assert probs == pytest.approx(expected, abs=1e-5)
+    assert f"prediction set: **{champion_set(expected)} (90 % set)**" in message
     (name, original), (caption, overlay) = images_in(images)
     assert name == f"scan.{kind}" and caption == f"Grad-CAM of {label['label']}"
     assert overlay.size == original.size == img.size
@@ -192,8 +207,8 @@ def test_a_bad_file_gets_a_message_and_the_app_keeps_answering(served, client, t
 
 
 def test_an_upload_over_the_size_limit_is_refused_and_the_app_keeps_answering(served, client, tmp_path):
-    noise = np.random.default_rng(0).integers(0, 256, (1100, 1100, 3), dtype=np.uint8)
-    big = write(tmp_path, "big.bmp", encode(Image.fromarray(noise), "BMP"))  # 3.6 MB > 2 MB
+    noise = np.random.default_rng(0).integers(0, 256, (2700, 2700, 3), dtype=np.uint8)
+    big = write(tmp_path, "big.bmp", encode(Image.fromarray(noise), "BMP"))  # 21.9 MB > 20 MiB
     with pytest.raises(Exception, match="(?i)size|large"):
         predict(client, big)
     _, label, _, _ = predict(client, write(tmp_path, "ok.png", encode(phantom(3), "PNG")))
@@ -207,7 +222,7 @@ def test_the_challenger_gives_its_own_answer_alone_and_side_by_side(served, clie
     path = write(tmp_path, "scan.png", data)
     champion = confidences(predict(client, path, CHAMPION)[1])
     message, challenger, *_ = predict(client, path, CHALLENGER)
-    assert "medtune-synthetic v2 (@challenger)" in message
+    assert "medtune-synthetic v2 (@challenger)" in message and "prediction set" not in message  # it has none
     assert confidences(challenger) == pytest.approx(pyfunc_probabilities(CHALLENGER, data), abs=1e-5)
     assert confidences(challenger) != pytest.approx(champion, abs=1e-3)
     out = client.predict(handle_file(path), CHAMPION, CHALLENGER, api_name="/compare")
@@ -239,12 +254,147 @@ def test_a_batch_of_files_and_a_zip_gives_a_table_a_csv_and_thumbnails(served, c
     assert list(frame["error"]) == ["", "", "", "not an image"] and message.startswith("3 images labelled")
     probs = frame[[f"prob_{c}" for c in CLASSES]].iloc[:3].astype(float).to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert "Prediction sets at 90 % coverage" in message
+    assert list(frame["prediction_set"].iloc[:3]) == [champion_set(dict(zip(CLASSES, row))) for row in probs]
     csv = re.search(r'download="predictions.csv" href="data:text/csv;base64,([^"]+)"', extras).group(1)
     saved = pd.read_csv(io.BytesIO(base64.b64decode(csv)), keep_default_na=False)
     assert list(saved["file"]) == list(frame["file"]) and list(saved["label"]) == list(frame["label"])
     thumbnails = images_in(extras)
     assert len(thumbnails) == 3 and thumbnails[0][0].startswith("one.jpg: ")
     assert all(max(img.size) <= 160 for _, img in thumbnails)
+
+
+def zip_of_zeros(path: Path, members: int, member_size: int, declared: int | None = None) -> Path:
+    """A zip bomb built by hand (fast): ``members`` entries of ``member_size`` zeros, deflated once.
+
+    ``declared`` is the uncompressed size the headers claim (default: the true one).
+    """
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    packed = packer.compress(bytes(member_size)) + packer.flush()
+    crc, central, offset = zlib.crc32(bytes(member_size)), [], 0
+    with open(path, "wb") as fh:
+        for i in range(members):
+            name = f"ward/{i:03d}.png".encode()
+            # version 2.0, no flags, deflate, 1980-01-01 00:00, CRC, sizes, name and extra lengths
+            fields = struct.pack(
+                "<HHHHHIIIHH", 20, 0, 8, 0, 33, crc, len(packed), declared or member_size, len(name), 0
+            )
+            fh.write(b"PK\x03\x04" + fields + name + packed)
+            central.append(
+                b"PK\x01\x02" + struct.pack("<H", 20) + fields + struct.pack("<HHHII", 0, 0, 0, 0, offset) + name
+            )
+            offset += 30 + len(name) + len(packed)
+        directory = b"".join(central)
+        fh.write(directory + b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, members, members, len(directory), offset, 0))
+    return path
+
+
+def peak_rss_growth(action):
+    """``action()``, and how far this process's resident memory peaked above where it stood before (bytes)."""
+
+    def status(field: str) -> int:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) * 1024
+
+    before = status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from the current RSS
+    result = action()
+    return result, status("VmHWM") - before
+
+
+@pytest.mark.parametrize("member_mib", [20, 100])
+def test_a_zip_bomb_under_the_upload_cap_is_refused_in_one_line_and_memory_stays_bounded(
+    served, client, tmp_path, member_mib
+):
+    from gradio_client import handle_file
+
+    bomb = zip_of_zeros(tmp_path / "scans.zip", 190, member_mib * 2**20)
+    with zipfile.ZipFile(bomb) as archive:  # a real archive, under the upload cap, expanding past 2 GiB
+        infos = archive.infolist()
+        assert sum(i.file_size for i in infos) > 2 * 2**30 and archive.open(infos[-1]).read(2**20) == bytes(2**20)
+    assert bomb.stat().st_size < 20 * 2**20
+    (message, table, extras, _), growth = peak_rss_growth(
+        lambda: client.predict([handle_file(str(bomb))], CHAMPION, api_name="/batch")
+    )
+    print(f"{bomb.stat().st_size / 1e6:.1f} MB zip of {member_mib} MiB members: peak RSS +{growth / 2**20:.0f} MiB")
+    assert "scans.zip: more than 512 MiB of images in one batch" in message and "\n" not in message
+    assert not table["data"] and not extras
+    assert growth < 300 * 2**20
+    ok = tmp_path / "ok.zip"  # then a valid upload is answered
+    with zipfile.ZipFile(ok, "w") as z:
+        z.writestr("a.png", encode(phantom(0), "PNG"))
+    message, table, _, _ = client.predict([handle_file(str(ok))], CHAMPION, api_name="/batch")
+    assert message.startswith("1 images labelled") and table["data"][0][0] == "ok.zip/a.png"
+
+
+def _files(tmp_path: Path, n: int) -> list[Path]:
+    return [Path(write(tmp_path, f"{i}.png", b"x")) for i in range(n)]
+
+
+def _zip(tmp_path: Path, entries: dict[str, bytes]) -> list[Path]:
+    with zipfile.ZipFile(tmp_path / "scans.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return [tmp_path / "scans.zip"]
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda t: _files(t, 201), "200.png: more than 200 images in one batch"),
+        (lambda t: _zip(t, {f"d{i}/": b"" for i in range(2001)}), "scans.zip: more than 2000 entries"),
+        (lambda t: _zip(t, {"big.png": bytes(21 * 2**20)}), "scans.zip/big.png: larger than 20 MiB"),
+        (lambda t: [zip_of_zeros(t / "scans.zip", 1, 3 * 2**20, declared=1000)], "scans.zip: damaged or unsupported"),
+    ],
+    ids=["images", "zip-entries", "member-size", "member-lies-about-its-size"],
+)
+def test_a_batch_past_a_limit_is_refused_in_one_line_before_it_is_read(tmp_path, make, error):
+    from medtune.app.uploads import UploadError, read_batch
+
+    with pytest.raises(UploadError, match=re.escape(error)) as refused:
+        read_batch(make(tmp_path))
+    assert "\n" not in str(refused.value)
+
+
+def test_bytes_are_counted_as_read_and_refused_at_the_first_byte_past_the_batch():
+    from medtune.app.uploads import UploadError, _Batch
+
+    stream = io.BytesIO(bytes(3 * 2**20))  # declares 10 bytes, holds 3 MiB
+    with pytest.raises(UploadError, match="liar.png: more than 2 MiB of images in one batch"):
+        _Batch(max_images=5, max_bytes=2 * 2**20).add("liar.png", 10, stream)
+    assert stream.tell() == 2 * 2**20 + 1
+
+
+def test_with_auth_the_page_asks_for_a_login_and_the_log_names_the_user_not_the_password(served, monkeypatch, caplog):
+    import http.cookiejar
+    import logging
+    import urllib.error
+    import urllib.parse
+
+    from medtune.steps.app import run_app
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", os.environ["GRADIO_TEMP_DIR"])  # start() points it elsewhere: restored
+    with caplog.at_level(logging.INFO, logger="medtune.app.server"):
+        running = run_app(None, "127.0.0.1", free_port(), DEFAULT_MAX_FILE_SIZE, auth="alice:s3cret-pw", block=False)
+    try:
+        page = urllib.request.urlopen(running.url, timeout=30).read().decode()
+        assert re.search(r'"auth_required":\s*true', page) and "Research use only" not in page
+        with pytest.raises(urllib.error.HTTPError) as anonymous:  # no upload without a login
+            urllib.request.urlopen(urllib.request.Request(f"{running.url}gradio_api/upload", data=b""), timeout=30)
+        assert anonymous.value.code == 401
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        for password, code in (("wrong", 400), ("s3cret-pw", 200)):
+            form = urllib.parse.urlencode({"username": "alice", "password": password}).encode()
+            try:
+                status = browser.open(f"{running.url}login", data=form, timeout=30).status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            assert status == code
+        page = browser.open(running.url, timeout=30).read().decode()
+        assert "Research use only" in page and not re.search(r'"auth_required":\s*true', page)
+    finally:
+        running.close()
+    assert "reachable from this machine only (loopback), login required (user alice)" in caplog.text
+    assert "s3cret-pw" not in caplog.text
 
 
 def test_the_model_card_panel_shows_the_chosen_versions_card(served, client):
@@ -331,6 +481,7 @@ def app_env(served) -> dict:
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     )
     env.pop("MLFLOW_RUN_ID", None)
+    env.pop("MEDTUNE_APP_AUTH", None)
     env.pop("MLFLOW_EXPERIMENT_ID", None)  # left by an earlier test's set_experiment: the launcher goes to Default
     return env
 
@@ -340,6 +491,8 @@ def app_env(served) -> dict:
     [
         (["--model", f"models:/{NAME}@nope"], f"model=models:/{NAME}@nope: not in the registry"),
         (["--max-file-size", "lots"], "max_file_size=lots: expected a size such as 20mb"),
+        (["--host", "0.0.0.0"], "host=0.0.0.0: the demo would be open to the network with no login; pass --auth"),
+        (["--host", "0.0.0.0", "--auth", ":pw-only"], "auth: expected user:password"),
     ],
 )
 def test_the_app_command_names_a_bad_option_in_one_line(served, args, error):
@@ -351,7 +504,7 @@ def test_the_app_command_names_a_bad_option_in_one_line(served, args, error):
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "pw-only" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"medtune: error: {error}")
 
 
