@@ -122,7 +122,7 @@ def test_wheel_installed_in_a_fresh_venv_finds_the_search_spaces(tmp_path):
     )
     wheel = next(dist.glob("medtune-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    shipped = {p.name for p in (REPO / "src" / "medtune" / "search_spaces").glob("*.yaml")}
+    shipped = {p.name for p in (REPO / "search_spaces").glob("*.yaml")}
     assert {f"medtune/search_spaces/{n}" for n in shipped} <= names
 
     env_dir = tmp_path / "venv"
@@ -157,3 +157,14 @@ def test_wheel_installed_in_a_fresh_venv_finds_the_search_spaces(tmp_path):
         timeout=60,
     )
     assert version.stdout.strip() == "medtune, version 0.1.0", version.stderr
+
+
+def test_every_package_under_src_and_the_search_spaces_are_shipped():
+    """pyproject lists the packages (the spaces live at the top, mapped into medtune/search_spaces)."""
+    found = {
+        ".".join(p.parent.relative_to(REPO / "src").parts) for p in (REPO / "src" / "medtune").rglob("__init__.py")
+    }
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert set(setuptools["packages"]) == found | {"medtune.search_spaces"}
+    assert setuptools["package-dir"]["medtune.search_spaces"] == "search_spaces"
+    assert not (REPO / "src" / "medtune" / "search_spaces").exists()  # one copy, at the top

@@ -14,7 +14,7 @@ from medtune.errors import SpaceError
 from medtune.space import Param, SearchSpace, load_space, parse_space, resolve_space_path
 
 REPO = Path(__file__).resolve().parents[1]
-CNN_YAML = REPO / "src" / "medtune" / "search_spaces" / "cnn.yaml"
+CNN_YAML = REPO / "search_spaces" / "cnn.yaml"
 
 
 @pytest.fixture(scope="module")

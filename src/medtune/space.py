@@ -273,7 +273,8 @@ def resolve_space_path(name_or_path: str | Path | None) -> Path:
     ``None`` means :data:`DEFAULT_SPACE`. A bare name (no ``/``, no ``.yaml``/``.yml``
     suffix), e.g. ``transfer``, is looked up as ``search_spaces/<name>.yaml`` first in the
     project directory (:func:`medtune.settings.project_dir`), then among the spaces shipped
-    in the package (``medtune/search_spaces/``, package data). Anything else is taken as a path and returned as given (a missing file is
+    with medtune (``search_spaces/`` at the top of a clone, package data of a wheel). Anything else
+    is taken as a path and returned as given (a missing file is
     reported by :func:`load_space`).
 
     Raises:
@@ -302,7 +303,9 @@ def _space_dirs() -> list[Path]:
     """``search_spaces/`` in the project directory (the user's own), then the spaces shipped in the package."""
     from medtune import settings  # late: settings reads the environment when called
 
-    shipped = Path(__file__).resolve().parent / SPACES_DIRNAME  # package data: found by wheels and editable installs
+    shipped = Path(__file__).resolve().parent / SPACES_DIRNAME  # package data of a wheel
+    if not shipped.is_dir():  # a clone (editable install): the project's top-level folder
+        shipped = Path(__file__).resolve().parents[2] / SPACES_DIRNAME
     own = settings.project_dir() / SPACES_DIRNAME
     return [own] if own.resolve() == shipped else [own, shipped]
 

@@ -1,9 +1,11 @@
 """``medtune main --budget``: the plan from the fingerprints, the rungs, an ensemble of two with test-time flip, end to end.
 
 One real pipeline on the small synthetic set (SQLite MLflow store, real Optuna study): the plan
-is printed and logged, the search climbs image-size rungs within its share of the budget, and
-final training averages two members in one model that is registered, served through pyfunc and
-explained with averaged Grad-CAM.
+is printed and logged, every value of it is what the runs used, the search climbs image-size
+rungs within its share of the budget, the whole run stays within the budget, and final training
+averages two members in one model that is registered, served through pyfunc and explained with
+averaged Grad-CAM. (The short-budget plan without a search is checked on the plan and on the
+options it sets, tests/steps_tests/test_train_units.py.)
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ def _json(client, run_id: str, name: str) -> dict:
         return json.loads(Path(client.download_artifacts(run_id, name, tmp)).read_text())
 
 
-def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
+BUDGET_S = 180
+SLACK_S = 90  # past the budget: each fit stops at an epoch boundary, then evaluation and registration finish
+
+
+def test_budgeted_main_runs_its_plan_within_the_budget(project):
     import mlflow
     import pandas as pd
     from mlflow.tracking import MlflowClient
@@ -48,17 +54,29 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
     pipeline = client.get_run(search.data.tags["mlflow.parentRunId"])  # `main` has a run of its own, the parent
     assert pipeline.data.tags["medtune.step"] == "main" and pipeline.info.status == "FINISHED"
     assert train.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
-    assert _json(client, pipeline.info.run_id, "plan.json") == _json(client, train.info.run_id, "plan.json")
-    assert 0 < pipeline.data.metrics["budget_used_s"] and pipeline.data.metrics["budget_planned_s"] == 180
-    plan = _json(client, search.info.run_id, "plan.json")
-    fingerprint = _json(client, train.info.run_id, "fingerprint.json")
-    assert plan["ensemble"] == 2 and plan["reasons"]["ensemble"] == "given"
+    # the whole run within its budget, by its own clock and by the store's
+    used = pipeline.data.metrics["budget_used_s"]
+    assert pipeline.data.metrics["budget_planned_s"] == BUDGET_S and 0 < used <= BUDGET_S + SLACK_S
+    assert (pipeline.info.end_time - pipeline.info.start_time) / 1000 <= BUDGET_S + SLACK_S + 30
+
+    plan = _json(client, search.info.run_id, "plan.json")  # as the search ran it
     final_plan = _json(client, train.info.run_id, "plan.json")  # rule 6 again, with the search's epoch time
-    assert final_plan["measured_epoch_s"] > 0 and final_plan["ensemble"] == 2
-    assert train.data.params["epochs"] == str(final_plan["epochs"])
-    assert plan["budget_s"] <= 180 and plan["search_s"] == pytest.approx(0.4 * plan["budget_s"])
-    assert len(plan["rungs"]) == 3 and plan["rungs"][-1] == plan["image_size"]
+    assert _json(client, pipeline.info.run_id, "plan.json") == final_plan
+    fingerprint = _json(client, train.info.run_id, "fingerprint.json")
     assert fingerprint["data"]["n_train"] > 0 and fingerprint["machine"]["cpu_cores"] >= 1
+    assert plan["ensemble"] == 2 and plan["reasons"]["ensemble"] == "given" and plan["trials"] == 8
+    assert "re-planned after the search" in final_plan["reasons"]["final_epochs"]
+    assert plan["budget_s"] <= BUDGET_S and plan["search_s"] == pytest.approx(0.4 * plan["budget_s"])
+    sizes = plan["search_image_sizes"]
+    assert len(sizes) == 3 and sizes[-1] == plan["final_image_size"]
+
+    # every value of the plan is what the runs used
+    p, t = search.data.params, train.data.params
+    assert (p["space"], p["trials"], p["epochs"]) == (f"{plan['space']}.yaml", "8", str(plan["search_epochs"]))
+    assert p["image_sizes"] == ",".join(map(str, sizes)) and p["pruner"] == plan["pruner"]
+    assert (p["plateau"], p["class_weights"]) == (str(plan["plateau"]), str(plan["class_weights"]))
+    assert (t["epochs"], t["image_size"]) == (str(final_plan["final_epochs"]), str(final_plan["final_image_size"]))
+    assert (t["ensemble"], t["class_weights"]) == (str(final_plan["ensemble"]), str(final_plan["class_weights"]))
 
     # the search: its share of the budget recorded, every trial's sizes logged per epoch
     assert search.data.params["budget_min"] == str(round(plan["search_s"] / 60, 2))
@@ -68,14 +86,14 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
         [m.value for m in sorted(client.get_metric_history(t.info.run_id, "image_size"), key=lambda m: m.step)]
         for t in trials
     ]
-    assert [plan["rungs"][0]] == sorted({s[0] for s in sizes if s})  # every trial starts at the smallest rung
+    assert [plan["search_image_sizes"][0]] == sorted({s[0] for s in sizes if s})  # every trial starts at rung 1
     climbed = [s for s in sizes if len(s) > 1]
     assert climbed and all(s == sorted(s) and len(set(s)) > 1 for s in climbed)
 
     # final training: two members, one registered model
     assert train.data.params["ensemble"] == "2"
     assert train.data.tags["mlflow.runName"].startswith(
-        f"train-synthetic-{train.data.params['backbone']}-{plan['image_size']}px-x2-"
+        f"train-synthetic-{train.data.params['backbone']}-{plan['final_image_size']}px-x2-"
     )  # told apart in the table
     assert {"member0_best_val_macro_f1", "member1_best_val_macro_f1"} <= set(train.data.metrics)
     # member 1's epochs re-planned from member 0's measured epoch time
@@ -109,31 +127,3 @@ def test_budgeted_main_plans_climbs_rungs_and_registers_an_ensemble(project):
     keras_proba = model.predict(images[1:].astype("float32"), verbose=0)[0]
     prob_cols = [c for c in served.columns if c.startswith("prob_")]
     assert np.allclose(served[prob_cols].to_numpy(dtype=float)[0], keras_proba, atol=1e-4)
-
-
-def test_a_short_budget_on_cpu_trains_the_first_recipe_without_a_search(project):
-    """Under 45 CPU minutes: one probe trial of the Lite0 recipe, then final training gets the rest."""
-    from mlflow.tracking import MlflowClient
-
-    from medtune.planning.recipes import RECIPES
-
-    proc = project.medtune("main", "--budget", "2m", timeout=900)
-    out = proc.stdout + proc.stderr
-    assert "none: one trial of the lite0_whole recipe" in out  # the printed plan
-
-    client = MlflowClient(project.tracking_uri)
-    exp = client.get_experiment_by_name("medtune-synthetic")
-    runs = client.search_runs([exp.experiment_id])
-    [search] = [r for r in runs if r.data.tags.get("medtune.step") == "search"]
-    [trial] = [r for r in runs if r.data.tags.get("medtune.step") == "trial"]
-    [train] = [r for r in runs if r.data.tags.get("medtune.step") == "train"]
-    plan = _json(client, search.info.run_id, "plan.json")
-    assert plan["recipe"] == "lite0_whole" and plan["trials"] == 1 and plan["rungs"] == [plan["image_size"]]
-    assert "no search" in plan["reasons"]["search_s"]  # the probe's time, not 40 % of the budget
-    assert plan["final_s"] == pytest.approx(plan["budget_s"] - plan["search_s"])
-    assert trial.data.tags["medtune.recipe"] == "lite0_whole" and trial.info.status == "FINISHED"
-    assert trial.data.params["fine_tune_layers"] == str(RECIPES["lite0_whole"]["fine_tune_layers"])
-    assert len(client.get_metric_history(trial.info.run_id, "epoch_seconds")) == 2  # head epoch + one fine-tuning
-    assert train.data.params["fine_tune_layers"] == trial.data.params["fine_tune_layers"]
-    assert train.info.status == "FINISHED" and "test_accuracy" in train.data.metrics
-    assert _json(client, train.info.run_id, "plan.json")["measured_epoch_s"] > 0

@@ -174,3 +174,16 @@ def test_latest_search_means_the_best_trial_of_the_study_across_its_workers(proj
     params, run_id = train.best_params_of_search("synthetic", "latest")
     assert (run_id, params) == (better, {"learning_rate": 1e-3})
     assert train.best_params_of_search("synthetic", other_study)[1] == other_study  # a named run is kept
+
+
+def test_a_short_cpu_budget_runs_one_trial_of_the_recipe_with_no_search_budget():
+    """Rule 1 as main applies it: the plan's recipe is the search's only trial, never cut by a search budget."""
+    from medtune.planning import DataFingerprint, MachineFingerprint, make_plan
+    from medtune.steps.search import SearchOptions
+
+    brain = DataFingerprint(("a", "b"), {"a": 1900, "b": 1900}, 3800, 700, 700, 512, 256, 0.0)
+    plan = make_plan(brain, MachineFingerprint(gpus=0, cpu_cores=2, memory_gib=24), 30 * 60)
+    opts = SearchOptions(timeout=None, budget=None)
+    pipeline._search_options(opts, plan)
+    assert (opts.warm_start, opts.trials, opts.plateau, opts.rungs) == (f"recipe:{plan.recipe}", 1, 0, None)
+    assert opts.image_size == plan.final_image_size and opts.budget is None and opts.pruner == "none"
