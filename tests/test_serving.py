@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.types import DataType
+from mlflow.types.schema import Array
 from PIL import Image
 
-from medtune import serving, training
+from medtune import calibration, serving, training
 from medtune.datasets.images import decode_image
 from medtune.datasets.synthetic import generate
 from medtune.models import build_model
@@ -68,20 +69,25 @@ def odd_images() -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
-    """A tiny model trained for one epoch, logged with serving.log_model into a fresh SQLite store."""
+    """A tiny model trained for one epoch, made over-confident on purpose, calibrated on 200 validation
+    phantoms (temperature and conformal threshold) and logged with serving.log_model into a fresh SQLite store."""
     root = tmp_path_factory.mktemp("serving")
     previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:
         experiment_id = use_sqlite_store(mp, root, "serving")
         keras.utils.set_random_seed(0)
         x, y, _ = generate(6, SIZE, seed=1)
-        model = training.compile_model(build_model(PARAMS, (SIZE, SIZE, 3), len(CLASSES)), PARAMS)
-        model.fit(x.astype("float32"), keras.utils.to_categorical(y, len(CLASSES)), epochs=1, batch_size=8, verbose=0)
-        metadata = serving.build_metadata(CLASSES, SIZE, 3, dataset="synthetic", backbone="custom")
+        raw = training.compile_model(build_model(PARAMS, (SIZE, SIZE, 3), len(CLASSES)), PARAMS)
+        raw.fit(x.astype("float32"), keras.utils.to_categorical(y, len(CLASSES)), epochs=2, batch_size=8, verbose=0)
+        logits = raw.get_layer("logits")
+        logits.set_weights([w * 6.0 for w in logits.get_weights()])  # over-confident on purpose
+        x_val, y_val, _ = generate(50, SIZE, seed=2)
+        model, fit = calibration.calibrate(raw, x_val, y_val, level=0.9)
+        metadata = serving.build_metadata(CLASSES, SIZE, 3, dataset="synthetic", backbone="custom", **fit.metadata())
         examples = [encode(Image.fromarray(x[0]), "PNG"), encode(Image.fromarray(x[7]), "JPEG")]
         with mlflow.start_run(experiment_id=experiment_id) as run:
             info = serving.log_model(model, metadata, example_images=examples, registered_model_name="medtune-serving")
-        yield {"model": model, "info": info, "run_id": run.info.run_id, "root": root}
+        yield {"model": model, "raw": raw, "fit": fit, "info": info, "run_id": run.info.run_id, "root": root}
     mlflow.set_tracking_uri(previous)
 
 
@@ -95,7 +101,7 @@ def test_pyfunc_predicts_like_keras_on_odd_images(logged):
     images = odd_images()
     out = pyfunc.predict(pd.DataFrame({"image": list(images.values())}))
     prob_cols = ["prob_crescent", "prob_disc", "prob_ring_tumour", "prob_speckled"]
-    assert list(out.columns) == ["label", *prob_cols]
+    assert list(out.columns) == ["label", *prob_cols, "prediction_set"]
     assert len(out) == len(images)
     probs = out[prob_cols].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
@@ -119,7 +125,9 @@ def test_signature_input_example_and_metadata_are_logged(logged):
     sig = info.signature
     assert sig.inputs.input_names() == ["image"]
     assert sig.inputs.inputs[0].type == DataType.binary
-    assert sig.outputs.input_names() == ["label", "prob_crescent", "prob_disc", "prob_ring_tumour", "prob_speckled"]
+    names = ["label", "prob_crescent", "prob_disc", "prob_ring_tumour", "prob_speckled", "prediction_set"]
+    assert sig.outputs.input_names() == names
+    assert sig.outputs.inputs[-1].type == Array(DataType.string)  # spark_udf: ArrayType(StringType)
     assert info.saved_input_example_info is not None
 
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(logged["root"] / "dl")))
@@ -179,7 +187,14 @@ def test_image_column_is_required_without_a_signature_too(logged):
     with pytest.raises(ValueError, match=r"needs an 'image' column .*\['picture'\]"):
         classifier.predict(None, pd.DataFrame({"picture": [b""]}))
     empty = classifier.predict(None, pd.DataFrame({"image": []}))
-    assert list(empty.columns) == ["label", "prob_crescent", "prob_disc", "prob_ring_tumour", "prob_speckled"]
+    assert list(empty.columns) == [
+        "label",
+        "prob_crescent",
+        "prob_disc",
+        "prob_ring_tumour",
+        "prob_speckled",
+        "prediction_set",
+    ]
     assert len(empty) == 0
 
 
@@ -192,3 +207,64 @@ def test_generated_examples_are_two_different_images_of_the_model_size():
     assert [im.size for im in images] == [(40, 40), (40, 40)] and [im.mode for im in images] == ["RGB", "RGB"]
     a, b = (np.asarray(im) for im in images)
     assert a.std() > 20 and np.array_equal(a.astype(int) + b, np.full_like(a, 255, dtype=int))
+
+
+def test_the_served_model_gives_tempered_probabilities_and_the_calibrated_sets(logged):
+    """Over-confident on purpose: the temperature is above 1, lowers validation ECE and keeps every label."""
+    fit = logged["fit"]
+    assert fit.temperature > 1.5 and fit.val_ece_after < fit.val_ece_before
+    meta = mlflow.models.Model.load(logged["info"].model_uri).metadata
+    assert meta["temperature"] == pytest.approx(fit.temperature) and meta["conformal_level"] == 0.9
+    assert meta["conformal_threshold"] == pytest.approx(fit.conformal_threshold)
+    images = list(odd_images().values())
+    out = mlflow.pyfunc.load_model(logged["info"].model_uri).predict(pd.DataFrame({"image": images}))
+    raw = keras_probabilities(logged["raw"], images)
+    probs = out[[serving.prob_column(c) for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(probs, calibration.scale(raw, fit.temperature), atol=1e-5)
+    assert out["label"].tolist() == [CLASSES[i] for i in raw.argmax(1)]  # the same answers, less sure of them
+    assert list(out["prediction_set"]) == calibration.prediction_set(probs, CLASSES, meta)
+    assert all(s and s[0] == label for s, label in zip(out["prediction_set"], out["label"]))
+
+
+def test_served_sets_cover_held_out_phantoms_at_the_level(logged):
+    """400 new phantoms: coverage within the finite-sample bound [level, level + 1/(n+1)] of the 100
+    calibration images, give or take three standard deviations of calibration and test sampling."""
+    x, y, _ = generate(100, SIZE, seed=9)
+    frame = pd.DataFrame({"image": [encode(Image.fromarray(img), "PNG") for img in x]})
+    out = mlflow.pyfunc.load_model(logged["info"].model_uri).predict(frame)
+    covered = np.mean([CLASSES[t] in s for t, s in zip(y, out["prediction_set"])])
+    level, n = 0.9, logged["fit"].n_calibration
+    sd = np.sqrt(level * (1 - level) / (n + 2) + level * (1 - level) / len(y))
+    assert level - 3 * sd <= covered <= level + 1 / (n + 1) + 3 * sd, (covered, sd)
+    assert 1 <= np.mean([len(s) for s in out["prediction_set"]]) < len(CLASSES)  # not every class, every time
+
+
+def test_in_process_predict_takes_1000_rows_in_bounded_memory(logged, tmp_path, monkeypatch):
+    """The request cap belongs to the scoring server: in process, 1,000 rows of 128 px images go through in
+    chunks: what it holds at once stays below half the 47 MiB of all their decoded pixels."""
+    import tracemalloc
+
+    size = 128
+    with mlflow.start_run():
+        info = serving.log_model(
+            build_model(PARAMS, (size, size, 3), len(CLASSES)), serving.build_metadata(CLASSES, size, 3)
+        )
+    pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+    image = odd_images()["rgb_png_large"]
+    frame = pd.DataFrame({"image": [image] * 1000})
+    pyfunc.predict(frame.head(2))  # warm up TensorFlow outside the measurement
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        out = pyfunc.predict(frame)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert len(out) == 1000 and out["label"].nunique() == 1
+    all_pixels = 1000 * size * size * 3
+    assert peak < all_pixels / 2, (
+        f"{peak / 2**20:.1f} MiB traced while predicting ({all_pixels / 2**20:.0f} MiB of pixels)"
+    )
+    monkeypatch.setenv(serving.SERVING_ENV, "true")  # what `mlflow models serve` sets in its process
+    with pytest.raises(serving.ImageInputError, match=f"1000 images in one request: at most {serving.MAX_ROWS}"):
+        pyfunc.predict(frame)

@@ -2,7 +2,7 @@
 
 Every bad request gets a 4xx with one short message and no traceback, in bounded time; the
 server keeps answering, and 32 concurrent valid requests of 4 images each all succeed. The
-limits are serving.MAX_ROWS, MAX_IMAGE_BYTES and MAX_IMAGE_PIXELS (README "Serving").
+limits are serving.MAX_ROWS (the scoring server's alone), MAX_IMAGE_BYTES and MAX_IMAGE_PIXELS.
 """
 
 from __future__ import annotations
@@ -121,8 +121,8 @@ HOSTILE = {
     "75 MB payload": (frame(["A" * 75_000_000]), "at most"),
     "too many images": (frame(good_images(1) * (serving.MAX_ROWS + 1)), f"at most {serving.MAX_ROWS}"),
     "wrong column": (json.dumps({"dataframe_split": {"columns": ["picture"], "data": [["x"]]}}).encode(), "image"),
-    "number instead of bytes": (frame([12345]), ""),
-    "malformed json": (b'{"dataframe_split": {"columns": ["image"], "data": [["abc"', ""),
+    "number instead of bytes": (frame([12345]), "not compatible with model signature"),
+    "malformed json": (b'{"dataframe_split": {"columns": ["image"], "data": [["abc"', "valid JSON"),
 }
 
 
@@ -146,4 +146,5 @@ def test_32_concurrent_requests_of_4_images_all_succeed(server):
     for _, text in answers:
         rows = json.loads(text)["predictions"]
         assert len(rows) == 4 and all(r["label"] in ("crescent", "disc", "ring tumour", "speckled") for r in rows)
+        assert all(r["prediction_set"][0] == r["label"] for r in rows)  # the set as a JSON list, top class first
     assert server["proc"].poll() is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,14 @@ INTENDED_USE = (
 )
 KERAS_ARTIFACT = "keras_model"
 # Limits of one request to the served model (each breach is a 400 with one line; README "Serving"):
-MAX_ROWS = 256  # images per request
+MAX_ROWS = 256  # images per request to `mlflow models serve` (in-process predict takes any number)
 MAX_IMAGE_BYTES = 20 * 2**20  # encoded bytes of one image
 MAX_IMAGE_PIXELS = 40_000_000  # width x height of one decoded image (a 6000 x 6000 photo is 36 MP)
 METADATA_ARTIFACT = "metadata"
+CHUNK_ROWS = 64  # images decoded and predicted at a time: memory stays bounded however many rows come
+# Set by MLflow's scoring server (`mlflow models serve`, `mlflow models predict`) in its process, never by
+# `mlflow.pyfunc.load_model` or `spark_udf(env_manager="local")`: the per-request limits hold only there.
+SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
 
 
 def prob_column(cls: str) -> str:
@@ -33,16 +38,51 @@ def prob_column(cls: str) -> str:
     return f"prob_{safe_key(cls)}"
 
 
-def build_metadata(classes, image_size: int, channels: int, **extra) -> dict:
+def build_metadata(
+    classes,
+    image_size: int,
+    channels: int,
+    *,
+    temperature: float = 1.0,
+    conformal_level: float = 0.9,
+    conformal_threshold: float | None = None,  # None: sets of the top class alone (see medtune.calibration)
+    **extra,
+) -> dict:
+    import medtune
+
     return {
         "classes": list(classes),
         "image_size": int(image_size),
         "channels": int(channels),
         "input": "DataFrame with an 'image' column of encoded image bytes (JPEG, PNG, BMP, TIFF, WebP)",
-        "output": ["label"] + [prob_column(c) for c in classes],
+        "output": ["label"] + [prob_column(c) for c in classes] + ["prediction_set"],
         "intended_use": INTENDED_USE,
+        "temperature": float(temperature),
+        "conformal_level": float(conformal_level),
+        "conformal_threshold": conformal_threshold,
+        "medtune_version": medtune.__version__,
+        "git_commit": git_commit(),
         **extra,
     }
+
+
+def git_commit() -> str:
+    """``git describe --always --dirty`` of the medtune checkout, or "unknown" for an installed package."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return "unknown"
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
 def _pyfunc_base():
@@ -105,23 +145,23 @@ class ImageClassifier(_pyfunc_base()):
             raise ImageInputError(
                 f"input needs an 'image' column of encoded image bytes (got columns {list(frame.columns)})"
             )
-        if len(frame) > MAX_ROWS:
+        if len(frame) > MAX_ROWS and os.environ.get(SERVING_ENV, "").lower() in ("true", "1"):
             raise ImageInputError(f"{len(frame)} images in one request: at most {MAX_ROWS}")
         size, channels = self.metadata["image_size"], self.metadata["channels"]
-        images = []
-        for i, value in enumerate(frame["image"]):
-            data = _as_bytes(value, i)
-            if len(data) > MAX_IMAGE_BYTES:
-                raise ImageInputError(f"row {i}: {len(data)} bytes: at most {MAX_IMAGE_BYTES} per image")
-            try:
-                images.append(decode_image(data, size, channels, max_pixels=MAX_IMAGE_PIXELS))
-            except ImageDecodeError as exc:
-                raise ImageInputError(f"row {i}: cannot decode image ({exc.reason})") from exc
-        return predictions_frame(
-            self.model,
-            np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8),
-            self.metadata["classes"],
-        )
+        parts = []
+        for start in range(0, max(len(frame), 1), CHUNK_ROWS):
+            images = []
+            for i, value in enumerate(frame["image"].iloc[start : start + CHUNK_ROWS], start):
+                data = _as_bytes(value, i)
+                if len(data) > MAX_IMAGE_BYTES:
+                    raise ImageInputError(f"row {i}: {len(data)} bytes: at most {MAX_IMAGE_BYTES} per image")
+                try:
+                    images.append(decode_image(data, size, channels, max_pixels=MAX_IMAGE_PIXELS))
+                except ImageDecodeError as exc:
+                    raise ImageInputError(f"row {i}: cannot decode image ({exc.reason})") from exc
+            x = np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8)
+            parts.append(predictions_frame(self.model, x, self.metadata["classes"], self.metadata))
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
 def _as_bytes(value, row: int = 0) -> bytes:
@@ -142,13 +182,23 @@ def _as_bytes(value, row: int = 0) -> bytes:
     raise ImageInputError(f"row {row}: expected encoded image bytes, got {type(value).__name__}")
 
 
-def predictions_frame(model, images: np.ndarray, classes) -> pd.DataFrame:
-    from medtune.training import predict_proba
+def predictions_frame(model, images: np.ndarray, classes, metadata: dict | None = None) -> pd.DataFrame:
+    """``label`` and ``prob_<class>`` per image; with the model's ``metadata``, also its ``prediction_set``.
 
-    proba = predict_proba(model, images) if len(images) else np.zeros((0, len(classes)), np.float32)
+    Keras ``predict`` on the array: ``training.predict_proba`` keeps every array it was given alive
+    (its ``tf.numpy_function``), which a server called again and again cannot afford.
+    """
+    if len(images):
+        proba = np.asarray(model.predict(images, batch_size=64, verbose=0), dtype=np.float32)
+    else:
+        proba = np.zeros((0, len(classes)), np.float32)
     frame = pd.DataFrame({"label": [classes[i] for i in proba.argmax(1)] if len(proba) else []})
     for j, cls in enumerate(classes):
         frame[prob_column(cls)] = proba[:, j].astype(float) if len(proba) else []
+    if metadata is not None:
+        from medtune.calibration import prediction_set
+
+        frame["prediction_set"] = prediction_set(proba, list(classes), metadata) if len(proba) else []
     return frame
 
 
@@ -179,7 +229,7 @@ def log_model(
         meta_path.write_text(json.dumps(metadata, indent=2))
         example_images = list((example_images or [])[:2]) or generated_examples(int(metadata["image_size"]))
         example = pd.DataFrame({"image": example_images})
-        output = predictions_frame(model, _decode_all(example_images, metadata), metadata["classes"])
+        output = predictions_frame(model, _decode_all(example_images, metadata), metadata["classes"], metadata)
         signature = infer_signature(example, output)
         info = mlflow.pyfunc.log_model(
             name=name,
