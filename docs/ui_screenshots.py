@@ -67,7 +67,7 @@ def ids(tracking_uri: str) -> dict:
             "trials": [r.info.run_id for r in by_step["trial"]]}
 
 
-def shoot(found: dict) -> list[Path]:
+def shoot(found: dict, only: list[str] | None = None) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
     base = f"http://127.0.0.1:{PORT}/#"
@@ -79,11 +79,12 @@ def shoot(found: dict) -> list[Path]:
         ("3_parallel_coordinates",
          f"/compare-runs?runs={json.dumps(found['trials'])}&experiments={json.dumps([exp])}", None),
         ("4_gradcam", f"/experiments/{exp}/runs/{found['train']}/artifacts/evaluation/gradcam", "first_image"),
-        ("5_confusion_matrix",
-         f"/experiments/{exp}/runs/{found['train']}/artifacts/evaluation/confusion_matrix.png", None),
+        # a file's own route keeps the file shown before (the Grad-CAM): click it in the tree instead
+        ("5_confusion_matrix", f"/experiments/{exp}/runs/{found['train']}/artifacts/evaluation", "confusion_matrix.png"),
         ("6_pipeline_run", f"/experiments/{exp}/runs/{found['main']}", None),
         ("7_registry_aliases", "/models/medtune-synthetic", None),
     ]
+    pages = [page for page in pages if not only or page[0] in only]
     written = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium") or shutil.which("chromium-browser"),
@@ -105,6 +106,8 @@ def shoot(found: dict) -> list[Path]:
                     expander.first.click(timeout=3000)
             if action == "first_image":
                 page.get_by_text(".png").first.click(timeout=5000)
+            elif action and action.endswith(".png"):
+                page.get_by_text(action, exact=True).first.click(timeout=5000)
             page.wait_for_timeout(2000)
             path = OUT / f"{name}.png"
             page.screenshot(path=str(path))
@@ -116,6 +119,7 @@ def shoot(found: dict) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, help="a project folder that already holds the runs")
+    parser.add_argument("--only", nargs="+", help="the pictures to take again, e.g. 5_confusion_matrix")
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="medtune-ui-"))
     env = {**os.environ, "MEDTUNE_HOME": str(home), "MEDTUNE_SYNTHETIC": os.environ.get("MEDTUNE_SYNTHETIC", "60,48"),
@@ -126,7 +130,7 @@ def main() -> None:
     server = start_server(home, env)
     try:
         OUT.mkdir(parents=True, exist_ok=True)
-        for path in shoot(ids(env["MLFLOW_TRACKING_URI"])):
+        for path in shoot(ids(env["MLFLOW_TRACKING_URI"]), args.only):
             print(path.relative_to(REPO))
     finally:
         os.killpg(server.pid, signal.SIGTERM)
