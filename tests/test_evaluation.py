@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from medtune.evaluation import evaluate_model, gradcam_galleries
-from medtune.steps import evaluate as evaluate_step
 
 CLASSES = ["glioma tumor", "no_tumor", "pituitary"]
 Y = np.array([0, 0, 1, 1, 2, 2])
@@ -112,9 +111,21 @@ def test_evaluate_model_metrics_match_hand_computation():
     np.testing.assert_allclose(table[["prob_glioma_tumor", "prob_no_tumor", "prob_pituitary"]].to_numpy(), P, atol=1e-6)
 
 
-def test_score_macro_f1_is_the_test_macro_f1():
-    test = evaluate_step.TestSet(_images(), Y, [], "ds:x", "test")
-    assert evaluate_step.score_macro_f1(FixedModel(P), test, CLASSES) == pytest.approx(59 / 90)
+def test_prediction_sets_their_coverage_and_size_come_with_a_conformal_threshold():
+    ev = evaluate_model(FixedModel(P), _images(), Y, CLASSES, with_gradcam=False, metadata={"conformal_threshold": 0.2})
+    # p >= .2: s0 {0}, s1 {1, 0}, s2 {1}, s3 {1}, s4 {2}, s5 {0, 2}: every set holds the true class
+    assert ev.sets == [
+        ["glioma tumor"],
+        ["no_tumor", "glioma tumor"],
+        ["no_tumor"],
+        ["no_tumor"],
+        ["pituitary"],
+        ["glioma tumor", "pituitary"],
+    ]
+    assert ev.metrics["test_set_coverage"] == 1.0 and ev.metrics["test_mean_set_size"] == pytest.approx(8 / 6)
+    assert ev.predictions["prediction_set"][1] == "no_tumor | glioma tumor"
+    plain = evaluate_model(FixedModel(P), _images(), Y, CLASSES, with_gradcam=False, metadata={})
+    assert plain.sets is None and "test_set_coverage" not in plain.metrics
 
 
 def test_evaluate_model_without_paths_numbers_rows():

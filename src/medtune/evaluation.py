@@ -20,6 +20,9 @@ class GalleryItem:
     heatmap: np.ndarray
     title: str
     correct: bool
+    true: str = ""
+    pred: str = ""
+    confidence: float = 0.0
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Evaluation:
     roc: dict
     reliability: dict
     galleries: dict[str, list[GalleryItem]] = field(default_factory=dict)
+    sets: list[list[str]] | None = None  # prediction sets, when the model has them
 
 
 def evaluate_model(
@@ -46,8 +50,13 @@ def evaluate_model(
     correct_per_class: int = 4,
     max_misclassified_per_class: int = 12,
     with_gradcam: bool = True,
+    metadata: dict | None = None,
 ) -> Evaluation:
-    """Score ``model`` on (x, y) and collect everything an evaluation report shows."""
+    """Score ``model`` on (x, y) and collect everything an evaluation report shows.
+
+    With the model's ``metadata`` holding a conformal threshold, also its prediction sets, their coverage
+    (``test_set_coverage``) and mean size (``test_mean_set_size``).
+    """
     from medtune import metrics as m
     from medtune.training import predict_proba
 
@@ -68,6 +77,14 @@ def evaluate_model(
     )
     for j, cls in enumerate(classes):
         predictions[f"prob_{m.safe_key(cls)}"] = proba[:, j].astype(float)
+    sets = None
+    if metadata and metadata.get("conformal_threshold") is not None:
+        from medtune.calibration import prediction_set
+
+        sets = prediction_set(proba, list(classes), metadata)
+        predictions["prediction_set"] = [" | ".join(s) for s in sets]
+        scores["test_set_coverage"] = float(np.mean([classes[t] in s for t, s in zip(y, sets)]))
+        scores["test_mean_set_size"] = float(np.mean([len(s) for s in sets]))
     result = Evaluation(
         metrics=scores,
         proba=proba,
@@ -78,6 +95,7 @@ def evaluate_model(
         confusion=m.confusion(y, pred, n),
         roc=m.roc_curves(y, proba, n),
         reliability=m.reliability_bins(y, proba),
+        sets=sets,
     )
     if with_gradcam:
         result.galleries = gradcam_galleries(
@@ -109,6 +127,9 @@ def gradcam_galleries(model, x, y, proba, classes, correct_per_class: int, max_m
                 heatmap=heatmaps[k],
                 title=f"true {cls}\npred {classes[pred[i]]} ({proba[i].max():.2f})",
                 correct=bool(pred[i] == c),
+                true=cls,
+                pred=classes[pred[i]],
+                confidence=float(proba[i].max()),
             )
             for k, i in enumerate(pick)
         ]

@@ -9,6 +9,7 @@ from medtune.model_card._content import (
     ClassResult,
     DataInfo,
     Estimate,
+    ExampleInfo,
     GateInfo,
     ModelCard,
     ModelInfo,
@@ -16,6 +17,7 @@ from medtune.model_card._content import (
     build_card,
     data_from_split_report,
     data_from_test_labels,
+    describe_examples,
     short_description,
 )
 from medtune.model_card._figures import card_figures, gradcam_examples
@@ -30,6 +32,7 @@ __all__ = [
     "ClassResult",
     "DataInfo",
     "Estimate",
+    "ExampleInfo",
     "GateInfo",
     "ModelCard",
     "ModelInfo",
@@ -38,6 +41,7 @@ __all__ = [
     "card_figures",
     "data_from_split_report",
     "data_from_test_labels",
+    "describe_examples",
     "gradcam_examples",
     "render_html",
     "render_markdown",

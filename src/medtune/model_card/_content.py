@@ -9,8 +9,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from medtune.bootstrap import HEADLINE, bootstrap_intervals
-from medtune.metrics import safe_key
+from medtune.bootstrap import HEADLINE, bootstrap_intervals, proportion
+from medtune.calibration import scale
+from medtune.metrics import expected_calibration_error, safe_key
 
 INTENDED_USE = (
     "Research use only, not for diagnosis. This model is not a medical device: it is meant for "
@@ -47,6 +48,12 @@ class ModelInfo:
     parameters: int
     params: dict
     params_source: str  # where the training params came from, in words
+    ensemble: int = 1  # members averaged
+    flip: bool = False  # test-time left-right flip
+    temperature: float = 1.0  # 1: not calibrated
+    conformal_level: float | None = None  # None: no prediction sets
+    medtune_version: str = "unknown"
+    git_commit: str = "unknown"
 
 
 @dataclass
@@ -73,8 +80,12 @@ class ClassResult:
     support: int
     sensitivity: Estimate
     specificity: Estimate
-    f1: float
-    auc: float | None
+    ppv: Estimate  # at the test prevalence
+    npv: Estimate
+    f1: Estimate
+    auc: Estimate | None
+    set_coverage: float | None = None  # of its images, how many had the true class in their prediction set
+    set_size: float | None = None  # their mean set size
 
 
 @dataclass
@@ -88,6 +99,9 @@ class Results:
     log_loss: float
     n_resamples: int
     seed: int
+    ece_uncalibrated: float | None = None  # before the temperature; None without one
+    set_coverage: float | None = None  # None: the model has no prediction sets
+    set_size: float | None = None
 
 
 @dataclass
@@ -98,6 +112,20 @@ class GateInfo:
     champion_score: float | None
     margin: float | None  # None: not recorded
     reason: str
+    difference: float | None = None  # the paired comparison (see medtune.promotion); None: none was made
+    low: float | None = None
+    high: float | None = None
+
+
+@dataclass
+class ExampleInfo:
+    """A Grad-CAM example described by figures instead of the patient's pixels."""
+
+    true: str
+    pred: str
+    confidence: float
+    peak: tuple[int, int]  # where the heat peaks, in % of the width and height from the top left
+    hot_area: float  # share of the image at half the peak heat or more
 
 
 @dataclass
@@ -110,7 +138,9 @@ class ModelCard:
     data: DataInfo
     results: Results
     gate: GateInfo | None
-    examples: dict[str, int]  # Grad-CAM examples shown: {"right": n, "wrong": n}
+    examples: dict[str, int]  # Grad-CAM examples: {"right": n, "wrong": n}
+    limitations: list[str] = field(default_factory=list)
+    described: list[ExampleInfo] = field(default_factory=list)  # the examples, when their images are left out
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,11 +149,9 @@ class ModelCard:
     def from_dict(cls, d: Mapping) -> ModelCard:
         res = dict(d["results"])
         res["headline"] = {k: Estimate(**v) for k, v in res["headline"].items()}
+        estimates = ("sensitivity", "specificity", "ppv", "npv", "f1", "auc")
         res["per_class"] = [
-            ClassResult(
-                **{**c, "sensitivity": Estimate(**c["sensitivity"]), "specificity": Estimate(**c["specificity"])}
-            )
-            for c in res["per_class"]
+            ClassResult(**{**c, **{k: Estimate(**c[k]) if c[k] else None for k in estimates}}) for c in res["per_class"]
         ]
         return cls(
             **{
@@ -132,6 +160,7 @@ class ModelCard:
                 "data": DataInfo(**d["data"]),
                 "results": Results(**res),
                 "gate": GateInfo(**d["gate"]) if d.get("gate") else None,
+                "described": [ExampleInfo(**{**e, "peak": tuple(e["peak"])}) for e in d.get("described", [])],
             }
         )
 
@@ -186,32 +215,38 @@ def build_card(
     examples: Mapping[str, int] | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
+    sets: Sequence[Sequence[str]] | None = None,
+    described: Sequence[ExampleInfo] = (),
 ) -> ModelCard:
-    """A model card from an evaluation's logged ``test_`` metrics and its predictions.
+    """A model card from an evaluation's logged ``test_`` metrics, its predictions and prediction ``sets``.
 
-    Point estimates are the logged metrics themselves; the intervals come from
-    :func:`medtune.bootstrap.bootstrap_intervals` on ``(y_true, proba)``.
+    Point estimates are the logged metrics themselves; the intervals come from :mod:`medtune.bootstrap`
+    (Wilson for proportions, bootstrap otherwise).
     """
     classes = data.classes
-    ci = bootstrap_intervals(y_true, proba, classes, n_resamples=n_resamples, seed=seed)
-    headline = {k: Estimate(float(metrics[f"test_{k}"]), ci[k].low, ci[k].high) for k in HEADLINE}
+    y = np.asarray(y_true)
+    ci = bootstrap_intervals(y, proba, classes, n_resamples=n_resamples, seed=seed)
     cm = np.asarray(confusion, dtype=np.int64)
-    auc = _auc_per_class(np.asarray(y_true), np.asarray(proba), len(classes))
+    headline = {k: Estimate(float(metrics[f"test_{k}"]), ci[k].low, ci[k].high) for k in HEADLINE}
+    headline["accuracy"] = _estimate(proportion(np.trace(cm), cm.sum()), metrics["test_accuracy"])
     per_class = []
     for i, name in enumerate(classes):
         key = safe_key(name)
+        tp, support, predicted = cm[i, i], cm[i].sum(), cm[:, i].sum()
+        tn = cm.sum() - support - predicted + tp
+        covered = [name in s for s, t in zip(sets or [], y) if t == i]
         per_class.append(
             ClassResult(
                 name=name,
-                support=int(cm[i].sum()),
-                sensitivity=Estimate(
-                    float(metrics[f"test_recall_{key}"]), ci[f"sensitivity_{i}"].low, ci[f"sensitivity_{i}"].high
-                ),
-                specificity=Estimate(
-                    float(metrics[f"test_specificity_{key}"]), ci[f"specificity_{i}"].low, ci[f"specificity_{i}"].high
-                ),
-                f1=float(metrics[f"test_f1_{key}"]),
-                auc=auc.get(i),
+                support=int(support),
+                sensitivity=_estimate(proportion(tp, support), metrics[f"test_recall_{key}"]),
+                specificity=_estimate(proportion(tn, tn + predicted - tp), metrics[f"test_specificity_{key}"]),
+                ppv=_estimate(proportion(tp, predicted), metrics[f"test_precision_{key}"]),
+                npv=_estimate(proportion(tn, tn + support - tp)),
+                f1=_estimate(ci[f"f1_{i}"], metrics[f"test_f1_{key}"]),
+                auc=_estimate(ci[f"auc_{i}"]) if np.isfinite(ci[f"auc_{i}"].value) else None,
+                set_coverage=float(np.mean(covered)) if covered else None,
+                set_size=float(np.mean([len(s) for s, t in zip(sets, y) if t == i])) if covered else None,
             )
         )
     results = Results(
@@ -224,6 +259,9 @@ def build_card(
         float(metrics["test_log_loss"]),
         n_resamples,
         seed,
+        expected_calibration_error(y, scale(proba, 1 / model.temperature)) if model.temperature != 1.0 else None,
+        float(np.mean([classes[t] in s for s, t in zip(sets, y)])) if sets else None,
+        float(np.mean([len(s) for s in sets])) if sets else None,
     )
     title = f"{model.name} v{model.version}" if model.name else f"medtune model of run {model.run_id}"
     return ModelCard(
@@ -236,13 +274,50 @@ def build_card(
         results,
         gate,
         dict(examples or {}),
+        limitations(model, data),
+        list(described),
     )
 
 
-def _auc_per_class(y: np.ndarray, proba: np.ndarray, k: int) -> dict[int, float]:
-    from medtune.metrics import roc_curves
+def _estimate(interval, value: float | None = None) -> Estimate:
+    """An interval as the card stores it; ``value`` (the logged metric) replaces its point when given."""
+    return Estimate(float(interval.value if value is None else value), float(interval.low), float(interval.high))
 
-    return {c: float(auc) for c, (_, _, auc) in roc_curves(y, proba, k).items()}
+
+def limitations(model: ModelInfo, data: DataInfo) -> list[str]:
+    """What the test figures do not show, in words."""
+    return [
+        f"Data: one collection ({data.dataset}), taken to come from a single site unless its source says "
+        "otherwise; the test images are a held-out part of the same collection.",
+        "No external validation: nothing here measures the model on another hospital, scanner, protocol or "
+        "time period, where its figures may be markedly worse.",
+        "Subgroups unknown: age, sex, ethnicity, scanner and site are not recorded, so performance within "
+        "any subgroup was not measured.",
+        f"Trained on {', '.join(data.classes)} images resized to {model.image_size} x {model.image_size} px "
+        f"with {model.channels} channel(s); other modalities, body parts or image sizes are out of distribution.",
+        "Out of distribution the model still answers one of its classes, often with high confidence; the "
+        "prediction sets' coverage holds only for images like the validation and test images.",
+        "The intervals reflect the sampling of the test images only; the test images that decide promotion "
+        "are no longer an untouched test.",
+    ]
+
+
+def describe_examples(items: Sequence) -> list[ExampleInfo]:
+    """Grad-CAM gallery items (:class:`medtune.evaluation.GalleryItem`) described by figures."""
+    out = []
+    for it in items:
+        heat = np.asarray(it.heatmap, dtype=np.float64)
+        row, col = np.unravel_index(int(heat.argmax()), heat.shape)
+        out.append(
+            ExampleInfo(
+                it.true,
+                it.pred,
+                it.confidence,
+                (round(100 * col / max(1, heat.shape[1] - 1)), round(100 * row / max(1, heat.shape[0] - 1))),
+                float((heat >= heat.max() / 2).mean()) if heat.max() > 0 else 0.0,
+            )
+        )
+    return out
 
 
 def short_description(card: ModelCard) -> str:
@@ -253,8 +328,13 @@ def short_description(card: ModelCard) -> str:
         f"{card.title}: {m.backbone} at {m.image_size} px, {m.parameters:,} parameters, trained on "
         f"{card.data.dataset} (manifest {card.data.manifest_hash}).",
         f"Test ({card.results.n_test} images): macro-F1 {_ci(f1)}, accuracy {_ci(acc)}, ROC-AUC {_ci(auc)}; "
-        f"ECE {card.results.ece:.3f} (95 % bootstrap intervals).",
+        f"ECE {card.results.ece:.3f} (95 % intervals).",
     ]
+    if card.results.set_coverage is not None:
+        lines.append(
+            f"Prediction sets at {card.model.conformal_level:.0%}: coverage {card.results.set_coverage:.3f} on test, "
+            f"mean size {card.results.set_size:.2f}; temperature {m.temperature:.3f}."
+        )
     if card.gate:
         lines.append(f"Champion gate: @{card.gate.alias} ({card.gate.reason}).")
     lines.append(f"Model card: model_card/model_card.html in run {m.run_id}. {card.intended_use.split('.')[0]}.")

@@ -31,14 +31,24 @@ def gradcam_examples(galleries: dict, per_kind: int = 4) -> dict[str, list]:
 
 
 def card_figures(
-    confusion: np.ndarray, roc: dict, reliability: dict, classes: list[str], examples: dict[str, list]
+    confusion: np.ndarray,
+    roc: dict,
+    reliability: dict,
+    classes: list[str],
+    examples: dict[str, list],
+    reliability_before: dict | None = None,
 ) -> dict[str, bytes]:
-    """``{figure key: PNG bytes}`` for the keys :data:`medtune.model_card.FIGURES` names."""
+    """``{figure key: PNG bytes}`` for the keys :data:`medtune.model_card.FIGURES` names.
+
+    ``examples`` are drawn over their test images: pass none unless the card may show patient data.
+    """
     out = {
         "confusion_matrix": _png(reports.confusion_matrix_figure(confusion, classes, title="test (counts)")),
         "roc_curves": _png(reports.roc_figure(roc, classes)),
         "reliability": _png(reports.reliability_figure(reliability)),
     }
+    if reliability_before is not None:
+        out["reliability_before"] = _png(reports.reliability_figure(reliability_before))
     for kind, items in examples.items():
         if items:
             out[f"gradcam_{kind}"] = _png(

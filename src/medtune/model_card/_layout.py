@@ -8,11 +8,21 @@ from dataclasses import dataclass
 
 from medtune.model_card._content import HEADLINE_NAMES, Estimate, ModelCard
 
-SECTIONS = ("Intended use", "Out-of-scope uses", "Data", "Model", "Test results", "Champion gate", "Grad-CAM examples")
+SECTIONS = (
+    "Intended use",
+    "Out-of-scope uses",
+    "Limitations",
+    "Data",
+    "Model",
+    "Test results",
+    "Champion gate",
+    "Grad-CAM examples",
+)
 FIGURES = {
     "confusion_matrix": "Confusion matrix on the test images (counts).",
     "roc_curves": "ROC curves, one class against the rest.",
-    "reliability": "Reliability diagram: accuracy against confidence.",
+    "reliability_before": "Reliability diagram before temperature scaling.",
+    "reliability": "Reliability diagram of the served (calibrated) probabilities: accuracy against confidence.",
     "gradcam_right": "Grad-CAM of correctly classified test images.",
     "gradcam_wrong": "Grad-CAM of misclassified test images.",
 }
@@ -48,7 +58,7 @@ class Figure:
 
 
 def _ci(e: Estimate) -> str:
-    return f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}]"
+    return f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}]" if e.low == e.low else "n/a (no image to count)"
 
 
 def _words(key: str) -> str:
@@ -73,6 +83,7 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
 
     blocks += [Heading(2, "Intended use"), Text(card.intended_use)]
     blocks += [Heading(2, "Out-of-scope uses"), Bullets(card.out_of_scope)]
+    blocks += [Heading(2, "Limitations"), Bullets(card.limitations)]
 
     splits = list(d.counts)
     blocks += [
@@ -106,6 +117,10 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
                 ["weights sha256", m.weights_sha256 or "n/a"],
                 ["input", f"{m.image_size} x {m.image_size} px, {m.channels} channel(s), raw 0-255 pixels"],
                 ["parameters", f"{m.parameters:,}"],
+                ["ensemble", f"{m.ensemble} members, probabilities averaged" if m.ensemble > 1 else "one network"],
+                ["test-time flip", "on: each image and its mirror averaged" if m.flip else "off"],
+                ["temperature", f"{m.temperature:.3f}, fitted on validation images" if m.temperature != 1 else "none"],
+                ["medtune", f"{m.medtune_version}, commit {m.git_commit}"],
                 ["training params from", m.params_source],
                 ["registered as", registered],
                 ["training run", m.run_id],
@@ -120,8 +135,10 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
     blocks += [
         Heading(2, "Test results"),
         Text(
-            f"{r.n_test} test images ({r.test_split}). Intervals: 95 % stratified bootstrap, "
-            f"{r.n_resamples} resamples of the test images within each class (seed {r.seed})."
+            f"{r.n_test} test images ({r.test_split}). 95 % intervals: Wilson score intervals for proportions "
+            "(accuracy; per class sensitivity, specificity, PPV and NPV, at the test prevalence); a stratified "
+            f"bootstrap ({r.n_resamples} resamples of the test images within each class, seed {r.seed}) for the "
+            "rest. A bootstrap of zero width (every image right) is widened to the Wilson interval of its value."
         ),
         Table(
             ["metric", "value [95 % CI]"],
@@ -130,16 +147,10 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
         ),
         Heading(3, "Per class"),
         Table(
-            ["class", "images", "sensitivity [95 % CI]", "specificity [95 % CI]", "F1", "ROC-AUC"],
+            ["class", "images", "sensitivity", "specificity", "PPV", "NPV", "F1", "ROC-AUC"],
             [
-                [
-                    c.name,
-                    str(c.support),
-                    _ci(c.sensitivity),
-                    _ci(c.specificity),
-                    f"{c.f1:.3f}",
-                    "n/a" if c.auc is None else f"{c.auc:.3f}",
-                ]
+                [c.name, str(c.support), *map(_ci, (c.sensitivity, c.specificity, c.ppv, c.npv, c.f1))]
+                + ["n/a" if c.auc is None else _ci(c.auc)]
                 for c in r.per_class
             ],
         ),
@@ -150,9 +161,33 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
         Heading(3, "ROC"),
         *figure("roc_curves"),
         Heading(3, "Calibration"),
-        Text(f"Expected calibration error {r.ece:.3f}: the mean gap between confidence and accuracy."),
+        Text(
+            f"Expected calibration error {r.ece:.3f}: the mean gap between confidence and accuracy"
+            + (
+                f"; {r.ece_uncalibrated:.3f} before the temperature {m.temperature:.3f} (one number for the whole "
+                "model, fitted on validation images by negative log-likelihood; it changes no predicted class)."
+                if r.ece_uncalibrated is not None
+                else "; the probabilities are not temperature-scaled."
+            )
+        ),
+        *figure("reliability_before"),
         *figure("reliability"),
+        Heading(3, "Prediction sets"),
     ]
+    if r.set_coverage is None:
+        blocks.append(Text("The model has no conformal threshold: it gives no prediction sets."))
+    else:
+        blocks += [
+            Text(
+                f"Each answer comes with the set of classes that holds the true class with probability at least "
+                f"{m.conformal_level:.0%} (split-conformal on validation images, for images like them). On the "
+                f"test images it held the true class for {r.set_coverage:.1%}, with {r.set_size:.2f} classes on average."
+            ),
+            Table(
+                ["true class", "coverage", "mean set size"],
+                [[c.name, f"{c.set_coverage:.3f}", f"{c.set_size:.2f}"] for c in r.per_class if c.set_size is not None],
+            ),
+        ]
 
     blocks.append(Heading(2, "Champion gate"))
     g = card.gate
@@ -169,9 +204,22 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
             ),
             Text(f"Margin required: {'not recorded' if g.margin is None else g.margin}."),
         ]
+        if g.difference is not None:
+            blocks.append(
+                Text(
+                    f"Paired comparison on the same test images: macro-F1 difference {g.difference:+.4f}, 90 % "
+                    f"paired-bootstrap interval [{g.low:+.4f}, {g.high:+.4f}]; promotion needs the whole "
+                    "interval above the margin."
+                )
+            )
+    blocks.append(
+        Text(
+            "Test images that decide promotion are no longer an untouched test: the champion is the version "
+            "they favoured, so its test figures are a little optimistic."
+        )
+    )
 
     blocks.append(Heading(2, "Grad-CAM examples"))
-    shown = figure("gradcam_right") + figure("gradcam_wrong")
     right, wrong = card.examples.get("right", 0), card.examples.get("wrong", 0)
     blocks.append(
         Text(
@@ -179,5 +227,19 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
             "the predicted class." + ("" if wrong else " No test image was misclassified.")
         )
     )
-    blocks += shown
+    blocks += figure("gradcam_right") + figure("gradcam_wrong")
+    if card.described:
+        blocks += [
+            Text(
+                "The images (patient data) are left out of this card; the heatmaps are described by figures "
+                "(ask for card_images to show them)."
+            ),
+            Table(
+                ["true class", "predicted", "confidence", "heat peak (x %, y %)", "area at half the peak or more"],
+                [
+                    [e.true, e.pred, f"{e.confidence:.2f}", f"{e.peak[0]}, {e.peak[1]}", f"{e.hot_area:.0%}"]
+                    for e in card.described
+                ],
+            ),
+        ]
     return blocks

@@ -21,6 +21,7 @@ from medtune.model_card import (
     card_figures,
     data_from_split_report,
     data_from_test_labels,
+    describe_examples,
     gradcam_examples,
     render_html,
     render_markdown,
@@ -34,6 +35,12 @@ CARD_JSON = f"{CARD_DIR}/model_card.json"
 
 
 def model_info(model, metadata: dict, *, name: str, version: str, run_id: str, params_source: str) -> ModelInfo:
+    from medtune.calibration import temperature_of, uncalibrated
+    from medtune.models.ensemble import members_of
+    from medtune.models.tta import base_of
+
+    inner = uncalibrated(model) or model
+    flipped = base_of(inner)
     return ModelInfo(
         name=name or "",
         version=str(version or ""),
@@ -46,6 +53,12 @@ def model_info(model, metadata: dict, *, name: str, version: str, run_id: str, p
         parameters=int(model.count_params()),
         params=dict(metadata.get("params", {})),
         params_source=params_source,
+        ensemble=len(members_of(flipped or inner)) or 1,
+        flip=flipped is not None,
+        temperature=temperature_of(model),
+        conformal_level=metadata.get("conformal_level") if metadata.get("conformal_threshold") is not None else None,
+        medtune_version=metadata.get("medtune_version", "unknown"),
+        git_commit=metadata.get("git_commit", "unknown"),
     )
 
 
@@ -75,6 +88,7 @@ def folder_data(dataset: str, classes: list[str], test) -> DataInfo:
 def gate_of_decision(decision) -> GateInfo | None:
     if decision is None:
         return None
+    c = decision.comparison
     return GateInfo(
         decision.alias,
         float(decision.score),
@@ -82,6 +96,7 @@ def gate_of_decision(decision) -> GateInfo | None:
         decision.champion_score,
         float(decision.margin),
         decision.reason,
+        *((c.difference, c.low, c.high) if c else ()),
     )
 
 
@@ -91,6 +106,7 @@ def gate_of_version_tags(tags: dict) -> GateInfo | None:
         return None
     before = tags.get("medtune.champion_before", "none")
     score_before = tags.get("medtune.champion_score_before", "")
+    interval = tags.get("medtune.gate_interval", "").strip("[]").split(",")
     return GateInfo(
         tags["medtune.decision"],
         float(tags.get("medtune.test_macro_f1", "nan")),
@@ -98,6 +114,7 @@ def gate_of_version_tags(tags: dict) -> GateInfo | None:
         float(score_before) if score_before else None,
         None,
         tags.get("medtune.decision_reason", ""),
+        *((float(tags["medtune.gate_difference"]), *map(float, interval)) if len(interval) == 2 else ()),
     )
 
 
@@ -110,8 +127,16 @@ def log_model_card(
     test_split: str,
     gate: GateInfo | None,
     seed: int = 0,
+    images: bool = False,
 ) -> ModelCard:
-    """Compute the card of evaluation ``ev``, render it and log ``model_card/`` on ``run``."""
+    """Compute the card of evaluation ``ev``, render it and log ``model_card/`` on ``run``.
+
+    Grad-CAM examples are drawn over their test images only when ``images`` is True; otherwise they are
+    described by figures (real test images are patient data).
+    """
+    from medtune.calibration import scale
+    from medtune.metrics import reliability_bins
+
     examples = gradcam_examples(ev.galleries)
     card = build_card(
         model=model,
@@ -124,8 +149,11 @@ def log_model_card(
         gate=gate,
         examples={k: len(v) for k, v in examples.items()},
         seed=seed,
+        sets=ev.sets,
+        described=() if images else describe_examples(examples["right"] + examples["wrong"]),
     )
-    figures = card_figures(ev.confusion, ev.roc, ev.reliability, data.classes, examples)
+    before = reliability_bins(ev.y_true, scale(ev.proba, 1 / model.temperature)) if model.temperature != 1 else None
+    figures = card_figures(ev.confusion, ev.roc, ev.reliability, data.classes, examples if images else {}, before)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "figures").mkdir()
@@ -152,4 +180,8 @@ def load_card(run_id: str) -> ModelCard | None:
         path = tracking.download_artifact(run_id, CARD_JSON, Path(tmp), missing_ok=True)
         if path is None:
             return None
-        return ModelCard.from_dict(json.loads(path.read_text()))
+        try:
+            return ModelCard.from_dict(json.loads(path.read_text()))
+        except (TypeError, KeyError) as exc:  # a card of an older medtune
+            log.warning("The model card of run %s cannot be read (%s): left aside", run_id, exc)
+            return None
