@@ -106,7 +106,7 @@ def main() -> None:
     from medtune.models.transfer import BACKBONE_SPECS, set_stage, stage_plan
     from medtune.models.weights import resolve_weights
     from medtune.space import load_space, resolve_space_path
-    from medtune.steps.data import load_split
+    from medtune.tracking.splits import load_split
 
     space = load_space(resolve_space_path("transfer"))
     print(machine())

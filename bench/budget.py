@@ -114,8 +114,8 @@ def print_table(home: Path) -> None:
 def the_split(dataset: str, data: Path, size: int, exclude: str = ""):
     """The medtune split of ``data`` (made once, reused by every row), cached at ``size``."""
     from medtune.errors import DataError
-    from medtune.steps.data import load_split
     from medtune.steps.evaluate import manifest_test_set
+    from medtune.tracking.splits import load_split
 
     try:
         split = load_split(dataset, size, data_dir=str(data))

@@ -64,7 +64,7 @@ def main() -> None:
     from medtune import training
     from medtune.models import build_model
     from medtune.space import load_space, resolve_space_path
-    from medtune.steps.data import load_split
+    from medtune.tracking.splits import load_split
 
     params = load_space(resolve_space_path("cnn")).defaults()
     if args.batch_size:

@@ -137,6 +137,9 @@ def main() -> None:
     )
     if args.quick:
         print(QUICK_NOTE)
+    from medtune.steps.pipeline import ensure_split
+
+    ensure_split(str(folder), args.image_size)
     start = memory()
     t0 = time.perf_counter()
     out = search_step.run_search(

@@ -110,9 +110,9 @@ def main() -> None:
     import tensorflow as tf
 
     from medtune import training
-    from medtune.models import build_model
     from medtune.hpo.base import COMPLETE, PRUNED
     from medtune.hpo.keras_tuner_engine import active_values, declare
+    from medtune.models import build_model
     from medtune.space import load_space, resolve_space_path
     from medtune.steps.search import SearchOptions, run_search
     from medtune.steps.split import SplitOptions, run_split

@@ -69,13 +69,13 @@ def main() -> None:
     import keras
 
     from medtune import tracking, training
-    from medtune.models import build_model
     from medtune.hpo.base import COMPLETE
     from medtune.hpo.trial import TrialData, probe_indices, train_trial
+    from medtune.models import build_model
     from medtune.space import load_space, resolve_space_path
-    from medtune.steps.data import load_split
     from medtune.steps.search import SearchOptions
     from medtune.tracking.search_recorder import SearchRecorder
+    from medtune.tracking.splits import load_split
 
     space = load_space(resolve_space_path("cnn"))
     params = (

@@ -79,16 +79,20 @@ def split(
 def search(dataset: str = "synthetic", *, tracking_uri: str | None = None, **options):
     """Hyperparameter search (``medtune search``); options as the CLI's, e.g. ``trials=12, engine="grid"``.
 
-    Options left out are sized from the machine (see :mod:`medtune.plan`).
+    Options left out come from the plan without a budget (see :mod:`medtune.planning.rules`).
 
     Returns:
         A :class:`medtune.steps.search.SearchOutcome`: ``run_id``, ``best`` (number, value,
         params), ``summaries`` of every trial.
     """
     _ready(tracking_uri)
-    from medtune.steps.search import SearchOptions, run_search
+    from medtune.steps.pipeline import ensure_split
+    from medtune.steps.search import SearchOptions, check_options, run_search
 
-    return run_search(SearchOptions(dataset=dataset, **options))
+    opts = SearchOptions(dataset=dataset, **options)
+    check_options(opts)
+    ensure_split(dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
+    return run_search(opts)
 
 
 def train(dataset: str = "synthetic", *, tracking_uri: str | None = None, **options):
@@ -99,9 +103,12 @@ def train(dataset: str = "synthetic", *, tracking_uri: str | None = None, **opti
         ``model_name``, ``model_version`` and the gate's ``decision``.
     """
     _ready(tracking_uri)
+    from medtune.steps.pipeline import ensure_split
     from medtune.steps.train import TrainOptions, run_train
 
-    return run_train(TrainOptions(dataset=dataset, **options))
+    opts = TrainOptions(dataset=dataset, **options)
+    ensure_split(dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
+    return run_train(opts)
 
 
 def main(dataset: str = "synthetic", *, budget: str | float | None = None, tracking_uri: str | None = None, **options):

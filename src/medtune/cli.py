@@ -403,12 +403,16 @@ def _search_options(optuna_only: bool = True):
 
 def _run_search(ctx, engine, **kw):
     _setup(ctx.obj["verbose"], kw.pop("tracking_uri"))
-    from medtune.steps.search import SearchOptions, run_search
+    from medtune.steps.pipeline import ensure_split
+    from medtune.steps.search import SearchOptions, check_options, run_search
 
     kw["timeout"] = kw.get("timeout") or None
     kw["rungs"] = kw.pop("image_sizes")
     kw["split_run"] = None if kw["split_run"] in ("", "latest") else kw["split_run"]
-    out = run_search(SearchOptions(engine=engine, **kw))
+    options = SearchOptions(engine=engine, **kw)
+    check_options(options)
+    ensure_split(options.dataset, options.image_size, split_run=options.split_run, data_dir=options.data_dir)
+    out = run_search(options)
     best = f"best trial {out.best.number}: {kw['objective']}={out.best.value:.4f}" if out.best else "no trial completed"
     click.echo(f"search {out.study}: {len(out.summaries)} trials in {out.seconds:.0f} s, {best}; run={out.run_id}")
 
@@ -515,8 +519,10 @@ def train(
 ):
     """Train the best trial of a search (or explicit params), evaluate, register and gate @champion."""
     _setup(ctx.obj["verbose"], tracking_uri)
+    from medtune.steps.pipeline import ensure_split
     from medtune.steps.train import TrainOptions, run_train
 
+    ensure_split(dataset, image_size, data_dir=data_dir)
     out = run_train(
         TrainOptions(
             dataset=dataset,

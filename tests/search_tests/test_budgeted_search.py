@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medtune.planning.budget import Budget
 from medtune.hpo.base import COMPLETE, PRUNED, NullRecorder, SearchSettings
 from medtune.hpo.trial import TrialResult, rung_schedule
+from medtune.planning.budget import Budget
 from medtune.space import load_space
 from tests.helpers import two_param_space
 
@@ -248,8 +248,8 @@ def _in_threads(work, n: int = 4, timeout: float = 60) -> list[Exception]:
 def test_a_new_study_runs_the_recipes_first_and_imports_earlier_studies(tmp_path, monkeypatch):
     import optuna
 
-    from medtune.planning.recipes import recipes_for
     from medtune.hpo import optuna_engine
+    from medtune.planning.recipes import recipes_for
     from medtune.space import resolve_space_path
 
     space = load_space(resolve_space_path("auto_cpu"))
@@ -293,8 +293,8 @@ def test_workers_starting_together_on_a_new_study_queue_each_recipe_once(tmp_pat
 
     import optuna
 
-    from medtune.planning.recipes import recipes_for
     from medtune.hpo import optuna_engine
+    from medtune.planning.recipes import recipes_for
     from medtune.space import resolve_space_path
 
     space = load_space(resolve_space_path("auto_cpu"))
@@ -312,8 +312,8 @@ def test_a_named_recipe_is_the_only_trial_queued(tmp_path, monkeypatch):
     """``warm_start=recipe:<name>`` (main's plan under 45 CPU minutes): that recipe, tagged, and nothing else."""
     import optuna
 
-    from medtune.planning.recipes import recipes_for
     from medtune.hpo import optuna_engine
+    from medtune.planning.recipes import recipes_for
     from medtune.space import resolve_space_path
 
     space = load_space(resolve_space_path("auto_cpu"))

@@ -10,6 +10,7 @@ import pytest
 from medtune.errors import SpaceError
 from medtune.hpo.grid import describe, grid_size, grid_values
 from medtune.space import parse_space
+from medtune.steps.pipeline import ensure_split
 
 GRID_SPACE = """
 params:
@@ -69,6 +70,7 @@ params:
   batch_size: {type: categorical, choices: [32]}
 """)
     caplog.set_level(logging.INFO)
+    ensure_split("synthetic", 32)
     out = run_search(
         SearchOptions(dataset="synthetic", engine="grid", space=str(space), epochs=1, image_size=32, pruner="none")
     )

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from medtune.steps.pipeline import ensure_split
+
 EPOCHS = 2
 SEARCH = {"dataset": "synthetic", "trials": 2, "epochs": EPOCHS, "image_size": 32}
 
@@ -186,6 +188,7 @@ def test_hyperband_search(project, store, caplog):
     from medtune.steps.search import SearchOptions, run_search
 
     caplog.set_level(logging.INFO, logger="medtune.progress")
+    ensure_split("synthetic", 32)
     out = run_search(SearchOptions(dataset="synthetic", engine="hyperband", trials=2, epochs=1, image_size=32))
     finished = [r.getMessage() for r in caplog.records if " COMPLETE in " in r.getMessage()]
     assert len(finished) == len(out.summaries) and finished[-1].endswith(f"; {len(out.summaries)} done)"), finished

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from medtune.steps.pipeline import ensure_split
+
 NAN_SPACE = """\
 # Diverges at once: SGD with an absurd learning rate on a tiny CNN.
 params:
@@ -40,6 +42,7 @@ def test_failing_trial_is_recorded_and_the_search_goes_on(project, store, monkey
         return real_train(params, data, **kw)
 
     monkeypatch.setattr(optuna_engine, "train_trial", flaky_train)
+    ensure_split("synthetic", 32)
     out = run_search(_options(study="flaky"))
 
     assert calls == [0, 1, 2]
@@ -80,6 +83,7 @@ def test_nan_loss_trial_is_failed_with_its_reason(project, store, tmp_path):
 
     space = tmp_path / "nan.yaml"
     space.write_text(NAN_SPACE)
+    ensure_split("synthetic", 32)
     out = run_search(_options(study="nan", space=str(space), trials=1, engine="bayesian"))
 
     assert out.best is None

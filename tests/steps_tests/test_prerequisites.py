@@ -1,4 +1,4 @@
-"""steps.prerequisites.ensure_split: the split a step needs, run once; the loader itself only reads."""
+"""steps.pipeline.ensure_split: the split a step needs, run once; the loader itself only reads."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from medtune import tracking
 from medtune.errors import DataError
-from medtune.steps.data import load_split
-from medtune.steps.prerequisites import ensure_split
+from medtune.steps.pipeline import ensure_split
+from medtune.tracking.splits import load_split
 
 
 def test_the_loader_only_reads_and_ensure_split_runs_the_split_once(project, monkeypatch):

@@ -280,9 +280,9 @@ def test_train_and_evaluate_log_a_model_card_whose_figures_are_the_logged_metric
 
 def test_champion_is_rescored_at_its_own_image_size(trained):
     """The gate re-scores a champion from another split on this split's test images, at its size."""
-    from medtune.steps.data import load_split
     from medtune.steps.evaluate import manifest_test_set
     from medtune.steps.train import rescore_on_split
+    from medtune.tracking.splits import load_split
 
     train = trained["run"]
     split48 = load_split("synthetic", 48, split_run=train.data.tags["medtune.split_run_id"])

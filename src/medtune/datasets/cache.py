@@ -31,6 +31,8 @@ import pandas as pd
 from medtune import settings
 from medtune.errors import DataError
 
+CHANNELS = 3  # the cache keeps every image as RGB
+
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
@@ -357,3 +359,10 @@ def ensure_cache(
     cache = load_cache(final)
     cache.paths = current_paths
     return cache, False
+
+
+def absolute_manifest(manifest: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """A logged manifest (paths relative to the dataset folder) with paths under ``root``."""
+    out = manifest.copy()
+    out["path"] = [str(root / p) for p in out["path"]]
+    return out

@@ -139,7 +139,9 @@ def replan_final(
     measured = max(steady, 1.0) * (plan.final_image_size / sizes[-1]) ** 2 * 1.05  # TimeLimit guards the rest
     given = {k: getattr(plan, k) for k in ("ensemble", "final_epochs") if plan.reasons.get(k) == "given"}
     ensemble, epochs, why = plan_final(remaining_s, measured, given)
-    reasons = {k: f"{v} (re-planned after the search: {measured:.0f} s per epoch)" for k, v in why.items() if v != "given"}
+    reasons = {
+        k: f"{v} (re-planned after the search: {measured:.0f} s per epoch)" for k, v in why.items() if v != "given"
+    }
     new = replace(plan, ensemble=ensemble, final_epochs=epochs, reasons={**plan.reasons, **reasons})
     return new, measured
 

@@ -28,7 +28,7 @@ class TestSet:
 
 
 def manifest_test_set(split) -> TestSet:
-    """The test split of a :class:`medtune.steps.data.LoadedSplit`."""
+    """The test split of a :class:`medtune.tracking.splits.LoadedSplit`."""
     cache = split.cache
     test_rows = split.manifest[split.manifest["split"] == "test"]
     split_id = f"{split.dataset}:{_hash(sorted(test_rows['sha256']))}"
@@ -94,9 +94,34 @@ def log_evaluation(run: tracking.RunLogger, ev: Evaluation, classes: list[str]) 
         run.figure(fig, f"evaluation/gradcam/{safe_name(cls)}.png")
 
 
-def score_macro_f1(model, test: TestSet, classes: list[str]) -> float:
-    ev = evaluate_model(model, test.x, test.y, classes, with_gradcam=False)
-    return ev.metrics["test_macro_f1"]
+def predict_on_split(model_uri: str, split, test: TestSet) -> np.ndarray | None:
+    """The classes a registered model predicts for ``test``'s images (in their order), at its own image size.
+
+    None when it cannot be scored there (other classes or channels): the gate then keeps the champion
+    and makes the new version the challenger.
+    """
+    from medtune.serving import load_keras_from_uri
+    from medtune.steps.data import load_split
+    from medtune.training import predict_proba
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, meta = load_keras_from_uri(model_uri, Path(tmp))
+    if list(meta.get("classes", [])) != list(split.classes) or int(meta.get("channels", 3)) != test.x.shape[-1]:
+        log.warning(
+            "%s predicts %s from %s channel(s): it cannot be scored on this split",
+            model_uri,
+            meta.get("classes"),
+            meta.get("channels"),
+        )
+        return None
+    x, size = test.x, int(meta.get("image_size", 0))
+    if size != test.x.shape[1]:  # the same test images, cached at the model's own size
+        other = manifest_test_set(load_split(split.dataset, size, split_run=split.run_id))
+        where = {path: i for i, path in enumerate(other.paths)}
+        if sorted(where) != sorted(test.paths):
+            return None
+        x = other.x[[where[path] for path in test.paths]]
+    return predict_proba(model, x).argmax(1)
 
 
 @dataclass
@@ -120,11 +145,9 @@ def run_evaluate(opts: EvaluateOptions) -> tuple[str, Evaluation]:
         test = folder_test_set(opts.data_dir, classes, size, channels)
         data = cards.folder_data(dataset, classes, test)
     else:
-        from medtune.steps.data import load_split
-        from medtune.steps.prerequisites import ensure_split
+        from medtune.tracking.splits import load_split
 
         split_run = opts.split_run or _model_split_run(meta, dataset)
-        ensure_split(dataset, size, split_run=split_run, data_dir=opts.data_dir)
         split = load_split(dataset, size, split_run=split_run, data_dir=opts.data_dir)
         if list(split.classes) != list(classes):
             raise DataError(f"dataset={dataset}: classes {split.classes} differ from the model's {classes}")
@@ -134,7 +157,7 @@ def run_evaluate(opts: EvaluateOptions) -> tuple[str, Evaluation]:
     tags["medtune.test_split"] = test.split_id
     with tracking.step_run(dataset, "evaluate", run_name=f"evaluate-{dataset}", tags=tags) as run:
         run.params({"model_uri": opts.model_uri, "test_source": test.source, "n_test": len(test.y), "image_size": size})
-        ev = evaluate_model(model, test.x, test.y, classes, test.paths)
+        ev = evaluate_model(model, test.x, test.y, classes, test.paths, metadata=meta)
         log_evaluation(run, ev, classes)
         _log_card(run, ev, model, meta, tags, data, test.split_id)
         log.info(

@@ -284,6 +284,30 @@ def _replan_final(plan: Plan, search, budget) -> Plan:
     return new
 
 
+def ensure_split(
+    dataset: str, image_size: int | None = None, *, split_run: str | None = None, data_dir: str | None = None
+) -> None:
+    """Run the split step for ``dataset`` when it has no finished split (and no ``split_run`` was named).
+
+    ``search``, ``train`` and ``evaluate`` read a split; a user who starts one of them on a dataset
+    never split before expects it to work, so the CLI and the Python API call this first. The
+    steps themselves only read (:func:`medtune.tracking.splits.load_split`).
+    """
+    from medtune.datasets.registry import resolve_dataset
+    from medtune.steps.split import SplitOptions, run_split
+
+    if split_run not in (None, "", "latest"):
+        return
+    name = resolve_dataset(dataset, data_dir).name
+    if tracking.find_runs(name, "split", max_results=1):
+        return
+    log.info("No split of %s yet: running the split step first", name)
+    with tracking.launcher_set_aside():  # the `mlflow run` run belongs to the step the user asked for
+        options = SplitOptions(dataset=dataset, data_dir=data_dir)
+        options.image_size = image_size or options.image_size
+        run_split(options, reuse_run=True)
+
+
 def _log_files(run_id: str | None, files: dict) -> None:
     if not run_id or not files:
         return

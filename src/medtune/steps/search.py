@@ -80,10 +80,14 @@ def check_options(opts: SearchOptions) -> None:
     opts.engine = engine.name
     if opts.timeout:  # the older name of the search's time budget
         if opts.budget and opts.budget != opts.timeout:
-            raise ConfigError(f"timeout={opts.timeout:g} and budget={opts.budget:g}: give one (timeout is budget's old name)")
+            raise ConfigError(
+                f"timeout={opts.timeout:g} and budget={opts.budget:g}: give one (timeout is budget's old name)"
+            )
         opts.budget, opts.timeout = opts.timeout, None
     if not engine.optuna_options:  # keras-tuner has no pruner or Optuna storage
-        given = [f"{k}={v}" for k, v in (("pruner", opts.pruner), ("storage", opts.storage)) if v not in (None, "", "none")]
+        given = [
+            f"{k}={v}" for k, v in (("pruner", opts.pruner), ("storage", opts.storage)) if v not in (None, "", "none")
+        ]
         if given:
             raise ConfigError(
                 f"{', '.join(given)}: only the optuna engine takes this; engine={opts.engine} "
@@ -108,6 +112,10 @@ def check_options(opts: SearchOptions) -> None:
     if opts.pruner is not None and opts.pruner not in PRUNERS:
         raise ConfigError(f"pruner={opts.pruner!r}: expected one of {', '.join(PRUNERS)}")
     objective_direction(opts.objective)
+    if opts.space is not None:  # a bad space file stops here, before the split and any run
+        from medtune.space import load_space, resolve_space_path
+
+        load_space(resolve_space_path(opts.space))
     if opts.storage:
         from medtune.hpo.optuna_engine import check_driver
 
@@ -126,8 +134,7 @@ def run_search(opts: SearchOptions, budget: Budget | None = None) -> SearchOutco
     from medtune.planning.fingerprint import MachineFingerprint
     from medtune.planning.rules import MAX_BUDGETED_TRIALS, apply, default_plan
     from medtune.space import load_space, resolve_space_path
-    from medtune.steps.data import load_split
-    from medtune.steps.prerequisites import ensure_split
+    from medtune.tracking.splits import load_split
 
     check_options(opts)
     engine = get_engine(opts.engine)
@@ -159,7 +166,6 @@ def run_search(opts: SearchOptions, budget: Budget | None = None) -> SearchOutco
     backbones = backbones_of(space)
     check_image_size(backbones, opts.image_size)
     weights = resolve_weights(opts.weights, backbones)  # no network or a bad file: one line, now
-    ensure_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     from medtune.training import configure_threads  # imports TensorFlow: only once the inputs are valid
 

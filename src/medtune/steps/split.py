@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from medtune import settings, tracking
-from medtune.datasets.cache import CachedSplits, ensure_cache
+from medtune.datasets.cache import CHANNELS, CachedSplits, ensure_cache
 from medtune.datasets.layout import detect_layout
 from medtune.datasets.registry import ResolvedDataset, resolve_dataset, safe_name
 from medtune.datasets.scan import scan_dataset
@@ -19,8 +19,6 @@ from medtune.datasets.splitting import SplitResult, make_split
 from medtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-CHANNELS = 3
 
 
 @dataclass
@@ -96,12 +94,6 @@ def relative_manifest(manifest: pd.DataFrame, root: Path) -> pd.DataFrame:
     """The manifest as logged: paths relative to the dataset folder, so it travels between machines."""
     out = manifest.copy()
     out["path"] = [str(Path(p).relative_to(root)) if Path(p).is_absolute() else p for p in out["path"]]
-    return out
-
-
-def absolute_manifest(manifest: pd.DataFrame, root: Path) -> pd.DataFrame:
-    out = manifest.copy()
-    out["path"] = [str(root / p) for p in out["path"]]
     return out
 
 

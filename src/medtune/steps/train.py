@@ -159,11 +159,9 @@ def run_train(opts: TrainOptions, budget: Budget | None = None) -> TrainOutcome:
     import keras  # TensorFlow loads once the arguments are known to be good
 
     from medtune import training
-    from medtune.steps.data import load_split
-    from medtune.steps.prerequisites import ensure_split
+    from medtune.tracking.splits import load_split
     from medtune.training.final import device_summary
 
-    ensure_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     training.configure_threads()
     device, mixed = device_summary(opts.mixed_precision)
@@ -400,8 +398,8 @@ def rescore_on_split(model_uri: str, split, test) -> float | None:
     the champion and makes the new version the challenger.
     """
     from medtune import serving
-    from medtune.steps.data import load_split
     from medtune.steps.evaluate import manifest_test_set, score_macro_f1
+    from medtune.tracking.splits import load_split
 
     with tempfile.TemporaryDirectory() as tmp:
         model, meta = serving.load_keras_from_uri(model_uri, Path(tmp))

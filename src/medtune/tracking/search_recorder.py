@@ -146,9 +146,7 @@ class SearchRecorder:
             fmt(result.value if result is not None else None),
             fmt(self.best),
             self._done(),
-            f", {self.bar.eta()}"
-            if 0 < self.bar.done < self.bar.total and self.budget is None
-            else "",
+            f", {self.bar.eta()}" if 0 < self.bar.done < self.bar.total and self.budget is None else "",
             f": {one_line(error)}" if error is not None and not interrupted else "",
         )
 

@@ -1,4 +1,4 @@
-"""Find the split a later step trains on, and its cached arrays at the size that step needs."""
+"""A finished split run, found for a later step, with its cached arrays at the size that step needs."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from medtune import tracking
-from medtune.datasets.cache import CachedSplits, ensure_cache
+from medtune.datasets.cache import CHANNELS, CachedSplits, absolute_manifest, ensure_cache
 from medtune.datasets.registry import resolve_dataset
 from medtune.errors import DataError
+from medtune.tracking.lookups import get_step_run
+from medtune.tracking.store import download_artifact, find_runs
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +39,22 @@ def load_split(
 ) -> LoadedSplit:
     """The latest finished split of ``dataset`` (or ``split_run``), cached at ``image_size``.
 
-    Only reads: a dataset never split is a one-line error (the steps that need a split call
-    :func:`medtune.steps.prerequisites.ensure_split` first).
+    Only reads: a dataset never split is a one-line error (the CLI and the Python API run the
+    split step first, :func:`medtune.steps.pipeline.ensure_split`).
     """
-    from medtune.steps.split import CHANNELS, absolute_manifest
-
     name = resolve_dataset(dataset, data_dir).name if dataset else dataset
     if split_run in (None, "", "latest"):
-        runs = tracking.find_runs(name, "split", max_results=1)
+        runs = find_runs(name, "split", max_results=1)
         if not runs:
             raise DataError(f"dataset={dataset}: no finished split run; run `medtune split --dataset {dataset}` first")
         run = runs[0]
     else:
-        run = tracking.get_step_run(split_run, "split", "split_run", name)
+        run = get_step_run(split_run, "split", "split_run", name)
     with tempfile.TemporaryDirectory() as tmp:
         manifest = pd.read_csv(
-            tracking.download_artifact(run.info.run_id, "manifest.csv", Path(tmp)), dtype=str, keep_default_na=False
+            download_artifact(run.info.run_id, "manifest.csv", Path(tmp)), dtype=str, keep_default_na=False
         )
-        report = json.loads(tracking.download_artifact(run.info.run_id, "report.json", Path(tmp)).read_text())
+        report = json.loads(download_artifact(run.info.run_id, "report.json", Path(tmp)).read_text())
     root = Path(run.data.tags.get("medtune.dataset_root", ""))
     if not root.is_dir():  # another machine: find the same dataset where this one keeps it
         root = resolve_dataset(dataset, data_dir).root
