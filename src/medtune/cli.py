@@ -135,6 +135,29 @@ TTA = click.option(
     type=click.Choice(["auto", "flip", "none"]),
     help="Test-time left-right flip averaged in the final model (auto: when it scores better on validation).",
 )
+TRUST_OPTIONS = [
+    click.option(
+        "--calibrate",
+        default=True,
+        show_default=True,
+        type=click.BOOL,
+        help="Fit a temperature on validation images so the served probabilities are calibrated.",
+    ),
+    click.option(
+        "--conformal-level",
+        default=0.9,
+        show_default=True,
+        type=float,
+        help="Coverage of the prediction set served with each answer (split-conformal).",
+    ),
+    click.option(
+        "--card-images",
+        default=False,
+        show_default=True,
+        type=click.BOOL,
+        help="Grad-CAM over real test images (patient data) in the model card's HTML.",
+    ),
+]
 BUDGET = click.option(
     "--budget",
     default="",
@@ -469,6 +492,7 @@ TRAIN_OPTIONS = [
     _auto("--ensemble", click.INT, "Members (seeds of the configuration) averaged in one model", "the plan's, 1"),
     BUDGET,
     TTA,
+    *TRUST_OPTIONS,
 ]
 
 
@@ -514,6 +538,9 @@ def train(
     ensemble,
     budget,
     tta,
+    calibrate,
+    conformal_level,
+    card_images,
     seed,
     tracking_uri,
 ):
@@ -539,6 +566,9 @@ def train(
             ensemble=ensemble,
             budget=budget,
             tta=tta,
+            calibrate=calibrate,
+            conformal_level=conformal_level,
+            card_images=card_images,
             seed=seed,
         )
     )
@@ -653,6 +683,7 @@ def app(ctx, model, host, port, max_file_size, auth, no_auth, tracking_uri):
 )
 @WEIGHTS_OPTION("imagenet")
 @TTA
+@_apply(TRUST_OPTIONS)
 @SEED
 @TRACKING_URI
 @click.pass_context

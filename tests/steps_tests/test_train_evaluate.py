@@ -279,19 +279,22 @@ def test_train_and_evaluate_log_a_model_card_whose_figures_are_the_logged_metric
 
 
 def test_champion_is_rescored_at_its_own_image_size(trained):
-    """The gate re-scores a champion from another split on this split's test images, at its size."""
-    from medtune.steps.evaluate import manifest_test_set
-    from medtune.steps.train import rescore_on_split
+    """The gate scores the champion on this split's test images at its own size, image by image in their order."""
+    from medtune.steps.evaluate import manifest_test_set, predict_on_split
     from medtune.tracking.splits import load_split
 
     train = trained["run"]
     split48 = load_split("synthetic", 48, split_run=train.data.tags["medtune.split_run_id"])
     test48 = manifest_test_set(split48)
     assert test48.x.shape[1:] == (48, 48, 3) and test48.split_id == train.data.tags["medtune.test_split"]
-    score = rescore_on_split(f"models:/{MODEL}/1", split48, test48)  # the 32 px model on the same images
-    assert score == pytest.approx(train.data.metrics["test_macro_f1"], abs=1e-6)
+    pred = predict_on_split(f"models:/{MODEL}/1", split48, test48)  # the 32 px model on the same images
+    logged = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=train.info.run_id, artifact_path="evaluation/predictions.csv")
+    )
+    by_path = dict(zip(logged["path"], logged["pred"]))
+    assert [CLASSES[i] for i in pred] == [by_path[p] for p in test48.paths]
     split48.classes = ["a", "b", "c", "d"]  # another task: cannot be compared
-    assert rescore_on_split(f"models:/{MODEL}/1", split48, test48) is None
+    assert predict_on_split(f"models:/{MODEL}/1", split48, test48) is None
 
 
 def _free_port() -> int:
@@ -361,7 +364,8 @@ def test_rest_server_answers_with_labels_and_probabilities(trained, tmp_path):
         assert status == 200, body
         preds = body["predictions"]
         assert len(preds) == 2 and preds[0] == preds[1]
-        assert sorted(preds[0]) == ["label", *[f"prob_{c}" for c in CLASSES]]
+        assert sorted(preds[0]) == ["label", "prediction_set", *[f"prob_{c}" for c in CLASSES]]
+        assert preds[0]["prediction_set"][0] == preds[0]["label"]
         assert preds[0]["label"] in CLASSES
         assert sum(preds[0][f"prob_{c}"] for c in CLASSES) == pytest.approx(1.0, abs=1e-5)
 

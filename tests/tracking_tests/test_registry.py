@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -16,14 +17,31 @@ from tests.helpers import use_sqlite_store
 pytestmark = pytest.mark.xdist_group("test_registry")  # one worker: the module's fixture built once
 
 
-class Constant(mlflow.pyfunc.PythonModel):
-    """A model whose only output is a fixed number (its 'test macro-F1', for the rescore callback)."""
+class Fixed(mlflow.pyfunc.PythonModel):
+    """A model whose output is a fixed list of classes: its predictions on the gate's test images."""
 
-    def __init__(self, value: float):
-        self.value = value
+    def __init__(self, labels: list[int]):
+        self.labels = labels
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # noqa: ARG002
-        return pd.DataFrame({"score": [self.value] * len(model_input)})
+        return pd.DataFrame({"label": self.labels})
+
+
+Y = np.repeat(np.arange(4), 50)  # 200 test images of 4 classes
+CHAMPION_PRED = np.where(np.arange(200) % 5 == 0, (Y + 1) % 4, Y)  # 40 wrong
+
+
+def better_by(k: int) -> np.ndarray:
+    """The champion's predictions with ``k`` of its wrong answers made right."""
+    pred = CHAMPION_PRED.copy()
+    wrong = np.flatnonzero(pred != Y)[:k]
+    pred[wrong] = Y[wrong]
+    return pred
+
+
+def predictions_of(uri: str) -> np.ndarray:
+    """What the gate calls: the registered model's classes for the test images."""
+    return mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"x": [0]}))["label"].to_numpy()
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +61,20 @@ class Registry:
     def __init__(self, client: MlflowClient, name: str):
         self.client, self.name = client, name
 
-    def register(self, value: float) -> str:
+    def register(self, pred: np.ndarray) -> str:
         """Log a tiny model in its own run and register it as a new version."""
         with mlflow.start_run():
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=Constant(value), registered_model_name=self.name, pip_requirements=["mlflow"]
+                name="model",
+                python_model=Fixed([int(v) for v in pred]),
+                registered_model_name=self.name,
+                pip_requirements=["mlflow"],
             )  # no requirement inference (slow)
         return str(info.registered_model_version)
+
+    def promote(self, version: str, pred: np.ndarray, **kwargs):
+        kwargs.setdefault("champion_predictions", predictions_of)
+        return registry.promote(self.name, version, "split-A", Y, pred, 4, client=self.client, **kwargs)
 
     def aliases(self) -> dict[str, str]:
         return {alias: str(v) for alias, v in self.client.get_registered_model(self.name).aliases.items()}
@@ -66,93 +91,65 @@ def reg(store, request, monkeypatch):
 
 
 def test_first_version_becomes_champion(reg):
-    v1 = reg.register(0.5)
-    decision = registry.promote(reg.name, v1, 0.5, "split-A", client=reg.client)
+    v1 = reg.register(CHAMPION_PRED)
+    decision = reg.promote(v1, CHAMPION_PRED)
     assert decision.alias == promotion.CHAMPION and decision.champion_version is None
     assert reg.aliases() == {"champion": v1}
     assert str(reg.client.get_model_version_by_alias(reg.name, "champion").version) == v1  # an int in MLflow 3.17
     tags = reg.tags(v1)
     assert tags["medtune.decision"] == "champion"
-    assert tags["medtune.test_macro_f1"] == "0.500000"
+    assert tags["medtune.test_macro_f1"] == f"{promotion.macro_f1(Y, CHAMPION_PRED, 4):.6f}"
     assert tags["medtune.test_split"] == "split-A"
     assert tags["medtune.champion_before"] == "none"
     assert tags["medtune.decision_reason"] == "no champion yet"
 
 
-def test_better_version_is_promoted_worse_and_marginal_ones_become_challengers(reg):
-    v1, v2, v3, v4 = (reg.register(s) for s in (0.60, 0.70, 0.50, 0.72))
-    registry.promote(reg.name, v1, 0.60, "split-A", client=reg.client, margin=0.05)
+def test_better_by_one_image_stays_challenger_clearly_better_is_promoted_both_with_the_interval(reg):
+    v1, v2, v3 = reg.register(CHAMPION_PRED), reg.register(better_by(1)), reg.register(better_by(30))
+    reg.promote(v1, CHAMPION_PRED)
 
-    better = registry.promote(reg.name, v2, 0.70, "split-A", client=reg.client, margin=0.05)
-    assert better.alias == "champion" and better.champion_version == v1
-    assert better.champion_score == pytest.approx(0.60)
-    assert reg.aliases() == {"champion": v2}
+    noise = reg.promote(v2, better_by(1))
+    assert noise.alias == "challenger" and noise.champion_version == v1 and noise.comparison.low <= 0
+    assert noise.champion_score == pytest.approx(promotion.macro_f1(Y, CHAMPION_PRED, 4))
+    assert reg.aliases() == {"champion": v1, "challenger": v2}
     tags = reg.tags(v2)
-    assert tags["medtune.decision"] == "champion"
-    assert tags["medtune.test_macro_f1"] == "0.700000"  # both figures on the version
-    assert tags["medtune.champion_score_before"] == "0.600000"
-    assert tags["medtune.champion_before"] == v1
+    assert tags["medtune.decision"] == "challenger" and "not better beyond noise" in tags["medtune.decision_reason"]
+    assert tags["medtune.gate_interval"] == f"[{noise.comparison.low:.6f}, {noise.comparison.high:.6f}]"
+    assert float(tags["medtune.gate_difference"]) > 0  # better, by one image
 
-    worse = registry.promote(reg.name, v3, 0.50, "split-A", client=reg.client, margin=0.05)
-    assert worse.alias == "challenger" and worse.champion_version == v2
-    assert reg.aliases() == {"champion": v2, "challenger": v3}
+    clear = reg.promote(v3, better_by(30))
+    assert clear.alias == "champion" and clear.comparison.low > 0
+    assert reg.aliases() == {"champion": v3, "challenger": v2}
     tags = reg.tags(v3)
-    assert tags["medtune.decision"] == "challenger"
-    assert tags["medtune.test_macro_f1"] == "0.500000"
-    assert tags["medtune.champion_score_before"] == "0.700000"
-    assert "does not beat" in tags["medtune.decision_reason"]
-
-    # better, but not by more than the margin: challenger (and the alias moves to it)
-    marginal = registry.promote(reg.name, v4, 0.72, "split-A", client=reg.client, margin=0.05)
-    assert marginal.alias == "challenger"
-    assert reg.aliases() == {"champion": v2, "challenger": v4}
-    # a tie never replaces the champion
-    v5 = reg.register(0.70)
-    assert registry.promote(reg.name, v5, 0.70, "split-A", client=reg.client).alias == "challenger"
+    assert tags["medtune.champion_before"] == v1 and tags["medtune.decision"] == "champion"
+    assert tags["medtune.gate_interval"] == f"[{clear.comparison.low:.6f}, {clear.comparison.high:.6f}]"
+    assert tags["medtune.champion_score_before"] == f"{noise.champion_score:.6f}"
 
 
-def test_champion_scored_on_other_test_images_is_rescored_on_these(reg):
-    v1 = reg.register(0.55)  # on split B this champion scores .55, whatever its .90 on split A
-    registry.promote(reg.name, v1, 0.90, "split-A", client=reg.client)
-    v2 = reg.register(0.60)
-    calls = []
-
-    def rescore(uri: str) -> float:
-        calls.append(uri)
-        model = mlflow.pyfunc.load_model(uri)  # a real URI of the champion
-        return float(model.predict(pd.DataFrame({"x": [0]}))["score"][0])
-
-    decision = registry.promote(reg.name, v2, 0.60, "split-B", client=reg.client, rescore=rescore)
-    assert calls == [f"models:/{reg.name}/{v1}"]
-    assert decision.alias == "champion" and decision.champion_score == pytest.approx(0.55)
-    assert reg.aliases() == {"champion": v2}
-    old = reg.tags(v1)  # the champion's new score is kept for next time
-    assert old["medtune.test_split"] == "split-B" and old["medtune.test_macro_f1"] == "0.550000"
-    assert reg.tags(v2)["medtune.champion_score_before"] == "0.550000"
-
-    # the next version on split B compares with the stored scores: no rescoring
-    v3 = reg.register(0.58)
-    decision = registry.promote(reg.name, v3, 0.58, "split-B", client=reg.client, rescore=rescore)
-    assert len(calls) == 1 and decision.alias == "challenger"
-    assert decision.champion_score == pytest.approx(0.60)
+def test_the_margin_is_an_extra_minimum(reg):
+    v1, v2 = reg.register(CHAMPION_PRED), reg.register(better_by(30))
+    reg.promote(v1, CHAMPION_PRED)
+    decision = reg.promote(v2, better_by(30), margin=0.5)
+    assert decision.alias == "challenger" and decision.comparison.low > 0 and "margin 0.5" in decision.reason
 
 
-@pytest.mark.parametrize("rescore", [None, lambda uri: None, lambda uri: 1 / 0], ids=["none", "unscorable", "raises"])
-def test_champion_that_cannot_be_scored_here_is_kept(reg, rescore):
-    v1 = reg.register(0.5)
-    registry.promote(reg.name, v1, 0.5, "split-A", client=reg.client)
-    v2 = reg.register(0.9)
-    decision = registry.promote(reg.name, v2, 0.9, "split-B", client=reg.client, rescore=rescore)
+@pytest.mark.parametrize(
+    "predict", [None, lambda uri: None, lambda uri: 1 / 0], ids=["no-callback", "unscorable", "raises"]
+)
+def test_champion_that_cannot_be_scored_here_is_kept(reg, predict):
+    v1, v2 = reg.register(CHAMPION_PRED), reg.register(better_by(40))
+    reg.promote(v1, CHAMPION_PRED)
+    decision = reg.promote(v2, better_by(40), champion_predictions=predict)
     assert decision.alias == "challenger" and decision.champion_score is None
     assert decision.reason == "champion could not be scored on this split"
     assert reg.aliases() == {"champion": v1, "challenger": v2}
-    assert reg.tags(v2)["medtune.champion_score_before"] == ""
+    assert reg.tags(v2)["medtune.champion_score_before"] == "" and reg.tags(v2)["medtune.gate_interval"] == ""
 
 
 def test_deciding_again_for_the_champion_keeps_it(reg):
-    v1 = reg.register(0.5)
-    registry.promote(reg.name, v1, 0.5, "split-A", client=reg.client)
-    again = registry.promote(reg.name, v1, 0.5, "split-A", client=reg.client)
+    v1 = reg.register(CHAMPION_PRED)
+    reg.promote(v1, CHAMPION_PRED)
+    again = reg.promote(v1, CHAMPION_PRED)
     assert again.alias == "champion" and again.reason == "already the champion"
     assert reg.aliases() == {"champion": v1}
 

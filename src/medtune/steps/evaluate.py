@@ -101,7 +101,7 @@ def predict_on_split(model_uri: str, split, test: TestSet) -> np.ndarray | None:
     and makes the new version the challenger.
     """
     from medtune.serving import load_keras_from_uri
-    from medtune.steps.data import load_split
+    from medtune.tracking.splits import load_split
     from medtune.training import predict_proba
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -39,6 +39,9 @@ class PipelineOptions:
     ensemble: int | None = None  # final-training members (auto: the plan's, 1 without a budget)
     warm_start: str = "recipes"
     tta: str = "auto"  # test-time flip in the final model: auto (when it scores better on validation) | flip | none
+    calibrate: bool = True  # temperature scaling of the final model (medtune.calibration)
+    conformal_level: float = 0.9  # coverage of its prediction sets
+    card_images: bool = False  # real test images in the model card
     exclude_classes: tuple[str, ...] = ()  # class folders the split leaves out
 
 
@@ -165,6 +168,9 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
                 ensemble=plan.ensemble,
                 replan=budget is not None and plan.reasons["final_epochs"] != "given",
                 tta=opts.tta,
+                calibrate=opts.calibrate,
+                conformal_level=opts.conformal_level,
+                card_images=opts.card_images,
             ),
             budget=budget.share() if budget is not None else None,
         )

@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 
 from medtune import tracking
+from medtune.calibration import calibrate, check_level
 from medtune.datasets.registry import dataset_name
 from medtune.errors import ConfigError
 from medtune.models.tta import TTA_MODES
@@ -46,6 +47,9 @@ class TrainOptions:
     replan: bool = False  # with a budget: the members after the first get the epochs their share pays for, at
     # the epoch time the previous member measured (main sets it when the epochs came from its plan)
     tta: str = "auto"  # test-time left-right flip: auto (when it scores better on validation) | flip | none
+    calibrate: bool = True  # fit a temperature on validation images (medtune.calibration)
+    conformal_level: float = 0.9  # coverage of the prediction sets
+    card_images: bool = False  # real test images (Grad-CAM examples) in the model card
 
 
 @dataclass
@@ -195,6 +199,7 @@ def _check(opts: TrainOptions) -> None:
         raise ConfigError(f"ensemble={opts.ensemble}: expected 1 (one model) to 10 members")
     if opts.budget is not None and opts.budget <= 0:
         raise ConfigError(f"budget={opts.budget}: expected a positive duration")
+    check_level(opts.conformal_level)
     if opts.tta not in TTA_MODES:
         raise ConfigError(f"tta={opts.tta!r}: expected one of {', '.join(TTA_MODES)}")
 
@@ -311,11 +316,24 @@ def _evaluate_and_register(opts, split, params, search_run_id, source, model, ru
     """Score the test images, log the model, pass it through the champion gate, write the card."""
     from medtune import promotion, serving, training
     from medtune.evaluation import evaluate_model
-    from medtune.steps.evaluate import log_evaluation, manifest_test_set
+    from medtune.steps.evaluate import log_evaluation, manifest_test_set, predict_on_split
 
     classes, cache = split.classes, split.cache
     test = manifest_test_set(split)
-    ev = evaluate_model(model, test.x, test.y, classes, test.paths)
+    model, fit = calibrate(
+        model, cache.x["val"], cache.y["val"], enabled=opts.calibrate, level=opts.conformal_level, seed=opts.seed
+    )
+    run.params({"calibrate": opts.calibrate, "conformal_level": opts.conformal_level})
+    run.metrics(fit.metrics())
+    log.info(
+        "Temperature %.3f (validation ECE %.4f -> %.4f); prediction sets at %.0f %%: threshold %.4f",
+        fit.temperature,
+        fit.val_ece_before,
+        fit.val_ece_after,
+        100 * opts.conformal_level,
+        fit.conformal_threshold,
+    )
+    ev = evaluate_model(model, test.x, test.y, classes, test.paths, metadata=fit.metadata())
     log_evaluation(run, ev, classes)
     run.tags({"medtune.test_split": test.split_id})
     log.info(
@@ -335,6 +353,7 @@ def _evaluate_and_register(opts, split, params, search_run_id, source, model, ru
         params=params,
         split_run_id=split.run_id,
         search_run_id=search_run_id or "",
+        **fit.metadata(),
     )
     model_name = f"medtune-{split.dataset}" if opts.register else None
     info = serving.log_model(model, metadata, registered_model_name=model_name)
@@ -344,10 +363,12 @@ def _evaluate_and_register(opts, split, params, search_run_id, source, model, ru
         decision = registry.promote(
             model_name,
             version,
-            ev.metrics["test_macro_f1"],
             test.split_id,
+            test.y,
+            ev.proba.argmax(1),
+            len(classes),
             margin=opts.margin,
-            rescore=lambda uri: rescore_on_split(uri, split, test),
+            champion_predictions=lambda uri: predict_on_split(uri, split, test),
         )
         run.tags({**decision.tags(), "medtune.model_version": version})
         run.metrics(
@@ -370,12 +391,13 @@ def _evaluate_and_register(opts, split, params, search_run_id, source, model, ru
         version,
         cards.params_source(search_run_id, opts.params),
         opts.seed,
+        opts.card_images,
     )
     training.release_model(model)
     return TrainOutcome(run.run_id, ev.metrics, model_name, version, decision, time.perf_counter() - t0)
 
 
-def _log_card(run, ev, model, metadata, split, test, decision, model_name, version, source: str, seed: int) -> None:
+def _log_card(run, ev, model, metadata, split, test, decision, model_name, version, source: str, seed, images) -> None:
     """The model card on the train run; its short form in the registered version's description."""
     info = cards.model_info(model, metadata, name=model_name, version=version, run_id=run.run_id, params_source=source)
     card = cards.log_model_card(
@@ -386,35 +408,7 @@ def _log_card(run, ev, model, metadata, split, test, decision, model_name, versi
         test_split=test.split_id,
         gate=cards.gate_of_decision(decision),
         seed=seed,
+        images=images,
     )
     if model_name:
         cards.describe_version(model_name, version, card)
-
-
-def rescore_on_split(model_uri: str, split, test) -> float | None:
-    """Test macro-F1 of a registered model on ``split``'s test images, at the model's own image size.
-
-    None when the model cannot be scored there (other classes or channels): the gate then keeps
-    the champion and makes the new version the challenger.
-    """
-    from medtune import serving
-    from medtune.steps.evaluate import manifest_test_set, score_macro_f1
-    from medtune.tracking.splits import load_split
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model, meta = serving.load_keras_from_uri(model_uri, Path(tmp))
-    if list(meta.get("classes", [])) != list(split.classes):
-        log.warning(
-            "%s predicts classes %s, not %s: it cannot be scored on this split",
-            model_uri,
-            meta.get("classes"),
-            split.classes,
-        )
-        return None
-    if int(meta.get("channels", 3)) != test.x.shape[-1]:
-        log.warning("%s takes %s channel(s): it cannot be scored on this split", model_uri, meta.get("channels"))
-        return None
-    size = int(meta.get("image_size", 0))
-    if size != test.x.shape[1]:  # the same test images, cached at the model's own size
-        test = manifest_test_set(load_split(split.dataset, size, split_run=split.run_id))
-    return score_macro_f1(model, test, list(split.classes))

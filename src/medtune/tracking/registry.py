@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 
+import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from medtune import promotion
 from medtune.errors import ConfigError
-from medtune.promotion import CHAMPION, SCORE_TAG, SPLIT_TAG, Decision
+from medtune.promotion import CHAMPION, SPLIT_TAG, Decision
 
 log = logging.getLogger(__name__)
 
@@ -26,27 +26,32 @@ def current_champion(client: MlflowClient, name: str):
 def promote(
     name: str,
     version: str,
-    score: float,
     split_id: str,
+    y_true: np.ndarray,
+    pred: np.ndarray,
+    n_classes: int,
     *,
     margin: float = 0.0,
-    rescore: Callable[[str], float | None] | None = None,
+    champion_predictions: Callable[[str], np.ndarray | None] | None = None,
     client: MlflowClient | None = None,
 ) -> Decision:
-    """Gate ``version`` (scored ``score`` on ``split_id``) against the champion and set its alias.
+    """Gate ``version`` (classes ``pred`` for the test images ``split_id``, labels ``y_true``) against the champion.
 
-    ``rescore(model_uri)`` gives the champion's test macro-F1 on ``split_id`` when its tags hold
-    a score on another split (or none); returning None (or raising) means it cannot be scored
-    there, and the new version becomes the challenger (see :func:`medtune.promotion.decide`).
+    ``champion_predictions(model_uri)`` gives the champion's classes for the same images in the same order;
+    returning None (or raising) means it cannot be scored there, and the new version becomes the challenger
+    (see :func:`medtune.promotion.decide`).
     """
     client = client or MlflowClient()
     version = str(version)
     champion = current_champion(client, name)
     champion_version = str(champion.version) if champion is not None else None
-    champion_score = promotion.score_on_split(champion.tags or {}, split_id) if champion is not None else None
-    if champion_version not in (None, version) and champion_score is None and rescore is not None:
-        champion_score = _rescore(client, name, champion_version, split_id, rescore)
-    decision = promotion.decide(version, score, champion_version, champion_score, margin)
+    score, champion_score, comparison = promotion.macro_f1(y_true, pred, n_classes), None, None
+    if champion_version not in (None, version) and champion_predictions is not None:
+        theirs = _champion_predictions(name, champion_version, champion_predictions)
+        if theirs is not None:
+            champion_score = promotion.macro_f1(y_true, theirs, n_classes)
+            comparison = promotion.compare(y_true, pred, theirs, n_classes)
+    decision = promotion.decide(version, score, champion_version, champion_score, margin, comparison)
     client.set_model_version_tag(name, version, SPLIT_TAG, split_id)
     for key, value in decision.tags().items():
         client.set_model_version_tag(name, version, key, value)
@@ -56,18 +61,13 @@ def promote(
     return decision
 
 
-def _rescore(client, name: str, version: str, split_id: str, rescore) -> float | None:
-    log.info("Champion v%s was scored on another split: re-scoring it on %s", version, split_id)
+def _champion_predictions(name: str, version: str, predict) -> np.ndarray | None:
+    log.info("Scoring champion v%s on the same test images", version)
     try:
-        value = rescore(f"models:/{name}/{version}")
+        return predict(f"models:/{name}/{version}")
     except Exception as exc:  # noqa: BLE001 - a broken old champion must not lose the new version
-        log.warning("Could not re-score champion v%s: %s", version, exc)
+        log.warning("Could not score champion v%s: %s", version, exc)
         return None
-    if value is None or not math.isfinite(float(value)):
-        return None
-    client.set_model_version_tag(name, version, SCORE_TAG, f"{float(value):.6f}")
-    client.set_model_version_tag(name, version, SPLIT_TAG, split_id)
-    return float(value)
 
 
 def registered_version(name: str, info, client: MlflowClient | None = None) -> str:
