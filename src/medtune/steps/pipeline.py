@@ -79,21 +79,9 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
     from medtune.planning.budget import Budget
     from medtune.steps.search import SearchOptions, check_options, run_search
     from medtune.steps.split import SplitOptions, run_split
-    from medtune.steps.train import TrainOptions, run_train
+    from medtune.steps.train import run_train
 
-    search_opts = SearchOptions(
-        dataset=opts.dataset,
-        data_dir=opts.data_dir,
-        engine=opts.engine,
-        objective=opts.objective,
-        pruner=opts.pruner,
-        timeout=opts.timeout,
-        study=opts.study,
-        storage=opts.storage,
-        seed=opts.seed,
-        weights=opts.weights,
-        warm_start=opts.warm_start,
-    )
+    search_opts = SearchOptions(**{k: getattr(opts, k) for k in SEARCH_FIELDS})
     check_options(search_opts)  # every option is checked before the first step starts
     _check(opts)
     budget = Budget(opts.budget).start() if opts.budget else None
@@ -119,21 +107,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
         split = run_split(split_opts, reuse_run=True)
         seconds["split"] = time.perf_counter() - t
         _link(launcher_id, pipeline, {"medtune.split_run_id": split.run_id})
-        fingerprint = {"machine": machine.to_dict()}
-        if budget is not None:  # fingerprint the data, then plan what is left of the budget
-            data = data_fingerprint(split)
-            fingerprint["data"] = data.to_dict()
-            plan = make_plan(data, machine, budget.remaining(), _given(opts), can_warm_start=_warm_starts(opts))
-        else:
-            data = None
-        _fit_to_engine(plan, opts.engine)
-        log.info(
-            "Plan for %s (%s; any option you give overrides it):\n%s",
-            name,
-            f"{budget.remaining() / 60:.0f} minutes left of the budget" if budget else "no budget",
-            render_plan(plan, data, machine),
-        )
-        files = {"fingerprint.json": fingerprint, "plan.json": plan.to_dict()}
+        plan, files = _plan(opts, name, machine, split, budget, plan)
         _log_files(pipeline.run_id, files)
         t = time.perf_counter()
         search_opts.split_run = split.run_id
@@ -152,49 +126,93 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
             _log_files(pipeline.run_id, files)  # the plan as final training will follow it
         t = time.perf_counter()
         train = run_train(
-            TrainOptions(
-                dataset=opts.dataset,
-                data_dir=opts.data_dir,
-                search_run=search.run_id,
-                epochs=plan.final_epochs,
-                image_size=plan.final_image_size,
-                patience=opts.patience,
-                mixed_precision=opts.mixed_precision,
-                margin=opts.margin,
-                seed=opts.seed,
-                split_run=split.run_id,
-                weights=opts.weights,
-                class_weights=plan.class_weights,
-                ensemble=plan.ensemble,
-                replan=budget is not None and plan.reasons["final_epochs"] != "given",
-                tta=opts.tta,
-                calibrate=opts.calibrate,
-                conformal_level=opts.conformal_level,
-                card_images=opts.card_images,
-            ),
+            _train_options(opts, plan, split.run_id, search.run_id, budget is not None),
             budget=budget.share() if budget is not None else None,
         )
         _log_files(train.run_id, files)
         seconds["train+evaluate"] = time.perf_counter() - t
-        _link(
-            launcher_id,
-            pipeline,
-            {
-                "medtune.train_run_id": train.run_id,
-                "medtune.model_version": train.model_version or "",
-                "medtune.decision": train.decision.alias if train.decision else "",
-            },
-        )
-        pipeline.metrics({f"{k.replace('+', '_')}_seconds": v for k, v in seconds.items()})
-        pipeline.metrics({k: train.metrics[k] for k in PIPELINE_METRICS if k in train.metrics})
-        if budget is not None:
-            pipeline.metrics(budget.record())
-            log.info("Budget: %.1f of %.1f minutes used", budget.elapsed() / 60, budget.seconds / 60)
+        _record_outcome(launcher_id, pipeline, train, seconds, budget)
     log.info("Pipeline done: %s", ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     return PipelineOutcome(split.run_id, search.run_id, train, seconds)
 
 
 PIPELINE_METRICS = ("test_accuracy", "test_macro_f1", "test_balanced_accuracy", "test_roc_auc_macro", "test_ece")
+# the search's own options, as main was given them (the plan sets the rest)
+SEARCH_FIELDS = (
+    "dataset",
+    "data_dir",
+    "engine",
+    "objective",
+    "pruner",
+    "timeout",
+    "study",
+    "storage",
+    "seed",
+    "weights",
+    "warm_start",
+)
+
+
+def _record_outcome(launcher_id, pipeline, train, seconds: dict, budget) -> None:
+    """The final model, the test figures, each step's seconds and the budget used, on the pipeline's run."""
+    _link(
+        launcher_id,
+        pipeline,
+        {
+            "medtune.train_run_id": train.run_id,
+            "medtune.model_version": train.model_version or "",
+            "medtune.decision": train.decision.alias if train.decision else "",
+        },
+    )
+    pipeline.metrics({f"{k.replace('+', '_')}_seconds": v for k, v in seconds.items()})
+    pipeline.metrics({k: train.metrics[k] for k in PIPELINE_METRICS if k in train.metrics})
+    if budget is not None:
+        pipeline.metrics(budget.record())
+        log.info("Budget: %.1f of %.1f minutes used", budget.elapsed() / 60, budget.seconds / 60)
+
+
+def _plan(opts: PipelineOptions, name: str, machine, split, budget, plan: Plan | None) -> tuple[Plan, dict]:
+    """The plan (with a budget: from the fingerprints, for what is left of it), fitted to the engine
+    and printed; the files that record it."""
+    fingerprint, data = {"machine": machine.to_dict()}, None
+    if budget is not None:  # fingerprint the data, then plan what is left of the budget
+        data = data_fingerprint(split)
+        fingerprint["data"] = data.to_dict()
+        plan = make_plan(data, machine, budget.remaining(), _given(opts), can_warm_start=_warm_starts(opts))
+    _fit_to_engine(plan, opts.engine)
+    log.info(
+        "Plan for %s (%s; any option you give overrides it):\n%s",
+        name,
+        f"{budget.remaining() / 60:.0f} minutes left of the budget" if budget else "no budget",
+        render_plan(plan, data, machine),
+    )
+    return plan, {"fingerprint.json": fingerprint, "plan.json": plan.to_dict()}
+
+
+def _train_options(opts: PipelineOptions, plan: Plan, split_run: str, search_run: str, budgeted: bool):
+    """Final training's options: the plan's values and the user's own."""
+    from medtune.steps.train import TrainOptions
+
+    return TrainOptions(
+        dataset=opts.dataset,
+        data_dir=opts.data_dir,
+        search_run=search_run,
+        epochs=plan.final_epochs,
+        image_size=plan.final_image_size,
+        patience=opts.patience,
+        mixed_precision=opts.mixed_precision,
+        margin=opts.margin,
+        seed=opts.seed,
+        split_run=split_run,
+        weights=opts.weights,
+        class_weights=plan.class_weights,
+        ensemble=plan.ensemble,
+        replan=budgeted and plan.reasons["final_epochs"] != "given",
+        tta=opts.tta,
+        calibrate=opts.calibrate,
+        conformal_level=opts.conformal_level,
+        card_images=opts.card_images,
+    )
 
 
 def _check(opts: PipelineOptions) -> None:

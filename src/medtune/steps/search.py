@@ -122,6 +122,18 @@ def check_options(opts: SearchOptions) -> None:
         check_driver(opts.storage)
 
 
+@dataclass
+class _Prepared:
+    """What a search needs, checked: the space, its split and the engine's settings."""
+
+    space: object  # medtune.space.SearchSpace
+    space_path: object  # pathlib.Path
+    split: object  # medtune.tracking.splits.LoadedSplit
+    data: TrialData
+    cfg: SearchSettings
+    backbones: list[str]
+
+
 def run_search(opts: SearchOptions, budget: Budget | None = None) -> SearchOutcome:
     """Validate everything, load the split cache, then search with the chosen engine.
 
@@ -129,8 +141,63 @@ def run_search(opts: SearchOptions, budget: Budget | None = None) -> SearchOutco
     seconds from now. Options left unset come from the plan without a budget (``main`` applies
     its own plan first).
     """
+    if budget is None and opts.budget:
+        budget = Budget(opts.budget).start()
+    ready = _prepare(opts, budget)
+    engine, cfg, split = get_engine(opts.engine), ready.cfg, ready.split
+    from medtune.training import configure_threads  # imports TensorFlow: only once the inputs are valid
+
+    # unreadable keras-tuner state, or a study that searched other categorical choices, stops here
+    engine.check_state(ready.space, cfg)
+    configure_threads()
+    experiment_id = tracking.ensure_experiment(split.dataset)
+    resume = (
+        f"tags.`{tracking.TAG_STEP}` = 'search' and tags.`medtune.study` = '{cfg.study}' "
+        f"and tags.`{tracking.TAG_HOST}` = '{socket.gethostname()}'"
+    )
+    t0 = time.perf_counter()
+    with tracking.step_run(
+        split.dataset,
+        "search",
+        run_name=f"search-{cfg.study}",
+        resume_filter=resume,
+        tags={
+            "medtune.study": cfg.study,
+            "medtune.engine": opts.engine,
+            "medtune.split_run_id": split.run_id,
+            "medtune.objective": opts.objective,
+            "medtune.direction": cfg.direction,
+        },
+    ) as parent:
+        _record_inputs(parent, opts, ready, budget)
+        recorder = SearchRecorder(parent, experiment_id, opts, cfg.study, split.classes, cfg.weights, budget=budget)
+        summaries = engine.run(ready.space, ready.data, cfg, recorder)
+        summaries = trial_run_ids(summaries, parent, experiment_id, cfg.study)
+        best = best_trial(summaries, cfg.direction)
+        if best is None and budget is not None:
+            best = _best_stopped(summaries, cfg.direction)
+            if best is not None:  # the budget ended every trial early: the best one stopped by it
+                log.warning(
+                    "No trial completed within the time budget: trial %d, stopped by the budget at "
+                    "%s=%.4f, is taken as the best",
+                    best.number,
+                    opts.objective,
+                    best.value,
+                )
+                parent.tags({"medtune.best_is_partial": "true"})
+        seconds = time.perf_counter() - t0
+        if budget is not None:
+            parent.metrics(budget.record())
+        log_search(parent, summaries, best, ready.space, opts, cfg.direction, seconds)
+        return SearchOutcome(parent.run_id, cfg.study, summaries, best, seconds)
+
+
+def _prepare(opts: SearchOptions, budget: Budget | None) -> _Prepared:
+    """Check the options, fill what is unset from the plan, load the space, the weights and the split."""
     from medtune.datasets.cache import manifest_hash
     from medtune.datasets.registry import dataset_name
+    from medtune.models import backbones_of, check_image_size
+    from medtune.models.weights import resolve_weights
     from medtune.planning.fingerprint import MachineFingerprint
     from medtune.planning.rules import MAX_BUDGETED_TRIALS, apply, default_plan
     from medtune.space import load_space, resolve_space_path
@@ -138,8 +205,6 @@ def run_search(opts: SearchOptions, budget: Budget | None = None) -> SearchOutco
 
     check_options(opts)
     engine = get_engine(opts.engine)
-    if budget is None and opts.budget:
-        budget = Budget(opts.budget).start()
     if budget is not None and opts.trials is None and not engine.grid:
         opts.trials = MAX_BUDGETED_TRIALS  # the time budget decides how many run
     if engine.grid and opts.trials is None:
@@ -160,18 +225,11 @@ def run_search(opts: SearchOptions, budget: Budget | None = None) -> SearchOutco
         opts.trials = min(opts.trials or grid_size(grid), grid_size(grid))
         log.info("Grid of %s: %s; %d trials", space_path.name, describe(grid), opts.trials)
     check_options(opts)
-    from medtune.models import backbones_of, check_image_size
-    from medtune.models.weights import resolve_weights
-
     backbones = backbones_of(space)
     check_image_size(backbones, opts.image_size)
     weights = resolve_weights(opts.weights, backbones)  # no network or a bad file: one line, now
     split = load_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
-    from medtune.training import configure_threads  # imports TensorFlow: only once the inputs are valid
-
     opts.dataset = split.dataset
-    study = opts.study or default_study(opts, space_path.stem, manifest_hash(split.manifest))
-    direction = objective_direction(opts.objective)
     cache = split.cache
     data = TrialData(
         classes=split.classes,
@@ -182,11 +240,11 @@ def run_search(opts: SearchOptions, budget: Budget | None = None) -> SearchOutco
         probe_index=probe_indices(cache.y["val"], len(split.classes), per_class=2, seed=opts.seed),
     )
     cfg = SearchSettings(
-        study=study,
+        study=opts.study or default_study(opts, space_path.stem, manifest_hash(split.manifest)),
         trials=opts.trials,
         epochs=opts.epochs,
         objective=opts.objective,
-        direction=direction,
+        direction=objective_direction(opts.objective),
         seed=opts.seed,
         class_weights=opts.class_weights,
         storage=opts.storage,
@@ -200,83 +258,48 @@ def run_search(opts: SearchOptions, budget: Budget | None = None) -> SearchOutco
         split=manifest_hash(split.manifest),
         budget=budget,
     )
-    # unreadable keras-tuner state, or a study that searched other categorical choices, stops here
-    engine.check_state(space, cfg)
-    configure_threads()
-    experiment_id = tracking.ensure_experiment(split.dataset)
-    resume = (
-        f"tags.`{tracking.TAG_STEP}` = 'search' and tags.`medtune.study` = '{study}' "
-        f"and tags.`{tracking.TAG_HOST}` = '{socket.gethostname()}'"
+    return _Prepared(space, space_path, split, data, cfg, backbones)
+
+
+def _record_inputs(parent, opts: SearchOptions, ready: _Prepared, budget: Budget | None) -> None:
+    """The search's options, space, weights and training manifest on its run; the line that starts it."""
+    cfg, split = ready.cfg, ready.split
+    sizes = ",".join(map(str, cfg.rungs)) if cfg.rungs else opts.image_size
+    parent.params(
+        {
+            "dataset": split.dataset,
+            "engine": opts.engine,
+            "space": ready.space_path.name,
+            "trials": opts.trials,
+            "epochs": opts.epochs,
+            "image_size": opts.image_size,
+            "objective": opts.objective,
+            "study": cfg.study,
+            "seed": opts.seed,
+            "class_weights": opts.class_weights,
+            "pruner": opts.pruner if get_engine(opts.engine).optuna_options else "none",
+            "storage": _storage_label(opts.storage),
+            "weights": opts.weights if ready.backbones != ["custom"] else "n/a",
+            "budget_min": round(budget.seconds / 60, 2) if budget and budget.seconds else "none",
+            "image_sizes": sizes,
+            "warm_start": opts.warm_start,
+            "plateau": opts.plateau,
+        }
     )
-    t0 = time.perf_counter()
-    with tracking.step_run(
-        split.dataset,
-        "search",
-        run_name=f"search-{study}",
-        resume_filter=resume,
-        tags={
-            "medtune.study": study,
-            "medtune.engine": opts.engine,
-            "medtune.split_run_id": split.run_id,
-            "medtune.objective": opts.objective,
-            "medtune.direction": direction,
-        },
-    ) as parent:
-        parent.params(
-            {
-                "dataset": split.dataset,
-                "engine": opts.engine,
-                "space": space_path.name,
-                "trials": opts.trials,
-                "epochs": opts.epochs,
-                "image_size": opts.image_size,
-                "objective": opts.objective,
-                "study": study,
-                "seed": opts.seed,
-                "class_weights": opts.class_weights,
-                "pruner": opts.pruner if engine.optuna_options else "none",
-                "storage": _storage_label(opts.storage),
-                "weights": opts.weights if backbones != ["custom"] else "n/a",
-                "budget_min": round(budget.seconds / 60, 2) if budget and budget.seconds else "none",
-                "image_sizes": ",".join(map(str, cfg.rungs)) if cfg.rungs else opts.image_size,
-                "warm_start": opts.warm_start,
-                "plateau": opts.plateau,
-            }
-        )
-        if weights:
-            parent.json({name: w.tags() for name, w in weights.items()}, "weights.json")
-        parent.file(space_path)
-        tracking.log_manifest(split.manifest, split.root, split.dataset, "training")
-        recorder = SearchRecorder(parent, experiment_id, opts, study, split.classes, weights, budget=budget)
-        log.info(
-            "Search %s: %s engine, %s trials x %d epochs at %s px, objective %s%s",
-            study,
-            opts.engine,
-            "up to " + str(opts.trials) if budget else opts.trials,
-            opts.epochs,
-            "/".join(map(str, cfg.rungs)) if cfg.rungs else opts.image_size,
-            opts.objective,
-            f", budget {budget.seconds / 60:.1f} min" if budget and budget.seconds else "",
-        )
-        summaries = engine.run(space, data, cfg, recorder)
-        summaries = trial_run_ids(summaries, parent, experiment_id, study)
-        best = best_trial(summaries, direction)
-        if best is None and cfg.budget is not None:
-            best = _best_stopped(summaries, direction)
-            if best is not None:  # the budget ended every trial early: the best one stopped by it
-                log.warning(
-                    "No trial completed within the time budget: trial %d, stopped by the budget at "
-                    "%s=%.4f, is taken as the best",
-                    best.number,
-                    opts.objective,
-                    best.value,
-                )
-                parent.tags({"medtune.best_is_partial": "true"})
-        seconds = time.perf_counter() - t0
-        if cfg.budget is not None:
-            parent.metrics(cfg.budget.record())
-        log_search(parent, summaries, best, space, opts, direction, seconds)
-        return SearchOutcome(parent.run_id, study, summaries, best, seconds)
+    if cfg.weights:
+        parent.json({name: w.tags() for name, w in cfg.weights.items()}, "weights.json")
+    parent.file(ready.space_path)
+    tracking.log_manifest(split.manifest, split.root, split.dataset, "training")
+    log.info(
+        "Search %s: %s engine, %s trials x %d epochs at %s px, objective %s%s",
+        cfg.study,
+        opts.engine,
+        "up to " + str(opts.trials) if budget else opts.trials,
+        opts.epochs,
+        sizes.replace(",", "/") if isinstance(sizes, str) else sizes,
+        opts.objective,
+        f", budget {budget.seconds / 60:.1f} min" if budget and budget.seconds else "",
+    )
 
 
 def _best_stopped(summaries: list[TrialSummary], direction: str) -> TrialSummary | None:
