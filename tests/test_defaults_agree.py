@@ -1,4 +1,6 @@
-"""One set of defaults: MLproject entry points, click options and the option dataclasses agree."""
+"""One set of defaults: every option is declared once (medtune.options); the click options and the
+steps' option dataclasses are built from the declarations, and MLproject's parameters are checked
+against them here."""
 
 from __future__ import annotations
 
@@ -117,3 +119,19 @@ def test_choices_come_from_the_engines():
 def test_bayesian_shortcut_offers_no_optuna_only_options():
     assert not {"pruner", "storage", "timeout"} & set(_options("bayesian"))
     assert not {"pruner", "storage", "timeout"} & set(ENTRY_POINTS["bayesian"]["parameters"])
+
+
+@pytest.mark.parametrize("command", sorted(DATACLASSES))
+def test_no_option_dataclass_has_a_default_of_its_own(command):
+    """Each field a user can set takes its default from a declaration (no literal copy to drift)."""
+    import inspect
+
+    from medtune.options import OPTIONS
+
+    source = inspect.getsource(DATACLASSES[command])
+    internal = {"register", "replan"}  # set by main, never by a user
+    for f in dataclasses.fields(DATACLASSES[command]):
+        if f.name in internal or f.default is dataclasses.MISSING:
+            continue
+        assert re.search(rf"^    {f.name}: .* = default\(\"[a-z_.]+\"\)$", source, re.M), f"{command}.{f.name}"
+    assert {"seed", "dataset", "budget", "train.epochs", "search.epochs"} <= set(OPTIONS)

@@ -49,19 +49,9 @@ def _ready(tracking_uri: str | None = None) -> None:
         _READY["console"] = tracking.capture_console()
 
 
-def split(
-    dataset: str = "synthetic",
-    *,
-    data_dir: str | None = None,
-    image_size: int = 128,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    phash_distance: int = 4,
-    seed: int = 42,
-    new_run: bool = False,
-    tracking_uri: str | None = None,
-):
-    """Validate, de-duplicate, split and cache a dataset (``medtune split``).
+def split(dataset: str = "synthetic", *, new_run: bool = False, tracking_uri: str | None = None, **options):
+    """Validate, de-duplicate, split and cache a dataset (``medtune split``); options as the CLI's,
+    e.g. ``image_size=160, exclude_classes=("x",)``.
 
     Returns:
         A :class:`medtune.steps.split.SplitOutcome`: ``run_id``, ``result.report`` (counts,
@@ -70,10 +60,7 @@ def split(
     _ready(tracking_uri)
     from medtune.steps.split import SplitOptions, run_split
 
-    return run_split(
-        SplitOptions(dataset, data_dir, image_size, val_fraction, test_fraction, seed, phash_distance),
-        reuse_run=not new_run,
-    )
+    return run_split(SplitOptions(dataset=dataset, **options), reuse_run=not new_run)
 
 
 def search(dataset: str = "synthetic", *, tracking_uri: str | None = None, **options):

@@ -44,6 +44,7 @@ from medtune.datasets.split_phases import (
     make_units,
 )
 from medtune.errors import DataError, InternalError
+from medtune.options import default
 
 logger = logging.getLogger(__name__)
 
@@ -221,9 +222,9 @@ def build_report(
 def make_split(
     scan: ScanResult,
     *,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 42,
+    val_fraction: float = default("val_fraction"),
+    test_fraction: float = default("test_fraction"),
+    seed: int = default("seed"),
     phash_distance: int = 0,
 ) -> SplitResult:
     """Split a scanned dataset into train, val and test without leaks.

@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from medtune.options import default
+
 if TYPE_CHECKING:
     from medtune.planning.budget import Budget
 
@@ -22,9 +24,9 @@ class SearchSettings:
     study: str
     trials: int = 10
     epochs: int = 5
-    objective: str = "val_macro_f1"
+    objective: str = default("objective")
     direction: str = "maximize"
-    seed: int = 42
+    seed: int = default("seed")
     class_weights: bool = True
     storage: str | None = None  # Optuna storage URL
     pruner: str = "median"  # one of PRUNERS

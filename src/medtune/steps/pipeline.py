@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from medtune import tracking
+from medtune.options import default
 from medtune.planning.fingerprint import DataFingerprint, MachineFingerprint
 from medtune.planning.rules import Plan, default_plan, make_plan, render_plan, replan_final, with_given
 
@@ -15,34 +16,34 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PipelineOptions:
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    engine: str = "optuna"
-    space: str | None = None  # None (auto): sized from the machine, as for the separate steps
-    trials: int | None = None
-    search_epochs: int | None = None
-    search_image_size: int | None = None
-    epochs: int | None = None
-    image_size: int | None = None
-    objective: str = "val_macro_f1"
-    pruner: str | None = None
-    class_weights: bool | None = None  # auto: the plan's
-    timeout: float | None = None  # the search's time limit; an alias of a budget for the search
-    study: str | None = None
-    storage: str | None = None
-    patience: int | None = None  # auto: planning.rules.early_stopping_patience
-    margin: float = 0.0
-    mixed_precision: bool = True
-    weights: str = "imagenet"
-    seed: int = 42
-    budget: float | None = None  # seconds for the whole pipeline: a plan from the fingerprints sizes everything
-    ensemble: int | None = None  # final-training members (auto: the plan's, 1 without a budget)
-    warm_start: str = "recipes"
-    tta: str = "auto"  # test-time flip in the final model: auto (when it scores better on validation) | flip | none
-    calibrate: bool = True  # temperature scaling of the final model (medtune.calibration)
-    conformal_level: float = 0.9  # coverage of its prediction sets
-    card_images: bool = False  # real test images in the model card
-    exclude_classes: tuple[str, ...] = ()  # class folders the split leaves out
+    dataset: str = default("dataset")
+    data_dir: str | None = default("data_dir")
+    engine: str = default("engine")
+    space: str | None = default("space")
+    trials: int | None = default("trials")
+    search_epochs: int | None = default("search.epochs")
+    search_image_size: int | None = default("search.image_size")
+    epochs: int | None = default("train.epochs")
+    image_size: int | None = default("train.image_size")
+    objective: str = default("objective")
+    pruner: str | None = default("pruner")
+    class_weights: bool | None = default("class_weights")
+    timeout: float | None = default("timeout")
+    study: str | None = default("study")
+    storage: str | None = default("storage")
+    patience: int | None = default("patience")
+    margin: float = default("margin")
+    mixed_precision: bool = default("mixed_precision")
+    weights: str = default("search.weights")
+    seed: int = default("seed")
+    budget: float | None = default("budget")
+    ensemble: int | None = default("ensemble")
+    warm_start: str = default("warm_start")
+    tta: str = default("tta")
+    calibrate: bool = default("calibrate")
+    conformal_level: float = default("conformal_level")
+    card_images: bool = default("card_images")
+    exclude_classes: tuple[str, ...] = default("exclude_classes")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from medtune.hpo.base import (
 )
 from medtune.hpo.engines import get_engine
 from medtune.hpo.trial import TrialData, objective_direction, probe_indices
+from medtune.options import default
 from medtune.planning.budget import Budget
 from medtune.tracking.search_recorder import SearchRecorder, log_search, trial_run_ids
 
@@ -33,26 +34,26 @@ progress_log = logging.getLogger("medtune.progress")
 
 @dataclass
 class SearchOptions:
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    engine: str = "optuna"
-    space: str | None = None  # None (auto): from the plan, see medtune.planning.rules
-    trials: int | None = None  # auto
-    epochs: int | None = None  # auto
-    image_size: int | None = None  # auto
-    objective: str = "val_macro_f1"
-    timeout: float | None = None  # an alias of budget (seconds)
-    study: str | None = None
-    storage: str | None = None
-    seed: int = 42
-    class_weights: bool | None = None  # auto: the plan's (balanced)
-    pruner: str | None = None  # auto; Optuna only
-    split_run: str | None = None
-    weights: str = "imagenet"  # for keras.applications backbones: imagenet | none | file | folder
-    budget: float | None = None  # seconds of wall clock for the whole search (None: no time limit)
-    rungs: tuple[int, ...] | None = None  # image sizes of the resolution rungs (None: image_size only)
-    warm_start: str = "recipes"  # recipes | recipe:<name> | auto | none | earlier study names (Optuna)
-    plateau: int = 0  # stop after this many finished trials without improvement (0: never)
+    dataset: str = default("dataset")
+    data_dir: str | None = default("data_dir")
+    engine: str = default("engine")
+    space: str | None = default("space")
+    trials: int | None = default("trials")
+    epochs: int | None = default("search.epochs")
+    image_size: int | None = default("search.image_size")
+    objective: str = default("objective")
+    timeout: float | None = default("timeout")
+    study: str | None = default("study")
+    storage: str | None = default("storage")
+    seed: int = default("seed")
+    class_weights: bool | None = default("class_weights")
+    pruner: str | None = default("pruner")
+    split_run: str | None = default("split_run")
+    weights: str = default("search.weights")
+    budget: float | None = default("budget")
+    rungs: tuple[int, ...] | None = default("image_sizes")
+    warm_start: str = default("warm_start")
+    plateau: int = default("plateau")
 
 
 @dataclass

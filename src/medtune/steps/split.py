@@ -17,20 +17,21 @@ from medtune.datasets.registry import ResolvedDataset, resolve_dataset, safe_nam
 from medtune.datasets.scan import scan_dataset
 from medtune.datasets.splitting import SplitResult, make_split
 from medtune.errors import ConfigError
+from medtune.options import default
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class SplitOptions:
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    image_size: int = 128
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 42
-    phash_distance: int = 4
-    exclude_classes: tuple[str, ...] = ()  # class folders left out (e.g. a class label conflicts empty)
+    dataset: str = default("dataset")
+    data_dir: str | None = default("data_dir")
+    image_size: int = default("split.image_size")
+    val_fraction: float = default("val_fraction")
+    test_fraction: float = default("test_fraction")
+    seed: int = default("seed")
+    phash_distance: int = default("phash_distance")
+    exclude_classes: tuple[str, ...] = default("exclude_classes")
 
     def check(self) -> None:
         if not 16 <= self.image_size <= 1024:

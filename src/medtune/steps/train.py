@@ -17,6 +17,7 @@ from medtune.calibration import calibrate, check_level
 from medtune.datasets.registry import dataset_name
 from medtune.errors import ConfigError
 from medtune.models.tta import TTA_MODES
+from medtune.options import default
 from medtune.planning.budget import Budget
 from medtune.planning.fingerprint import MachineFingerprint
 from medtune.planning.rules import apply, default_plan
@@ -28,28 +29,28 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainOptions:
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    search_run: str | None = "latest"
-    params: str | None = None  # a YAML/JSON file of explicit params
-    epochs: int | None = None  # None (auto): from the plan, see medtune.planning.rules
-    image_size: int | None = None  # auto
-    patience: int | None = None  # auto: planning.rules.early_stopping_patience
-    mixed_precision: bool = True
-    class_weights: bool | None = None  # auto: the plan's
-    margin: float = 0.0
+    dataset: str = default("dataset")
+    data_dir: str | None = default("data_dir")
+    search_run: str | None = default("search_run")
+    params: str | None = default("params")
+    epochs: int | None = default("train.epochs")
+    image_size: int | None = default("train.image_size")
+    patience: int | None = default("patience")
+    mixed_precision: bool = default("mixed_precision")
+    class_weights: bool | None = default("class_weights")
+    margin: float = default("margin")
     register: bool = True
-    seed: int = 42
-    split_run: str | None = None
-    weights: str | None = None  # imagenet | none | file | folder; None: what the search used
-    ensemble: int | None = None  # members (seeds of the configuration), averaged in one model; auto: the plan's
-    budget: float | None = None  # seconds for the whole step; each member stops at an epoch boundary in its share
+    seed: int = default("seed")
+    split_run: str | None = default("split_run")
+    weights: str | None = default("train.weights")
+    ensemble: int | None = default("ensemble")
+    budget: float | None = default("budget")
     replan: bool = False  # with a budget: the members after the first get the epochs their share pays for, at
     # the epoch time the previous member measured (main sets it when the epochs came from its plan)
-    tta: str = "auto"  # test-time left-right flip: auto (when it scores better on validation) | flip | none
-    calibrate: bool = True  # fit a temperature on validation images (medtune.calibration)
-    conformal_level: float = 0.9  # coverage of the prediction sets
-    card_images: bool = False  # real test images (Grad-CAM examples) in the model card
+    tta: str = default("tta")
+    calibrate: bool = default("calibrate")
+    conformal_level: float = default("conformal_level")
+    card_images: bool = default("card_images")
 
 
 @dataclass
