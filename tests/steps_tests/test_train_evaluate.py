@@ -249,6 +249,12 @@ def test_train_and_evaluate_log_a_model_card_whose_figures_are_the_logged_metric
     assert card.model.parameters > 0 and card.model.params["num_blocks"] == 2
     assert card.model.params_source == f"params file {trained['params_file']}"
     assert card.gate.alias == "champion" and card.gate.reason == "no champion yet"
+    assert card.model.temperature == pytest.approx(metrics["temperature"], rel=1e-6) != 1.0  # calibrated by default
+    assert (
+        card.results.set_coverage == pytest.approx(metrics["test_set_coverage"]) and card.model.conformal_level == 0.9
+    )
+    assert not any("gradcam" in p for p in artifact_paths(run.info.run_id, "model_card"))  # no test image by default
+    assert len(card.described) == sum(card.examples.values()) > 0
 
     md = Path(
         mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model_card/model_card.md")
@@ -450,6 +456,10 @@ def test_main_entry_point_runs_each_step_as_its_own_run(trained):
     assert float(train.data.tags["medtune.champion_score_before"]) == pytest.approx(
         trained["run"].data.metrics["test_macro_f1"], abs=1e-6
     )
+    version_tags = client.get_model_version(MODEL, "2").tags  # the paired comparison with v1, on the version
+    low, high = map(float, version_tags["medtune.gate_interval"].strip("[]").split(","))
+    assert low <= float(version_tags["medtune.gate_difference"]) <= high
+    assert (decision == "champion") == (low > 0)
     assert all(k in train.data.metrics for k in TEST_METRICS)
 
     launcher = launcher_runs()[0]  # the `mlflow run -e main` run links every step
