@@ -67,7 +67,7 @@ def test_gradcam_averages_the_heatmap_and_the_mirrored_heatmap_of_the_mirror(ima
 
 @pytest.mark.parametrize("mode", ["auto", "flip", "none"])
 def test_final_training_adds_the_flip_only_when_validation_says_so(images, mode):
-    from medtune.models.tta import choose_flip
+    from medtune.training.final import choose_flip
 
     x, y = images
     base = _model(seed=3)

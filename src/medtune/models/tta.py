@@ -12,7 +12,7 @@ Layout: ``image`` -> ``tta_base`` (the wrapped model, called on the image and on
 
 from __future__ import annotations
 
-__all__ = ["AVERAGE_LAYER", "BASE_NAME", "TTA_MODES", "base_of", "choose_flip", "with_flip"]
+__all__ = ["AVERAGE_LAYER", "BASE_NAME", "TTA_MODES", "base_of", "with_flip"]
 
 TTA_MODES = ("auto", "flip", "none")
 BASE_NAME = "tta_base"
@@ -40,26 +40,3 @@ def base_of(model):
     if AVERAGE_LAYER not in names:
         return None
     return next(layer for layer in model.layers if layer.name == BASE_NAME)
-
-
-def choose_flip(model, x_val, y_val, mode: str):
-    """The final model with test-time flipping when ``mode`` says so (``auto``: when its validation
-    macro-F1 is higher; the test images play no part).
-
-    Returns ``(model, used, scores)``: ``scores`` has the validation macro-F1 ``plain`` and ``flip``
-    (empty for ``none``).
-    """
-    from medtune.errors import ConfigError
-    from medtune.training import predict_proba, validation_scores
-
-    if mode not in TTA_MODES:
-        raise ConfigError(f"tta={mode!r}: expected one of {', '.join(TTA_MODES)}")
-    if mode == "none":
-        return model, False, {}
-    flipped = with_flip(model)
-    scores = {
-        name: validation_scores(y_val, predict_proba(candidate, x_val))["val_macro_f1"]
-        for name, candidate in (("plain", model), ("flip", flipped))
-    }
-    used = mode == "flip" or scores["flip"] > scores["plain"]
-    return (flipped if used else model), used, scores

@@ -39,10 +39,6 @@ class DataFingerprint:
         counts = [c for c in self.train_per_class.values()]
         return max(counts) / max(1, min(counts)) if counts else 1.0
 
-    @property
-    def smallest_class(self) -> int:
-        return min(self.train_per_class.values(), default=0)
-
     def to_dict(self) -> dict:
         return {
             **asdict(self),

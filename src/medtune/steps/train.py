@@ -244,9 +244,8 @@ def _train(opts: TrainOptions, split, params: dict, weights: dict, mixed: bool, 
     import keras
 
     from medtune import reports, training
-    from medtune.models.tta import choose_flip
     from medtune.progress import short_params
-    from medtune.training.final import final_fit
+    from medtune.training.final import choose_flip, final_fit
 
     classes, cache = split.classes, split.cache
     keras.utils.set_random_seed(opts.seed)

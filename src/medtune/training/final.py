@@ -233,3 +233,27 @@ def device_summary(mixed_precision: bool) -> tuple[str, bool]:
         return f"GPU ({len(gpus)}: {gpus[0].name})", bool(mixed_precision)
     keras.mixed_precision.set_global_policy("float32")
     return "CPU", False
+
+
+def choose_flip(model, x_val, y_val, mode: str):
+    """The final model with test-time flipping when ``mode`` says so (``auto``: when its validation
+    macro-F1 is higher; the test images play no part).
+
+    Returns ``(model, used, scores)``: ``scores`` has the validation macro-F1 ``plain`` and ``flip``
+    (empty for ``none``).
+    """
+    from medtune.errors import ConfigError
+    from medtune.models.tta import TTA_MODES, with_flip
+    from medtune.training import predict_proba, validation_scores
+
+    if mode not in TTA_MODES:
+        raise ConfigError(f"tta={mode!r}: expected one of {', '.join(TTA_MODES)}")
+    if mode == "none":
+        return model, False, {}
+    flipped = with_flip(model)
+    scores = {
+        name: validation_scores(y_val, predict_proba(candidate, x_val))["val_macro_f1"]
+        for name, candidate in (("plain", model), ("flip", flipped))
+    }
+    used = mode == "flip" or scores["flip"] > scores["plain"]
+    return (flipped if used else model), used, scores
