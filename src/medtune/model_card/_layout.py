@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -58,7 +59,7 @@ class Figure:
 
 
 def _ci(e: Estimate) -> str:
-    return f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}]" if e.low == e.low else "n/a (no image to count)"
+    return "n/a (no image to count)" if math.isnan(e.low) else f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}]"
 
 
 def _words(key: str) -> str:
@@ -223,8 +224,8 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
     right, wrong = card.examples.get("right", 0), card.examples.get("wrong", 0)
     blocks.append(
         Text(
-            f"{right} correctly and {wrong} wrongly classified test images with the Grad-CAM heatmap of "
-            "the predicted class." + ("" if wrong else " No test image was misclassified.")
+            f"{right} correctly and {wrong} wrongly classified test images explained by the Grad-CAM heatmap "
+            "of the predicted class." + ("" if wrong else " No test image was misclassified.")
         )
     )
     blocks += figure("gradcam_right") + figure("gradcam_wrong")
