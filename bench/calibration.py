@@ -40,11 +40,12 @@ def parse_args(argv=None):
 
 
 def train(dataset: str, home: Path, minutes: float, per_class: int) -> None:
-    data = shared_data(DATA[dataset].split("/")[0]).parent / DATA[dataset]
-    if per_class:
-        data = subset_folder(data, home / "data" / dataset, per_class)
     medtune = Path(sys.executable).parent / "medtune"
-    cmd = [str(medtune), "main", "--dataset", dataset, "--data-dir", str(data), "--budget", f"{minutes:g}m"]
+    cmd = [str(medtune), "main", "--dataset", dataset, "--budget", f"{minutes:g}m"]
+    if dataset in DATA:  # any other name: a dataset medtune knows (synthetic, to try the benchmark out)
+        data = shared_data(DATA[dataset].split("/")[0]).parent / DATA[dataset]
+        data = subset_folder(data, home / "data" / dataset, per_class) if per_class else data
+        cmd += ["--data-dir", str(data)]
     env = {**os.environ, "PATH": f"{medtune.parent}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run(cmd, check=True, env=env, cwd=home)
 
@@ -67,7 +68,7 @@ def measure(dataset: str, model_uri: str, levels: list[float]) -> list[dict]:
     test = manifest_test_set(split)
     y_val = np.asarray(split.cache.y["val"])
     val, proba = predict_proba(network, split.cache.x["val"]), predict_proba(network, test.x)
-    fit, cal = calibration.split_validation(y_val)
+    fit, cal = calibration.split_validation(y_val, seed=42)  # train's default seed: its halves
     temperature = calibration.fit_temperature(val[fit], y_val[fit])
     scaled_val, scaled = calibration.scale(val, temperature), calibration.scale(proba, temperature)
     rows = []
@@ -99,6 +100,7 @@ def main(argv=None) -> None:
     os.environ["MEDTUNE_HOME"] = str(home)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     sys.path.insert(0, str(REPO / "src"))
     print(machine())
     levels = [float(v) for v in args.levels.split(",")]
