@@ -105,10 +105,11 @@ def test_budgeted_main_runs_its_plan_within_the_budget(project):
 
     with tempfile.TemporaryDirectory() as tmp:
         model, meta = serving.load_keras_from_uri(f"models:/medtune-synthetic/{version}", Path(tmp))
+    from medtune.calibration import uncalibrated
     from medtune.models.tta import base_of
 
     assert train.data.params["tta"] == "flip" and {"val_macro_f1_plain", "val_macro_f1_flip"} <= set(train.data.metrics)
-    assert len(members_of(base_of(model))) == 2  # the flip around the ensemble of two, as one model
+    assert len(members_of(base_of(uncalibrated(model) or model))) == 2  # (temperature around) flip around ensemble
     size = int(meta["image_size"])
     images = np.stack([np.full((size, size, 3), v, np.uint8) for v in (40, 200)])
     heatmaps, proba = explain.gradcam(model, images)
