@@ -91,9 +91,10 @@ def train(dataset: str = "synthetic", *, tracking_uri: str | None = None, **opti
     """
     _ready(tracking_uri)
     from medtune.steps.pipeline import ensure_split
-    from medtune.steps.train import TrainOptions, run_train
+    from medtune.steps.train import TrainOptions, check_inputs, run_train
 
     opts = TrainOptions(dataset=dataset, **options)
+    check_inputs(opts)
     ensure_split(dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
     return run_train(opts)
 
@@ -155,7 +156,8 @@ class Model:
     def predict(self, images) -> Any:
         """Labels and class probabilities, one row per image (a pandas DataFrame).
 
-        Columns: ``image`` (the path, or the position in ``images``), ``label``, ``prob_<class>``.
+        Columns: ``image`` (the path, or the position in ``images``), ``label``, ``prob_<class>``
+        and, for a model with a conformal threshold, ``prediction_set``.
         """
         from medtune.serving import predictions_frame
 
@@ -165,7 +167,8 @@ class Model:
             if items
             else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
         )
-        frame = predictions_frame(self.keras_model, x, self.classes)
+        sets = self.metadata if self.metadata.get("conformal_threshold") is not None else None
+        frame = predictions_frame(self.keras_model, x, self.classes, sets)
         frame.insert(0, "image", [str(i) if isinstance(i, (str, Path)) else n for n, i in enumerate(items)])
         return frame
 

@@ -387,9 +387,10 @@ def train(ctx, tracking_uri, **kw):
     """Train the best trial of a search (or explicit params), evaluate, register and gate @champion."""
     _setup(ctx.obj["verbose"], tracking_uri)
     from medtune.steps.pipeline import ensure_split
-    from medtune.steps.train import TrainOptions, run_train
+    from medtune.steps.train import TrainOptions, check_inputs, run_train
 
     opts = TrainOptions(**kw)
+    check_inputs(opts)
     ensure_split(opts.dataset, opts.image_size, data_dir=opts.data_dir)
     click.echo(_train_summary(run_train(opts)))
 

@@ -229,5 +229,7 @@ def test_a_transfer_model_trains_in_two_stages_with_the_recipe_options_registers
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70), dtype=np.uint8)).save(buf, "PNG")
     out = model.predict(pd.DataFrame({"image": [buf.getvalue()]}))
-    assert list(out.columns)[0] == "label" and out.shape == (1, 5)
-    assert out.iloc[0, 1:].sum() == pytest.approx(1.0, abs=1e-4)
+    probs = [c for c in out.columns if c.startswith("prob_")]
+    assert list(out.columns) == ["label", *probs, "prediction_set"] and len(probs) == 4
+    assert out[probs].iloc[0].sum() == pytest.approx(1.0, abs=1e-4)
+    assert out["label"].iloc[0] in out["prediction_set"].iloc[0]  # the set holds the top class

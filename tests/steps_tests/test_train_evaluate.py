@@ -424,6 +424,8 @@ def test_predict_command_labels_a_folder_and_skips_a_corrupt_file(trained, tmp_p
     assert sorted(table["path"]) == sorted(str(p) for p in good)
     assert set(table["label"]) <= set(CLASSES)
     np.testing.assert_allclose(table[[f"prob_{c}" for c in CLASSES]].sum(axis=1), 1.0, atol=1e-5)
+    sets = [s.split(" | ") for s in table["prediction_set"]]  # the champion has a conformal threshold
+    assert all(label in s and set(s) <= set(CLASSES) for label, s in zip(table["label"], sets))
     written = sorted(p.name for p in overlays.iterdir())
     assert len(written) == 5  # two inputs named disc_0000.png: two overlays
     assert "disc_0000_gradcam.png" in written and "disc_0000_2_gradcam.png" in written

@@ -217,8 +217,10 @@ def _train_options(opts: PipelineOptions, plan: Plan, split_run: str, search_run
 
 
 def _check(opts: PipelineOptions) -> None:
+    from medtune.calibration import check_level
     from medtune.errors import ConfigError
 
+    check_level(opts.conformal_level)  # before the split and the search, not at final training
     if opts.epochs is not None and opts.epochs < 1:
         raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
     if opts.ensemble is not None and not 1 <= opts.ensemble <= 10:

@@ -71,6 +71,7 @@ def run_predict(model_uri: str, inputs: list[str], output: str, gradcam_dir: str
     with tempfile.TemporaryDirectory() as tmp:
         model, meta = load_keras_from_uri(model_uri, Path(tmp))
     classes, size, channels = meta["classes"], meta["image_size"], meta["channels"]
+    sets = meta if meta.get("conformal_threshold") is not None else None  # a prediction set when the model has one
     files = expand_inputs(inputs, exclude=[output, gradcam_dir])
     outcome = PredictOutcome(0)
     frames = []
@@ -91,7 +92,7 @@ def run_predict(model_uri: str, inputs: list[str], output: str, gradcam_dir: str
             if not chunk:
                 continue
             x = np.stack(images)
-            frame = predictions_frame(model, x, classes)
+            frame = predictions_frame(model, x, classes, sets)
             frame.insert(0, "path", [str(f) for f in chunk])
             frames.append(frame)
             if gradcam_dir:
@@ -107,6 +108,8 @@ def run_predict(model_uri: str, inputs: list[str], output: str, gradcam_dir: str
     import pandas as pd
 
     result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["path", "label"])
+    if "prediction_set" in result:  # one cell: the classes, most probable first
+        result["prediction_set"] = [" | ".join(s) for s in result["prediction_set"]]
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     result.to_csv(output, index=False)
     return outcome

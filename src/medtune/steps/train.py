@@ -138,6 +138,16 @@ def params_from_file(path: str) -> dict:
     return data
 
 
+def check_inputs(opts: TrainOptions) -> None:
+    """Check the options and find what to train (a params file, a search run) before any split is
+    made: a bad argument is one line, and nothing is logged or generated."""
+    _check(opts)
+    if opts.params:
+        params_from_file(opts.params)
+    else:
+        best_params_of_search(dataset_name(opts.dataset), opts.search_run)
+
+
 def run_train(opts: TrainOptions, budget: Budget | None = None) -> TrainOutcome:
     """Final training of the best trial (or a params file), evaluation, registration and the gate.
 
