@@ -114,7 +114,7 @@ def print_table(home: Path) -> None:
 def the_split(dataset: str, data: Path, size: int, exclude: str = ""):
     """The medtune split of ``data`` (made once, reused by every row), cached at ``size``."""
     from medtune.errors import DataError
-    from medtune.steps.evaluate import manifest_test_set
+    from medtune.evaluation import manifest_test_set
     from medtune.tracking.splits import load_split
 
     try:

@@ -55,9 +55,9 @@ def measure(dataset: str, model_uri: str, levels: list[float]) -> list[dict]:
     import numpy as np
 
     from medtune import calibration
+    from medtune.evaluation import manifest_test_set
     from medtune.metrics import expected_calibration_error
     from medtune.serving import load_keras_from_uri
-    from medtune.steps.evaluate import manifest_test_set
     from medtune.tracking.splits import load_split
     from medtune.training import predict_proba
 

@@ -1,15 +1,19 @@
 """Evaluate a trained classifier on held-out images: metrics, tables and Grad-CAM galleries.
 
-Compute only; :mod:`medtune.steps.evaluate` renders and logs. Never imports mlflow.
+Compute only; :mod:`medtune.tracking.cards` renders and logs. Never imports mlflow. The test
+images come from a finished split (:func:`manifest_test_set`) or any folder (:func:`folder_test_set`).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from medtune.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -134,3 +138,49 @@ def gradcam_galleries(model, x, y, proba, classes, correct_per_class: int, max_m
             for k, i in enumerate(pick)
         ]
     return galleries
+
+
+@dataclass
+class TestSet:
+    x: np.ndarray
+    y: np.ndarray
+    paths: list[str]
+    split_id: str  # identifies the test images, for the champion gate
+    source: str
+
+
+def manifest_test_set(split) -> TestSet:
+    """The test split of a :class:`medtune.tracking.splits.LoadedSplit`."""
+    cache = split.cache
+    test_rows = split.manifest[split.manifest["split"] == "test"]
+    split_id = f"{split.dataset}:{_hash(sorted(test_rows['sha256']))}"
+    return TestSet(cache.x["test"], cache.y["test"], list(cache.paths["test"]), split_id, f"split run {split.run_id}")
+
+
+def folder_test_set(folder: str, classes: list[str], image_size: int, channels: int) -> TestSet:
+    """Any folder of class sub-folders, validated as `split` validates (bad files are skipped)."""
+    from medtune.datasets.images import decode_many
+    from medtune.datasets.layout import detect_layout
+    from medtune.datasets.scan import scan_dataset
+
+    layout = detect_layout(Path(folder))
+    scan, _ = scan_dataset(layout)
+    for s in scan.skipped:
+        log.warning("skipped %s: %s", s.path, s.reason)
+    unknown = sorted({r.label for r in scan.records} - set(classes))
+    if unknown:
+        raise DataError(f"data_dir={folder}: classes {unknown} are unknown to the model (it knows {classes})")
+    records = scan.records
+    x = decode_many([r.path for r in records], image_size, channels)
+    y = np.asarray([classes.index(r.label) for r in records], dtype=np.int32)
+    split_id = f"folder:{_hash(sorted(r.sha256 for r in records))}"
+    return TestSet(x, y, [r.path for r in records], split_id, f"folder {folder}")
+
+
+def _hash(items) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for item in items:
+        h.update(str(item).encode())
+    return h.hexdigest()[:16]

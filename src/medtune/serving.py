@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -303,3 +304,33 @@ def load_keras_from_uri(model_uri: str, dst: Path):
     import medtune.models.layers  # noqa: F401 - registers the layers transfer models contain
 
     return keras.models.load_model(keras_file, compile=False), json.loads(meta_file.read_text())
+
+
+def predict_on_split(model_uri: str, split, test) -> np.ndarray | None:
+    """The classes a registered model predicts for ``test``'s images (in their order), at its own image size.
+
+    None when it cannot be scored there (other classes or channels): the gate then keeps the champion
+    and makes the new version the challenger.
+    """
+    from medtune.evaluation import manifest_test_set
+    from medtune.tracking.splits import load_split
+    from medtune.training import predict_proba
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, meta = load_keras_from_uri(model_uri, Path(tmp))
+    if list(meta.get("classes", [])) != list(split.classes) or int(meta.get("channels", 3)) != test.x.shape[-1]:
+        log.warning(
+            "%s predicts %s from %s channel(s): it cannot be scored on this split",
+            model_uri,
+            meta.get("classes"),
+            meta.get("channels"),
+        )
+        return None
+    x, size = test.x, int(meta.get("image_size", 0))
+    if size != test.x.shape[1]:  # the same test images, cached at the model's own size
+        other = manifest_test_set(load_split(split.dataset, size, split_run=split.run_id))
+        where = {path: i for i, path in enumerate(other.paths)}
+        if sorted(where) != sorted(test.paths):
+            return None
+        x = other.x[[where[path] for path in test.paths]]
+    return predict_proba(model, x).argmax(1)

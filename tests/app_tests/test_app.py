@@ -57,8 +57,7 @@ def _register(experiment_id: str, seed: int, with_card: bool) -> str:
     """A tiny model; ``with_card`` also gives it a model card and prediction sets."""
     from medtune.evaluation import evaluate_model
     from medtune.model_card import DataInfo
-    from medtune.steps import model_card as cards
-    from medtune.tracking import RunLogger
+    from medtune.tracking import RunLogger, cards
 
     keras.utils.set_random_seed(seed)
     x, y, _ = generate(8, SIZE, seed=seed)

@@ -281,7 +281,7 @@ def _evaluation(n_gallery=6):
 
 @pytest.mark.parametrize("images", [False, True])
 def test_test_images_are_in_the_html_only_when_asked(images):
-    from medtune.steps.model_card import log_model_card
+    from medtune.tracking.cards import log_model_card
 
     card, *_ = make_card()
     run = _Run()

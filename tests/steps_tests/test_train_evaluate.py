@@ -225,7 +225,7 @@ def test_train_and_evaluate_log_a_model_card_whose_figures_are_the_logged_metric
     import re
 
     from medtune.model_card import SECTIONS
-    from medtune.steps.model_card import load_card
+    from medtune.tracking.cards import load_card
 
     run, client = trained["run"], MlflowClient()
     assert {
@@ -286,7 +286,8 @@ def test_train_and_evaluate_log_a_model_card_whose_figures_are_the_logged_metric
 
 def test_champion_is_rescored_at_its_own_image_size(trained):
     """The gate scores the champion on this split's test images at its own size, image by image in their order."""
-    from medtune.steps.evaluate import manifest_test_set, predict_on_split
+    from medtune.evaluation import manifest_test_set
+    from medtune.serving import predict_on_split
     from medtune.tracking.splits import load_split
 
     train = trained["run"]

@@ -1,6 +1,6 @@
 """Model cards: content from plain values, laid out once, rendered as Markdown and self-contained HTML.
 
-Nothing here touches files or tracking: :mod:`medtune.steps.model_card` writes and logs the card.
+Nothing here touches files or tracking: :mod:`medtune.tracking.cards` writes and logs the card.
 """
 
 from medtune.model_card._content import (

@@ -97,7 +97,7 @@ class RegistryModels:
 
     def card(self, uri: str) -> str:
         from medtune.model_card import render_markdown
-        from medtune.steps.model_card import load_card
+        from medtune.tracking.cards import load_card
 
         mv = self.version_of(uri)
         card = load_card(mv.run_id)

@@ -21,8 +21,7 @@ from medtune.options import default
 from medtune.planning.budget import Budget
 from medtune.planning.fingerprint import MachineFingerprint
 from medtune.planning.rules import apply, default_plan
-from medtune.steps import model_card as cards
-from medtune.tracking import registry
+from medtune.tracking import cards, registry
 
 log = logging.getLogger(__name__)
 
@@ -322,14 +321,8 @@ def _train(opts: TrainOptions, split, params: dict, weights: dict, mixed: bool, 
     return model
 
 
-def _evaluate_and_register(opts, split, params, search_run_id, source, model, run, t0) -> TrainOutcome:
-    """Score the test images, log the model, pass it through the champion gate, write the card."""
-    from medtune import promotion, serving, training
-    from medtune.evaluation import evaluate_model
-    from medtune.steps.evaluate import log_evaluation, manifest_test_set, predict_on_split
-
-    classes, cache = split.classes, split.cache
-    test = manifest_test_set(split)
+def _calibrate(opts: TrainOptions, cache, model, run):
+    """The temperature and the prediction sets' threshold, fitted on halves of the validation images."""
     model, fit = calibrate(
         model, cache.x["val"], cache.y["val"], enabled=opts.calibrate, level=opts.conformal_level, seed=opts.seed
     )
@@ -343,8 +336,20 @@ def _evaluate_and_register(opts, split, params, search_run_id, source, model, ru
         100 * opts.conformal_level,
         fit.conformal_threshold,
     )
+    return model, fit
+
+
+def _evaluate_and_register(opts, split, params, search_run_id, source, model, run, t0) -> TrainOutcome:
+    """Score the test images, log the model, pass it through the champion gate, write the card."""
+    from medtune import promotion, serving, training
+    from medtune.evaluation import evaluate_model, manifest_test_set
+    from medtune.serving import predict_on_split
+
+    classes, cache = split.classes, split.cache
+    test = manifest_test_set(split)
+    model, fit = _calibrate(opts, cache, model, run)
     ev = evaluate_model(model, test.x, test.y, classes, test.paths, metadata=fit.metadata())
-    log_evaluation(run, ev, classes)
+    cards.log_evaluation(run, ev, classes)
     run.tags({"medtune.test_split": test.split_id})
     log.info(
         "test accuracy %.4f, macro-F1 %.4f, macro ROC-AUC %.4f",

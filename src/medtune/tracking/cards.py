@@ -1,7 +1,9 @@
-"""Write a model card at the end of ``train`` and ``evaluate``: gather the facts, render, log.
+"""Log an evaluation and its model card at the end of ``train`` and ``evaluate``: gather the facts,
+render, log.
 
-The content is computed by :mod:`medtune.model_card` from plain values; this module is the edge
-that reads the tracking store for them and logs the result under ``model_card/`` on the run.
+The content is computed by :mod:`medtune.evaluation` and :mod:`medtune.model_card` from plain
+values; this module is the edge that reads the tracking store for them and logs the result
+(``evaluation/`` and ``model_card/`` on the run).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import logging
 import tempfile
 from pathlib import Path
 
-from medtune import tracking
+import numpy as np
+
+from medtune.evaluation import Evaluation
 from medtune.model_card import (
     DataInfo,
     GateInfo,
@@ -27,6 +31,8 @@ from medtune.model_card import (
     render_markdown,
     short_description,
 )
+from medtune.tracking.logger import RunLogger
+from medtune.tracking.store import download_artifact, find_run
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ def params_source(search_run_id: str | None, params_file: str | None = None) -> 
     """ "search run <id>, best trial <n>" (the trial read from the search run's tags), or the params file."""
     if not search_run_id:
         return f"params file {params_file}" if params_file else "unknown"
-    run = tracking.find_run(search_run_id)
+    run = find_run(search_run_id)
     if run is None:
         return f"search run {search_run_id} (not in this tracking store)"
     trial = run.data.tags.get("medtune.best_trial", "?")
@@ -119,7 +125,7 @@ def gate_of_version_tags(tags: dict) -> GateInfo | None:
 
 
 def log_model_card(
-    run: tracking.RunLogger,
+    run: RunLogger,
     ev,
     *,
     model: ModelInfo,
@@ -177,7 +183,7 @@ def describe_version(name: str, version: str, card: ModelCard) -> None:
 def load_card(run_id: str) -> ModelCard | None:
     """The card logged on a run, or None when it has none."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = tracking.download_artifact(run_id, CARD_JSON, Path(tmp), missing_ok=True)
+        path = download_artifact(run_id, CARD_JSON, Path(tmp), missing_ok=True)
         if path is None:
             return None
         try:
@@ -185,3 +191,33 @@ def load_card(run_id: str) -> ModelCard | None:
         except (TypeError, KeyError) as exc:  # a card of an older medtune
             log.warning("The model card of run %s cannot be read (%s): left aside", run_id, exc)
             return None
+
+
+def log_evaluation(run: RunLogger, ev: Evaluation, classes: list[str]) -> None:
+    """Metrics with a ``test_`` prefix and every evaluation artifact."""
+    from medtune import reports
+
+    run.metrics(ev.metrics)
+    run.json(ev.report, "evaluation/classification_report.json")
+    run.text(ev.report_text, "evaluation/classification_report.txt")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "predictions.csv"
+        ev.predictions.to_csv(path, index=False)
+        run.file(path, "evaluation")
+    run.figure(
+        reports.confusion_matrix_figure(ev.confusion, classes, title="test (counts)"), "evaluation/confusion_matrix.png"
+    )
+    run.figure(
+        reports.confusion_matrix_figure(ev.confusion, classes, normalize=True, title="test (normalised by true class)"),
+        "evaluation/confusion_matrix_normalized.png",
+    )
+    run.figure(reports.roc_figure(ev.roc, classes), "evaluation/roc_curves.png")
+    run.figure(reports.reliability_figure(ev.reliability), "evaluation/reliability.png")
+    from medtune.datasets.registry import safe_name
+
+    for cls, items in ev.galleries.items():
+        if not items:
+            continue
+        titles = [("OK " if it.correct else "WRONG ") + it.title for it in items]
+        fig = reports.gradcam_grid(np.stack([it.image for it in items]), np.stack([it.heatmap for it in items]), titles)
+        run.figure(fig, f"evaluation/gradcam/{safe_name(cls)}.png")
