@@ -24,12 +24,9 @@ from medtune.training.callbacks import (
 )
 from medtune.training.compile import compile_model
 from medtune.training.data import (
-    AUTOTUNE,
     balanced_class_weights,
     check_images,
-    gatherer,
     make_dataset,
-    without_autotune_thread,
 )
 
 log = logging.getLogger(__name__)
@@ -170,13 +167,20 @@ def fit_stages(
 
 
 def predict_proba(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities ``(N, n_classes)`` float32, read batch by batch (memmap-friendly)."""
+    """Class probabilities ``(N, n_classes)`` float32, read batch by batch (memmap-friendly).
+
+    Plain slices into ``predict_on_batch``: a ``tf.numpy_function`` over ``x`` would keep every
+    array it was ever given alive (the app and the served model call this again and again).
+    """
     check_images(x)
     if len(x) == 0:
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
-    gather = gatherer(x, sort=False)
-    ds = without_autotune_thread(tf.data.Dataset.range(len(x)).batch(int(batch_size)).map(gather).prefetch(AUTOTUNE))
-    return np.asarray(model.predict(ds, verbose=0), dtype=np.float32)
+    step = int(batch_size)
+    parts = [
+        np.asarray(model.predict_on_batch(np.asarray(x[i : i + step], dtype=np.float32)), dtype=np.float32)
+        for i in range(0, len(x), step)
+    ]
+    return np.concatenate(parts)
 
 
 @dataclass
