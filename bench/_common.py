@@ -72,14 +72,19 @@ def kept_home(args) -> tuple[Path, Path, str]:
     data = given if given.is_absolute() else shared_data(given.parts[0]).parent / given
     dataset = getattr(args, "dataset", None) or (data.name if given.is_absolute() else given.parts[0])
     quick = "-quick" if args.quick else ""
-    home = Path(args.home or Path.home() / ".cache" / "medtune-bench" / f"budget-{dataset}{quick}")
+    home = use_home(Path(args.home or Path.home() / ".cache" / "medtune-bench" / f"budget-{dataset}{quick}"))
+    return data, home, dataset
+
+
+def use_home(home: Path) -> Path:
+    """``home`` (made if missing) as medtune's home and MLflow store, quiet, medtune imported from here."""
     home.mkdir(parents=True, exist_ok=True)
     os.environ["MEDTUNE_HOME"] = str(home)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     sys.path.insert(0, str(REPO / "src"))
-    return data, home, dataset
+    return home
 
 
 def load_rows(path: Path) -> dict:

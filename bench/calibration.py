@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import REPO, machine, shared_data, subset_folder, table  # noqa: E402
+from bench._common import machine, shared_data, subset_folder, table, use_home  # noqa: E402
 
 DATA = {"brain_mri": "brain_mri/Training", "covid19_radiography": "covid19_radiography"}
 
@@ -95,13 +95,7 @@ def measure(dataset: str, model_uri: str, levels: list[float]) -> list[dict]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    home = Path(args.home or Path.home() / ".cache" / "medtune-bench" / "calibration")
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["MEDTUNE_HOME"] = str(home)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    sys.path.insert(0, str(REPO / "src"))
+    home = use_home(Path(args.home or Path.home() / ".cache" / "medtune-bench" / "calibration"))
     print(machine())
     levels = [float(v) for v in args.levels.split(",")]
     rows = []
