@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from medtune.datasets.cache import CHANNELS, CachedSplits, absolute_manifest, ensure_cache
-from medtune.datasets.registry import resolve_dataset
+from medtune.datasets.registry import dataset_name, resolve_dataset
 from medtune.errors import DataError
 from medtune.tracking.lookups import get_step_run
 from medtune.tracking.store import download_artifact, find_runs
@@ -42,7 +42,7 @@ def load_split(
     Only reads: a dataset never split is a one-line error (the CLI and the Python API run the
     split step first, :func:`medtune.steps.pipeline.ensure_split`).
     """
-    name = resolve_dataset(dataset, data_dir).name if dataset else dataset
+    name = dataset_name(dataset) if dataset else dataset  # no need to find its files for the name
     if split_run in (None, "", "latest"):
         runs = find_runs(name, "split", max_results=1)
         if not runs:
