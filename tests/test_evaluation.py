@@ -39,11 +39,12 @@ class FixedModel:
 
     def __init__(self, proba):
         self.proba = np.asarray(proba, np.float32)
-        self.seen = None
+        self.seen = np.zeros((0,), np.float32)
 
-    def predict(self, data, verbose=0):  # noqa: ARG002
-        self.seen = np.concatenate([np.asarray(batch) for batch in data])
-        return self.proba
+    def predict_on_batch(self, batch):
+        start = len(self.seen)
+        self.seen = np.concatenate([self.seen.reshape(-1, *batch.shape[1:]), np.asarray(batch)])
+        return self.proba[start : len(self.seen)]
 
 
 def _images(n=len(Y), size=8):
