@@ -73,13 +73,10 @@ def search(dataset: str = "synthetic", *, tracking_uri: str | None = None, **opt
         params), ``summaries`` of every trial.
     """
     _ready(tracking_uri)
-    from medtune.steps.pipeline import ensure_split
-    from medtune.steps.search import SearchOptions, check_options, run_search
+    from medtune.steps.pipeline import search_with_split
+    from medtune.steps.search import SearchOptions
 
-    opts = SearchOptions(dataset=dataset, **options)
-    check_options(opts)
-    ensure_split(dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
-    return run_search(opts)
+    return search_with_split(SearchOptions(dataset=dataset, **options))
 
 
 def train(dataset: str = "synthetic", *, tracking_uri: str | None = None, **options):
@@ -90,13 +87,10 @@ def train(dataset: str = "synthetic", *, tracking_uri: str | None = None, **opti
         ``model_name``, ``model_version`` and the gate's ``decision``.
     """
     _ready(tracking_uri)
-    from medtune.steps.pipeline import ensure_split
-    from medtune.steps.train import TrainOptions, check_inputs, run_train
+    from medtune.steps.pipeline import train_with_split
+    from medtune.steps.train import TrainOptions
 
-    opts = TrainOptions(dataset=dataset, **options)
-    check_inputs(opts)
-    ensure_split(dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
-    return run_train(opts)
+    return train_with_split(TrainOptions(dataset=dataset, **options))
 
 
 def main(dataset: str = "synthetic", *, budget: str | float | None = None, tracking_uri: str | None = None, **options):

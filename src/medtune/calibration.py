@@ -117,8 +117,7 @@ class Calibration:
     conformal_threshold: float
     val_ece_before: float  # on the calibration half, which the temperature was not fitted on
     val_ece_after: float
-    n_fit: int
-    n_calibration: int
+    n_calibration: int  # validation images the threshold rests on
 
     def metadata(self) -> dict:
         """What the served model needs (see :func:`medtune.serving.build_metadata`)."""
@@ -152,7 +151,6 @@ def calibrate(model, x_val: np.ndarray, y_val: np.ndarray, *, enabled: bool = Tr
         conformal_threshold(calibrated[cal], y_val[cal], level),
         expected_calibration_error(y_val[cal], proba[cal]),
         expected_calibration_error(y_val[cal], calibrated[cal]),
-        len(fit),
         len(cal),
     )
     return (with_temperature(model, temperature) if temperature != 1.0 else model), result

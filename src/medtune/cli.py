@@ -335,13 +335,10 @@ def split(ctx, new_run, tracking_uri, **kw):
 
 def _run_search(ctx, engine, tracking_uri, image_sizes, **kw):
     _setup(ctx.obj["verbose"], tracking_uri)
-    from medtune.steps.pipeline import ensure_split
-    from medtune.steps.search import SearchOptions, check_options, run_search
+    from medtune.steps.pipeline import search_with_split
+    from medtune.steps.search import SearchOptions
 
-    opts = SearchOptions(engine=engine, rungs=image_sizes, **kw)
-    check_options(opts)
-    ensure_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
-    out = run_search(opts)
+    out = search_with_split(SearchOptions(engine=engine, rungs=image_sizes, **kw))
     best = f"best trial {out.best.number}: {kw['objective']}={out.best.value:.4f}" if out.best else "no trial completed"
     click.echo(f"search {out.study}: {len(out.summaries)} trials in {out.seconds:.0f} s, {best}; run={out.run_id}")
 
@@ -386,13 +383,10 @@ def _train_summary(out) -> str:
 def train(ctx, tracking_uri, **kw):
     """Train the best trial of a search (or explicit params), evaluate, register and gate @champion."""
     _setup(ctx.obj["verbose"], tracking_uri)
-    from medtune.steps.pipeline import ensure_split
-    from medtune.steps.train import TrainOptions, check_inputs, run_train
+    from medtune.steps.pipeline import train_with_split
+    from medtune.steps.train import TrainOptions
 
-    opts = TrainOptions(**kw)
-    check_inputs(opts)
-    ensure_split(opts.dataset, opts.image_size, data_dir=opts.data_dir)
-    click.echo(_train_summary(run_train(opts)))
+    click.echo(_train_summary(train_with_split(TrainOptions(**kw))))
 
 
 @cli.command()

@@ -92,7 +92,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
     split_opts = SplitOptions(
         dataset=opts.dataset,
         data_dir=opts.data_dir,
-        image_size=opts.image_size or (plan.final_image_size if plan else 128),
+        image_size=opts.image_size or (plan.final_image_size if plan else default("split.image_size")),
         seed=opts.seed,
         exclude_classes=tuple(opts.exclude_classes),
     )
@@ -333,6 +333,26 @@ def ensure_split(
         options = SplitOptions(dataset=dataset, data_dir=data_dir)
         options.image_size = image_size or options.image_size
         run_split(options, reuse_run=True)
+
+
+def search_with_split(opts):
+    """``search`` as the CLI and the API run it: its options checked, the split made when there is
+    none, then the search."""
+    from medtune.steps.search import check_options, run_search
+
+    check_options(opts)
+    ensure_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
+    return run_search(opts)
+
+
+def train_with_split(opts):
+    """``train`` as the CLI and the API run it: its inputs checked, the split made when there is none,
+    then final training."""
+    from medtune.steps.train import check_inputs, run_train
+
+    check_inputs(opts)
+    ensure_split(opts.dataset, opts.image_size, split_run=opts.split_run, data_dir=opts.data_dir)
+    return run_train(opts)
 
 
 def _log_files(run_id: str | None, files: dict) -> None:
