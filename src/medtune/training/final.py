@@ -22,7 +22,6 @@ Report = Callable[[str, int, dict], None]  # (member prefix, epoch, logs)
 class FinalFit:
     members: list  # keras.Model, float32
     histories: list[dict]
-    epochs: int  # per member, as the last member was planned
     metrics: dict[str, float] = field(default_factory=dict)  # the re-planning, to record
 
 
@@ -53,14 +52,14 @@ def final_fit(
 
     schedule = params.get("lr_schedule") or "constant"
     reserve = evaluation_reserve(budget.seconds) if budget is not None and budget.seconds else 0.0
-    out = FinalFit([], [], epochs)
+    out = FinalFit([], [])
     for i in range(ensemble):
         if i and replan and budget is not None and out.histories[-1].get("epoch_seconds"):
             history = out.histories[-1]
             epoch_s = steady_epoch_seconds([float(t) for t in history["epoch_seconds"]], stages=history.get("stage"))
             planned = member_epochs(max(0.0, budget.remaining() - reserve), ensemble - i, epoch_s)
             out.metrics.update({f"member{i}_planned_epochs": planned, f"member{i - 1}_epoch_seconds": epoch_s})
-            if planned != out.epochs:
+            if planned != epochs:
                 log.info(
                     "Members %d-%d re-planned from member %d's %.1f s per epoch: %d epochs each (were %d)",
                     i,
@@ -68,9 +67,9 @@ def final_fit(
                     i - 1,
                     epoch_s,
                     planned,
-                    out.epochs,
+                    epochs,
                 )
-                out.epochs = planned
+                epochs = planned
         share = budget.share(fraction=1 / (ensemble - i), keep=reserve) if budget is not None else None
         prefix = f"member{i}_" if ensemble > 1 else ""
         member, history = fit_member(
@@ -79,8 +78,8 @@ def final_fit(
             n_classes,
             class_weight=class_weight,
             weights=weights,
-            epochs=out.epochs,
-            patience=patience or early_stopping_patience(out.epochs, schedule),
+            epochs=epochs,
+            patience=patience or early_stopping_patience(epochs, schedule),
             seed=seed + i,
             report=lambda epoch, logs, prefix=prefix: report(prefix, epoch, logs),
             title=f"final training{' ' + prefix.rstrip('_') if prefix else ''}",
