@@ -10,6 +10,8 @@ Handled layouts (folder names compared case-insensitively):
 
 Hidden folders, ``.ipynb_checkpoints`` and ``__MACOSX`` are ignored; loose files beside the
 folders (README, metadata spreadsheets) are ignored too.
+
+With a labels table (:func:`table_layout`), the table names the images and their classes instead.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from medtune.datasets.labels_table import LabelsTable, read_table
+from medtune.datasets.patients import PatientKeys
 from medtune.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -41,16 +45,18 @@ class Layout:
         root: the dataset folder as given.
         train: class name -> folders holding its training images (scanned recursively).
         test: class name -> folders holding its official test images; ``None`` without a test split.
+        table: the labels table that names the images instead (then ``train`` and ``test`` are empty).
     """
 
     root: Path
     train: dict[str, list[Path]]
     test: dict[str, list[Path]] | None
+    table: LabelsTable | None = None
 
     @property
     def classes(self) -> list[str]:
-        """Sorted class names over train and test."""
-        names = set(self.train) | set(self.test or {})
+        """Sorted class names over train and test (or the table)."""
+        names = set(self.train) | set(self.test or {}) | set(self.table.classes if self.table else ())
         return sorted(names)
 
     def without(self, classes: Sequence[str]) -> Layout:
@@ -70,7 +76,20 @@ class Layout:
             raise ConfigError(f"exclude_classes: leaves {len(left)} class(es) of {self.root}; a classifier needs two")
         drop = set(classes)
         test = {k: v for k, v in self.test.items() if k not in drop} if self.test is not None else None
-        return Layout(self.root, {k: v for k, v in self.train.items() if k not in drop}, test)
+        table = self.table.without(drop) if self.table else None
+        return Layout(self.root, {k: v for k, v in self.train.items() if k not in drop}, test, table)
+
+
+def table_layout(root: Path | str, labels: str | Path, keys: PatientKeys) -> Layout:
+    """The layout of a dataset folder whose images a labels table names (see :mod:`~medtune.datasets.labels_table`).
+
+    Raises:
+        DataError: the folder is missing, or the table is (one line naming the file and line).
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
+    return Layout(root=root, train={}, test=None, table=read_table(labels, root, keys))
 
 
 def is_ignored_dir(name: str) -> bool:

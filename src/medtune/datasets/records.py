@@ -17,6 +17,8 @@ class ImageRecord:
         phash: perceptual hash of the decoded image, 16 hex digits (64 bits).
         width, height: decoded size in pixels (after EXIF orientation).
         mode: PIL mode of the file before conversion (``"L"``, ``"RGBA"``, ``"I;16"``...).
+        patient: the patient's salted key (:mod:`medtune.datasets.patients`), ``""`` if unknown.
+        split: the split a labels table gives it (``train``, ``val``, ``test``), ``""`` if none.
     """
 
     path: str
@@ -27,6 +29,8 @@ class ImageRecord:
     width: int
     height: int
     mode: str
+    patient: str = ""
+    split: str = ""
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ class ScanResult:
         ignored: counts of entries ignored on purpose, by kind
             (``hidden``, ``checkpoint``, ``symlink_outside``, ``mask``, ``non_image_extension``...).
         ignored_files: the same entries by path, each with a readable reason.
-        has_official_test: whether the layout had a separate test folder.
+        has_official_test: whether the layout had a separate test folder (or the labels table
+            gives a ``test`` split).
     """
 
     root: str

@@ -1,8 +1,9 @@
 """The phases of :func:`medtune.datasets.splitting.make_split`, each a plain function on records.
 
 Every phase takes the records in their canonical order, the duplicate groups of
-:func:`medtune.datasets.dedup.find_groups` (lists of record indices) and the indices already left
-out by earlier phases. The phases that leave records out return ``{record index: report entry}``
+:func:`medtune.datasets.dedup.find_duplicates` (lists of record indices) and the indices already left
+out by earlier phases. The test leaks and the units take the groups joined with the patients
+(:func:`medtune.datasets.patients.join_groups`): one patient's images share a split. The phases that leave records out return ``{record index: report entry}``
 in a stable order, so the caller both excludes those records and reports why.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Container, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -72,7 +73,8 @@ def find_test_leaks(records: Sequence[ImageRecord], groups: Groups, excluded: se
     """Official test images grouped with a training image: they would leak training data into the test score.
 
     Each entry names the training file it duplicates (an exact copy if there is one, else the
-    group's first training image) and the kind of duplicate, ``exact`` or ``near``.
+    group's first training image) and the kind: ``exact``, ``patient`` (the same patient's
+    training image) or ``near``.
     """
     leaks: dict[int, dict] = {}
     for g_index, members in enumerate(groups):
@@ -86,11 +88,14 @@ def find_test_leaks(records: Sequence[ImageRecord], groups: Groups, excluded: se
                     for j in members
                     if records[j].source != "test" and records[j].sha256 == records[i].sha256
                 ]
+                patient = records[i].patient
+                same = [records[j].path for j in members if patient and records[j].source != "test"
+                        and records[j].patient == patient]  # fmt: skip
                 leaks[i] = {
                     "path": records[i].path,
                     "label": records[i].label,
-                    "duplicate_of": (exact or train_paths)[0],
-                    "kind": "exact" if exact else "near",
+                    "duplicate_of": (exact or same or train_paths)[0],
+                    "kind": "exact" if exact else "patient" if same else "near",
                     "group": group_id(g_index),
                 }
     return leaks
@@ -120,17 +125,28 @@ def find_exact_duplicates(records: Sequence[ImageRecord], groups: Groups, exclud
 
 @dataclass
 class Unit:
-    """Images that must share a split: what is left of one group, or one ungrouped image.
+    """Images that must share a split: what is left of one group (or patient), or one image.
 
     Attributes:
         key: the path of its first image; units are dealt in an order sorted by it.
         label: the label of its first image (near-duplicate members may carry others).
         members: record indices.
+        given: the split given to it, set by :func:`deal_class`: ``test`` (an official test
+            image), ``val``, ``train`` (train or val, never test) or ``""`` (any); a labels
+            table's ``val`` outranks its ``train``.
     """
 
     key: str
     label: str
     members: list[int]
+    given: str = ""
+
+
+def _given(records: Sequence[ImageRecord], members: Sequence[int]) -> str:
+    if any(records[i].source == "test" for i in members):
+        return "test"
+    splits = {records[i].split for i in members}
+    return "val" if "val" in splits else "train" if "train" in splits else ""
 
 
 def make_units(records: Sequence[ImageRecord], groups: Groups, excluded: set[int]) -> list[Unit]:
@@ -166,6 +182,7 @@ def deal(
 
     The last split in ``splits`` takes the rest. Every split gets at least one unit (the caller
     guarantees there are enough units), and a split overshoots its target by less than one unit.
+    A unit given ``train`` is never dealt to ``test``.
     """
     order = [units[i] for i in rng.permutation(len(units))]
     out: dict[str, list[Unit]] = {s: [] for s in splits}
@@ -174,7 +191,7 @@ def deal(
         left_after = len(order) - pos - 1
         chosen = splits[-1]
         for split in splits[:-1]:
-            if counts[split] >= targets[split]:
+            if counts[split] >= targets[split] or (split == "test" and unit.given == "train"):
                 continue
             still_empty = sum(1 for s in splits if s != split and counts[s] == 0)
             if still_empty <= left_after:
@@ -189,6 +206,17 @@ def _images(units: list[Unit]) -> int:
     return sum(len(u.members) for u in units)
 
 
+def _too_few(label: str, pool: list[Unit], given: dict[str, list[Unit]], splits: tuple[str, ...]) -> DataError:
+    kinds = {"test": "official test", "val": "given val"}
+    word = "training group(s)" if "test" in given else "group(s) of images"
+    has = " and ".join([f"{len(pool)} {word}", *(f"{len(u)} {kinds[s]} group(s)" for s, u in given.items())])
+    need = " and ".join([str(len(splits)), *("1" for _ in given)])
+    return DataError(
+        f"class {label!r} has {has} after removing duplicates, label conflicts and test leaks; need at least "
+        f"{need} to fill train, val and test (or leave it out: exclude_classes={label!r})"
+    )
+
+
 def deal_class(
     records: Sequence[ImageRecord],
     class_units: list[Unit],
@@ -198,36 +226,39 @@ def deal_class(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    val_given: bool = False,
 ) -> dict[str, list[Unit]]:
     """One class's units (sorted by key) dealt to train, val and test.
 
-    With an official test folder its units form the test split and val is carved from the
-    training pool; otherwise test and val are both carved from the class.
+    With an official test folder (or ``test`` rows in a labels table) its test units form the
+    test split, otherwise test is carved from the units given no split. Likewise with ``val``
+    rows (``val_given``) the units given ``val`` form the validation split, otherwise val is
+    carved from the units given no split or ``train``. Test's target is a share of the class,
+    val's a share of what is not test.
 
     Raises:
         DataError: too few units to give every split at least one.
     """
-    if official:
-        pool = [u for u in class_units if records[u.members[0]].source != "test"]
-        tests = [u for u in class_units if records[u.members[0]].source == "test"]
-        if len(pool) < 2 or not tests:
-            raise DataError(
-                f"class {label!r} has {len(pool)} training group(s) and {len(tests)} official test group(s) "
-                "after removing duplicates and label conflicts; need at least 2 and 1 to fill train, val and "
-                f"test (or leave it out: exclude_classes={label!r})"
-            )
-        targets = {"val": max(1, round(val_fraction * _images(pool)))}
-        dealt = deal(pool, targets, ("val", "train"), class_rng(seed, label))
-        dealt["test"] = tests
-        return dealt
-    if len(class_units) < 3:
+    class_units = [replace(u, given=_given(records, u.members)) for u in class_units]
+    given = {s: [u for u in class_units if u.given == s] for s, on in (("test", official), ("val", val_given)) if on}
+    pool = [u for u in class_units if u.given in ("", "train")]
+    splits = (*(() if official else ("test",)), *(() if val_given else ("val",)), "train")
+    if len(pool) < len(splits) or not all(given.values()):
+        raise _too_few(label, pool, given, splits)
+    not_test = [u for u in class_units if u.given != "test"]
+    targets = {
+        "test": max(1, round(test_fraction * _images(class_units))),
+        "val": max(1, round(val_fraction * _images(not_test))),
+    }
+    dealt = deal(pool, targets, splits, class_rng(seed, label))
+    if not dealt.get("test", given.get("test")):
+        free = sum(1 for u in pool if u.given == "")
         raise DataError(
-            f"class {label!r} has {len(class_units)} group(s) of images after removing duplicates and label "
-            f"conflicts; need at least 3 to fill train, val and test (or leave it out: exclude_classes={label!r})"
+            f"class {label!r}: no image left for test ({free} group(s) given no split; the labels table's "
+            "train rows never go to test): give some rows split=test or leave their split empty"
         )
-    n_images = _images(class_units)
-    targets = {"test": max(1, round(test_fraction * n_images)), "val": max(1, round(val_fraction * n_images))}
-    return deal(class_units, targets, ("test", "val", "train"), class_rng(seed, label))
+    dealt.update(given)
+    return dealt
 
 
 def assign_splits(
@@ -240,10 +271,18 @@ def assign_splits(
     test_fraction: float,
     seed: int,
 ) -> dict[int, str]:
-    """Record index -> split, class by class (see :func:`deal_class`)."""
+    """Record index -> split, class by class (see :func:`deal_class`).
+
+    A class whose every image rides in units of other classes (each patient's first image is of
+    another class) has no units of its own: its images go where their units go.
+    """
+    val_given = any(records[i].split == "val" for u in units for i in u.members)
+    in_units = {records[i].label for u in units for i in u.members}
     split_of: dict[int, str] = {}
     for label in classes:
         class_units = sorted((u for u in units if u.label == label), key=lambda u: u.key)
+        if not class_units and label in in_units:
+            continue
         dealt = deal_class(
             records,
             class_units,
@@ -252,6 +291,7 @@ def assign_splits(
             val_fraction=val_fraction,
             test_fraction=test_fraction,
             seed=seed,
+            val_given=val_given,
         )
         for split, split_units in dealt.items():
             for unit in split_units:
