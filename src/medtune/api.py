@@ -145,7 +145,9 @@ class Model:
             buf = io.BytesIO()
             picture.save(buf, format="PNG")
             image = buf.getvalue()
-        return decode_image(image, self.image_size, int(self.metadata.get("channels", 3)))
+        return decode_image(
+            image, self.image_size, int(self.metadata.get("channels", 3)), window=self.metadata.get("window")
+        )
 
     def predict(self, images) -> Any:
         """Labels and class probabilities, one row per image (a pandas DataFrame).

@@ -248,6 +248,7 @@ SPLIT = (
     "test_fraction",
     "phash_distance",
     "exclude_classes",
+    "window",
 )
 SEARCH = (
     "dataset",
@@ -287,6 +288,7 @@ MAIN = (
     "dataset",
     "data_dir",
     "exclude_classes",
+    "window",
     "budget",
     "engine",
     "space",

@@ -157,21 +157,24 @@ def manifest_test_set(split) -> TestSet:
     return TestSet(cache.x["test"], cache.y["test"], list(cache.paths["test"]), split_id, f"split run {split.run_id}")
 
 
-def folder_test_set(folder: str, classes: list[str], image_size: int, channels: int) -> TestSet:
-    """Any folder of class sub-folders, validated as `split` validates (bad files are skipped)."""
+def folder_test_set(
+    folder: str, classes: list[str], image_size: int, channels: int, window: str | None = None
+) -> TestSet:
+    """Any folder of class sub-folders, validated as `split` validates (bad files are skipped);
+    DICOM files decoded with the model's ``window``."""
     from medtune.datasets.images import decode_many
     from medtune.datasets.layout import detect_layout
     from medtune.datasets.scan import scan_dataset
 
     layout = detect_layout(Path(folder))
-    scan, _ = scan_dataset(layout)
+    scan, _ = scan_dataset(layout, window=window)
     for s in scan.skipped:
         log.warning("skipped %s: %s", s.path, s.reason)
     unknown = sorted({r.label for r in scan.records} - set(classes))
     if unknown:
         raise DataError(f"data_dir={folder}: classes {unknown} are unknown to the model (it knows {classes})")
     records = scan.records
-    x = decode_many([r.path for r in records], image_size, channels)
+    x = decode_many([r.path for r in records], image_size, channels, window=window)
     y = np.asarray([classes.index(r.label) for r in records], dtype=np.int32)
     split_id = f"folder:{_hash(sorted(r.sha256 for r in records))}"
     return TestSet(x, y, [r.path for r in records], split_id, f"folder {folder}")

@@ -1,7 +1,8 @@
 """The model as MLflow serves it: encoded image bytes in, label and class probabilities out.
 
 The pyfunc decodes with :func:`medtune.datasets.images.decode_image`, the very function the
-split cache was built with, so serving sees pixels exactly as training did.
+split cache was built with, and DICOM with the split's window (``metadata["window"]``), so serving
+sees pixels exactly as training did.
 """
 
 from __future__ import annotations
@@ -47,15 +48,18 @@ def build_metadata(
     temperature: float = 1.0,
     conformal_level: float = 0.9,
     conformal_threshold: float | None = None,  # None: sets of the top class alone (see medtune.calibration)
+    window: str | None = None,
     **extra,
 ) -> dict:
     import medtune
+    from medtune.datasets.dicom import window_label
 
     return {
         "classes": list(classes),
         "image_size": int(image_size),
         "channels": int(channels),
-        "input": "DataFrame with an 'image' column of encoded image bytes (JPEG, PNG, BMP, TIFF, WebP)",
+        "window": window_label(window),  # DICOM bytes are decoded with the split's window
+        "input": "DataFrame with an 'image' column of encoded image bytes (JPEG, PNG, BMP, TIFF, WebP, DICOM)",
         "output": ["label"] + [prob_column(c) for c in classes] + ["prediction_set"],
         "intended_use": INTENDED_USE,
         "temperature": float(temperature),
@@ -148,7 +152,7 @@ class ImageClassifier(_pyfunc_base()):
             )
         if len(frame) > MAX_ROWS and os.environ.get(SERVING_ENV, "").lower() in ("true", "1"):
             raise ImageInputError(f"{len(frame)} images in one request: at most {MAX_ROWS}")
-        size, channels = self.metadata["image_size"], self.metadata["channels"]
+        size, channels, window = self.metadata["image_size"], self.metadata["channels"], self.metadata.get("window")
         parts = []
         for start in range(0, max(len(frame), 1), CHUNK_ROWS):
             images = []
@@ -157,7 +161,7 @@ class ImageClassifier(_pyfunc_base()):
                 if len(data) > MAX_IMAGE_BYTES:
                     raise ImageInputError(f"row {i}: {len(data)} bytes: at most {MAX_IMAGE_BYTES} per image")
                 try:
-                    images.append(decode_image(data, size, channels, max_pixels=MAX_IMAGE_PIXELS))
+                    images.append(decode_image(data, size, channels, max_pixels=MAX_IMAGE_PIXELS, window=window))
                 except ImageDecodeError as exc:
                     raise ImageInputError(f"row {i}: cannot decode image ({exc.reason})") from exc
             x = np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8)
@@ -265,7 +269,8 @@ def generated_examples(size: int) -> list[bytes]:
 def _decode_all(images: list[bytes], metadata: dict) -> np.ndarray:
     from medtune.datasets.images import decode_image
 
-    return np.stack([decode_image(b, metadata["image_size"], metadata["channels"]) for b in images])
+    size, channels, window = metadata["image_size"], metadata["channels"], metadata.get("window")
+    return np.stack([decode_image(b, size, channels, window=window) for b in images])
 
 
 def _requirements() -> list[str]:

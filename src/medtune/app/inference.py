@@ -71,7 +71,9 @@ def predict_image(loaded: LoadedModel, data: bytes, name: str) -> Prediction:
     from medtune.training import predict_proba
 
     try:
-        img = open_bytes(data, name, max_pixels=MAX_IMAGE_PIXELS)  # refused from the header, before decoding
+        img = open_bytes(  # refused from the header, before decoding; DICOM with the model's window
+            data, name, max_pixels=MAX_IMAGE_PIXELS, window=loaded.metadata.get("window")
+        )
         x = to_array(img, loaded.metadata["image_size"], loaded.metadata["channels"])[None]
         display = convert_mode(img, 3)
     except ImageDecodeError as exc:

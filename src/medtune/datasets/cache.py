@@ -1,9 +1,10 @@
 """Decoded images per split, cached on disk as memory-mapped ``.npy`` files.
 
 A cache lives in ``<root>/arrays/<key>/``, where the key hashes the manifest's contents (file
-SHA-256, label and split of every row), the class order, the image size and the channel count.
-Moving a dataset folder therefore reuses its cache; changing a file, a label, a split, the class
-list or the size builds a new one. Inside: ``{split}_x.npy`` (uint8, N x size x size x channels),
+SHA-256, label and split of every row), the class order, the image size, the channel count and a
+DICOM window when one is given (:mod:`medtune.datasets.dicom`). Moving a dataset folder therefore
+reuses its cache; changing a file, a label, a split, the class list, the size or the window builds
+a new one. Inside: ``{split}_x.npy`` (uint8, N x size x size x channels),
 ``{split}_y.npy`` (int32 class indices) and ``meta.json``. Rows within a split are ordered by
 (label, sha256, path), so the arrays are a function of the key alone.
 
@@ -13,6 +14,7 @@ interrupted build never leaves a half cache behind.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -101,7 +103,13 @@ def manifest_hash(manifest: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_key(manifest: pd.DataFrame, image_size: int, channels: int, classes: Sequence[str] | None = None) -> str:
+def cache_key(
+    manifest: pd.DataFrame,
+    image_size: int,
+    channels: int,
+    classes: Sequence[str] | None = None,
+    window: str | None = None,
+) -> str:
     """The folder name of a manifest's cache.
 
     Args:
@@ -109,25 +117,27 @@ def cache_key(manifest: pd.DataFrame, image_size: int, channels: int, classes: S
         image_size: height and width of the decoded images.
         channels: 1 or 3.
         classes: the class order ``y`` indexes into; default: the manifest's labels, sorted.
+        window: the DICOM window ``center,width`` the images are decoded with; None (each file's
+            own) leaves the key as it was before windows existed.
 
     Returns:
         A file-name-safe key such as ``"64px3c-0123456789abcdef"``.
     """
+    from medtune.datasets.dicom import parse_window, window_label
+
     if classes is None:
         classes = sorted(set(manifest["label"].astype(str)))
+    fields = {
+        "format": CACHE_FORMAT_VERSION,
+        "manifest": manifest_hash(manifest),
+        "classes": list(map(str, classes)),
+        "image_size": int(image_size),
+        "channels": int(channels),
+    }
+    if parse_window(window) is not None:
+        fields["window"] = window_label(window)
     digest = hashlib.sha256()
-    digest.update(
-        json.dumps(
-            {
-                "format": CACHE_FORMAT_VERSION,
-                "manifest": manifest_hash(manifest),
-                "classes": list(map(str, classes)),
-                "image_size": int(image_size),
-                "channels": int(channels),
-            },
-            sort_keys=True,
-        ).encode("utf-8")
-    )
+    digest.update(json.dumps(fields, sort_keys=True).encode("utf-8"))
     return f"{int(image_size)}px{int(channels)}c-{digest.hexdigest()[:16]}"
 
 
@@ -142,12 +152,12 @@ def _split_rows(manifest: pd.DataFrame) -> dict[str, pd.DataFrame]:
     }
 
 
-def _default_decode(paths: list[str], size: int, channels: int) -> np.ndarray:
+def _default_decode(paths: list[str], size: int, channels: int, window: str | None = None) -> np.ndarray:
     from medtune.datasets.images import decode_many  # lazy: written separately, pulls in Pillow work
     from medtune.progress import Counter
 
     with Counter(f"building the {size} px array cache", len(paths), "image") as bar:
-        return decode_many(paths, size, channels, progress=bar.to)
+        return decode_many(paths, size, channels, progress=bar.to, window=window)
 
 
 def load_cache(path: Path) -> CachedSplits:
@@ -254,6 +264,7 @@ def ensure_cache(
     root: Path | None = None,
     arrays: Mapping[str, np.ndarray] | None = None,
     decode: Decoder | None = None,
+    window: str | None = None,
 ) -> tuple[CachedSplits, bool]:
     """Return the decoded arrays of every split, building the cache if needed.
 
@@ -267,6 +278,8 @@ def ensure_cache(
             used instead of decoding those files.
         decode: ``decode(paths, image_size, channels) -> uint8 (N, size, size, channels)`` for the
             other files; default :func:`medtune.datasets.images.decode_many`.
+        window: the DICOM window ``center,width`` to decode grey DICOM files with (part of the key);
+            None: each file's own. ``arrays`` must have been decoded with the same window.
 
     Returns:
         ``(cache, reused)``: ``reused`` is True when a complete cache was already on disk. The
@@ -276,6 +289,8 @@ def ensure_cache(
     Raises:
         DataError: bad arguments, a label not in ``classes``, or decoding failed.
     """
+    from medtune.datasets.dicom import window_label
+
     _check_manifest(manifest)
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise DataError(f"image_size must be a positive integer, got {image_size!r}")
@@ -293,7 +308,7 @@ def ensure_cache(
 
     root = Path(root) if root is not None else settings.cache_dir()
     arrays_dir = root / "arrays"
-    key = cache_key(manifest, image_size, channels, classes)
+    key = cache_key(manifest, image_size, channels, classes, window)
     final = arrays_dir / key
     digest = manifest_hash(manifest)
     split_rows = _split_rows(manifest)
@@ -320,7 +335,7 @@ def ensure_cache(
     except OSError as exc:
         raise _unwritable(arrays_dir, exc) from exc
     _remove_stale_builds(arrays_dir, key)
-    decode = decode or _default_decode
+    decode = decode or functools.partial(_default_decode, window=window)
     arrays = arrays or {}
     try:
         index = {c: i for i, c in enumerate(classes)}
@@ -335,6 +350,7 @@ def ensure_cache(
             "classes": classes,
             "image_size": image_size,
             "channels": channels,
+            "window": window_label(window),
             "manifest_hash": digest,
             "splits": list(split_rows),
             "counts": counts,

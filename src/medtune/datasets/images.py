@@ -1,9 +1,9 @@
 """The one image decoding medtune uses everywhere: validation, cache building, serving, predict.
 
 Every image goes through :func:`open_image` (full decode, EXIF orientation, format detected by
-content, decompression bombs and truncated files refused), then :func:`convert_mode` (any PIL
-mode to ``RGB`` or ``L`` with explicit scaling rules) and :func:`to_array` (square resize to
-``uint8``). :func:`decode_image` chains the three; :func:`decode_many` does it for a list of
+content, DICOM through :mod:`medtune.datasets.dicom`, decompression bombs and truncated files
+refused), then :func:`convert_mode` (any PIL mode to ``RGB`` or ``L`` with explicit scaling
+rules) and :func:`to_array` (square resize to ``uint8``). :func:`decode_image` chains the three; :func:`decode_many` does it for a list of
 files in a process pool.
 """
 
@@ -94,7 +94,12 @@ def _read_source(source: str | Path | bytes) -> tuple[bytes, str | None]:
 
 
 def open_bytes(
-    data: bytes, name: str | None = None, *, draft_size: int | None = None, max_pixels: int | None = None
+    data: bytes,
+    name: str | None = None,
+    *,
+    draft_size: int | None = None,
+    max_pixels: int | None = None,
+    window: str | tuple[float, float] | None = None,
 ) -> Image.Image:
     """Decode image bytes fully; see :func:`open_image`.
 
@@ -103,15 +108,22 @@ def open_bytes(
         name: file name used in error messages only (the format comes from the content).
         draft_size: for JPEGs only, let the decoder downscale by a power of two while keeping
             both sides at least this many pixels (fast path for cache building, not validation).
+        max_pixels: a lower limit than :data:`MAX_PIXELS`.
+        window: for grey DICOM files, ``center,width`` instead of the file's own window
+            (see :mod:`medtune.datasets.dicom`); other formats ignore it.
 
     Returns:
-        A loaded image, EXIF orientation applied, in its original PIL mode.
+        A loaded image, EXIF orientation applied, in its original PIL mode (DICOM: ``L`` or ``RGB``).
 
     Raises:
         ImageDecodeError: the bytes are empty, not an image, truncated, too large or unreadable.
     """
     if not data:
         raise ImageDecodeError("zero-byte file", name)
+    from medtune.datasets import dicom  # lazy: it imports this module
+
+    if dicom.is_dicom(data):
+        return dicom.decode(data, name, window=window, max_pixels=min(_pixel_limit(), max_pixels or MAX_PIXELS))
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG passes verify(); only load() tells
     try:
@@ -146,16 +158,19 @@ def open_bytes(
     return img
 
 
-def open_image(source: str | Path | bytes) -> Image.Image:
+def open_image(source: str | Path | bytes, *, window: str | tuple[float, float] | None = None) -> Image.Image:
     """Open and fully decode one image.
 
-    The format is detected from the content, not the extension (a PNG named ``.jpg`` or a
-    ``.JPG`` file read fine). The whole image is decoded (``load()``), so truncated files are
-    caught; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is held ``False`` meanwhile. EXIF orientation is
-    applied, so width and height are those a viewer shows. Multi-frame files give their first frame.
+    The format is detected from the content, not the extension (a PNG named ``.jpg``, a ``.JPG``
+    file or a DICOM file without extension read fine). The whole image is decoded (``load()``),
+    so truncated files are caught; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is held ``False``
+    meanwhile. EXIF orientation is applied, so width and height are those a viewer shows.
+    Multi-frame files give their first frame, except DICOM, whose multi-frame files are refused
+    (:class:`medtune.datasets.dicom.DicomSkipped`).
 
     Args:
         source: a file path, or the encoded bytes.
+        window: a DICOM window ``center,width`` (see :func:`open_bytes`).
 
     Returns:
         The loaded image in its original PIL mode (see :func:`convert_mode`).
@@ -165,7 +180,7 @@ def open_image(source: str | Path | bytes) -> Image.Image:
             :data:`MAX_PIXELS`, or unreadable; ``reason`` says which.
     """
     data, name = _read_source(source)
-    return open_bytes(data, name)
+    return open_bytes(data, name, window=window)
 
 
 def convert_mode(img: Image.Image, channels: int = 3) -> Image.Image:
@@ -257,7 +272,13 @@ def to_array(img: Image.Image, size: int, channels: int = 3) -> np.ndarray:
 
 
 def decode_image(
-    source: str | Path | bytes, size: int, channels: int = 3, *, draft: bool = False, max_pixels: int | None = None
+    source: str | Path | bytes,
+    size: int,
+    channels: int = 3,
+    *,
+    draft: bool = False,
+    max_pixels: int | None = None,
+    window: str | tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Open, convert and resize one image: :func:`open_image` + :func:`to_array`.
 
@@ -268,6 +289,7 @@ def decode_image(
         draft: allow the JPEG decoder to downscale first (faster; pixel values differ slightly
             from a full decode). Only for images at least 4x larger than ``size`` per side.
         max_pixels: a lower limit than :data:`MAX_PIXELS` (the served model's).
+        window: a DICOM window ``center,width``; None: each file's own (see :func:`open_bytes`).
 
     Returns:
         Array of shape ``(size, size, channels)``, dtype ``uint8``.
@@ -276,7 +298,7 @@ def decode_image(
         ImageDecodeError: the source is not a usable image.
     """
     data, name = _read_source(source)
-    img = open_bytes(data, name, draft_size=2 * size if draft else None, max_pixels=max_pixels)
+    img = open_bytes(data, name, draft_size=2 * size if draft else None, max_pixels=max_pixels, window=window)
     return to_array(img, size, channels)
 
 
@@ -294,9 +316,9 @@ def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def _decode_task(args: tuple[str, int, int, bool]) -> np.ndarray:
-    path, size, channels, draft = args
-    return decode_image(path, size, channels, draft=draft)
+def _decode_task(args: tuple[str, int, int, bool, str | None]) -> np.ndarray:
+    path, size, channels, draft, window = args
+    return decode_image(path, size, channels, draft=draft, window=window)
 
 
 def decode_many(
@@ -307,6 +329,7 @@ def decode_many(
     *,
     draft: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    window: str | tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Decode many files to one array, in order, in a process pool.
 
@@ -318,6 +341,7 @@ def decode_many(
             fewer than :data:`MIN_FILES_FOR_POOL` files, decoding happens in this process.
         draft: let the JPEG decoder downscale large files first (see :func:`decode_image`).
         progress: optional ``callback(done, total)`` called as files complete.
+        window: a DICOM window ``center,width`` (see :func:`open_bytes`).
 
     Returns:
         Array of shape ``(len(paths), size, size, channels)``, dtype ``uint8``.
@@ -327,7 +351,7 @@ def decode_many(
     """
     total = len(paths)
     out = np.empty((total, size, size, channels), dtype=np.uint8)
-    tasks = [(str(p), size, channels, draft) for p in paths]
+    tasks = [(str(p), size, channels, draft, window) for p in paths]
     workers = default_workers() if workers is None else max(1, int(workers))
     if workers == 1 or total < MIN_FILES_FOR_POOL:
         for i, task in enumerate(tasks):

@@ -158,19 +158,19 @@ class _Walker:
         return None
 
 
-def _probe(task: tuple[str, int | None, int]) -> tuple:
+def _probe(task: tuple[str, int | None, int, str | None]) -> tuple:
     """Decode one file in a worker; returns ``("ok", sha, phash, w, h, mode, array|None)`` or
     ``("skip", reason, cacheable)``."""
     import imagehash
 
-    path, keep_size, channels = task
+    path, keep_size, channels, window = task
     try:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
         return ("skip", f"unreadable: {exc.strerror or exc}", False)
     try:
-        img = images.open_bytes(data, path)
+        img = images.open_bytes(data, path, window=window)
         grey = images.convert_mode(img, 1)
         phash = str(imagehash.phash(grey))
         arr = images.to_array(img, keep_size, channels) if keep_size else None
@@ -227,6 +227,7 @@ def scan_dataset(
     keep_size: int | None = None,
     channels: int = 3,
     progress: Callable[[int, int], None] | None = None,
+    window: str | None = None,
 ) -> tuple[ScanResult, dict[str, np.ndarray]]:
     """Validate every image of a dataset layout.
 
@@ -241,6 +242,8 @@ def scan_dataset(
             array, callers decode those themselves.
         channels: 3 or 1, for the arrays returned with ``keep_size``.
         progress: optional ``callback(done, total)`` over candidate files.
+        window: a DICOM window ``center,width`` for grey DICOM files (:mod:`medtune.datasets.dicom`);
+            the index does not record it, so give each window its own ``index_path``.
 
     Returns:
         The scan result (records sorted by source, label, path) and the arrays by file path
@@ -307,7 +310,7 @@ def scan_dataset(
             progress(done, total)
 
     n_workers = images.default_workers() if workers is None else max(1, int(workers))
-    _run([(c.path, keep_size, channels) for c in todo], n_workers, on_result)
+    _run([(c.path, keep_size, channels, window) for c in todo], n_workers, on_result)
 
     if index_path is not None:
         prefix = os.path.abspath(layout.root).rstrip(os.sep) + os.sep

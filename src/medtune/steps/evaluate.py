@@ -33,7 +33,7 @@ def run_evaluate(opts: EvaluateOptions) -> tuple[str, Evaluation]:
     dataset = opts.dataset or meta.get("dataset") or "synthetic"
     tags = {"medtune.model_uri": opts.model_uri, **registry.registry_tags(opts.model_uri)}
     if opts.data_dir and opts.dataset is None:
-        test = folder_test_set(opts.data_dir, classes, size, channels)
+        test = folder_test_set(opts.data_dir, classes, size, channels, meta.get("window"))
         data = cards.folder_data(dataset, classes, test)
     else:
         from medtune.tracking.splits import load_split

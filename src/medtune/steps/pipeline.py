@@ -44,6 +44,7 @@ class PipelineOptions:
     conformal_level: float = default("conformal_level")
     card_images: bool = default("card_images")
     exclude_classes: tuple[str, ...] = default("exclude_classes")
+    window: str | None = default("window")
 
 
 @dataclass
@@ -95,6 +96,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
         image_size=opts.image_size or (plan.final_image_size if plan else default("split.image_size")),
         seed=opts.seed,
         exclude_classes=tuple(opts.exclude_classes),
+        window=opts.window,
     )
     split_opts.check()
     launcher_id = tracking.take_launcher()

@@ -83,7 +83,7 @@ def run_predict(model_uri: str, inputs: list[str], output: str, gradcam_dir: str
             chunk, images = [], []
             for f in files[start : start + BATCH]:
                 try:
-                    images.append(decode_image(f, size, channels))
+                    images.append(decode_image(f, size, channels, window=meta.get("window")))
                     chunk.append(f)
                 except ImageDecodeError as exc:
                     outcome.bad.append((str(f), exc.reason))

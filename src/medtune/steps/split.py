@@ -12,6 +12,7 @@ import pandas as pd
 
 from medtune import settings, tracking
 from medtune.datasets.cache import CHANNELS, CachedSplits, ensure_cache
+from medtune.datasets.dicom import window_label
 from medtune.datasets.layout import detect_layout
 from medtune.datasets.registry import ResolvedDataset, resolve_dataset, safe_name
 from medtune.datasets.scan import scan_dataset
@@ -32,8 +33,12 @@ class SplitOptions:
     seed: int = default("seed")
     phash_distance: int = default("phash_distance")
     exclude_classes: tuple[str, ...] = default("exclude_classes")
+    window: str | None = default("window")
 
     def check(self) -> None:
+        from medtune.datasets.dicom import parse_window
+
+        parse_window(self.window)
         if not 16 <= self.image_size <= 1024:
             raise ConfigError(f"image_size={self.image_size}: expected 16..1024 pixels")
         if self.phash_distance < 0 or self.phash_distance > 32:
@@ -70,13 +75,15 @@ def prepare(opts: SplitOptions) -> tuple[ResolvedDataset, SplitResult, dict, flo
     if opts.exclude_classes:
         layout = layout.without(opts.exclude_classes)
         log.info("Leaving out %d class(es): %s", len(opts.exclude_classes), ", ".join(opts.exclude_classes))
-    index = settings.cache_dir() / "index" / f"{safe_name(resolved.name)}.json"
+    window = window_label(opts.window)
+    suffix = "" if window == "file" else f"-{window}"  # the index keeps pixels' hashes: one per window
+    index = settings.cache_dir() / "index" / f"{safe_name(resolved.name)}{suffix}.json"
     log.info("Scanning %s", resolved.root)
     from medtune.progress import Counter
 
     with Counter("validating files", 0, "file") as bar:
         scan, arrays = scan_dataset(
-            layout, index_path=index, keep_size=opts.image_size, channels=CHANNELS, progress=bar.to
+            layout, index_path=index, keep_size=opts.image_size, channels=CHANNELS, progress=bar.to, window=window
         )
     log.info(
         "Scanned %d valid images in %d classes (%d skipped)", len(scan.records), len(scan.classes), len(scan.skipped)
@@ -105,13 +112,17 @@ def run_split(opts: SplitOptions, *, reuse_run: bool = False) -> SplitOutcome:
     resolved, result, arrays, t0 = prepare(opts)
     classes = list(result.report["classes"])
     mhash = manifest_hash(result.manifest)
-    cache, reused = ensure_cache(result.manifest, classes, opts.image_size, CHANNELS, arrays=arrays)
+    window = window_label(opts.window)
+    cache, reused = ensure_cache(result.manifest, classes, opts.image_size, CHANNELS, arrays=arrays, window=window)
     seconds = time.perf_counter() - t0
     log.info("Cache %s (%s) in %.1f s", cache.path, "reused" if reused else "built", seconds)
 
     if reuse_run:
         previous = tracking.find_runs(
-            resolved.name, "split", extra_filter=f"tags.`medtune.manifest_hash` = '{mhash}'", max_results=10
+            resolved.name,
+            "split",
+            extra_filter=f"tags.`medtune.manifest_hash` = '{mhash}' and params.window = '{window}'",
+            max_results=10,
         )
         if previous:
             run_id = previous[0].info.run_id
@@ -139,6 +150,7 @@ def _log_split(run, opts, resolved, result, mhash, cache, reused, seconds) -> No
             "test_fraction": opts.test_fraction,
             "seed": opts.seed,
             "phash_distance": opts.phash_distance,
+            "window": window_label(opts.window),  # the one DICOM value logged: how pixels were windowed
             "n_classes": len(report["classes"]),
             **({"exclude_classes": ",".join(opts.exclude_classes)} if opts.exclude_classes else {}),
         }

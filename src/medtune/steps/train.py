@@ -367,6 +367,7 @@ def _evaluate_and_register(opts, split, params, search_run_id, source, model, ru
         weights_sha256=source.sha256 if source else "",
         params=params,
         split_run_id=split.run_id,
+        window=split.window,
         search_run_id=search_run_id or "",
         **fit.metadata(),
     )

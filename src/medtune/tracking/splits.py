@@ -28,6 +28,7 @@ class LoadedSplit:
     manifest: pd.DataFrame  # paths relative to root, as logged
     report: dict
     cache: CachedSplits
+    window: str = "file"  # the DICOM window the split was decoded with (medtune.datasets.dicom)
 
 
 def load_split(
@@ -59,6 +60,7 @@ def load_split(
     if not root.is_dir():  # another machine: find the same dataset where this one keeps it
         root = resolve_dataset(dataset, data_dir).root
     classes = list(report["classes"])
-    cache, reused = ensure_cache(absolute_manifest(manifest, root), classes, image_size, CHANNELS)
+    window = run.data.params.get("window", "file")
+    cache, reused = ensure_cache(absolute_manifest(manifest, root), classes, image_size, CHANNELS, window=window)
     log.info("Split run %s: %s cache at %d px (%s)", run.info.run_id, name, image_size, "reused" if reused else "built")
-    return LoadedSplit(run.info.run_id, name, root, classes, manifest, report, cache)
+    return LoadedSplit(run.info.run_id, name, root, classes, manifest, report, cache, window)
