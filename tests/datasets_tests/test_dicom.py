@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import mlflow
 import numpy as np
 import pydicom
 import pytest
@@ -147,3 +148,58 @@ def test_a_bad_window_is_one_line_naming_the_parameter(text):
 def test_window_labels():
     assert dicom.window_label(None) == dicom.window_label("") == dicom.window_label("file") == "file"
     assert dicom.window_label(" 40, 400") == dicom.window_label((40.0, 400)) == "40,400"
+
+
+def mixed_folder(root, n: int = 8):
+    """Two classes of synthetic phantoms, half PNG, half DICOM (one without extension), plus a
+    multi-frame and a truncated DICOM file."""
+    from medtune.datasets.synthetic import generate
+
+    x, y, _ = generate(n, 40, seed=4)
+    for label in (0, 1):
+        folder = root / f"class{label}"
+        folder.mkdir(parents=True)
+        for i, image in enumerate(x[y == label]):
+            grey_image = image[:, :, 0]
+            if i % 2:
+                (folder / f"img{i}.png").write_bytes(png(grey_image))
+            else:
+                name = "IM0000" if i == 0 else f"img{i}.dcm"
+                (folder / name).write_bytes(dicom_bytes(grey_image.astype(np.uint16) * 16, bits_stored=12))
+    (root / "class0" / "cine.dcm").write_bytes(dicom_bytes(np.stack([x[0][:, :, 0]] * 3)))
+    (root / "class1" / "cut.dcm").write_bytes(dicom_bytes(x[1][:, :, 0].astype(np.uint16))[:-300])
+    return root
+
+
+def test_split_of_a_mixed_dicom_and_png_folder_names_the_skipped_files_and_keys_the_cache_by_window(project, tmp_path):
+    from medtune.steps.split import SplitOptions, run_split
+
+    folder = mixed_folder(tmp_path / "mixed")
+    first = run_split(SplitOptions(dataset=str(folder), image_size=32), reuse_run=True)
+    skipped = {s["path"]: s["reason"] for s in first.result.report["skipped"]}
+    assert skipped == {
+        str(folder / "class0" / "cine.dcm"): "multi-frame DICOM: only single-frame 2D images are used",
+        str(folder / "class1" / "cut.dcm"): "truncated DICOM pixel data",
+    }
+    assert sum(sum(c.values()) for c in first.result.report["counts"].values()) == 16  # 8 DICOM (one bare) + 8 PNG
+    run = mlflow.get_run(first.run_id)
+    assert run.data.params["window"] == "file"
+    windowed = run_split(SplitOptions(dataset=str(folder), image_size=32, window="600,1200"), reuse_run=True)
+    assert windowed.run_id != first.run_id, "another window is another split run"
+    assert windowed.cache.key != first.cache.key and not windowed.cache_reused
+    assert mlflow.get_run(windowed.run_id).data.params["window"] == "600,1200"
+    again = run_split(SplitOptions(dataset=str(folder), image_size=32, window="600,1200"), reuse_run=True)
+    assert again.run_id == windowed.run_id and again.cache_reused
+
+    def pixels(outcome, dicom_files: bool):
+        return np.concatenate(
+            [
+                outcome.cache.x[s][
+                    [i for i, p in enumerate(outcome.cache.paths[s]) if p.endswith(".png") != dicom_files]
+                ]
+                for s in outcome.cache.splits
+            ]
+        )
+
+    np.testing.assert_array_equal(pixels(first, False), pixels(windowed, False))  # PNG files: no window
+    assert len(pixels(first, True)) == 8 and (pixels(first, True) != pixels(windowed, True)).any()
