@@ -213,6 +213,24 @@ def near_phash(phash: str, bits: int = 1) -> str:
     return f"{int(phash, 16) ^ ((1 << bits) - 1):016x}"
 
 
+def write_phantom(path: Path | str, seed: int, size: int = 48, fmt: str = "PNG", label: str = "ring", **save) -> str:
+    """Write the synthetic phantom ``(label, seed)`` at ``size`` px to ``path``; the same seed gives the same picture.
+
+    Near duplicates for the pixel check: the same seed saved as another format (``fmt="JPEG",
+    quality=80``) is a re-encoded copy. Returns the path as a string.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from medtune.datasets.synthetic import generate_phantom
+
+    image, _ = generate_phantom(label, np.random.default_rng(seed), size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format=fmt, **save)
+    return str(path)
+
+
 def two_param_space(tmp_path: Path):
     """A space of two parameters (``filters`` 16/32, ``dense_units`` 4..8) for engine tests with a stand-in trainer."""
     from medtune.space import load_space

@@ -13,6 +13,7 @@ import pytest
 from medtune.datasets.records import ImageRecord, ScanResult, SkippedFile
 from medtune.datasets.splitting import MANIFEST_COLUMNS, make_split
 from medtune.errors import DataError
+from tests.helpers import write_phantom
 
 
 def _phash(key: str) -> str:
@@ -49,22 +50,27 @@ def scan_of(records, official=False, skipped=(), ignored=None) -> ScanResult:
     )
 
 
-def carved_dataset() -> tuple[list[ImageRecord], dict[str, int]]:
-    """Three classes of 40/60/100 images with near-duplicate groups of 2 and 3."""
+def carved_dataset(root) -> tuple[list[ImageRecord], dict[str, int]]:
+    """Three classes of 40/60/100 images with near-duplicate groups of 2 and 3.
+
+    The groups' files are written under ``root`` (the near pairs are confirmed on pixels); the
+    other paths are never read.
+    """
     records = []
-    for label, n in (("glioma", 40), ("meningioma", 60), ("no tumor", 100)):
-        originals = [rec(f"/data/train/{label}/{i:03d}.jpg", label) for i in range(n)]
+    for c, (label, n) in enumerate((("glioma", 40), ("meningioma", 60), ("no tumor", 100))):
+        originals = [rec(f"{root}/train/{label}/{i:03d}.jpg", label) for i in range(n)]
         records += originals
         # near-duplicate groups: re-encodings of the first three images (1 and 2 bits away)
         for g, size in enumerate((2, 3, 2)):
-            anchor = originals[g]
+            anchor = rec(write_phantom(originals[g].path, 10 * c + g), label)
             for k in range(size - 1):
-                records.append(rec(f"/data/train/{label}/near_{g}_{k}.jpg", label, phash=near(anchor.phash, k + 1)))
+                path = write_phantom(f"{root}/train/{label}/near_{g}_{k}.jpg", 10 * c + g, fmt="JPEG", quality=85 - k)
+                records.append(rec(path, label, phash=near(anchor.phash, k + 1)))
     return records, {"glioma": 44, "meningioma": 64, "no tumor": 104}
 
 
-def test_manifest_columns_order_and_json_report():
-    records, _ = carved_dataset()
+def test_manifest_columns_order_and_json_report(tmp_path):
+    records, _ = carved_dataset(tmp_path)
     result = make_split(scan_of(records), phash_distance=2)
     m = result.manifest
     assert list(m.columns) == list(MANIFEST_COLUMNS)
@@ -74,8 +80,8 @@ def test_manifest_columns_order_and_json_report():
     assert set(m["split"]) == {"train", "val", "test"}
 
 
-def test_same_seed_and_shuffled_input_give_identical_manifest():
-    records, _ = carved_dataset()
+def test_same_seed_and_shuffled_input_give_identical_manifest(tmp_path):
+    records, _ = carved_dataset(tmp_path)
     shuffled = records[:]
     random.Random(1).shuffle(shuffled)
     a = make_split(scan_of(records), seed=3, phash_distance=2)
@@ -88,8 +94,8 @@ def test_same_seed_and_shuffled_input_give_identical_manifest():
     assert val_a != val_c
 
 
-def test_stratified_within_one_group_of_target():
-    records, sizes = carved_dataset()
+def test_stratified_within_one_group_of_target(tmp_path):
+    records, sizes = carved_dataset(tmp_path)
     m = make_split(scan_of(records), val_fraction=0.2, test_fraction=0.1, phash_distance=2).manifest
     largest_group = 3
     for label, n in sizes.items():
@@ -99,8 +105,8 @@ def test_stratified_within_one_group_of_target():
         assert counts.sum() == n
 
 
-def test_a_group_never_straddles_two_splits():
-    records, _ = carved_dataset()
+def test_a_group_never_straddles_two_splits(tmp_path):
+    records, _ = carved_dataset(tmp_path)
     for seed in range(5):
         m = make_split(scan_of(records), seed=seed, phash_distance=2).manifest
         grouped = m[m["group"] != ""]
@@ -121,17 +127,19 @@ def test_exact_duplicates_keep_one_representative_preferring_train():
     assert result.report["duplicate_groups"]["count"] == 2
 
 
-def test_official_test_drops_duplicates_of_train_and_ignores_test_fraction():
+def test_official_test_drops_duplicates_of_train_and_ignores_test_fraction(tmp_path):
     records = [rec(f"/d/Training/{c}/{i}.jpg", c) for c in ("a", "b") for i in range(20)]
+    records[25] = rec(write_phantom(tmp_path / "Training/b/5.png", 25), "b")
     tests = [rec(f"/d/Testing/{c}/{i}.jpg", c, source="test") for c in ("a", "b") for i in range(6)]
     tests.append(rec("/d/Testing/a/copy.jpg", "a", source="test", sha=records[3].sha256))  # exact copy of train
-    tests.append(rec("/d/Testing/b/reenc.jpg", "b", source="test", phash=near(records[25].phash, 2)))  # near copy
+    reenc = write_phantom(tmp_path / "Testing/b/reenc.jpg", 25, fmt="JPEG")  # near copy
+    tests.append(rec(reenc, "b", source="test", phash=near(records[25].phash, 2)))
     result = make_split(scan_of(records + tests, official=True), test_fraction=0.5, phash_distance=3)
     m, report = result.manifest, result.report
     assert report["test_dropped_duplicates_of_train"] == 2
     assert {d["path"]: d["kind"] for d in report["test_dropped"]} == {
         "/d/Testing/a/copy.jpg": "exact",
-        "/d/Testing/b/reenc.jpg": "near",
+        reenc: "near",
     }
     assert sorted(m[m["split"] == "test"]["path"]) == sorted(t.path for t in tests[:12])
     assert set(m[m["split"] == "val"]["source"]) == {"train"}
@@ -148,20 +156,23 @@ def test_label_conflicts_are_left_out_and_reported():
     assert not {p for p, _ in conflicts} & set(result.manifest["path"])
 
 
-def test_near_duplicates_with_different_labels_are_kept_together_not_conflicts():
+def test_near_duplicates_with_different_labels_are_kept_together_not_conflicts(tmp_path):
     records = [rec(f"/d/{c}/{i}.png", c) for c in ("a", "b") for i in range(10)]
-    lookalike = rec("/d/b/looks_like_a0.png", "b", phash=near(records[0].phash, 2))
+    records[0] = rec(write_phantom(tmp_path / "a/0.png", 0), "a")
+    lookalike = rec(
+        write_phantom(tmp_path / "b/looks_like_a0.jpg", 0, fmt="JPEG"), "b", phash=near(records[0].phash, 2)
+    )
     records.append(lookalike)
     result = make_split(scan_of(records), phash_distance=4)
     assert result.report["label_conflicts"] == []
     (mismatch,) = result.report["near_duplicate_label_mismatch"]
     assert mismatch["labels"] == ["a", "b"]
     m = result.manifest.set_index("path")
-    assert m.loc["/d/b/looks_like_a0.png", "split"] == m.loc["/d/a/0.png", "split"]
+    assert m.loc[lookalike.path, "split"] == m.loc[records[0].path, "split"]
 
 
-def test_every_file_is_accounted_for():
-    records, _ = carved_dataset()
+def test_every_file_is_accounted_for(tmp_path):
+    records, _ = carved_dataset(tmp_path)
     records.append(rec("/data/train/glioma/dup.jpg", "glioma", sha=records[0].sha256))
     records.append(rec("/data/train/meningioma/conflict.jpg", "meningioma", sha=records[5].sha256))
     skipped = [SkippedFile("/data/train/glioma/broken.jpg", "truncated")]
@@ -186,12 +197,13 @@ def test_every_file_is_accounted_for():
     assert sum(report["totals"].values()) == len(result.manifest)
 
 
-def test_class_with_too_few_groups_is_a_data_error():
+def test_class_with_too_few_groups_is_a_data_error(tmp_path):
     records = [rec(f"/d/a/{i}.png", "a") for i in range(10)] + [rec(f"/d/rare/{i}.png", "rare") for i in range(2)]
     with pytest.raises(DataError, match=r"'rare' has 2"):
         make_split(scan_of(records))
     # three images, but two are one group: still too few groups
-    records = records[:10] + [rec(f"/d/rare/{i}.png", "rare", phash=near(_phash("x"), i)) for i in range(2)]
+    rare = [write_phantom(tmp_path / f"rare/{i}.png", 7, fmt=("PNG", "BMP")[i]) for i in range(2)]  # one picture
+    records = records[:10] + [rec(rare[i], "rare", phash=near(_phash("x"), i)) for i in range(2)]
     records.append(rec("/d/rare/other.png", "rare"))
     with pytest.raises(DataError, match=r"'rare' has 2"):
         make_split(scan_of(records), phash_distance=1)

@@ -15,7 +15,7 @@ Every file the scan saw is accounted for in the report: kept, skipped by the sca
 duplicate, left out for a label conflict, or dropped from the official test set.
 
 :func:`make_split` runs the phases in that order: :func:`check_parameters`, grouping
-(:func:`~medtune.datasets.dedup.find_groups`), :func:`find_removals` (rules 1 to 3, in
+(:func:`~medtune.datasets.dedup.find_duplicates`), :func:`find_removals` (rules 1 to 3, in
 :mod:`medtune.datasets.split_phases`), units and assignment (rule 4, same module),
 :func:`build_manifest`, :func:`account_for_files` and :func:`build_report`.
 """
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from medtune.datasets.dedup import find_groups
+from medtune.datasets.dedup import find_duplicates, near_rule
 from medtune.datasets.records import ImageRecord, ScanResult
 from medtune.datasets.split_phases import (
     Groups,
@@ -176,8 +176,12 @@ def build_report(
     val_fraction: float,
     test_fraction: float,
     phash_distance: int,
+    near_pairs: tuple[int, int] = (0, 0),
 ) -> dict:
-    """The JSON-serialisable report of a split: counts, every file left out and why, the parameters."""
+    """The JSON-serialisable report of a split: counts, every file left out and why, the parameters.
+
+    ``near_pairs``: the near-duplicate candidate pairs and how many of them were confirmed on pixels.
+    """
     official = bool(scan.has_official_test)
     counts = {s: {c: int(((manifest["split"] == s) & (manifest["label"] == c)).sum()) for c in classes} for s in SPLITS}
     notes = []
@@ -205,6 +209,11 @@ def build_report(
         "removed_duplicates": list(removals.removed.values()),
         "label_conflicts": list(removals.conflicted.values()),
         "near_duplicate_label_mismatch": removals.near_mismatch,
+        "near_duplicate_pairs": {
+            "candidates": int(near_pairs[0]),
+            "confirmed": int(near_pairs[1]),
+            "rule": near_rule(),
+        },
         "test_dropped_duplicates_of_train": len(removals.test_dropped),
         "test_dropped": list(removals.test_dropped.values()),
         "has_official_test": official,
@@ -235,8 +244,8 @@ def make_split(
         test_fraction: share of each class for testing; ignored (and reported so) when the scan
             has an official test folder.
         seed: seed for the group order; the same seed and file set give the same split.
-        phash_distance: largest perceptual-hash Hamming distance that counts as a near
-            duplicate; 0 groups byte-identical files only.
+        phash_distance: largest perceptual-hash Hamming distance that makes a near-duplicate
+            candidate (confirmed on pixels before it groups); 0 groups byte-identical files only.
 
     Returns:
         The manifest and its report.
@@ -249,7 +258,8 @@ def make_split(
     official = bool(scan.has_official_test)
     # A canonical order: everything below is independent of the input order.
     records: list[ImageRecord] = sorted(scan.records, key=lambda r: (r.path, r.source, r.label, r.sha256))
-    groups = find_groups(records, phash_distance)  # group ids follow this order, which follows the paths
+    duplicates = find_duplicates(records, phash_distance)
+    groups = duplicates.groups  # group ids follow the record order, which follows the paths
 
     removals = find_removals(records, groups, official)
     units = make_units(records, groups, removals.excluded)
@@ -272,11 +282,12 @@ def make_split(
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         phash_distance=phash_distance,
+        near_pairs=(duplicates.candidate_pairs, duplicates.confirmed_pairs),
     )
     totals = report["totals"]
     logger.info(
         "split %d images: train %d, val %d, test %d (%d duplicates removed, %d conflicted, %d test duplicates "
-        "of train dropped, %d skipped)",
+        "of train dropped, %d skipped; %d of %d near-duplicate candidate pairs confirmed on pixels)",
         accounted["files_seen"],
         totals["train"],
         totals["val"],
@@ -285,5 +296,7 @@ def make_split(
         len(removals.conflicted),
         len(removals.test_dropped),
         len(scan.skipped),
+        duplicates.confirmed_pairs,
+        duplicates.candidate_pairs,
     )
     return SplitResult(manifest=manifest, report=report)

@@ -165,6 +165,8 @@ def _log_split(run, opts, resolved, result, mhash, cache, reused, seconds) -> No
         if isinstance(report.get("duplicate_groups"), dict)
         else len(report.get("duplicate_groups", [])),
         n_test_dropped_duplicates_of_train=report.get("test_dropped_duplicates_of_train", 0),
+        n_near_candidate_pairs=report["near_duplicate_pairs"]["candidates"],
+        n_near_confirmed_pairs=report["near_duplicate_pairs"]["confirmed"],
         split_seconds=seconds,
     )
     run.metrics(metrics)
