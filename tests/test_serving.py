@@ -21,6 +21,7 @@ from medtune import calibration, serving, training
 from medtune.datasets.images import decode_image
 from medtune.datasets.synthetic import generate
 from medtune.models import build_model
+from tests.dicom_files import dicom_bytes, grey_phantom
 from tests.helpers import use_sqlite_store
 
 pytestmark = pytest.mark.xdist_group("test_serving")  # one worker: the module's fixture built once
@@ -178,6 +179,38 @@ def test_bad_rows_give_a_clear_error(logged, frame, message):
     with pytest.raises(Exception, match=message) as err:
         pyfunc.predict(frame)
     assert getattr(err.value, "error_code", "") in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST")  # REST: 400
+
+
+def test_a_dicom_upload_answers_like_the_png_of_the_same_phantom(logged):
+    pixels = grey_phantom(2, size=53)
+    pyfunc = mlflow.pyfunc.load_model(logged["info"].model_uri)
+    rows = [encode(Image.fromarray(pixels), "PNG"), dicom_bytes(pixels), dicom_bytes(pixels, preamble=False)]
+    out = pyfunc.predict(pd.DataFrame({"image": rows}))
+    assert out["label"].nunique() == 1
+    probs = out[[c for c in out.columns if c.startswith("prob_")]].to_numpy()
+    np.testing.assert_allclose(probs[1:], probs[[0, 0]], atol=1e-6)
+
+
+def test_the_served_model_decodes_dicom_with_the_window_it_was_trained_with(logged):
+    """A model whose split used window 40,400 reads a file without a window as one that carries it."""
+    hu = np.linspace(-400, 400, 48 * 48).reshape(48, 48).round() * grey_phantom(1, 48) / 255
+    stored = (hu + 1024).astype(np.int16)
+    plain, carried = (
+        dicom_bytes(stored, slope=1, intercept=-1024),
+        dicom_bytes(stored, slope=1, intercept=-1024, center=40, width=400),
+    )
+
+    def served(window):
+        classifier = serving.ImageClassifier()
+        classifier.model = logged["model"]
+        classifier.metadata = serving.build_metadata(CLASSES, SIZE, 3, window=window, **logged["fit"].metadata())
+        return classifier.predict(None, pd.DataFrame({"image": [plain, carried]}))
+
+    windowed, own = served("40,400"), served(None)
+    assert windowed.drop(columns="prediction_set").iloc[0].equals(own.drop(columns="prediction_set").iloc[1])
+    expected = keras_probabilities(logged["model"], [carried])[0]
+    np.testing.assert_allclose(windowed.filter(like="prob_").to_numpy()[0], expected, atol=1e-6)
+    assert not np.allclose(own.filter(like="prob_").to_numpy()[0], expected), "min/max differs from the window"
 
 
 def test_image_column_is_required_without_a_signature_too(logged):

@@ -35,6 +35,7 @@ from medtune import serving, training
 from medtune.app.server import DEFAULT_MAX_FILE_SIZE
 from medtune.datasets.synthetic import generate
 from medtune.models import build_model
+from tests.dicom_files import dicom_bytes, grey_phantom
 from tests.helpers import sqlite_store
 from tests.test_serving import PARAMS, encode
 
@@ -203,6 +204,19 @@ def test_a_bad_file_gets_a_message_and_the_app_keeps_answering(served, client, t
     assert not label and not images
     _, label, _, _ = predict(client, write(tmp_path, "ok.png", encode(phantom(3), "PNG")))
     assert label["label"] in CLASSES
+
+
+def test_a_dicom_upload_gets_the_label_and_probabilities_of_the_png_of_the_same_phantom(served, client, tmp_path):
+    pixels = grey_phantom(1, size=45)
+    _, as_png, _, _ = predict(client, write(tmp_path, "scan.png", encode(Image.fromarray(pixels), "PNG")))
+    message, label, images, _ = predict(client, write(tmp_path, "IM0001", dicom_bytes(pixels)))  # no extension
+    assert label["label"] == as_png["label"] and f"**{label['label']}**" in message
+    assert confidences(label) == pytest.approx(confidences(as_png), abs=1e-6)
+    (name, original), _ = images_in(images)
+    assert name == "IM0001" and original.size == (45, 45)
+    cine = write(tmp_path, "cine.dcm", dicom_bytes(np.stack([pixels] * 2)))
+    message, label, _, _ = predict(client, cine)
+    assert "cine.dcm: multi-frame DICOM: only single-frame 2D images are used" in message and not label
 
 
 def test_an_upload_over_the_size_limit_is_refused_and_the_app_keeps_answering(served, client, tmp_path):
