@@ -74,22 +74,20 @@ def dataset_keys(salt_file: Path) -> PatientKeys:
     return PatientKeys(salt)
 
 
-def is_dicom(data: bytes) -> bool:
-    """Whether file bytes carry the DICOM Part 10 preamble (``DICM`` at byte 128)."""
-    return data[128:132] == b"DICM"
-
-
 def dicom_patient(data: bytes, keys: PatientKeys) -> str:
     """The key of a DICOM file's ``PatientID`` (``""`` when it has none or is no DICOM file).
 
     Only that one tag is parsed (``specific_tags``), and it never leaves this function unhashed.
     """
+    from medtune.datasets.dicom import is_dicom
+
     if not is_dicom(data):
         return ""
     import pydicom
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["PatientID"])
+        bare = data[128:132] != b"DICM"  # no preamble: an old export's bare dataset
+        ds = pydicom.dcmread(io.BytesIO(data), force=bare, stop_before_pixels=True, specific_tags=["PatientID"])
         return keys.key(ds.get("PatientID", ""))
     except Exception:  # a header pydicom cannot parse: the image decoder reports the file
         return ""

@@ -11,7 +11,13 @@ an ignored folder counts once):
 * ``symlink_outside``: symbolic links whose target lies outside the dataset root (links inside
   it are followed);
 * ``non_image_extension``: files such as ``.csv``, ``.txt``, ``.xlsx``, ``.md``, ``.json``
-  (files with another extension, or none, are tried).
+  (files with another extension, or none, are tried);
+* ``unlisted``: with a labels table, image files that have no row in it.
+
+With a labels table the whole dataset folder is walked the same way, and the table's rows give
+the candidates their labels (a row whose file is missing or ignored is skipped, with its line).
+Each record carries its patient's key: the table's ``patient`` column, else a DICOM file's
+``PatientID``, keyed by :class:`~medtune.datasets.patients.PatientKeys` before it is kept.
 
 An optional on-disk index, keyed by (path, size, mtime_ns), lets a re-scan of unchanged files
 skip decoding altogether.
@@ -25,13 +31,15 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from medtune.datasets import images
+from medtune.datasets.labels_table import LabelsTable
 from medtune.datasets.layout import MASK_NAMES, Layout
+from medtune.datasets.patients import PatientKeys, dicom_patient
 from medtune.datasets.records import ImageRecord, ScanResult, SkippedFile
 from medtune.errors import DataError
 
@@ -53,10 +61,11 @@ IGNORED_REASONS = {
     "mask": "mask folder (segmentation masks are not training images)",
     "symlink_outside": "symbolic link to outside the dataset",
     "non_image_extension": "not an image file",
+    "unlisted": "no row in the labels table",
 }
 
 #: Bumped when what the index stores changes; an index of another version is ignored.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ class _Candidate:
     source: str
     size: int
     mtime_ns: int
+    patient: str = ""  # a key, from the labels table
+    split: str = ""  # given by the labels table
 
 
 def _inside(path: str, root_real: str) -> bool:
@@ -158,12 +169,12 @@ class _Walker:
         return None
 
 
-def _probe(task: tuple[str, int | None, int, str | None]) -> tuple:
-    """Decode one file in a worker; returns ``("ok", sha, phash, w, h, mode, array|None)`` or
+def _probe(task: tuple[str, int | None, int, PatientKeys | None, str | None]) -> tuple:
+    """Decode one file in a worker; returns ``("ok", sha, phash, w, h, mode, array|None, patient)`` or
     ``("skip", reason, cacheable)``."""
     import imagehash
 
-    path, keep_size, channels, window = task
+    path, keep_size, channels, keys, window = task
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -179,10 +190,35 @@ def _probe(task: tuple[str, int | None, int, str | None]) -> tuple:
     except Exception as exc:  # a decoder bug on one file must not stop the scan
         return ("skip", f"unreadable: {' '.join(str(exc).split())[:200] or type(exc).__name__}", True)
     sha = hashlib.sha256(data).hexdigest()
-    return ("ok", sha, phash, img.size[0], img.size[1], img.mode, arr)
+    patient = dicom_patient(data, keys) if keys is not None else ""
+    return ("ok", sha, phash, img.size[0], img.size[1], img.mode, arr, patient)
 
 
-def _load_index(index_path: Path | None) -> dict[str, list]:
+def _from_table(walker: _Walker, table: LabelsTable, root: str) -> None:
+    """The walked files that have a row become the candidates, labelled by it; the rest are ``unlisted``."""
+    found = {c.path: c for c in walker.candidates}
+    ignored = {s.path: s.reason for s in walker.ignored_files}
+    walker.candidates = []
+    for row in table.rows:
+        cand = found.pop(row.path, None)
+        if cand is not None:
+            source = "test" if row.split == "test" else "train"
+            walker.candidates.append(
+                replace(cand, label=row.label, source=source, patient=row.patient, split=row.split)
+            )
+            continue
+        reason = "missing file"
+        if os.path.lexists(row.path):  # the walk passed over it, or a folder above it
+            folder = row.path
+            while folder != root and folder not in ignored:
+                folder = os.path.dirname(folder)
+            reason = ignored.get(folder, "not a file")
+        walker.skipped.append(SkippedFile(row.path, f"{reason} ({table.file.name} line {row.line})"))
+    for path in sorted(found):
+        walker._ignore(path, "unlisted")
+
+
+def _load_index(index_path: Path | None, keys: PatientKeys | None) -> dict[str, list]:
     if index_path is None or not Path(index_path).is_file():
         return {}
     try:
@@ -194,15 +230,19 @@ def _load_index(index_path: Path | None) -> dict[str, list]:
     if doc.get("version") != INDEX_VERSION or doc.get("max_pixels") != images.MAX_PIXELS:
         logger.info("scan index %s is from another version; rebuilding it", index_path)
         return {}
+    if doc.get("patients") != (keys.fingerprint if keys else None):
+        logger.info("scan index %s holds patient keys of another salt; rebuilding it", index_path)
+        return {}
     entries = doc.get("entries")
     return entries if isinstance(entries, dict) else {}
 
 
-def _save_index(index_path: Path, entries: dict[str, list]) -> None:
+def _save_index(index_path: Path, entries: dict[str, list], keys: PatientKeys | None) -> None:
     index_path = Path(index_path)
     index_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = index_path.with_name(f"{index_path.name}.{os.getpid()}.tmp")
-    doc = {"version": INDEX_VERSION, "max_pixels": images.MAX_PIXELS, "entries": entries}
+    patients = keys.fingerprint if keys else None
+    doc = {"version": INDEX_VERSION, "max_pixels": images.MAX_PIXELS, "patients": patients, "entries": entries}
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, separators=(",", ":"))
     os.replace(tmp, index_path)
@@ -227,6 +267,7 @@ def scan_dataset(
     keep_size: int | None = None,
     channels: int = 3,
     progress: Callable[[int, int], None] | None = None,
+    keys: PatientKeys | None = None,
     window: str | None = None,
 ) -> tuple[ScanResult, dict[str, np.ndarray]]:
     """Validate every image of a dataset layout.
@@ -242,6 +283,8 @@ def scan_dataset(
             array, callers decode those themselves.
         channels: 3 or 1, for the arrays returned with ``keep_size``.
         progress: optional ``callback(done, total)`` over candidate files.
+        keys: the dataset's patient keys; with them, a DICOM file's ``PatientID`` gives its
+            record's patient (keyed; the ID itself is never kept). Without them it is not read.
         window: a DICOM window ``center,width`` for grey DICOM files (:mod:`medtune.datasets.dicom`);
             the index does not record it, so give each window its own ``index_path``.
 
@@ -257,27 +300,35 @@ def scan_dataset(
         for label in sorted(mapping):
             for folder in mapping[label]:
                 walker.walk(Path(folder), label, source)
+    if layout.table is not None:
+        walker.walk(Path(layout.root), "", "train")
+        _from_table(walker, layout.table, os.path.abspath(layout.root))
 
     candidates = walker.candidates
     skipped = list(walker.skipped)
     records: list[ImageRecord] = []
     arrays: dict[str, np.ndarray] = {}
-    old_index = _load_index(index_path)
+    old_index = _load_index(index_path, keys)
     new_index: dict[str, list] = {}
     total = len(candidates)
     done = 0
 
     def add(cand: _Candidate, entry: list) -> None:
-        sha, phash, width, height, mode, reason = entry[2:8]
+        sha, phash, width, height, mode, reason, patient = entry[2:9]
         if reason is not None:
             skipped.append(SkippedFile(cand.path, reason))
         else:
-            records.append(ImageRecord(cand.path, cand.label, cand.source, sha, phash, width, height, mode))
+            records.append(
+                ImageRecord(
+                    cand.path, cand.label, cand.source, sha, phash, width, height, mode,
+                    patient=cand.patient or patient, split=cand.split,
+                )
+            )  # fmt: skip
 
     todo: list[_Candidate] = []
     for cand in candidates:
         hit = old_index.get(cand.path)
-        if hit and len(hit) == 8 and hit[0] == cand.size and hit[1] == cand.mtime_ns:
+        if hit and len(hit) == 9 and hit[0] == cand.size and hit[1] == cand.mtime_ns:
             new_index[cand.path] = hit
             add(cand, hit)
             done += 1
@@ -292,13 +343,13 @@ def scan_dataset(
         nonlocal done
         cand = todo[i]
         if result[0] == "ok":
-            _, sha, phash, width, height, mode, arr = result
-            entry = [cand.size, cand.mtime_ns, sha, phash, width, height, mode, None]
+            _, sha, phash, width, height, mode, arr, patient = result
+            entry = [cand.size, cand.mtime_ns, sha, phash, width, height, mode, None, patient]
             if arr is not None:
                 arrays[cand.path] = arr
         else:
             _, reason, cacheable = result
-            entry = [cand.size, cand.mtime_ns, None, None, None, None, None, reason]
+            entry = [cand.size, cand.mtime_ns, None, None, None, None, None, reason, ""]
             if not cacheable:
                 skipped.append(SkippedFile(cand.path, reason))
                 entry = None
@@ -310,13 +361,13 @@ def scan_dataset(
             progress(done, total)
 
     n_workers = images.default_workers() if workers is None else max(1, int(workers))
-    _run([(c.path, keep_size, channels, window) for c in todo], n_workers, on_result)
+    _run([(c.path, keep_size, channels, keys, window) for c in todo], n_workers, on_result)
 
     if index_path is not None:
         prefix = os.path.abspath(layout.root).rstrip(os.sep) + os.sep
         kept = {k: v for k, v in old_index.items() if not k.startswith(prefix)}
         kept.update(new_index)
-        _save_index(Path(index_path), kept)
+        _save_index(Path(index_path), kept, keys)
 
     result = _result(layout, records, skipped, walker.ignored)
     result.ignored_files = sorted(walker.ignored_files, key=lambda s: s.path)
@@ -351,5 +402,5 @@ def _result(layout: Layout, records: list[ImageRecord], skipped: list[SkippedFil
         records=records,
         skipped=skipped,
         ignored=dict(ignored),
-        has_official_test=bool(layout.test) and any(r.source == "test" for r in records),
+        has_official_test=any(r.source == "test" for r in records) and bool(layout.test or layout.table),
     )

@@ -10,6 +10,9 @@ The rules, applied in this order:
    lexicographically first path); near duplicates are all kept, in one split together.
 4. Groups (or single images) are assigned to splits class by class, in a seeded random order
    over groups sorted by a stable key, so the result depends only on the seed and the file set.
+   A patient's images (:mod:`medtune.datasets.patients`) join one group with their duplicates:
+   no patient straddles two splits, and an official test image of a training patient is dropped
+   as a leak. Splits a labels table gives are kept (see :func:`~medtune.datasets.split_phases.deal_class`).
 
 Every file the scan saw is accounted for in the report: kept, skipped by the scan, removed as a
 duplicate, left out for a label conflict, or dropped from the official test set.
@@ -31,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from medtune.datasets.dedup import find_duplicates, near_rule
+from medtune.datasets.patients import join_groups, patient_groups, patient_summary
 from medtune.datasets.records import ImageRecord, ScanResult
 from medtune.datasets.split_phases import (
     Groups,
@@ -49,7 +53,7 @@ from medtune.options import default
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-MANIFEST_COLUMNS: tuple[str, ...] = ("path", "label", "split", "sha256", "phash", "source", "group")
+MANIFEST_COLUMNS: tuple[str, ...] = ("path", "label", "split", "sha256", "phash", "source", "group", "patient")
 _LARGE_GROUP = 50  # a near-duplicate group larger than this suggests hashes chaining
 
 
@@ -110,12 +114,17 @@ def check_parameters(scan: ScanResult, val_fraction: float, test_fraction: float
     return val_fraction, test_fraction
 
 
-def find_removals(records: Sequence[ImageRecord], groups: Groups, official: bool) -> Removals:
-    """Label conflicts, then (with an official test folder) test leaks, then extra exact copies."""
+def find_removals(
+    records: Sequence[ImageRecord], groups: Groups, official: bool, joined: Groups | None = None
+) -> Removals:
+    """Label conflicts, then (with an official test folder) test leaks, then extra exact copies.
+
+    ``joined``: the duplicate groups joined with the patients, for the test leaks (default ``groups``).
+    """
     conflicted = find_label_conflicts(records, groups)
     excluded = set(conflicted)
     near_mismatch = find_near_label_mismatches(records, groups, excluded)
-    test_dropped = find_test_leaks(records, groups, excluded) if official else {}
+    test_dropped = find_test_leaks(records, groups if joined is None else joined, excluded) if official else {}
     excluded |= set(test_dropped)
     removed = find_exact_duplicates(records, groups, excluded)
     return Removals(conflicted, near_mismatch, test_dropped, removed)
@@ -137,6 +146,7 @@ def build_manifest(records: Sequence[ImageRecord], groups: Groups, split_of: dic
                 "phash": r.phash,
                 "source": r.source,
                 "group": group_id(g_index) if g_index is not None else "",
+                "patient": r.patient,
             }
         )
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
@@ -183,10 +193,23 @@ def build_report(
     ``near_pairs``: the near-duplicate candidate pairs and how many of them were confirmed on pixels.
     """
     official = bool(scan.has_official_test)
+    val_given = any(r.split == "val" for r in records)
     counts = {s: {c: int(((manifest["split"] == s) & (manifest["label"] == c)).sum()) for c in classes} for s in SPLITS}
     notes = []
     if official:
-        notes.append("test_fraction ignored: the dataset has an official test folder, which forms the test split")
+        notes.append(
+            "test_fraction ignored: the dataset has an official test folder (or test rows in its labels "
+            "table), which forms the test split"
+        )
+    if val_given:
+        notes.append("val_fraction ignored: the labels table's val rows form the validation split")
+    patients = patient_summary(manifest, classes)
+    for d in patients["dominant"]:
+        notes.append(
+            f"one patient (key {d['patient']}) holds {d['images']} of the {d['label']!r} images "
+            f"({d['share']:.0%}, more than {patients['max_share']:.0%}): that class's scores rest on few patients"
+        )
+        logger.warning(notes[-1])
     largest = max((len(g) for g in groups), default=0)
     if phash_distance > 0 and largest > _LARGE_GROUP:
         notes.append(
@@ -218,6 +241,8 @@ def build_report(
         "test_dropped": list(removals.test_dropped.values()),
         "has_official_test": official,
         "test_source": "official" if official else "carved",
+        "val_source": "given" if val_given else "carved",
+        "patients": patients,
         "seed": int(seed),
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
@@ -260,9 +285,10 @@ def make_split(
     records: list[ImageRecord] = sorted(scan.records, key=lambda r: (r.path, r.source, r.label, r.sha256))
     duplicates = find_duplicates(records, phash_distance)
     groups = duplicates.groups  # group ids follow the record order, which follows the paths
+    joined = join_groups(len(records), groups, patient_groups(records))  # a patient's images stay together
 
-    removals = find_removals(records, groups, official)
-    units = make_units(records, groups, removals.excluded)
+    removals = find_removals(records, groups, official, joined)
+    units = make_units(records, joined, removals.excluded)
     classes = sorted(set(scan.classes) | {r.label for r in records})
     split_of = assign_splits(
         records, units, classes, official=official, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
@@ -284,6 +310,8 @@ def make_split(
         phash_distance=phash_distance,
         near_pairs=(duplicates.candidate_pairs, duplicates.confirmed_pairs),
     )
+    if report["patients"]["straddling"]:
+        raise InternalError(f"{report['patients']['straddling']} patient(s) straddle two splits (a bug in medtune)")
     totals = report["totals"]
     logger.info(
         "split %d images: train %d, val %d, test %d (%d duplicates removed, %d conflicted, %d test duplicates "

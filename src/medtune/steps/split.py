@@ -13,7 +13,8 @@ import pandas as pd
 from medtune import settings, tracking
 from medtune.datasets.cache import CHANNELS, CachedSplits, ensure_cache
 from medtune.datasets.dicom import window_label
-from medtune.datasets.layout import detect_layout
+from medtune.datasets.layout import detect_layout, table_layout
+from medtune.datasets.patients import dataset_keys
 from medtune.datasets.registry import ResolvedDataset, resolve_dataset, safe_name
 from medtune.datasets.scan import scan_dataset
 from medtune.datasets.splitting import SplitResult, make_split
@@ -33,6 +34,7 @@ class SplitOptions:
     seed: int = default("seed")
     phash_distance: int = default("phash_distance")
     exclude_classes: tuple[str, ...] = default("exclude_classes")
+    labels: str | None = default("labels")
     window: str | None = default("window")
 
     def check(self) -> None:
@@ -71,7 +73,11 @@ def prepare(opts: SplitOptions) -> tuple[ResolvedDataset, SplitResult, dict, flo
     opts.check()
     t0 = time.perf_counter()
     resolved = resolve_dataset(opts.dataset, opts.data_dir)
-    layout = detect_layout(resolved.root, resolved.spec.classes if resolved.spec else None)
+    keys = dataset_keys(settings.cache_dir() / "index" / f"{safe_name(resolved.name)}.salt")  # never logged
+    if opts.labels:
+        layout = table_layout(resolved.root, opts.labels, keys)
+    else:
+        layout = detect_layout(resolved.root, resolved.spec.classes if resolved.spec else None)
     if opts.exclude_classes:
         layout = layout.without(opts.exclude_classes)
         log.info("Leaving out %d class(es): %s", len(opts.exclude_classes), ", ".join(opts.exclude_classes))
@@ -83,7 +89,13 @@ def prepare(opts: SplitOptions) -> tuple[ResolvedDataset, SplitResult, dict, flo
 
     with Counter("validating files", 0, "file") as bar:
         scan, arrays = scan_dataset(
-            layout, index_path=index, keep_size=opts.image_size, channels=CHANNELS, progress=bar.to, window=window
+            layout,
+            index_path=index,
+            keep_size=opts.image_size,
+            channels=CHANNELS,
+            progress=bar.to,
+            window=window,
+            keys=keys,
         )
     log.info(
         "Scanned %d valid images in %d classes (%d skipped)", len(scan.records), len(scan.classes), len(scan.skipped)
@@ -153,6 +165,7 @@ def _log_split(run, opts, resolved, result, mhash, cache, reused, seconds) -> No
             "window": window_label(opts.window),  # the one DICOM value logged: how pixels were windowed
             "n_classes": len(report["classes"]),
             **({"exclude_classes": ",".join(opts.exclude_classes)} if opts.exclude_classes else {}),
+            **({"labels": str(opts.labels)} if opts.labels else {}),
         }
     )
     counts = report["counts"]
@@ -168,6 +181,7 @@ def _log_split(run, opts, resolved, result, mhash, cache, reused, seconds) -> No
         n_near_candidate_pairs=report["near_duplicate_pairs"]["candidates"],
         n_near_confirmed_pairs=report["near_duplicate_pairs"]["confirmed"],
         split_seconds=seconds,
+        **{f"n_patients_{split}": n for split, n in report["patients"]["counts"].items()},
     )
     run.metrics(metrics)
     run.tags(
