@@ -249,6 +249,7 @@ SPLIT = (
     "phash_distance",
     "exclude_classes",
     "window",
+    "labels",
 )
 SEARCH = (
     "dataset",
@@ -289,6 +290,7 @@ MAIN = (
     "data_dir",
     "exclude_classes",
     "window",
+    "labels",
     "budget",
     "engine",
     "space",

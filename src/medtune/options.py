@@ -43,6 +43,11 @@ OPTIONS: dict[str, Option] = {
     "exclude_classes": Option(
         (), "classes", "Class folders to leave out, comma-separated (e.g. a class that label conflicts leave empty)."
     ),
+    "labels": Option(
+        help="A CSV table naming the images instead of class folders: columns path,label and optionally "
+        "patient,split (train/val/test); paths relative to the dataset folder, where a relative table path is "
+        "looked up first, then here."
+    ),
     "seed": Option(42, "int", "Random seed."),
     # split
     "split.image_size": Option(128, "int", "Side of the cached square images."),

@@ -45,6 +45,7 @@ class PipelineOptions:
     card_images: bool = default("card_images")
     exclude_classes: tuple[str, ...] = default("exclude_classes")
     window: str | None = default("window")
+    labels: str | None = default("labels")
 
 
 @dataclass
@@ -97,6 +98,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineOutcome:
         seed=opts.seed,
         exclude_classes=tuple(opts.exclude_classes),
         window=opts.window,
+        labels=opts.labels,
     )
     split_opts.check()
     launcher_id = tracking.take_launcher()
