@@ -143,3 +143,16 @@ def test_only_train_rows_leave_nothing_for_test_and_say_so():
     records = [rec(f"/d/{label}/tr{i}.png", label, split="train") for label in "ab" for i in range(10)]
     with pytest.raises(DataError, match=r"class 'a': no image left for test .*split=test"):
         make_split(scan_of(records), seed=0)
+
+
+def test_a_class_whose_images_all_ride_with_other_patients_still_lands_in_every_split():
+    """Each patient has one image of each class: every unit is labelled by its first image (class a),
+    class b has no unit of its own and goes where its patients go."""
+    records = [rec(f"/d/p{p:02d}/{label}.png", label, patient=f"p{p:02d}") for p in range(12) for label in "ab"]
+    result = make_split(scan_of(records), seed=5)
+    m = result.manifest
+    assert (m.groupby("patient")["split"].nunique() == 1).all()
+    assert result.report["counts"]["test"]["b"] == result.report["counts"]["test"]["a"] >= 1
+    assert {s: c["b"] for s, c in result.report["counts"].items()} == {
+        s: c["a"] for s, c in result.report["counts"].items()
+    }
