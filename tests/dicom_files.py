@@ -24,6 +24,7 @@ def dicom_bytes(
     width: float | None = None,
     syntax=ExplicitVRLittleEndian,
     preamble: bool = True,
+    patient_id: str = PATIENT["PatientID"],
 ) -> bytes:
     """One DICOM file: ``pixels`` (rows, cols), (rows, cols, 3) for RGB or (frames, rows, cols) with
     ``photometric`` ``MONOCHROME*``; stored as their dtype (uint8, uint16 or int16)."""
@@ -31,7 +32,7 @@ def dicom_bytes(
     colour = photometric == "RGB"
     frames = pixels.shape[0] if pixels.ndim == 3 and not colour else 1
     ds = Dataset()
-    ds.update({k: v for k, v in PATIENT.items()})
+    ds.update({**PATIENT, "PatientID": patient_id})
     ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
     ds.Modality = "OT"
     ds.Rows, ds.Columns = pixels.shape[-3:-1] if colour else pixels.shape[-2:]
