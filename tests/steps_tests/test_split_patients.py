@@ -137,3 +137,16 @@ def test_split_of_a_dicom_and_png_export_keeps_patients_whole_and_logs_no_patien
     ignored = {s["path"]: s["reason"] for s in report["ignored_files"]}
     assert ignored[str(root / "dicom" / "unlisted.dcm")] == "no row in the labels table"
     assert run.data.params["labels"] == "labels.csv"
+
+
+def test_a_bad_labels_table_stops_split_in_one_line_naming_the_file_and_line(project, tmp_path):
+    root = tmp_path / "export"
+    root.mkdir()
+    (root / "labels.csv").write_text("path,label\na.png,cat\n../../etc/passwd,dog\n")
+    proc = project.medtune("split", "--dataset", str(root), "--labels", "labels.csv", check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines == [
+        f"medtune: error: labels file {root / 'labels.csv'} line 3: ../../etc/passwd is outside the dataset "
+        f"folder {root}"
+    ]
