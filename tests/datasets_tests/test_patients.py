@@ -156,3 +156,21 @@ def test_a_class_whose_images_all_ride_with_other_patients_still_lands_in_every_
     assert {s: c["b"] for s, c in result.report["counts"].items()} == {
         s: c["a"] for s, c in result.report["counts"].items()
     }
+
+
+def test_scan_keys_dicom_patients_and_its_index_forgets_them_under_another_salt(tmp_path):
+    from medtune.datasets.layout import detect_layout
+    from medtune.datasets.scan import scan_dataset
+
+    for label, index in (("a", 0), ("b", 1)):
+        (tmp_path / "ds" / label).mkdir(parents=True)
+        (tmp_path / "ds" / label / "x.dcm").write_bytes(dicom_bytes(grey_phantom(index)))
+    layout, index_path = detect_layout(tmp_path / "ds"), tmp_path / "index.json"
+    first, second = PatientKeys(b"1" * 32), PatientKeys(b"2" * 32)
+    scan, _ = scan_dataset(layout, index_path=index_path, keys=first)
+    assert {r.patient for r in scan.records} == {first.key(PATIENT["PatientID"])}
+    assert PATIENT["PatientID"].encode() not in index_path.read_bytes()
+    again, _ = scan_dataset(layout, index_path=index_path, keys=second)
+    assert {r.patient for r in again.records} == {second.key(PATIENT["PatientID"])}
+    unkeyed, _ = scan_dataset(layout)
+    assert {r.patient for r in unkeyed.records} == {""}, "without keys no PatientID is read"
