@@ -274,14 +274,19 @@ def _decode_all(images: list[bytes], metadata: dict) -> np.ndarray:
 
 
 def _requirements() -> list[str]:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    pkgs = ["mlflow", "keras", "numpy", "pandas", "pillow", "scikit-learn", "imagehash", "pyyaml", "click"]
+    pkgs = ["mlflow", "keras", "numpy", "pandas", "pillow", "scikit-learn", "imagehash", "pyyaml", "click", "pydicom"]
     reqs = [f"{p}=={version(p)}" for p in pkgs]
     try:
         reqs.append(f"tensorflow-cpu=={version('tensorflow-cpu')}")
     except Exception:
         reqs.append(f"tensorflow=={version('tensorflow')}")
+    for decoder in ("pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg"):  # the dicom-compressed extra, if here
+        try:
+            reqs.append(f"{decoder}=={version(decoder)}")
+        except PackageNotFoundError:
+            pass
     return reqs
 
 
