@@ -19,10 +19,12 @@ import numpy as np
 import tensorflow as tf
 
 from medtune.errors import ConfigError
+from medtune.models.folding import FoldedConv
 
 logger = logging.getLogger(__name__)
 
 _CONV_TYPES = (
+    FoldedConv,  # a convolution with its BatchNorm folded in (medtune.models.folding)
     keras.layers.Conv2D,
     keras.layers.SeparableConv2D,
     keras.layers.DepthwiseConv2D,

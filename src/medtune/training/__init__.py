@@ -20,6 +20,7 @@ Typical use::
 from medtune.errors import TrainingDiverged
 from medtune.training.callbacks import (
     LR_SCHEDULES,
+    BestWeights,
     EpochCosine,
     EpochScores,
     NaNGuard,
@@ -38,6 +39,7 @@ from medtune.training.runtime import configure_threads, release_model, usable_cp
 
 __all__ = [
     "LR_SCHEDULES",
+    "BestWeights",
     "EpochCosine",
     "EpochScores",
     "FitSetup",

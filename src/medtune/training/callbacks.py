@@ -261,6 +261,34 @@ class StagedEarlyStopping(keras.callbacks.EarlyStopping):
         self._seen = True
 
 
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the best epoch's values of ``variables`` (``monitor``, higher is better) across every
+    stage of a staged fit, and puts them back with :meth:`restore`.
+
+    It holds the variables themselves, not ``self.model``'s weight list, so it is right whichever
+    view of the network the epochs ran on (:func:`medtune.models.folding.training_view`).
+    """
+
+    def __init__(self, variables, monitor: str = "val_macro_f1"):
+        super().__init__()
+        self.variables, self.monitor = list(variables), monitor
+        self.best, self.best_epoch, self.values = -math.inf, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and math.isfinite(value) and value > self.best:
+            self.best, self.best_epoch = float(value), epoch
+            self.values = [v.numpy() for v in self.variables]
+
+    def restore(self) -> bool:
+        """Set the best epoch's values; False when no epoch was scored."""
+        if self.values is None:
+            return False
+        for variable, value in zip(self.variables, self.values, strict=True):
+            variable.assign(value)
+        return True
+
+
 class TimeLimit(keras.callbacks.Callback):
     """Stops training at an epoch boundary when the next epoch would not fit in ``budget``.
 

@@ -8,10 +8,8 @@ should record comes back in :class:`FinalFit`.
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -126,50 +124,44 @@ def fit_member(
     )
     model = setup.model
     constant = params.get("lr_schedule", "constant") == "constant"  # a cosine sets its own rate
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(tmp) / "best.weights.h5"
-        callbacks = [
-            *setup.callbacks,
-            training.StagedEarlyStopping(
-                monitor="val_macro_f1", mode="max", patience=patience, restore_best_weights=True
-            ),
-            *(
-                [
-                    keras.callbacks.ReduceLROnPlateau(
-                        monitor="val_loss", factor=0.5, patience=max(2, patience // 3), min_lr=1e-6
-                    )
-                ]
-                if constant
-                else []
-            ),
-            keras.callbacks.ModelCheckpoint(
-                str(ckpt), monitor="val_macro_f1", mode="max", save_best_only=True, save_weights_only=True
-            ),
-            *([training.TimeLimit(budget)] if budget is not None else []),
-            epoch_reporter(report, epochs, title),
-        ]
-        history = training.fit_stages(
-            model,
-            params,
-            setup.train_ds,
-            setup.val_ds,
-            y_val=cache.y["val"],
-            epochs=epochs,
-            class_weight=class_weight,
-            callbacks=callbacks,
-            stop_requested=(lambda: budget.spent()) if budget is not None else None,
-            budget=budget,
-            on_stage=lambda st, n: log.info(
-                "Stage %d: epochs %d-%d, learning rate %.2g, %d trainable layers",
-                st.number,
-                st.first_epoch + 1,
-                st.end_epoch,
-                st.learning_rate,
-                n,
-            ),
-        )
-        if ckpt.exists():
-            model.load_weights(ckpt)  # the best epoch, whatever early stopping did
+    best = training.BestWeights(model.weights, monitor="val_macro_f1")
+    callbacks = [
+        *setup.callbacks,
+        training.StagedEarlyStopping(monitor="val_macro_f1", mode="max", patience=patience, restore_best_weights=True),
+        *(
+            [
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_loss", factor=0.5, patience=max(2, patience // 3), min_lr=1e-6
+                )
+            ]
+            if constant
+            else []
+        ),
+        best,
+        *([training.TimeLimit(budget)] if budget is not None else []),
+        epoch_reporter(report, epochs, title),
+    ]
+    history = training.fit_stages(
+        model,
+        params,
+        setup.train_ds,
+        setup.val_ds,
+        y_val=cache.y["val"],
+        epochs=epochs,
+        class_weight=class_weight,
+        callbacks=callbacks,
+        stop_requested=(lambda: budget.spent()) if budget is not None else None,
+        budget=budget,
+        on_stage=lambda st, n: log.info(
+            "Stage %d: epochs %d-%d, learning rate %.2g, %d trainable layers",
+            st.number,
+            st.first_epoch + 1,
+            st.end_epoch,
+            st.learning_rate,
+            n,
+        ),
+    )
+    best.restore()  # the best epoch, whatever early stopping did
     return model, history
 
 

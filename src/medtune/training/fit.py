@@ -120,15 +120,21 @@ def fit_stages(
     stages, learning rates and schedules are those of the whole plan). With a ``budget``, the last
     stage's cosine schedule shortens itself to the time left (:class:`EpochCosine`).
 
+    A pretrained backbone trains through :func:`medtune.models.folding.training_view` (its frozen
+    BatchNorm folded into the convolutions: the same gradients, fewer passes over memory); the
+    callbacks see that view, whose variables are ``model``'s.
+
     Returns:
         The history of all stages, concatenated per key.
     """
+    from medtune.models.folding import training_view
     from medtune.models.transfer import set_stage, stage_plan
 
     history: dict[str, list[float]] = {}
     stages = stage_plan(params, int(epochs))
     first_epoch, end_epoch = window or (0, int(epochs))
     started = False
+    net = training_view(model)  # frozen BatchNorm folded; trains model's own variables
     for stage in stages:
         begin, end = max(stage.first_epoch, first_epoch), min(stage.end_epoch, end_epoch)
         if begin >= end:
@@ -136,11 +142,11 @@ def fit_stages(
         if started:
             if stop_requested is not None and stop_requested():
                 break
-            model.stop_training = False
+            net.stop_training = False
         started = True
         trainable = set_stage(model, stage)
-        if stage.number > 1 or not model.compiled:
-            compile_model(model, {**params, "learning_rate": stage.learning_rate})
+        if stage.number > 1 or not net.compiled:
+            compile_model(net, {**params, "learning_rate": stage.learning_rate})
         if on_stage is not None:
             on_stage(stage, trainable)
         schedule = schedule_callbacks(
@@ -152,7 +158,7 @@ def fit_stages(
             budget=budget,
         )
         part = fit(
-            model,
+            net,
             train_ds,
             val_ds,
             y_val=y_val,
@@ -172,9 +178,12 @@ def predict_proba(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np
     Plain slices into ``predict_on_batch``: a ``tf.numpy_function`` over ``x`` would keep every
     array it was ever given alive (the app and the served model call this again and again).
     """
+    from medtune.models.folding import inference_view
+
     check_images(x)
     if len(x) == 0:
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
+    model = inference_view(model)  # BatchNorm folded: the same probabilities, about twice as fast
     step = int(batch_size)
     parts = [
         np.asarray(model.predict_on_batch(np.asarray(x[i : i + step], dtype=np.float32)), dtype=np.float32)
