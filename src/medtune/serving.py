@@ -191,10 +191,13 @@ def predictions_frame(model, images: np.ndarray, classes, metadata: dict | None 
     """``label`` and ``prob_<class>`` per image; with the model's ``metadata``, also its ``prediction_set``.
 
     Keras ``predict`` on the uint8 array: TensorFlow casts each batch, so no float32 copy of the
-    whole request is made in Python.
+    whole request is made in Python. The network runs with its BatchNorm folded (the same
+    probabilities, :func:`medtune.models.folding.inference_view`).
     """
+    from medtune.models.folding import inference_view
+
     if len(images):
-        proba = np.asarray(model.predict(images, batch_size=64, verbose=0), dtype=np.float32)
+        proba = np.asarray(inference_view(model).predict(images, batch_size=64, verbose=0), dtype=np.float32)
     else:
         proba = np.zeros((0, len(classes)), np.float32)
     frame = pd.DataFrame({"label": [classes[i] for i in proba.argmax(1)] if len(proba) else []})
