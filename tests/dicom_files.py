@@ -50,7 +50,13 @@ def dicom_bytes(
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept or 0
     if center is not None:
         ds.WindowCenter, ds.WindowWidth = center, width
-    ds.PixelData = pixels.tobytes()
+    if syntax.is_compressed:  # the bytes as one fragment: only what a decoder would make of them differs
+        from pydicom.encaps import encapsulate
+
+        ds.PixelData = encapsulate([pixels.tobytes()])
+        ds["PixelData"].VR = "OB"
+    else:
+        ds.PixelData = pixels.tobytes()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = syntax
     ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID

@@ -121,17 +121,21 @@ def test_a_truncated_file_is_one_line():
         assert str(info.value) == "cut.dcm: truncated DICOM pixel data"
 
 
-def test_a_transfer_syntax_without_its_decoder_names_the_extra():
+def test_a_transfer_syntax_without_its_decoder_names_the_extra(tmp_path):
     """JPEG-LS needs pylibjpeg-libjpeg (the dicom-compressed extra), which CI does not install."""
     path = get_testdata_file("MR_small_jpeg_ls_lossless.dcm")
     if get_decoder(JPEGLSLossless).is_available:  # the extra is installed: the same pixels as MR_small
         np.testing.assert_array_equal(grey(path), grey(get_testdata_file("MR_small.dcm")))
         return
-    with pytest.raises(ImageDecodeError) as info:
-        open_image(path)
-    assert str(info.value) == (
-        f"{path}: DICOM JPEG-LS Lossless Image Compression needs a decoder: pip install 'medtune[dicom-compressed]'"
-    )
+    written = tmp_path / "IM_JLS"
+    written.write_bytes(dicom_bytes(grey_phantom(0), syntax=JPEGLSLossless))
+    for source in (path, str(written)):
+        with pytest.raises(ImageDecodeError) as info:
+            open_image(source)
+        assert str(info.value) == (
+            f"{source}: DICOM JPEG-LS Lossless Image Compression needs a decoder: "
+            "pip install 'medtune[dicom-compressed]'"
+        )
 
 
 def test_a_dicom_larger_than_the_pixel_limit_is_refused_before_decoding():
