@@ -53,7 +53,9 @@ OPTIONS: dict[str, Option] = {
     "split.image_size": Option(128, "int", "Side of the cached square images."),
     "val_fraction": Option(0.15, "float", "Share of the images kept for validation."),
     "test_fraction": Option(0.15, "float", "Ignored when the dataset ships an official test folder."),
-    "phash_distance": Option(4, "int", "Near-duplicate threshold in perceptual-hash bits (0 = byte-identical only)."),
+    "phash_distance": Option(
+        4, "int", "Near-duplicate candidates: perceptual-hash bits, then confirmed on pixels (0 = exact only)."
+    ),
     "window": Option(
         help="DICOM grey window center,width for every file, e.g. 40,400 (default: each file's own VOI LUT or "
         "window, else its min/max). Part of the model: serving decodes DICOM with it too."

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import imagehash
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from medtune.datasets.dedup import PIXEL_CEILING, PIXEL_FLOOR, pixel_threshold
+from medtune.datasets.dedup import PIXEL_LIMIT, SMALL_PIXEL_LIMIT, pixel_threshold
 from medtune.datasets.layout import detect_layout
 from medtune.datasets.scan import scan_dataset
 from medtune.datasets.splitting import make_split
 from medtune.datasets.synthetic import generate_phantom
 
-SIZE = 28
 
-
-def phantom(label: str, seed: int) -> Image.Image:
-    return Image.fromarray(generate_phantom(label, np.random.default_rng(seed), SIZE)[0])
+def phantom(label: str, seed: int, size: int = 28) -> Image.Image:
+    return Image.fromarray(generate_phantom(label, np.random.default_rng(seed), size)[0])
 
 
 def lookalike_pairs(label: str, n: int = 400, wanted: int = 3) -> list[tuple[int, int]]:
@@ -26,45 +26,58 @@ def lookalike_pairs(label: str, n: int = 400, wanted: int = 3) -> list[tuple[int
     return pairs[:wanted]
 
 
-def copies(img: Image.Image) -> dict[str, Image.Image]:
-    """The same picture resized by 4 % and slightly brightened (the JPEG copy is saved beside them)."""
-    return {
-        "resized": img.resize((SIZE + 1, SIZE + 1), Image.LANCZOS),
-        "bright": ImageEnhance.Brightness(img).enhance(1.05),
+def write_copies(folder: Path, seed: int, size: int, kinds: tuple[str, ...]) -> list[str]:
+    """An original phantom and its copies in ``folder``; returns their file names, sorted."""
+    img = phantom("disc", seed, size)
+    names = {f"orig_{seed}.png": (img, {})}
+    made = {
+        "bright": (ImageEnhance.Brightness(img).enhance(1.05), {}),
+        "contrast": (ImageEnhance.Contrast(img).enhance(0.95), {}),
+        "resaved": (img, {"format": "BMP"}),  # lossless: other bytes, the same pixels
+        "q75": (img, {"format": "JPEG", "quality": 75}),
+        "resized": (img.resize((size + max(1, size // 25),) * 2, Image.LANCZOS), {}),  # 4 % larger
     }
+    for kind in kinds:
+        names[f"orig_{seed}_{kind}.img"] = made[kind]
+    for name, (copy, kwargs) in names.items():
+        copy.save(folder / name, **{"format": "PNG", **kwargs})
+    return sorted(names)
 
 
-def test_copies_of_small_images_are_grouped_and_lookalikes_are_not(tmp_path):
-    root = tmp_path / "small"
+def split_groups(root: Path, phash_distance: int = 4) -> tuple[list[list[str]], dict]:
+    scan, _ = scan_dataset(detect_layout(root), workers=1)
+    report = make_split(scan, phash_distance=phash_distance).report
+    groups = [sorted(Path(p).name for p in g["paths"]) for g in report["duplicate_groups"]["groups"]]
+    return groups, report["near_duplicate_pairs"]
+
+
+def test_small_images_group_identical_pixels_but_not_lookalikes(tmp_path):
     pairs = lookalike_pairs("ring")
     assert len(pairs) >= 2  # the premise: distinct 28 px phantoms that the hash calls near
     for label in ("disc", "ring"):
-        (root / label).mkdir(parents=True)
+        (tmp_path / label).mkdir()
+        for s in range(6):  # more distinct images, so every split gets some
+            phantom(label, 2000 + s).save(tmp_path / label / f"other_{s}.png")
     for s in {s for pair in pairs for s in pair}:
-        phantom("ring", s).save(root / "ring" / f"look_{s}.png")
-    originals = [1000 + k for k in range(3)]
-    for s in originals:
-        img = phantom("disc", s)
-        img.save(root / "disc" / f"orig_{s}.png")
-        img.save(root / "disc" / f"orig_{s}_q75.jpg", quality=75)
-        for kind, copy in copies(img).items():
-            copy.save(root / "disc" / f"orig_{s}_{kind}.png")
-    for s in range(6):  # more distinct images, so every split gets some
-        phantom("disc", 2000 + s).save(root / "disc" / f"other_{s}.png")
-        phantom("ring", 2000 + s).save(root / "ring" / f"other_{s}.png")
+        phantom("ring", s).save(tmp_path / "ring" / f"look_{s}.png")
+    expected = [write_copies(tmp_path / "disc", 1000 + k, 28, ("bright", "contrast", "resaved")) for k in range(3)]
 
-    scan, _ = scan_dataset(detect_layout(root), workers=1)
-    result = make_split(scan, phash_distance=4)
+    groups, near = split_groups(tmp_path)
 
-    groups = [sorted(p.rsplit("/", 1)[1] for p in g["paths"]) for g in result.report["duplicate_groups"]["groups"]]
-    for s in originals:  # each original with its three copies, nothing else
-        assert [g for g in groups if f"orig_{s}.png" in g] == [
-            sorted(f"orig_{s}{end}" for end in (".png", "_q75.jpg", "_resized.png", "_bright.png"))
-        ]
-    assert not any(name.startswith("look_") for g in groups for name in g)
-    near = result.report["near_duplicate_pairs"]
-    assert near["confirmed"] >= 2 * len(originals) and near["candidates"] >= near["confirmed"] + len(pairs)
+    assert groups == expected  # each original with its copies; no lookalike grouped
+    assert near["confirmed"] == 3 * 6 and near["candidates"] >= near["confirmed"] + len(pairs)
     assert "normalised" in near["rule"]
+
+
+def test_reencoded_and_resized_copies_are_grouped_at_64_px(tmp_path):
+    for label in ("disc", "ring"):
+        (tmp_path / label).mkdir()
+        for s in range(6):
+            phantom(label, 2000 + s, 64).save(tmp_path / label / f"other_{s}.png")
+    expected = [write_copies(tmp_path / "disc", 1000 + k, 64, ("q75", "resized", "bright")) for k in range(3)]
+    groups, near = split_groups(tmp_path)
+    assert groups == expected
+    assert near["confirmed"] == 3 * 6 <= near["candidates"]  # every pair of copies; no other pair
 
 
 def test_distance_zero_counts_no_candidates(tmp_path):
@@ -79,6 +92,5 @@ def test_distance_zero_counts_no_candidates(tmp_path):
     assert (near["candidates"], near["confirmed"]) == (0, 0)
 
 
-def test_the_pixel_threshold_is_looser_for_small_images_and_bounded():
-    assert pixel_threshold(28) > pixel_threshold(64) > pixel_threshold(512)
-    assert pixel_threshold(8) == PIXEL_CEILING and pixel_threshold(512) == PIXEL_FLOOR
+def test_the_pixel_threshold_is_stricter_for_small_images():
+    assert pixel_threshold(28) == pixel_threshold(63) == SMALL_PIXEL_LIMIT < PIXEL_LIMIT == pixel_threshold(64)

@@ -4,7 +4,7 @@ Exact duplicates share the SHA-256 of their bytes. Near duplicates (the same pic
 resized or lightly edited) are found in two steps: their 64-bit perceptual hashes lie within a
 small Hamming distance (the candidates), and their pixels agree (the confirmation): both files
 are read again, shrunk to 16x16 grey, normalised for brightness and contrast, and their mean
-absolute difference must stay under :func:`pixel_threshold` of the smaller image's side. Only
+absolute difference must stay under :func:`pixel_threshold` (stricter for small images). Only
 confirmed pairs join a group; groups are transitive (union-find), so A~B~C forms one group.
 
 The hash alone is not enough: on homogeneous sets (28 px thumbnails of one modality) a quarter
@@ -30,14 +30,16 @@ logger = logging.getLogger(__name__)
 
 _CHUNK_ELEMENTS = 4_000_000  # pairwise XORs per block: 32 MB of uint64
 THUMB_SIDE = 16  # pixels per side of the thumbnails compared
-# A confirmed pair differs by at most PIXEL_SCALE / side (normalised units, side = the smaller
-# image's shorter side), clipped to [PIXEL_FLOOR, PIXEL_CEILING]: a copy resampled or re-encoded
-# differs from its original mostly along edges, by a fraction of one source pixel, and one
-# thumbnail pixel spans side/16 source pixels, so a true copy's difference grows as 1/side.
-# Calibrated by bench/near_duplicates.py on three real sets at native size, 64 and 28 px.
-PIXEL_SCALE = 5.0
-PIXEL_FLOOR = 0.05
-PIXEL_CEILING = 0.18
+# The largest normalised difference that confirms a pair, measured by bench/near_duplicates.py on
+# three real sets at native size, 64 and 28 px (docs/performance.md, "Near duplicates"): copies
+# (JPEG q75, resized 4 %, brightness x1.05) differ by up to ~0.07 at 64 px and more, where distinct
+# images rarely come this close (<5 % of the brain MRI candidates, the next slice of one scan).
+# Under 64 px a resampled or re-encoded copy differs by 0.1-0.2, as much as that next slice does,
+# so there only nearly identical pixels count: a stricter limit, and small copies that went
+# through resampling stay apart (a missed copy costs a little leak; a false one drops a test image).
+PIXEL_LIMIT = 0.06
+SMALL_SIDE = 64
+SMALL_PIXEL_LIMIT = 0.05
 
 
 @dataclass
@@ -163,7 +165,7 @@ def thumbnail(path: str) -> np.ndarray | None:
 
 def pixel_threshold(side: int) -> float:
     """The largest normalised difference that confirms a pair whose smaller image is ``side`` px."""
-    return float(min(PIXEL_CEILING, max(PIXEL_FLOOR, PIXEL_SCALE / max(int(side), 1))))
+    return SMALL_PIXEL_LIMIT if side < SMALL_SIDE else PIXEL_LIMIT
 
 
 def pixel_distances(records: Sequence[ImageRecord], pairs: np.ndarray) -> np.ndarray:
@@ -184,8 +186,8 @@ def near_rule() -> str:
     """The confirmation rule in words, for the split report."""
     return (
         f"hash within phash_distance bits, then the mean absolute difference of the two images as "
-        f"{THUMB_SIDE}x{THUMB_SIDE} grey, normalised for brightness and contrast, at most "
-        f"{PIXEL_SCALE:g}/side (side: the smaller image's shorter side), clipped to {PIXEL_FLOOR:g}..{PIXEL_CEILING:g}"
+        f"{THUMB_SIDE}x{THUMB_SIDE} grey, normalised for brightness and contrast, at most {PIXEL_LIMIT:g} "
+        f"({SMALL_PIXEL_LIMIT:g} when the smaller image's shorter side is under {SMALL_SIDE} px)"
     )
 
 
