@@ -87,10 +87,22 @@ def test_class_weights_are_balanced_unless_turned_off():
     assert "colour" in render_plan(plan, IMBALANCED, CPU) and "class weights on" in render_plan(plan, IMBALANCED, CPU)
 
 
-def test_small_images_are_not_upsampled_beyond_their_size():
-    plan = make_plan(SMALL_IMAGES, CPU, 3600)
-    assert plan.final_image_size == 64  # the floor: the median side is 48
-    assert plan.search_image_sizes == (32, 48, 64)
+THUMBNAILS = data({f"c{i}": 800 for i in range(8)}, median_side=28)  # a MedMNIST-like set
+
+
+@pytest.mark.parametrize("budget_min, size", [(10, 64), (20, 96), (30, 128), (120, 128)])
+def test_small_images_are_upsampled_as_far_as_the_budget_pays(budget_min, size):
+    plan = make_plan(THUMBNAILS, CPU, budget_min * 60)
+    assert plan.final_image_size == size
+    assert "small images (median side 28 px) up-sampled" in plan.reasons["final_image_size"]
+    one_model = plan_final(plan.final_s, epoch_seconds(THUMBNAILS.n_train, size, CPU), {"ensemble": 1})[1]
+    assert one_model >= 12 or size == 64  # the size is paid for, or the floor
+    assert make_plan(THUMBNAILS, CPU, budget_min * 60, {"final_image_size": 32}).final_image_size == 32
+
+
+def test_images_of_64_px_and_more_are_not_upsampled_beyond_their_size():
+    plan = make_plan(data({"a": 3000, "b": 3000}, median_side=64), CPU, 3600)
+    assert plan.final_image_size == 64 and "up-sampled" not in plan.reasons["final_image_size"]
 
 
 def test_the_users_values_override_every_rule():

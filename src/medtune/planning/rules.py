@@ -12,7 +12,12 @@ training. The rules (docs/planning.md gives the measurements behind the constant
 2. **Space.** Always the pretrained EfficientNet-Lite0 (its ImageNet weights are offline) beside
    the custom CNN: ``auto_cpu`` on CPU (cnn_cpu-sized custom CNNs), ``auto_gpu`` with a GPU.
 3. **Image sizes.** The final size is the median image side, capped by the machine (CPU: 160 px,
-   128 under 20 minutes; GPU: 224) and floored at 64. The search climbs rungs of
+   128 under 20 minutes; GPU: 224) and floored at 64. Small images (median side under
+   ``SMALL_IMAGE_SIDE``) are seen up-sampled by the pretrained backbone, at the largest of
+   ``UPSAMPLED_SIZES`` (within the cap) where final training still affords
+   ``MIN_UPSAMPLED_EPOCHS``: ImageNet features need more pixels than a thumbnail has (on 28 px
+   images, pretrained backbones up-sampled to 128-224 px did clearly better than at native size,
+   MedMNIST+ benchmark, Doerrich et al. 2024). The search climbs rungs of
    1/2, 3/4 and 1 of it (multiples of 16), so promising trials continue at larger sizes.
 4. **Cost model.** An epoch costs ``n_train x (size/128)^2 x`` seconds per image at 128 px
    (measured per backbone kind, scaled by cores; a GPU is ``GPU_SPEEDUP`` faster).
@@ -69,6 +74,9 @@ MIN_FINAL_EPOCHS, MAX_FINAL_EPOCHS = 4, 60
 # per member of two; three members need two more each. Measured at 30 minutes on brain_mri: two members
 # of 7 and 9 epochs (val macro-F1 0.975, test 0.958) lost to one of 12 (0.981, 0.964)
 ENSEMBLE_MIN_EPOCHS = 10
+SMALL_IMAGE_SIDE = 64  # a median side under it: rule 3 up-samples
+UPSAMPLED_SIZES = (128, 96, 64)  # largest first
+MIN_UPSAMPLED_EPOCHS = 12  # final epochs an up-sampled size must still afford
 SMALL_BUDGET_S = 20 * 60  # under it, CPU plans cap images at 128 px instead of 160
 LARGE_BUDGET_S = 90 * 60  # from it, CPU plans cap images at 192 px (still under Lite0's native 224)
 FIT_OVERHEAD_S = 20.0  # building a model and tracing its graphs, per fit (each rung, each member)
@@ -210,6 +218,16 @@ def epoch_seconds(n_images: int, size: int, machine: MachineFingerprint, backbon
     return n_images * per_image * 1.2 + EPOCH_OVERHEAD_S  # + validation pass and precise BatchNorm, ~20 %
 
 
+def _upsampled_size(data: DataFingerprint, machine: MachineFingerprint, cap: int, final_s: float) -> int:
+    """Rule 3 for small images: the largest of ``UPSAMPLED_SIZES`` within ``cap`` whose epochs
+    ``final_s`` pays ``MIN_UPSAMPLED_EPOCHS`` of (64 px when none)."""
+    for size in UPSAMPLED_SIZES:
+        epochs = plan_final(final_s, epoch_seconds(max(1, data.n_train), size, machine), {"ensemble": 1})[1]
+        if size <= cap and epochs >= MIN_UPSAMPLED_EPOCHS:
+            return size
+    return UPSAMPLED_SIZES[-1]
+
+
 def _round16(x: float) -> int:
     return max(32, int(round(x / 16)) * 16)
 
@@ -237,20 +255,24 @@ def make_plan(
     space = given.get("space") or ("auto_gpu" if gpu else "auto_cpu")
     why["space"] = "given" if "space" in given else f"rule 2: {'GPU' if gpu else 'CPU'} machine"
 
-    cap = 224 if gpu else (128 if budget < SMALL_BUDGET_S else 160 if budget < LARGE_BUDGET_S else 192)
-    native = data.median_side or cap
-    image_size = int(given.get("final_image_size") or max(64, min(cap, _round16(native))))
-    why["final_image_size"] = (
-        "given"
-        if "final_image_size" in given
-        else f"rule 3: median side {data.median_side} px, capped at {cap} px on this machine and budget"
-    )
     searched = ("space", "trials", "search_epochs", "search_image_sizes")
     recipe = (
         FIRST_RECIPE
         if not gpu and budget < RECIPE_ONLY_BUDGET_S and can_warm_start and not any(k in given for k in searched)
         else None
     )
+    cap = 224 if gpu else (128 if budget < SMALL_BUDGET_S else 160 if budget < LARGE_BUDGET_S else 192)
+    native = data.median_side or cap
+    image_size = max(64, min(cap, _round16(native)))
+    why["final_image_size"] = f"rule 3: median side {data.median_side} px, capped at {cap} px on this machine and budget"
+    if data.median_side and data.median_side < SMALL_IMAGE_SIDE:
+        image_size = _upsampled_size(data, machine, cap, budget if recipe else final_s)
+        why["final_image_size"] = (
+            f"rule 3: small images (median side {data.median_side} px) up-sampled for the pretrained backbone, "
+            f"the largest size affording {MIN_UPSAMPLED_EPOCHS} final epochs"
+        )
+    if "final_image_size" in given:
+        image_size, why["final_image_size"] = int(given["final_image_size"]), "given"
     if recipe:
         probe = PROBE_EPOCHS * epoch_seconds(max(1, data.n_train), image_size, machine) + 2 * FIT_OVERHEAD_S
         search_s, final_s = probe, budget - probe
