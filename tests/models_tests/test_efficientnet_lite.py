@@ -16,7 +16,6 @@ from medtune.models.efficientnet_lite import (
     VARIANTS,
     EfficientNetLite0,
     efficientnet_lite,
-    load_checkpoint,
     packaged_imagenet_file,
 )
 from medtune.models.torch_legacy import read_state_dict, write_state_dict
@@ -83,15 +82,21 @@ def test_imagenet_names_the_sample_photos_through_medtunes_backbone_and_preproce
 
 
 @pytest.fixture(scope="module")
-def classifier(states):
-    """Each variant with its ImageNet top at its native resolution, weights loaded: built once per module."""
+def classifier():
+    """Each variant from its table entry's builder, with the ImageNet top, at its native size, its packaged
+    weights resolved and loaded as medtune loads them (strictly: the classifier too): built once per module."""
+    import importlib
+
     cache = {}
 
     def get(backbone):
         if backbone not in cache:
-            size = spec_of(backbone).native_size
-            net = efficientnet_lite(backbone, include_top=True, input_shape=(size, size, 3))
-            load_checkpoint(net, states(backbone))
+            spec = spec_of(backbone)
+            module, attr = spec.builder.split(":")
+            net = getattr(importlib.import_module(module), attr)(
+                include_top=True, input_shape=(spec.native_size, spec.native_size, 3)
+            )
+            load_backbone_weights(net, backbone, resolve_weights("imagenet", [backbone])[backbone].path)
             cache[backbone] = net
         return cache[backbone]
 
@@ -120,8 +125,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("backbone", sorted(EXPECTED))
 def test_lite1_and_lite2_name_the_sample_photos_at_their_native_size(classifier, backbone):
-    """Wrong weights, layouts, block tables or normalisation cannot name every photo top-1 (strict loading
-    of the whole checkpoint, classifier included, happens in the fixture)."""
+    """Wrong weights, layouts, block tables or normalisation cannot name every photo top-1."""
     from sklearn.datasets import load_sample_image
 
     from medtune.models.layers import BackbonePreprocess
