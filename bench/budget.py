@@ -54,6 +54,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--table", action="store_true", help="print the recorded rows and exit")
     p.add_argument("--quick", action="store_true", help="tiny epochs and budget, to check that the script runs")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--cnn-size", type=int, default=128, help="reference_cnn's image size (default 128)")
+    p.add_argument("--lite0-size", type=int, default=160, help="reference_lite0's image size (default 160)")
     p.add_argument(
         "--exclude-classes", default="", help="classes the split leaves out, comma-separated (isic_skin: see docs)"
     )
@@ -69,6 +71,7 @@ def score(name: str, y, proba, classes, minutes: float, split_id: str, extra: di
     m = classification_metrics(y, proba, classes, prefix="")
     return {
         "row": name,
+        "n_test": len(y),
         "accuracy": m["accuracy"],
         "macro_f1": m["macro_f1"],
         "balanced_accuracy": m["balanced_accuracy"],
@@ -256,7 +259,7 @@ def run_reference(name: str, args, data: Path, dataset: str, home: Path) -> None
 
     from medtune.training import configure_threads
 
-    size = 128 if name == "reference_cnn" else 160
+    size = args.cnn_size if name == "reference_cnn" else args.lite0_size
     split, test = the_split(dataset, data, size, args.exclude_classes)
     configure_threads()
     t0 = time.perf_counter()
