@@ -161,3 +161,18 @@ def test_perfect_prediction():
 def test_colliding_class_keys_raise():
     with pytest.raises(ConfigError):
         classification_metrics(np.array([0, 1]), np.eye(2), ["a b", "a_b"])
+
+
+def test_binary_tasks_report_sensitivity_at_90_percent_specificity():
+    from medtune.metrics import classification_metrics
+
+    neg = np.arange(10) / 10  # ten negatives scored 0.0 .. 0.9
+    pos = np.array([0.85, 0.65, 0.35, 0.05])
+    p_pos = np.concatenate([neg, pos])
+    y = np.array([0] * 10 + [1] * 4)
+    proba = np.stack([1 - p_pos, p_pos], axis=1)
+    m = classification_metrics(y, proba, ["normal", "tumour"], prefix="")
+    # specificity >= 0.9 allows one false positive (the negative at 0.9): only the positive at 0.85 is caught
+    assert m["sensitivity_at_specificity_90_tumour"] == pytest.approx(0.25)
+    three = classification_metrics(np.array([0, 1, 2]), np.eye(3), ["a", "b", "c"], prefix="")
+    assert not any(k.startswith("sensitivity_at") for k in three)

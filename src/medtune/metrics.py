@@ -174,6 +174,17 @@ def _report(y_true, y_pred, class_names, output_dict):
     )
 
 
+SPECIFICITY_PCT = 90  # the operating point binary tasks also report
+
+
+def sensitivity_at_specificity(positive: np.ndarray, score: np.ndarray, specificity: float) -> float:
+    """The best sensitivity of a threshold on ``score`` whose specificity is at least ``specificity``
+    (read off the ROC curve of these labels: a description of the test set, not a chosen threshold)."""
+    fpr, tpr, _ = skm.roc_curve(np.asarray(positive, dtype=bool), score)
+    allowed = fpr <= 1.0 - specificity + 1e-12
+    return float(tpr[allowed].max()) if allowed.any() else 0.0
+
+
 def classification_metrics(
     y_true: np.ndarray,
     proba: np.ndarray,
@@ -191,7 +202,8 @@ def classification_metrics(
     Returns:
         ``accuracy``, ``balanced_accuracy``, ``macro_f1``, ``weighted_f1``, ``roc_auc_macro``,
         ``roc_auc_weighted``, ``log_loss``, ``ece`` and, per class ``c``, ``precision_c``,
-        ``recall_c`` (sensitivity), ``specificity_c``, ``f1_c``; all prefixed. Balanced accuracy
+        ``recall_c`` (sensitivity), ``specificity_c``, ``f1_c`` and, for two classes,
+        ``sensitivity_at_specificity_90_c`` (class ``c`` taken as positive); all prefixed. Balanced accuracy
         averages recall over the classes present in ``y_true``; macro/weighted F1 cover every
         class. AUCs are one-vs-rest over the classes present in ``y_true`` (NaN if fewer than
         two are present).
@@ -248,5 +260,9 @@ def classification_metrics(
     for i, key in enumerate(keys):
         for metric in ("precision", "recall", "specificity", "f1"):
             out[f"{metric}_{key}"] = float(pc[metric][i])
+        if k == 2 and len(auc) == 2:  # a clinician reads a binary test at a stated specificity
+            out[f"sensitivity_at_specificity_{SPECIFICITY_PCT}_{key}"] = sensitivity_at_specificity(
+                y == i, p[:, i], SPECIFICITY_PCT / 100
+            )
 
     return {f"{prefix}{k_}": float(v) for k_, v in out.items()}

@@ -60,8 +60,9 @@ def test_more_budget_buys_more_and_larger():
     tiny, short, long = make_plan(BRAIN, CPU, 15 * 60), make_plan(BRAIN, CPU, 30 * 60), make_plan(BRAIN, CPU, 120 * 60)
     assert (tiny.final_image_size, short.final_image_size, long.final_image_size) == (128, 160, 192)
     assert long.final_epochs * long.ensemble > short.final_epochs * short.ensemble
-    # an ensemble only when every member still gets 10 epochs: one model at 30 minutes, two at 2 hours
-    assert (short.ensemble, long.ensemble) == (1, 2) and long.final_epochs >= 10
+    # an ensemble only when every member still gets 10 epochs; more members as the budget grows
+    assert 1 <= short.ensemble <= long.ensemble and long.ensemble >= 2
+    assert all(p.final_epochs >= 10 for p in (tiny, short, long) if p.ensemble > 1)
     assert make_plan(BRAIN, CPU, 10 * 60).ensemble == 1
     # the time ends a budgeted search; a longer one waits longer for an improvement
     hour, two = make_plan(BRAIN, CPU, 60 * 60), long
@@ -90,7 +91,7 @@ def test_class_weights_are_balanced_unless_turned_off():
 THUMBNAILS = data({f"c{i}": 800 for i in range(8)}, median_side=28)  # a MedMNIST-like set
 
 
-@pytest.mark.parametrize("budget_min, size", [(10, 64), (20, 96), (30, 128), (120, 128)])
+@pytest.mark.parametrize("budget_min, size", [(5, 64), (10, 96), (15, 128), (120, 128)])
 def test_small_images_are_upsampled_as_far_as_the_budget_pays(budget_min, size):
     plan = make_plan(THUMBNAILS, CPU, budget_min * 60)
     assert plan.final_image_size == size

@@ -41,6 +41,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         "fine_tune_layers": 140,
         "fine_tune_lr_factor": 0.2,
     },
+    # The same fine-tune of the bigger EfficientNet-Lite1 (1.25-1.3x Lite0's cost per image,
+    # bench/lite_cost.py), whole backbone: a GPU space offers it (plan rule 2).
+    "lite1_whole": {
+        **LITE0_FINETUNE,
+        "backbone": "efficientnet_lite1",
+        "fine_tune_layers": 200,
+        "fine_tune_lr_factor": 0.2,
+    },
     # The careful hand-made CNN of the brief: separable residual blocks, cosine schedule, label
     # smoothing 0.05 (about 0.96 test accuracy on brain_mri at 128 px after 30 epochs).
     "hand_cnn": {

@@ -10,7 +10,9 @@ training. The rules (docs/planning.md gives the measurements behind the constant
    and one fine-tuning epoch at the final size) checks that it trains and measures the epoch
    time, and final training gets the rest.
 2. **Space.** Always the pretrained EfficientNet-Lite0 (its ImageNet weights are offline) beside
-   the custom CNN: ``auto_cpu`` on CPU (cnn_cpu-sized custom CNNs), ``auto_gpu`` with a GPU.
+   the custom CNN: ``auto_cpu`` on CPU (cnn_cpu-sized custom CNNs), ``auto_gpu`` with a GPU, which
+   also offers the bigger Lite1 and Lite2 (1.25-1.5x Lite0's cost per image; on CPU no fine-tuned
+   gain has been measured to pay for it yet, so the CPU space keeps Lite0).
 3. **Image sizes.** The final size is the median image side, capped by the machine (CPU: 160 px,
    128 under 20 minutes; GPU: 224) and floored at 64. Small images (median side under
    ``SMALL_IMAGE_SIDE``) are seen up-sampled by the pretrained backbone, at the largest of
@@ -62,10 +64,11 @@ SEARCH_SHARE = 0.4
 RECIPE_ONLY_BUDGET_S = 45 * 60  # on CPU, below it: the first recipe only, the whole budget to final training
 FIRST_RECIPE = "lite0_whole"  # the plain Keras fine-tune of the brief (planning.recipes)
 PROBE_EPOCHS = 2  # the recipe-only trial: the head epoch, then one fine-tuning epoch (the one timed)
-# 2 cores, brain_mri: the custom CNN (cnn_cpu sizes, 2026-11-30); Lite0 fine-tuning (2026-12-01: steady
-# epochs of 90-98 s at 160 px on 3,880 images; another session's machine took 48-55 s). The final training
-# is re-planned from measured epochs, so these only size the search and the first guess
-CPU_SECONDS_PER_IMAGE_128 = {"custom": 0.0145, "efficientnet_lite0": 0.0125}
+# 2 cores, brain_mri: the custom CNN (cnn_cpu sizes, 2026-11-30); Lite0 fine-tuning with its BatchNorm
+# folded (bench/epoch_speed.py, 2026-12-06: medtune's stage-2 epoch at 129 images/s at 128 px and 82 at
+# 160 px, validation included; 0.0125 before the fold). The final training is re-planned from measured
+# epochs, so these only size the search and the first guess
+CPU_SECONDS_PER_IMAGE_128 = {"custom": 0.0145, "efficientnet_lite0": 0.0065}
 REFERENCE_CORES = 2
 GPU_SPEEDUP = 25.0
 EPOCHS_PER_RUNG = 1
