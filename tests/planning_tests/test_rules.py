@@ -9,6 +9,7 @@ import pytest
 
 from medtune.planning import DataFingerprint, MachineFingerprint, image_stats, make_plan, render_plan
 from medtune.planning.rules import (
+    FIRST_EPOCH_TRACE_S,
     FIT_OVERHEAD_S,
     MAX_BUDGETED_TRIALS,
     MAX_TRIALS,
@@ -247,7 +248,7 @@ def test_the_steady_epoch_leaves_out_each_fits_first_epoch():
     from medtune.planning.rules import steady_epoch_seconds
 
     # the brain_mri probe: a head epoch, then one fine-tuning epoch that also compiled its stage
-    assert steady_epoch_seconds([50.0, 115.0], [160, 160], [1, 2]) == 115.0 - FIT_OVERHEAD_S
+    assert steady_epoch_seconds([50.0, 115.0], [160, 160], [1, 2]) == 115.0 - FIRST_EPOCH_TRACE_S
     # COVID's rungs: one epoch per rung, mostly overhead on 420 images: never below half of it
     assert steady_epoch_seconds([9.0, 14.0, 21.0], [80, 128, 160], [1, 2, 2]) == 10.5
     # a final member: the later epochs of the last stage

@@ -83,6 +83,9 @@ MIN_UPSAMPLED_EPOCHS = 12  # final epochs an up-sampled size must still afford
 SMALL_BUDGET_S = 20 * 60  # under it, CPU plans cap images at 128 px instead of 160
 LARGE_BUDGET_S = 90 * 60  # from it, CPU plans cap images at 192 px (still under Lite0's native 224)
 FIT_OVERHEAD_S = 20.0  # building a model and tracing its graphs, per fit (each rung, each member)
+# what tracing adds to the first epoch of a fit (stage 2 of Lite0 at 160 px, 2026-12-06, folded:
+# 57 s against 47 s steady; the probe's one fine-tuning epoch 51 s)
+FIRST_EPOCH_TRACE_S = 10.0
 EPOCH_OVERHEAD_S = 2.0  # per epoch: precise BatchNorm, validation set-up, logging
 MAX_BUDGETED_TRIALS = 200  # with a budget and no trial count, the time ends the search
 PLATEAU_MIN = 6  # finished trials without improvement before a planned search stops early
@@ -382,9 +385,8 @@ def steady_epoch_seconds(
     """The time of one steady epoch at the last image size and stage of a trial's ``epoch_seconds``.
 
     The first epoch of each fit (a new rung, a new stage) also traces its graphs: the median of
-    the later epochs at that size and stage; with only that first epoch, it less ``FIT_OVERHEAD_S``
-    (at least half of it). The probe trial's one fine-tuning epoch took 115 s on brain_mri, the
-    steady ones 90-98 s.
+    the later epochs at that size and stage; with only that first epoch, it less
+    ``FIRST_EPOCH_TRACE_S`` (at least half of it).
     """
     if not sizes or len(sizes) != len(seconds):  # one size for the whole fit
         sizes = [sizes[-1] if sizes else 0] * len(seconds)
@@ -392,7 +394,7 @@ def steady_epoch_seconds(
     last = [t for t, size, st in zip(seconds, sizes, stages, strict=False) if (size, st) == (sizes[-1], stages[-1])]
     if len(last) > 1:
         return float(sorted(last[1:])[len(last[1:]) // 2])
-    return max(seconds[-1] - FIT_OVERHEAD_S, seconds[-1] / 2)
+    return max(seconds[-1] - FIRST_EPOCH_TRACE_S, seconds[-1] / 2)
 
 
 def member_epochs(remaining_s: float, members: int, epoch_s: float) -> int:
