@@ -55,14 +55,15 @@ class FoldedConv(keras.layers.Layer):
 
     def _scale_shift(self):
         bn, conv = self.bn, self.conv
-        scale = tf.math.rsqrt(tf.convert_to_tensor(bn.moving_variance) + bn.epsilon)
+        f32 = lambda v: tf.cast(v, tf.float32)  # noqa: E731 (folded in float32 under any policy)
+        scale = tf.math.rsqrt(f32(bn.moving_variance) + bn.epsilon)
         if bn.scale:
-            scale = scale * bn.gamma
-        shift = -tf.convert_to_tensor(bn.moving_mean) * scale
+            scale = scale * f32(bn.gamma)
+        shift = -f32(bn.moving_mean) * scale
         if bn.center:
-            shift = shift + bn.beta
+            shift = shift + f32(bn.beta)
         if conv.use_bias:
-            shift = shift + conv.bias * scale
+            shift = shift + f32(conv.bias) * scale
         return scale, shift
 
     def call(self, inputs):
@@ -71,12 +72,13 @@ class FoldedConv(keras.layers.Layer):
         dtype = self.compute_dtype
         strides = (1, *conv.strides, 1)
         padding = conv.padding.upper()
+        weights = tf.cast(conv.kernel, tf.float32)
         if isinstance(conv, keras.layers.DepthwiseConv2D):
             kh, kw, cin, mult = conv.kernel.shape
-            kernel = conv.kernel * tf.reshape(scale, (1, 1, cin, mult))
+            kernel = weights * tf.reshape(scale, (1, 1, cin, mult))
             y = tf.nn.depthwise_conv2d(inputs, tf.cast(kernel, dtype), strides, padding, dilations=conv.dilation_rate)
         else:
-            kernel = conv.kernel * scale
+            kernel = weights * scale
             y = tf.nn.conv2d(inputs, tf.cast(kernel, dtype), strides, padding, dilations=conv.dilation_rate)
         return tf.nn.bias_add(y, tf.cast(shift, dtype))
 
