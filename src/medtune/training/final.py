@@ -121,6 +121,7 @@ def fit_member(
         n_classes,
         seed=seed,
         weights=weights,
+        compile=False,  # fit_stages compiles what it trains (a folded view, or the model)
     )
     model = setup.model
     constant = params.get("lr_schedule", "constant") == "constant"  # a cosine sets its own rate
