@@ -160,9 +160,8 @@ def fold_batchnorm(model, *, frozen_only: bool = True):
         return layer(*args, **kwargs)
 
     view = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call, recursive=True)
-    for attr in ("medtune_frozen_batchnorm",):
-        if hasattr(model, attr):
-            setattr(view, attr, getattr(model, attr))
+    if hasattr(model, "medtune_frozen_batchnorm"):
+        view.medtune_frozen_batchnorm = model.medtune_frozen_batchnorm
     return view
 
 

@@ -128,7 +128,7 @@ def fit_member(
     best = training.BestWeights(model.weights, monitor="val_macro_f1")
     callbacks = [
         *setup.callbacks,
-        training.StagedEarlyStopping(monitor="val_macro_f1", mode="max", patience=patience, restore_best_weights=True),
+        training.StagedEarlyStopping(monitor="val_macro_f1", mode="max", patience=patience),  # BestWeights restores
         *(
             [
                 keras.callbacks.ReduceLROnPlateau(
