@@ -17,7 +17,9 @@ covers more).
 
 The validation images are halved (stratified, seeded): the temperature is fitted on one half and the conformal
 threshold computed on the other, with calibrated probabilities. Early stopping and the test-time-flip choice
-also read the validation images, as is usual; the guarantee is only as good as that.
+also read the validation images, as is usual; the guarantee is only as good as that. With k-fold final training
+(:mod:`medtune.training.folds`) the "validation images" are every pooled image, each predicted by the one member
+that did not train on it; the ensemble served averages all members, so the guarantee there is approximate.
 """
 
 from __future__ import annotations
@@ -132,16 +134,18 @@ class Calibration:
         }
 
 
-def calibrate(model, x_val: np.ndarray, y_val: np.ndarray, *, enabled: bool = True, level: float = 0.9, seed: int = 0):
+def calibrate(model, x_val, y_val: np.ndarray, *, enabled: bool = True, level: float = 0.9, seed: int = 0, proba=None):
     """The model with its fitted temperature inside (unchanged when ``enabled`` is False), and the fit.
 
-    The conformal threshold is computed either way, on the calibrated probabilities.
+    The conformal threshold is computed either way, on the calibrated probabilities. ``proba``: the
+    probabilities of ``y_val``'s images when they are already known (out-of-fold predictions);
+    otherwise ``model`` predicts ``x_val``.
     """
     from medtune.training import predict_proba
 
     check_level(level)
     y_val = np.asarray(y_val, dtype=np.int64)
-    proba = predict_proba(model, x_val)
+    proba = predict_proba(model, x_val) if proba is None else np.asarray(proba)
     fit, cal = split_validation(y_val, seed)
     temperature = fit_temperature(proba[fit], y_val[fit]) if enabled else 1.0
     calibrated = scale(proba, temperature)

@@ -116,6 +116,13 @@ OPTIONS: dict[str, Option] = {
     "train.epochs": Option(None, "int", "Final-training epochs (early stopping ends sooner)", _SIZED),
     "train.image_size": Option(None, "int", "Final-training image size", _SIZED),
     "ensemble": Option(None, "int", "Members (seeds of the configuration) averaged in one model", "the plan's, 1"),
+    "folds": Option(
+        None,
+        "int",
+        "k-fold cross-validation of final training: one member per fold, calibrated out of fold (0: the "
+        "validation split)",
+        "the plan's: 5 for small datasets, else 0",
+    ),
     "patience": Option(
         None, "int", "Final-training early-stopping patience in epochs", "8, or half the epochs under a cosine schedule"
     ),

@@ -255,3 +255,34 @@ def test_the_steady_epoch_leaves_out_each_fits_first_epoch():
     # a final member: the later epochs of the last stage
     assert steady_epoch_seconds([50.0, 115.0, 93.0, 95.0, 91.0], [160] * 5, [1, 2, 2, 2, 2]) == 93.0
     assert steady_epoch_seconds([30.0, 31.0], [64]) == 31.0  # one size logged for the trial
+
+
+SMALL_DATA = data({"covid": 210, "normal": 210}, median_side=299)  # a few hundred training images
+
+
+def test_small_datasets_cross_validate_one_member_per_fold():
+    from medtune.planning.rules import FOLDS, replan_final
+
+    plan = make_plan(SMALL_DATA, CPU, 30 * 60)
+    assert (plan.folds, plan.ensemble) == (FOLDS, FOLDS) and plan.final_epochs >= 10
+    assert "5-fold cross-validation" in plan.reasons["folds"] and plan.reasons["ensemble"] == "rule 8: one member per fold"
+    assert "5-fold cross-validation, 5 x" in render_plan(plan, SMALL_DATA, CPU)
+    # each member trains on 4 of the 5 folds of the pooled training and validation images, within the budget
+    pool = (SMALL_DATA.n_train + SMALL_DATA.n_val) * 4 // 5
+    member = FIT_OVERHEAD_S + plan.final_epochs * epoch_seconds(pool, plan.final_image_size, CPU)
+    assert FOLDS * member + evaluation_reserve(plan.final_s) <= plan.final_s * 1.01
+    # re-planned from a measured epoch: still one member per fold
+    replanned, _ = replan_final(plan, [30.0, 9.0, 9.0], [plan.final_image_size] * 3, None, plan.final_s)
+    assert (replanned.folds, replanned.ensemble) == (FOLDS, FOLDS) and replanned.final_epochs != plan.final_epochs
+
+
+def test_cross_validation_only_where_it_is_small_affordable_and_not_overridden():
+    assert make_plan(BRAIN, CPU, 30 * 60).folds == 0
+    assert "enough for a validation split" in make_plan(BRAIN, CPU, 30 * 60).reasons["folds"]
+    short = make_plan(SMALL_DATA, CPU, 6 * 60)  # five members would get under 10 epochs each
+    assert short.folds == 0 and "under 10" in short.reasons["folds"]
+    rare = make_plan(data({"a": 300, "b": 4}, median_side=299), CPU, 30 * 60)
+    assert rare.folds == 0 and "fewer than 5 training images" in rare.reasons["folds"]
+    assert make_plan(SMALL_DATA, CPU, 30 * 60, {"ensemble": 2}).folds == 0  # the user's ensemble wins
+    given = make_plan(BRAIN, CPU, 30 * 60, {"folds": 3})
+    assert (given.folds, given.ensemble, given.reasons["folds"]) == (3, 3, "given")

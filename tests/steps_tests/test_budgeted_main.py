@@ -128,3 +128,45 @@ def test_budgeted_main_runs_its_plan_within_the_budget(project):
     keras_proba = model.predict(images[1:].astype("float32"), verbose=0)[0]
     prob_cols = [c for c in served.columns if c.startswith("prob_")]
     assert np.allclose(served[prob_cols].to_numpy(dtype=float)[0], keras_proba, atol=1e-4)
+
+
+FOLDED_BUDGET_S = 300
+
+
+def test_small_thumbnails_are_upsampled_and_cross_validated_within_the_budget(project):
+    """200 images of 28 px: the plan up-samples them (rule 3) and cross-validates (rule 8) by itself;
+    the five fold members are registered as one model, calibrated on their out-of-fold predictions."""
+    from mlflow.tracking import MlflowClient
+
+    from medtune import serving
+    from medtune.calibration import uncalibrated
+    from medtune.models.ensemble import members_of
+    from medtune.models.tta import base_of
+
+    project.env["MEDTUNE_SYNTHETIC"] = "50,28"  # 4 classes x 50
+    proc = project.medtune("main", "--budget", f"{FOLDED_BUDGET_S // 60}m", timeout=900)
+    assert "5-fold cross-validation, 5 x" in proc.stdout + proc.stderr  # the printed plan
+
+    client = MlflowClient(project.tracking_uri)
+    exp = client.get_experiment_by_name("medtune-synthetic")
+    train = client.search_runs([exp.experiment_id], "tags.`medtune.step` = 'train'")[0]
+    pipeline = client.get_run(train.data.tags["mlflow.parentRunId"])
+    assert 0 < pipeline.data.metrics["budget_used_s"] <= FOLDED_BUDGET_S + SLACK_S
+    plan = _json(client, train.info.run_id, "plan.json")
+    fingerprint = _json(client, train.info.run_id, "fingerprint.json")["data"]
+    assert fingerprint["median_side"] == 28 and fingerprint["n_train"] + fingerprint["n_val"] < 1000
+    assert plan["final_image_size"] > 28 and "up-sampled" in plan["reasons"]["final_image_size"]
+    assert (plan["folds"], plan["ensemble"]) == (5, 5) and plan["reasons"]["folds"].startswith("rule 8")
+
+    params, metrics = train.data.params, train.data.metrics
+    assert (params["folds"], params["ensemble"], params["image_size"]) == ("5", "5", str(plan["final_image_size"]))
+    assert {f"member{i}_best_val_macro_f1" for i in range(5)} <= set(metrics)
+    assert "val_macro_f1_plain" in metrics and "test_accuracy" in metrics
+    # calibrated on the out-of-fold predictions of all pooled images, not on half the validation split
+    assert "Temperature" in proc.stderr + proc.stdout and "out-of-fold macro-F1" in proc.stderr + proc.stdout
+    version = train.data.tags["medtune.model_version"]
+    with tempfile.TemporaryDirectory() as tmp:
+        model, meta = serving.load_keras_from_uri(f"models:/medtune-synthetic/{version}", Path(tmp))
+    inner = uncalibrated(model) or model
+    assert len(members_of(base_of(inner) or inner)) == 5 and int(meta["image_size"]) == plan["final_image_size"]
+    assert 0.0 < float(meta["conformal_threshold"]) <= 1.0

@@ -30,6 +30,12 @@ training. The rules (docs/planning.md gives the measurements behind the constant
    ``MIN_FINAL_EPOCHS`` and ``MAX_FINAL_EPOCHS``; an ensemble of k members when k members still
    get ``ENSEMBLE_MIN_EPOCHS`` each (two members) or two more (three members).
 7. **Class weights.** Balanced class weights (near 1 on balanced data).
+8. **Small datasets.** Under ``SMALL_DATA_IMAGES`` training and validation images, a validation
+   split is too small to stop on, choose the flip or calibrate with: final training is ``FOLDS``-fold
+   cross-validation of the pooled images (nnU-Net's five folds), one member per fold, stopped on
+   its own fold, the members averaged, the flip and the temperature chosen on the out-of-fold
+   predictions; when each of the ``FOLDS`` members still affords ``ENSEMBLE_MIN_EPOCHS`` epochs
+   (and every class has ``FOLDS`` training images), else rule 6.
 
 Without a budget (:func:`default_plan`) the plan is the machine-sized defaults of the separate
 steps: the offline ``synthetic`` demo gets the minutes-long ``demo`` space; a CPU the ``cnn_cpu``
@@ -89,6 +95,8 @@ FIRST_EPOCH_TRACE_S = 10.0
 EPOCH_OVERHEAD_S = 2.0  # per epoch: precise BatchNorm, validation set-up, logging
 MAX_BUDGETED_TRIALS = 200  # with a budget and no trial count, the time ends the search
 PLATEAU_MIN = 6  # finished trials without improvement before a planned search stops early
+SMALL_DATA_IMAGES = 1000  # training + validation images under which rule 8 cross-validates
+FOLDS = 5
 
 
 def evaluation_reserve(final_s: float) -> float:
@@ -107,6 +115,7 @@ class Plan:
     final_epochs: int  # per ensemble member
     final_image_size: int
     ensemble: int = 1
+    folds: int = 0  # rule 8: k-fold final training, one member per fold (0: the validation split)
     class_weights: bool = True
     pruner: str | None = None  # None: the search step's own choice
     plateau: int = 0  # finished trials without improvement that stop the search (0: never)
@@ -130,7 +139,9 @@ def default_plan(machine: MachineFingerprint, dataset: str) -> Plan:
     else:
         plan = Plan("cnn_cpu", 10 if machine.cpu_cores < 8 else 20, 8, (64,), 30, 128, pruner="asha")
     plan.reasons = {k: why for k in ("space", "trials", "search_epochs", "search_image_sizes", "final_epochs")}
-    plan.reasons.update(final_image_size=why, ensemble="one model", class_weights="rule 7", pruner=why)
+    plan.reasons.update(
+        final_image_size=why, ensemble="one model", folds="the validation split", class_weights="rule 7", pruner=why
+    )
     return plan
 
 
@@ -140,6 +151,8 @@ def with_given(plan: Plan, given: Mapping[str, Any]) -> Plan:
         if value is not None:
             setattr(plan, name, value)
             plan.reasons[name] = "given"
+    if plan.folds > 1:
+        plan.ensemble, plan.reasons["ensemble"] = plan.folds, "one member per fold"
     return plan
 
 
@@ -152,7 +165,11 @@ def replan_final(
     steady = steady_epoch_seconds(seconds, sizes, stages)
     measured = max(steady, 1.0) * (plan.final_image_size / sizes[-1]) ** 2 * 1.05  # TimeLimit guards the rest
     given = {k: getattr(plan, k) for k in ("ensemble", "final_epochs") if plan.reasons.get(k) == "given"}
+    if plan.folds > 1:
+        given["ensemble"] = plan.folds
     ensemble, epochs, why = plan_final(remaining_s, measured, given)
+    if plan.folds > 1:
+        why["ensemble"] = plan.reasons["ensemble"]
     reasons = {
         k: f"{v} (re-planned after the search: {measured:.0f} s per epoch)" for k, v in why.items() if v != "given"
     }
@@ -174,6 +191,7 @@ APPLIED = {
         "epochs": "final_epochs",
         "image_size": "final_image_size",
         "ensemble": "ensemble",
+        "folds": "folds",
         "class_weights": "class_weights",
     },
 }
@@ -270,7 +288,9 @@ def make_plan(
     cap = 224 if gpu else (128 if budget < SMALL_BUDGET_S else 160 if budget < LARGE_BUDGET_S else 192)
     native = data.median_side or cap
     image_size = max(64, min(cap, _round16(native)))
-    why["final_image_size"] = f"rule 3: median side {data.median_side} px, capped at {cap} px on this machine and budget"
+    why["final_image_size"] = (
+        f"rule 3: median side {data.median_side} px, capped at {cap} px on this machine and budget"
+    )
     if data.median_side and data.median_side < SMALL_IMAGE_SIDE:
         image_size = _upsampled_size(data, machine, cap, budget if recipe else final_s)
         why["final_image_size"] = (
@@ -326,6 +346,13 @@ def make_plan(
     final_epoch = epoch_seconds(n_train, image_size, machine)  # final training fits the training images
     ensemble, epochs, reasons = plan_final(final_s, final_epoch, given)
     why.update(reasons)
+    folds, why["folds"] = _folds(data, machine, image_size, final_s, given)
+    if folds > 1:
+        pool = max(1, data.n_train + data.n_val) * (folds - 1) // folds  # each member trains on k-1 folds
+        ensemble, epochs, reasons = plan_final(
+            final_s, epoch_seconds(pool, image_size, machine), {**given, "ensemble": folds}
+        )
+        why.update(reasons, ensemble="rule 8: one member per fold")
     class_weights = bool(given.get("class_weights", True))
     why["class_weights"] = (
         "given" if "class_weights" in given else f"rule 7 (imbalance ratio {data.imbalance_ratio:.1f})"
@@ -338,6 +365,7 @@ def make_plan(
         final_epochs=epochs,
         final_image_size=image_size,
         ensemble=ensemble,
+        folds=folds,
         class_weights=class_weights,
         pruner=pruner,
         plateau=plateau,
@@ -349,6 +377,35 @@ def make_plan(
     )
 
 
+def _folds(
+    data: DataFingerprint, machine: MachineFingerprint, image_size: int, final_s: float, given: Mapping[str, Any]
+) -> tuple[int, str]:
+    """Rule 8: the folds of final training (0: the validation split), with the reason."""
+    if "folds" in given:
+        return int(given["folds"]), "given"
+    pool = data.n_train + data.n_val
+    if pool >= SMALL_DATA_IMAGES:
+        return 0, f"rule 8: {pool} training and validation images, enough for a validation split"
+    if "ensemble" in given:
+        return 0, "rule 8: an ensemble was given"
+    if min(data.train_per_class.values(), default=0) < FOLDS:
+        return 0, f"rule 8: a class has fewer than {FOLDS} training images"
+    epoch_s = epoch_seconds(max(1, pool * (FOLDS - 1) // FOLDS), image_size, machine)
+    affordable = affordable_epochs(final_s, epoch_s, FOLDS)
+    if affordable < ENSEMBLE_MIN_EPOCHS:
+        return 0, f"rule 8: {FOLDS} folds afford {affordable} epochs each, under {ENSEMBLE_MIN_EPOCHS}"
+    return (
+        FOLDS,
+        f"rule 8: {pool} training and validation images (under {SMALL_DATA_IMAGES}): {FOLDS}-fold cross-validation",
+    )
+
+
+def affordable_epochs(final_s: float, epoch_s: float, members: int) -> int:
+    """Epochs each of ``members`` can afford in ``final_s`` seconds at ``epoch_s`` (evaluation's reserve kept)."""
+    training_s = max(0.0, final_s - evaluation_reserve(final_s))
+    return max(0, math.floor((training_s / members - FIT_OVERHEAD_S) / epoch_s))
+
+
 def plan_final(final_s: float, epoch_s: float, given: Mapping[str, Any] | None = None) -> tuple[int, int, dict]:
     """Rule 6: ensemble members and epochs per member that ``final_s`` seconds pay for at ``epoch_s`` per epoch.
 
@@ -356,10 +413,9 @@ def plan_final(final_s: float, epoch_s: float, given: Mapping[str, Any] | None =
     time the search measured at the final size. Returns ``(ensemble, epochs, reasons)``.
     """
     given = {k: v for k, v in (given or {}).items() if v is not None}
-    training_s = max(0.0, final_s - evaluation_reserve(final_s))
 
     def per_member(k: int) -> int:  # epochs each of k members can afford
-        return max(0, math.floor((training_s / k - FIT_OVERHEAD_S) / epoch_s))
+        return affordable_epochs(final_s, epoch_s, k)
 
     affordable = per_member(1)
     ensemble = int(
@@ -431,10 +487,11 @@ def render_plan(plan: Plan, data: DataFingerprint | None, machine: MachineFinger
         stop = f", plateau stop after {plan.plateau}" if plan.plateau else ""
         search = f"{cap} of {plan.search_epochs} epochs at {sizes} px, space {plan.space}, pruner {plan.pruner}{stop}"
     rows.append(("search", search))
+    folds = f"{plan.folds}-fold cross-validation, " if plan.folds > 1 else ""
     rows.append(
         (
             "final",
-            f"{plan.ensemble} x {plan.final_epochs} epochs at {plan.final_image_size} px, class weights "
+            f"{folds}{plan.ensemble} x {plan.final_epochs} epochs at {plan.final_image_size} px, class weights "
             f"{'on' if plan.class_weights else 'off'}",
         )
     )

@@ -38,6 +38,7 @@ class PipelineOptions:
     seed: int = default("seed")
     budget: float | None = default("budget")
     ensemble: int | None = default("ensemble")
+    folds: int | None = default("folds")
     warm_start: str = default("warm_start")
     tta: str = default("tta")
     calibrate: bool = default("calibrate")
@@ -212,6 +213,7 @@ def _train_options(opts: PipelineOptions, plan: Plan, split_run: str, search_run
         weights=opts.weights,
         class_weights=plan.class_weights,
         ensemble=plan.ensemble,
+        folds=plan.folds,
         replan=budgeted and plan.reasons["final_epochs"] != "given",
         tta=opts.tta,
         calibrate=opts.calibrate,
@@ -229,6 +231,8 @@ def _check(opts: PipelineOptions) -> None:
         raise ConfigError(f"epochs={opts.epochs}: expected at least 1")
     if opts.ensemble is not None and not 1 <= opts.ensemble <= 10:
         raise ConfigError(f"ensemble={opts.ensemble}: expected 1 (one model) to 10 members")
+    if opts.folds is not None and not (opts.folds == 0 or 2 <= opts.folds <= 10):
+        raise ConfigError(f"folds={opts.folds}: expected 0 (the validation split) or 2 to 10 folds")
 
 
 def _given(opts: PipelineOptions) -> dict:
@@ -241,6 +245,7 @@ def _given(opts: PipelineOptions) -> dict:
         "final_epochs": opts.epochs,
         "final_image_size": opts.image_size,
         "ensemble": opts.ensemble,
+        "folds": opts.folds,
         "class_weights": opts.class_weights,
         "pruner": opts.pruner,
     }

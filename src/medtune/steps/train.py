@@ -43,6 +43,7 @@ class TrainOptions:
     split_run: str | None = default("split_run")
     weights: str | None = default("train.weights")
     ensemble: int | None = default("ensemble")
+    folds: int | None = default("folds")
     budget: float | None = default("budget")
     replan: bool = False  # with a budget: the members after the first get the epochs their share pays for, at
     # the epoch time the previous member measured (main sets it when the epochs came from its plan)
@@ -161,6 +162,8 @@ def run_train(opts: TrainOptions, budget: Budget | None = None) -> TrainOutcome:
     set_now = apply(default_plan(MachineFingerprint.detect(), dataset_name(opts.dataset)), opts)
     if set_now:
         log.info("Defaults for this machine: %s", ", ".join(f"{f}={getattr(opts, f)}" for f in set_now))
+    if opts.folds > 1:
+        opts.ensemble = opts.folds  # one member per fold
     if budget is None and opts.budget:
         budget = Budget(opts.budget).start()
     from medtune.models import backbones_of, check_image_size
@@ -192,8 +195,8 @@ def run_train(opts: TrainOptions, budget: Budget | None = None) -> TrainOutcome:
         ) as run:
             source = weights.get(params.get("backbone", "custom"))
             _record_inputs(run, opts, split, params, search_run_id, mixed, weights_option, source, budget)
-            fitted = _train(opts, split, params, weights, mixed, budget, run)
-            return _evaluate_and_register(opts, split, params, search_run_id, source, fitted, run, t0)
+            model, out_of_fold = _train(opts, split, params, weights, mixed, budget, run)
+            return _evaluate_and_register(opts, split, params, search_run_id, source, model, out_of_fold, run, t0)
     finally:
         keras.mixed_precision.set_global_policy("float32")  # later steps (`main`) start clean
 
@@ -209,6 +212,8 @@ def _check(opts: TrainOptions) -> None:
         raise ConfigError(f"ensemble={opts.ensemble}: expected 1 (one model) to 10 members")
     if opts.budget is not None and opts.budget <= 0:
         raise ConfigError(f"budget={opts.budget}: expected a positive duration")
+    if opts.folds is not None and not (opts.folds == 0 or 2 <= opts.folds <= 10):
+        raise ConfigError(f"folds={opts.folds}: expected 0 (the validation split) or 2 to 10 folds")
     check_level(opts.conformal_level)
     if opts.tta not in TTA_MODES:
         raise ConfigError(f"tta={opts.tta!r}: expected one of {', '.join(TTA_MODES)}")
@@ -217,7 +222,7 @@ def _check(opts: TrainOptions) -> None:
 def _run_name(opts: TrainOptions, split, params: dict) -> str:
     return (
         f"train-{split.dataset}-{params.get('backbone', 'custom')}-{opts.image_size}px"
-        f"{f'-x{opts.ensemble}' if opts.ensemble > 1 else ''}-{time.strftime('%m%d-%H%M')}"
+        f"{f'-{opts.folds}folds' if opts.folds > 1 else f'-x{opts.ensemble}' if opts.ensemble > 1 else ''}-{time.strftime('%m%d-%H%M')}"
     )
 
 
@@ -230,6 +235,7 @@ def _record_inputs(run, opts, split, params, search_run_id, mixed, weights_optio
             "image_size": opts.image_size,
             "patience": opts.patience if opts.patience is not None else "auto",
             "ensemble": opts.ensemble,
+            "folds": opts.folds,
             "budget_min": round(budget.seconds / 60, 2) if budget and budget.seconds else "none",
             "mixed_precision": mixed,
             "class_weights": opts.class_weights,
@@ -249,12 +255,16 @@ def _record_inputs(run, opts, split, params, search_run_id, mixed, weights_optio
 
 
 def _train(opts: TrainOptions, split, params: dict, weights: dict, mixed: bool, budget, run):
-    """Fit the members, average them, choose the test-time flip; record the training's figures."""
+    """Fit the members, average them, choose the test-time flip; record the training's figures.
+
+    Returns the model and, with folds, the pooled images' labels and out-of-fold probabilities
+    (as served: with the flip when it is on) for calibration; else None (the validation split)."""
     import keras
 
     from medtune import reports, training
     from medtune.progress import short_params
     from medtune.training.final import choose_flip, final_fit
+    from medtune.training.folds import pool_groups
 
     classes, cache = split.classes, split.cache
     keras.utils.set_random_seed(opts.seed)
@@ -280,6 +290,8 @@ def _train(opts: TrainOptions, split, params: dict, weights: dict, mixed: bool, 
         report=lambda prefix, epoch, logs: run.epoch(logs, epoch, prefix=prefix, synchronous=False),
         budget=budget,
         replan=opts.replan,
+        folds=opts.folds,
+        groups=pool_groups(split.manifest) if opts.folds > 1 else None,
     )
     if opts.ensemble > 1:
         from medtune.models.ensemble import build_ensemble
@@ -287,11 +299,14 @@ def _train(opts: TrainOptions, split, params: dict, weights: dict, mixed: bool, 
         model = build_ensemble(fitted.members)
     else:
         model = fitted.members[0]
-    model, flipped, scores = choose_flip(model, cache.x["val"], cache.y["val"], opts.tta)
+    oof = fitted.out_of_fold
+    y_val = oof["y"] if oof else cache.y["val"]
+    model, flipped, scores = choose_flip(model, cache.x["val"], y_val, opts.tta, proba=oof)
     if scores:
         log.info(
-            "Test-time flip %s: validation macro-F1 %.4f with it, %.4f without%s",
+            "Test-time flip %s: %s macro-F1 %.4f with it, %.4f without%s",
             "on" if flipped else "off",
+            "out-of-fold" if oof else "validation",
             scores["flip"],
             scores["plain"],
             " (asked for)" if opts.tta == "flip" else "",
@@ -318,13 +333,15 @@ def _train(opts: TrainOptions, split, params: dict, weights: dict, mixed: bool, 
         }
     )
     run.figure(reports.learning_curves(history), "learning_curves.png")
-    return model
+    return model, ((y_val, oof["flip" if flipped else "plain"]) if oof else None)
 
 
-def _calibrate(opts: TrainOptions, cache, model, run):
-    """The temperature and the prediction sets' threshold, fitted on halves of the validation images."""
+def _calibrate(opts: TrainOptions, cache, model, run, out_of_fold=None):
+    """The temperature and the prediction sets' threshold, fitted on halves of the validation images
+    (with folds: of the pooled images' ``out_of_fold`` labels and probabilities)."""
+    y, proba = out_of_fold or (cache.y["val"], None)
     model, fit = calibrate(
-        model, cache.x["val"], cache.y["val"], enabled=opts.calibrate, level=opts.conformal_level, seed=opts.seed
+        model, cache.x["val"], y, enabled=opts.calibrate, level=opts.conformal_level, seed=opts.seed, proba=proba
     )
     run.params({"calibrate": opts.calibrate, "conformal_level": opts.conformal_level})
     run.metrics(fit.metrics())
@@ -339,7 +356,7 @@ def _calibrate(opts: TrainOptions, cache, model, run):
     return model, fit
 
 
-def _evaluate_and_register(opts, split, params, search_run_id, source, model, run, t0) -> TrainOutcome:
+def _evaluate_and_register(opts, split, params, search_run_id, source, model, out_of_fold, run, t0) -> TrainOutcome:
     """Score the test images, log the model, pass it through the champion gate, write the card."""
     from medtune import promotion, serving, training
     from medtune.evaluation import evaluate_model, manifest_test_set
@@ -347,7 +364,7 @@ def _evaluate_and_register(opts, split, params, search_run_id, source, model, ru
 
     classes, cache = split.classes, split.cache
     test = manifest_test_set(split)
-    model, fit = _calibrate(opts, cache, model, run)
+    model, fit = _calibrate(opts, cache, model, run, out_of_fold)
     ev = evaluate_model(model, test.x, test.y, classes, test.paths, metadata=fit.metadata())
     cards.log_evaluation(run, ev, classes)
     run.tags({"medtune.test_split": test.split_id})

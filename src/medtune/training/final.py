@@ -11,6 +11,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 Report = Callable[[str, int, dict], None]  # (member prefix, epoch, logs)
@@ -21,6 +23,8 @@ class FinalFit:
     members: list  # keras.Model, float32
     histories: list[dict]
     metrics: dict[str, float] = field(default_factory=dict)  # the re-planning, to record
+    # with folds: each pooled image's labels and out-of-fold probabilities, without and with the flip
+    out_of_fold: dict | None = None
 
 
 def final_fit(
@@ -38,8 +42,14 @@ def final_fit(
     report: Report,
     budget=None,
     replan: bool = False,
+    folds: int = 0,
+    groups=None,
 ) -> FinalFit:
     """Fit ``ensemble`` members (seeds ``seed``, ``seed + 1``, ...) of ``params`` on ``cache``.
+
+    ``folds`` (k > 1): k-fold cross-validation (:mod:`medtune.training.folds`) instead of the
+    validation split: one member per fold (``ensemble`` is ignored), ``groups`` per pooled image
+    (:func:`~medtune.training.folds.pool_groups`); :attr:`FinalFit.out_of_fold` holds their predictions.
 
     ``patience`` None: :func:`medtune.planning.rules.early_stopping_patience` of the epochs (it
     follows re-planned epochs). ``budget`` (a :class:`medtune.planning.Budget`): the members share
@@ -47,10 +57,17 @@ def final_fit(
     first get the epochs their share pays for at the epoch time the previous member measured.
     """
     from medtune.planning.rules import early_stopping_patience, evaluation_reserve, member_epochs, steady_epoch_seconds
+    from medtune.training import folds as kfold
 
     schedule = params.get("lr_schedule") or "constant"
     reserve = evaluation_reserve(budget.seconds) if budget is not None and budget.seconds else 0.0
     out = FinalFit([], [])
+    if folds > 1:
+        x, y = kfold.pooled(cache)
+        fold = kfold.assign_folds(y, groups, folds, seed)
+        ensemble = folds
+        out.out_of_fold = {"y": y, "plain": None, "flip": None}
+        log.info("%d-fold cross-validation on %d pooled training and validation images", folds, len(y))
     for i in range(ensemble):
         if i and replan and budget is not None and out.histories[-1].get("epoch_seconds"):
             history = out.histories[-1]
@@ -70,9 +87,10 @@ def final_fit(
                 epochs = planned
         share = budget.share(fraction=1 / (ensemble - i), keep=reserve) if budget is not None else None
         prefix = f"member{i}_" if ensemble > 1 else ""
+        data = kfold.fold_data(x, y, fold, i) if folds > 1 else cache
         member, history = fit_member(
             params,
-            cache,
+            data,
             n_classes,
             class_weight=class_weight,
             weights=weights,
@@ -87,9 +105,23 @@ def final_fit(
             from medtune.models import float32_copy
 
             member = float32_copy(member, params, tuple(cache.x["train"].shape[1:]), n_classes)
+        if folds > 1:
+            _predict_held_out(out.out_of_fold, member, data.x["val"], fold == i)
         out.members.append(member)
         out.histories.append(history)
     return out
+
+
+def _predict_held_out(out_of_fold: dict, member, x_held_out, rows) -> None:
+    """A member's probabilities on its own held-out fold, without and with the flip, into ``out_of_fold``."""
+    from medtune.models.tta import with_flip
+    from medtune.training import predict_proba
+
+    for name, model in (("plain", member), ("flip", with_flip(member))):
+        proba = predict_proba(model, x_held_out)
+        if out_of_fold[name] is None:
+            out_of_fold[name] = np.zeros((len(out_of_fold["y"]), proba.shape[1]), dtype=np.float32)
+        out_of_fold[name][rows] = proba
 
 
 def fit_member(
@@ -227,10 +259,12 @@ def device_summary(mixed_precision: bool) -> tuple[str, bool]:
     return "CPU", False
 
 
-def choose_flip(model, x_val, y_val, mode: str):
+def choose_flip(model, x_val, y_val, mode: str, proba: dict | None = None):
     """The final model with test-time flipping when ``mode`` says so (``auto``: when its validation
     macro-F1 is higher; the test images play no part).
 
+    ``proba``: the validation probabilities ``plain`` and ``flip`` when they are already known (the
+    folds' out-of-fold predictions); otherwise ``model`` predicts ``x_val``.
     Returns ``(model, used, scores)``: ``scores`` has the validation macro-F1 ``plain`` and ``flip``
     (empty for ``none``).
     """
@@ -244,7 +278,7 @@ def choose_flip(model, x_val, y_val, mode: str):
         return model, False, {}
     flipped = with_flip(model)
     scores = {
-        name: validation_scores(y_val, predict_proba(candidate, x_val))["val_macro_f1"]
+        name: validation_scores(y_val, proba[name] if proba else predict_proba(candidate, x_val))["val_macro_f1"]
         for name, candidate in (("plain", model), ("flip", flipped))
     }
     used = mode == "flip" or scores["flip"] > scores["plain"]
