@@ -265,7 +265,9 @@ def test_small_datasets_cross_validate_one_member_per_fold():
 
     plan = make_plan(SMALL_DATA, CPU, 30 * 60)
     assert (plan.folds, plan.ensemble) == (FOLDS, FOLDS) and plan.final_epochs >= 10
-    assert "5-fold cross-validation" in plan.reasons["folds"] and plan.reasons["ensemble"] == "rule 8: one member per fold"
+    assert (
+        "5-fold cross-validation" in plan.reasons["folds"] and plan.reasons["ensemble"] == "rule 8: one member per fold"
+    )
     assert "5-fold cross-validation, 5 x" in render_plan(plan, SMALL_DATA, CPU)
     # each member trains on 4 of the 5 folds of the pooled training and validation images, within the budget
     pool = (SMALL_DATA.n_train + SMALL_DATA.n_val) * 4 // 5
