@@ -240,6 +240,20 @@ def test_limitations_version_commit_ensemble_flip_temperature_and_sets_are_in_th
     assert mc.ModelCard.from_dict(card.to_dict()) == card
 
 
+def test_a_cross_validated_model_says_its_members_are_folds_and_what_it_was_calibrated_on():
+    import dataclasses
+
+    y, p = predictions()
+    card, *_ = make_card(sets=[[CLASSES[j] for j in np.argsort(-row)[:2]] for row in p])
+    pooled = "the out-of-fold predictions of 520 pooled training and validation images"
+    card = dataclasses.replace(card, model=dataclasses.replace(card.model, ensemble=5, folds=5, calibrated_on=pooled))
+    md = mc.render_markdown(card)
+    assert "5 members, one per fold of 5-fold cross-validation, probabilities averaged" in md
+    assert f"1.700, fitted on {pooled}" in md and f"split-conformal on {pooled}" in md
+    assert "validation images" not in md.split("## Limitations")[0].split("Training parameters")[0]
+    assert mc.ModelCard.from_dict(card.to_dict()) == card
+
+
 def test_the_gate_section_shows_the_paired_interval():
     card, *_ = make_card()
     card.gate = mc.GateInfo("challenger", 0.81, "2", 0.8, 0.0, "not better beyond noise", 0.005, -0.01, 0.02)

@@ -49,6 +49,8 @@ class ModelInfo:
     params: dict
     params_source: str  # where the training params came from, in words
     ensemble: int = 1  # members averaged
+    folds: int = 0  # k-fold members (0: seeds on one validation split)
+    calibrated_on: str = "validation images"  # what the temperature and the sets' threshold were fitted on
     flip: bool = False  # test-time left-right flip
     temperature: float = 1.0  # 1: not calibrated
     conformal_level: float | None = None  # None: no prediction sets

@@ -118,9 +118,9 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
                 ["weights sha256", m.weights_sha256 or "n/a"],
                 ["input", f"{m.image_size} x {m.image_size} px, {m.channels} channel(s), raw 0-255 pixels"],
                 ["parameters", f"{m.parameters:,}"],
-                ["ensemble", f"{m.ensemble} members, probabilities averaged" if m.ensemble > 1 else "one network"],
+                ["ensemble", _ensemble(m)],
                 ["test-time flip", "on: each image and its mirror averaged" if m.flip else "off"],
-                ["temperature", f"{m.temperature:.3f}, fitted on validation images" if m.temperature != 1 else "none"],
+                ["temperature", f"{m.temperature:.3f}, fitted on {m.calibrated_on}" if m.temperature != 1 else "none"],
                 ["medtune", f"{m.medtune_version}, commit {m.git_commit}"],
                 ["training params from", m.params_source],
                 ["registered as", registered],
@@ -166,7 +166,7 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
             f"Expected calibration error {r.ece:.3f}: the mean gap between confidence and accuracy"
             + (
                 f"; {r.ece_uncalibrated:.3f} before the temperature {m.temperature:.3f} (one number for the whole "
-                "model, fitted on validation images by negative log-likelihood; it changes no predicted class)."
+                f"model, fitted on {m.calibrated_on} by negative log-likelihood; it changes no predicted class)."
                 if r.ece_uncalibrated is not None
                 else "; the probabilities are not temperature-scaled."
             )
@@ -181,7 +181,7 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
         blocks += [
             Text(
                 f"Each answer comes with the set of classes that holds the true class with probability at least "
-                f"{m.conformal_level:.0%} (split-conformal on validation images, for images like them). On the "
+                f"{m.conformal_level:.0%} (split-conformal on {m.calibrated_on}, for images like them). On the "
                 f"test images it held the true class for {r.set_coverage:.1%}, with {r.set_size:.2f} classes on average."
             ),
             Table(
@@ -244,3 +244,10 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
             ),
         ]
     return blocks
+
+
+def _ensemble(m) -> str:
+    if m.ensemble <= 1:
+        return "one network"
+    how = f", one per fold of {m.folds}-fold cross-validation" if m.folds > 1 else ""
+    return f"{m.ensemble} members{how}, probabilities averaged"

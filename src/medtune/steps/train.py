@@ -386,6 +386,12 @@ def _evaluate_and_register(opts, split, params, search_run_id, source, model, ou
         split_run_id=split.run_id,
         window=split.window,
         search_run_id=search_run_id or "",
+        folds=opts.folds,
+        calibrated_on=(
+            f"the out-of-fold predictions of {len(out_of_fold[0])} pooled training and validation images"
+            if out_of_fold
+            else "validation images"
+        ),
         **fit.metadata(),
     )
     model_name = f"medtune-{split.dataset}" if opts.register else None

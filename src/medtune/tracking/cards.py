@@ -60,6 +60,8 @@ def model_info(model, metadata: dict, *, name: str, version: str, run_id: str, p
         params=dict(metadata.get("params", {})),
         params_source=params_source,
         ensemble=len(members_of(flipped or inner)) or 1,
+        folds=int(metadata.get("folds", 0)),
+        calibrated_on=metadata.get("calibrated_on", "validation images"),
         flip=flipped is not None,
         temperature=temperature_of(model),
         conformal_level=metadata.get("conformal_level") if metadata.get("conformal_threshold") is not None else None,
