@@ -134,6 +134,34 @@ def test_calibrate_on_an_over_confident_model_lowers_validation_ece_and_keeps_ac
         "temperature": fit.temperature,
         "conformal_level": 0.9,
         "conformal_threshold": fit.conformal_threshold,
+        "operating_thresholds": None,  # four classes: no binary operating point
     }
     same, off = calibration.calibrate(model, x, y, enabled=False)
     assert same is model and off.temperature == 1.0
+
+
+def test_a_binary_models_operating_point_is_chosen_on_validation_and_read_on_other_images():
+    from medtune.metrics import operating_point_metrics, operating_thresholds
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], [300, 100])  # 25 % positives
+    score = np.clip(rng.normal(np.where(y == 1, 0.7, 0.35), 0.15), 0, 1)
+    proba = np.stack([1 - score, score], axis=1)
+    thresholds = operating_thresholds(y, proba, 0.9)
+    # at the threshold, at most 10 % of the negatives are called positive, and it is the lowest such threshold
+    assert np.mean(score[y == 0] >= thresholds[1]) <= 0.1
+    assert np.mean(score[y == 0] >= np.max(score[(y == 0) & (score < thresholds[1])])) > 0.1
+    # other images from the same source: near 90 % specificity, not exactly (it was chosen elsewhere)
+    y2 = np.repeat([0, 1], [3000, 1000])
+    s2 = np.clip(rng.normal(np.where(y2 == 1, 0.7, 0.35), 0.15), 0, 1)
+    m = operating_point_metrics(y2, np.stack([1 - s2, s2], axis=1), thresholds, ["none", "tumour"])
+    assert 0.85 < m["test_specificity_at_operating_point_tumour"] < 0.95
+    assert 0.6 < m["test_sensitivity_at_operating_point_tumour"] < 1.0
+    assert set(m) == {
+        f"test_{w}_at_operating_point_{c}" for w in ("sensitivity", "specificity") for c in ("none", "tumour")
+    }
+    assert operating_thresholds(np.array([0, 1, 2]), np.eye(3), 0.9) is None  # not a two-class task
+    # calibrate() chooses it on the calibration half (here of given out-of-fold probabilities) for the metadata
+    same, fit = calibration.calibrate(None, None, y, enabled=False, proba=proba)
+    _, cal = calibration.split_validation(y)
+    assert same is None and fit.metadata()["operating_thresholds"] == operating_thresholds(y[cal], proba[cal], 0.9)

@@ -129,6 +129,19 @@ def test_prediction_sets_their_coverage_and_size_come_with_a_conformal_threshold
     assert plain.sets is None and "test_set_coverage" not in plain.metrics
 
 
+def test_a_binary_models_operating_point_from_its_metadata_is_read_on_the_test_images():
+    proba = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.45, 0.55], [0.2, 0.8]], np.float32)
+    y = np.array([0, 0, 0, 1, 1])
+    meta = {"operating_thresholds": [0.5, 0.6]}  # "tumour" called from p >= 0.6
+    ev = evaluate_model(FixedModel(proba), _images(5), y, ["none", "tumour"], with_gradcam=False, metadata=meta)
+    # tumour: called for images 2 and 4: sensitivity 1/2 (image 3's 0.55 is under), specificity 2/3
+    assert ev.metrics["test_sensitivity_at_operating_point_tumour"] == pytest.approx(1 / 2)
+    assert ev.metrics["test_specificity_at_operating_point_tumour"] == pytest.approx(2 / 3)
+    assert ev.metrics["test_sensitivity_at_operating_point_none"] == pytest.approx(2 / 3)  # p(none) >= 0.5
+    plain = evaluate_model(FixedModel(proba), _images(5), y, ["none", "tumour"], with_gradcam=False, metadata={})
+    assert not any("operating_point" in k for k in plain.metrics)
+
+
 def test_evaluate_model_without_paths_numbers_rows():
     ev = evaluate_model(FixedModel(P), _images(), Y, CLASSES, with_gradcam=False)
     assert ev.predictions["path"].tolist() == [f"#{i}" for i in range(6)]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medtune.errors import ConfigError
-from medtune.metrics import expected_calibration_error
+from medtune.metrics import SPECIFICITY_PCT, expected_calibration_error, operating_thresholds
 
 __all__ = [
     "Calibration",
@@ -120,10 +120,14 @@ class Calibration:
     val_ece_before: float  # on the calibration half, which the temperature was not fitted on
     val_ece_after: float
     n_calibration: int  # validation images the threshold rests on
+    # two classes: per class, the p(class) from which it is called positive at 90 % specificity on the
+    # calibration half (metrics.operating_thresholds); None otherwise
+    operating_thresholds: list[float] | None = None
 
     def metadata(self) -> dict:
         """What the served model needs (see :func:`medtune.serving.build_metadata`)."""
-        return {k: getattr(self, k) for k in ("temperature", "conformal_level", "conformal_threshold")}
+        keys = ("temperature", "conformal_level", "conformal_threshold", "operating_thresholds")
+        return {k: getattr(self, k) for k in keys}
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -156,6 +160,7 @@ def calibrate(model, x_val, y_val: np.ndarray, *, enabled: bool = True, level: f
         expected_calibration_error(y_val[cal], proba[cal]),
         expected_calibration_error(y_val[cal], calibrated[cal]),
         len(cal),
+        operating_thresholds(y_val[cal], calibrated[cal], SPECIFICITY_PCT / 100),
     )
     return (with_temperature(model, temperature) if temperature != 1.0 else model), result
 

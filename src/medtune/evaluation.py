@@ -68,6 +68,8 @@ def evaluate_model(
     pred = proba.argmax(1)
     n = len(classes)
     scores = m.classification_metrics(y, proba, classes, prefix="test_")
+    if (metadata or {}).get("operating_thresholds"):  # a binary model's operating point, chosen on validation
+        scores.update(m.operating_point_metrics(y, proba, metadata["operating_thresholds"], classes))
     report = m.classification_report_dict(y, pred, classes)
     report_text = m.classification_report_text(y, pred, classes)
     predictions = pd.DataFrame(

@@ -9,6 +9,7 @@ scikit-learn's ``zero_division=0``; ROC AUC leaves classes absent from ``y_true`
 from __future__ import annotations
 
 import logging
+import math
 import re
 import warnings
 from collections.abc import Sequence
@@ -183,6 +184,45 @@ def sensitivity_at_specificity(positive: np.ndarray, score: np.ndarray, specific
     fpr, tpr, _ = skm.roc_curve(np.asarray(positive, dtype=bool), score)
     allowed = fpr <= 1.0 - specificity + 1e-12
     return float(tpr[allowed].max()) if allowed.any() else 0.0
+
+
+def operating_thresholds(y_true: np.ndarray, proba: np.ndarray, specificity: float) -> list[float] | None:
+    """For a two-class task, per class ``c``: the lowest threshold on ``p(c)`` at which these images
+    (validation, never test) keep a specificity of at least ``specificity``; None otherwise.
+
+    A fixed operating point chosen before the test set is seen: :func:`operating_point_metrics`
+    reports the sensitivity and specificity it really gives on other images.
+    """
+    y, p = _labels(y_true), np.asarray(proba, dtype=np.float64)
+    if p.shape[1] != 2 or len(np.unique(y)) != 2:
+        return None
+    out = []
+    for c in range(2):
+        negatives = np.sort(p[y != c, c])[::-1]
+        allowed = math.floor((1.0 - specificity) * len(negatives) + 1e-9)  # false positives it may make
+        out.append(float(np.nextafter(negatives[allowed], np.inf)) if allowed < len(negatives) else 0.0)
+    return out
+
+
+def operating_point_metrics(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    thresholds: Sequence[float],
+    class_names: Sequence[str],
+    prefix: str = "test_",
+) -> dict[str, float]:
+    """Sensitivity and specificity of each class ``c`` predicted positive when ``p(c) >= thresholds[c]``."""
+    y, p = _labels(y_true), np.asarray(proba, dtype=np.float64)
+    out = {}
+    for c, (name, threshold) in enumerate(zip(class_names, thresholds, strict=True)):
+        called = p[:, c] >= threshold
+        positive = y == c
+        key = safe_key(str(name))
+        out[f"{prefix}sensitivity_at_operating_point_{key}"] = float(called[positive].mean()) if positive.any() else 0.0
+        out[f"{prefix}specificity_at_operating_point_{key}"] = (
+            float((~called[~positive]).mean()) if (~positive).any() else 0.0
+        )
+    return out
 
 
 def classification_metrics(

@@ -312,3 +312,37 @@ def test_test_images_are_in_the_html_only_when_asked(images):
         assert len(logged.described) == 6 and "heat peak" in page and "card_images" in page
         e = logged.described[0]
         assert (e.true, e.pred, e.confidence) == ("a", "b", 0.7) and 0 <= e.hot_area <= 1
+
+
+def test_a_binary_models_card_reads_its_operating_points_on_the_test_images():
+    import dataclasses
+
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], [90, 30])
+    score = np.clip(rng.normal(np.where(y == 1, 0.7, 0.3), 0.15), 0, 1)
+    p = np.stack([1 - score, score], axis=1)
+    classes = ["no_tumour", "tumour"]
+    card, *_ = make_card()
+    model = dataclasses.replace(card.model, operating_thresholds=[0.4, 0.55], temperature=1.0)
+    data = dataclasses.replace(card.data, classes=classes, counts={"test": {"no_tumour": 90, "tumour": 30}})
+    binary = mc.build_card(
+        model=model,
+        data=data,
+        metrics=metrics.classification_metrics(y, p, classes),
+        y_true=y,
+        proba=p,
+        confusion=metrics.confusion(y, p.argmax(1), 2),
+        test_split="synthetic:feed",
+        n_resamples=50,
+    )
+    tumour = binary.results.per_class[1]
+    called = score >= 0.55
+    assert tumour.operating_threshold == 0.55
+    assert tumour.operating_sensitivity.value == pytest.approx(called[y == 1].mean())
+    assert tumour.operating_specificity.value == pytest.approx((~called[y == 0]).mean())
+    assert tumour.operating_sensitivity.low < tumour.operating_sensitivity.value < tumour.operating_sensitivity.high
+    md = mc.render_markdown(binary)
+    assert "### Operating point" in md and "chosen on validation images for 90 % specificity" in md
+    assert f"| tumour | 0.550 | {tumour.operating_sensitivity.value:.3f}" in md
+    assert mc.ModelCard.from_dict(binary.to_dict()) == binary
+    assert "Operating point" not in mc.render_markdown(card)  # four classes: none

@@ -51,6 +51,7 @@ class ModelInfo:
     ensemble: int = 1  # members averaged
     folds: int = 0  # k-fold members (0: seeds on one validation split)
     calibrated_on: str = "validation images"  # what the temperature and the sets' threshold were fitted on
+    operating_thresholds: list[float] | None = None  # two classes: each one's operating point on p(class)
     flip: bool = False  # test-time left-right flip
     temperature: float = 1.0  # 1: not calibrated
     conformal_level: float | None = None  # None: no prediction sets
@@ -88,6 +89,10 @@ class ClassResult:
     auc: Estimate | None
     set_coverage: float | None = None  # of its images, how many had the true class in their prediction set
     set_size: float | None = None  # their mean set size
+    # a binary model's operating point (chosen before the test, medtune.metrics.operating_thresholds)
+    operating_threshold: float | None = None  # the class is called from p(class) >= it
+    operating_sensitivity: Estimate | None = None
+    operating_specificity: Estimate | None = None
 
 
 @dataclass
@@ -151,9 +156,19 @@ class ModelCard:
     def from_dict(cls, d: Mapping) -> ModelCard:
         res = dict(d["results"])
         res["headline"] = {k: Estimate(**v) for k, v in res["headline"].items()}
-        estimates = ("sensitivity", "specificity", "ppv", "npv", "f1", "auc")
+        estimates = (
+            "sensitivity",
+            "specificity",
+            "ppv",
+            "npv",
+            "f1",
+            "auc",
+            "operating_sensitivity",
+            "operating_specificity",
+        )
         res["per_class"] = [
-            ClassResult(**{**c, **{k: Estimate(**c[k]) if c[k] else None for k in estimates}}) for c in res["per_class"]
+            ClassResult(**{**c, **{k: Estimate(**c[k]) if c.get(k) else None for k in estimates}})
+            for c in res["per_class"]
         ]
         return cls(
             **{
@@ -204,6 +219,18 @@ def data_from_test_labels(
     return DataInfo(dataset, test_source, test_hash, list(classes), counts, {})
 
 
+def _operating_point(thresholds, i: int, y: np.ndarray, proba: np.ndarray) -> dict:
+    """Class ``i``'s operating point on the test images, with Wilson intervals (nothing without one)."""
+    if not thresholds:
+        return {}
+    called, positive = np.asarray(proba)[:, i] >= thresholds[i], y == i
+    return {
+        "operating_threshold": float(thresholds[i]),
+        "operating_sensitivity": _estimate(proportion(int(called[positive].sum()), int(positive.sum()))),
+        "operating_specificity": _estimate(proportion(int((~called[~positive]).sum()), int((~positive).sum()))),
+    }
+
+
 def build_card(
     *,
     model: ModelInfo,
@@ -249,6 +276,7 @@ def build_card(
                 auc=_estimate(ci[f"auc_{i}"]) if np.isfinite(ci[f"auc_{i}"].value) else None,
                 set_coverage=float(np.mean(covered)) if covered else None,
                 set_size=float(np.mean([len(s) for s, t in zip(sets, y) if t == i])) if covered else None,
+                **_operating_point(model.operating_thresholds, i, y, proba),
             )
         )
     results = Results(

@@ -155,6 +155,7 @@ def layout(card: ModelCard, figures: Collection[str] = ()) -> list:
                 for c in r.per_class
             ],
         ),
+        *_operating_points(r.per_class, m.calibrated_on),
         Heading(3, "Confusion matrix"),
         Text("Rows: true class; columns: predicted class."),
         Table(["true \\ predicted", *d.classes], [[c, *map(str, row)] for c, row in zip(d.classes, r.confusion)]),
@@ -251,3 +252,24 @@ def _ensemble(m) -> str:
         return "one network"
     how = f", one per fold of {m.folds}-fold cross-validation" if m.folds > 1 else ""
     return f"{m.ensemble} members{how}, probabilities averaged"
+
+
+def _operating_points(per_class, calibrated_on: str) -> list:
+    """A binary model's fixed operating points, read on the test images (nothing for other models)."""
+    rows = [c for c in per_class if c.operating_threshold is not None]
+    if not rows:
+        return []
+    return [
+        Heading(3, "Operating point"),
+        Text(
+            f"Each class is called when its probability reaches a threshold chosen on {calibrated_on} for "
+            "90 % specificity, before the test images were seen; on the test images it gives:"
+        ),
+        Table(
+            ["class called", "from probability", "sensitivity", "specificity"],
+            [
+                [c.name, f"{c.operating_threshold:.3f}", _ci(c.operating_sensitivity), _ci(c.operating_specificity)]
+                for c in rows
+            ],
+        ),
+    ]

@@ -62,6 +62,7 @@ def model_info(model, metadata: dict, *, name: str, version: str, run_id: str, p
         ensemble=len(members_of(flipped or inner)) or 1,
         folds=int(metadata.get("folds", 0)),
         calibrated_on=metadata.get("calibrated_on", "validation images"),
+        operating_thresholds=metadata.get("operating_thresholds"),
         flip=flipped is not None,
         temperature=temperature_of(model),
         conformal_level=metadata.get("conformal_level") if metadata.get("conformal_threshold") is not None else None,
