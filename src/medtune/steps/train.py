@@ -346,8 +346,9 @@ def _calibrate(opts: TrainOptions, cache, model, run, out_of_fold=None):
     run.params({"calibrate": opts.calibrate, "conformal_level": opts.conformal_level})
     run.metrics(fit.metrics())
     log.info(
-        "Temperature %.3f (validation ECE %.4f -> %.4f); prediction sets at %.0f %%: threshold %.4f",
+        "Temperature %.3f (%s ECE %.4f -> %.4f); prediction sets at %.0f %%: threshold %.4f",
         fit.temperature,
+        "out-of-fold" if out_of_fold else "validation",
         fit.val_ece_before,
         fit.val_ece_after,
         100 * opts.conformal_level,
