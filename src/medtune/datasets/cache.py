@@ -141,9 +141,9 @@ def cache_key(
     return f"{int(image_size)}px{int(channels)}c-{digest.hexdigest()[:16]}"
 
 
-def _split_rows(manifest: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Rows per split, splits in train/val/test order first, rows by (label, sha256, path)."""
-    frame = manifest[["path", "label", "split", "sha256"]].astype(str)
+def split_rows(manifest: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Rows per split in the cache's order: splits in train/val/test order first, rows by (label, sha256, path)."""
+    frame = manifest.astype(str)
     names = [s for s in _SPLIT_ORDER if (frame["split"] == s).any()]
     names += sorted(set(frame["split"]) - set(_SPLIT_ORDER))
     return {
@@ -311,14 +311,14 @@ def ensure_cache(
     key = cache_key(manifest, image_size, channels, classes, window)
     final = arrays_dir / key
     digest = manifest_hash(manifest)
-    split_rows = _split_rows(manifest)
-    current_paths = {s: rows["path"].tolist() for s, rows in split_rows.items()}
+    rows_of = split_rows(manifest)
+    current_paths = {s: rows["path"].tolist() for s, rows in rows_of.items()}
 
     if final.is_dir():
         try:
             cache = load_cache(final)
             meta = json.loads((final / "meta.json").read_text(encoding="utf-8"))
-            if meta.get("manifest_hash") == digest and cache.classes == classes and set(cache.x) == set(split_rows):
+            if meta.get("manifest_hash") == digest and cache.classes == classes and set(cache.x) == set(rows_of):
                 cache.paths = current_paths
                 logger.info("reusing array cache %s", final)
                 return cache, True
@@ -340,7 +340,7 @@ def ensure_cache(
     try:
         index = {c: i for i, c in enumerate(classes)}
         counts = {}
-        for split, rows in split_rows.items():
+        for split, rows in rows_of.items():
             _fill_split(tmp / f"{split}_x.npy", rows, image_size, channels, arrays, decode)
             np.save(tmp / f"{split}_y.npy", rows["label"].map(index).to_numpy(dtype=np.int32), allow_pickle=False)
             counts[split] = {c: int((rows["label"] == c).sum()) for c in classes}
@@ -352,7 +352,7 @@ def ensure_cache(
             "channels": channels,
             "window": window_label(window),
             "manifest_hash": digest,
-            "splits": list(split_rows),
+            "splits": list(rows_of),
             "counts": counts,
             "paths": current_paths,
         }
@@ -371,7 +371,7 @@ def ensure_cache(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("built array cache %s (%s)", final, ", ".join(f"{s} {len(r)}" for s, r in split_rows.items()))
+    logger.info("built array cache %s (%s)", final, ", ".join(f"{s} {len(r)}" for s, r in rows_of.items()))
     cache = load_cache(final)
     cache.paths = current_paths
     return cache, False

@@ -30,11 +30,10 @@ class FoldData:
 def pool_groups(manifest) -> np.ndarray:
     """A group number per pooled row (the cache's train rows, then its val rows): rows that share a
     duplicate group or a patient share a number."""
-    frame = manifest.astype(str)
-    rows = [
-        frame[frame["split"] == s].sort_values(["label", "sha256", "path"], kind="stable")  # the cache's order
-        for s in SPLITS
-    ]
+    from medtune.datasets.cache import split_rows
+
+    in_cache_order = split_rows(manifest)
+    rows = [in_cache_order[s] for s in SPLITS if s in in_cache_order]
     parent: dict[str, str] = {}
 
     def find(key: str) -> str:
