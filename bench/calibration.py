@@ -6,7 +6,9 @@ split: the network without its temperature on the validation and test images, th
 training does, a temperature fitted on one half of the validation images and a conformal threshold on
 the other, at 90 % and 95 %. Printed per dataset and level: the temperature, test ECE before and
 after, test accuracy (unchanged by construction), coverage reached on the test images and the mean
-set size.
+set size; beside them the served model as registered (its temperature fitted by the code of its
+day): its temperature, test ECE and macro ROC-AUC, against the ROC-AUC of today's refit in float32
+as a served model computes it.
 
     python bench/calibration.py                                   # brain_mri and covid, champions
     python bench/calibration.py --datasets covid19_radiography --train-minutes 5 --per-class 300
@@ -56,7 +58,7 @@ def measure(dataset: str, model_uri: str, levels: list[float]) -> list[dict]:
 
     from medtune import calibration
     from medtune.evaluation import manifest_test_set
-    from medtune.metrics import expected_calibration_error
+    from medtune.metrics import classification_metrics, expected_calibration_error
     from medtune.serving import load_keras_from_uri
     from medtune.tracking.splits import load_split
     from medtune.training import predict_proba
@@ -68,6 +70,8 @@ def measure(dataset: str, model_uri: str, levels: list[float]) -> list[dict]:
     test = manifest_test_set(split)
     y_val = np.asarray(split.cache.y["val"])
     val, proba = predict_proba(network, split.cache.x["val"]), predict_proba(network, test.x)
+    served = predict_proba(model, test.x)
+    auc = lambda p: classification_metrics(test.y, p, split.classes)["test_roc_auc_macro"]  # noqa: E731
     fit, cal = calibration.split_validation(y_val, seed=42)  # train's default seed: its halves
     temperature = calibration.fit_temperature(val[fit], y_val[fit])
     scaled_val, scaled = calibration.scale(val, temperature), calibration.scale(proba, temperature)
@@ -87,7 +91,10 @@ def measure(dataset: str, model_uri: str, levels: list[float]) -> list[dict]:
                 "accuracy": float((scaled.argmax(1) == test.y).mean()),
                 "coverage": float(np.mean([split.classes[t] in s for t, s in zip(test.y, sets)])),
                 "mean_set_size": float(np.mean([len(s) for s in sets])),
+                "roc_auc_after": auc(scaled.astype(np.float32)),
                 "served_temperature": calibration.temperature_of(model),
+                "served_ece": expected_calibration_error(test.y, served),
+                "served_roc_auc": auc(served),
             }
         )
     return rows

@@ -46,6 +46,19 @@ def test_the_temperature_of_over_confident_scores_is_above_one_and_lowers_the_ec
     assert after < before / 2
 
 
+def test_a_fit_set_without_errors_does_not_drive_the_probabilities_to_certainty():
+    """All 400 right: plain labels would push T to its 0.05 bound and every probability to 0 or 1."""
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 400)
+    margin = rng.uniform(1.0, 4.0, 400) * np.where(y == 1, 1, -1)  # logit of class 1 minus class 0, every sign right
+    p = np.stack([1 / (1 + np.exp(margin)), 1 / (1 + np.exp(-margin))], axis=1)
+    t = calibration.fit_temperature(p, y)
+    scaled = calibration.scale(p, t).astype(np.float32)
+    assert 0.1 < t < 1.0  # sharper than the network, far from the bound
+    assert scaled.max() < 1.0 and scaled.min() > 0.0  # nothing certain in float32, as a served model computes
+    assert scaled.max(axis=1).mean() < (200 + 1) / (200 + 2)  # no surer on average than 200 images per class show
+
+
 @pytest.mark.parametrize("level", [0.8, 0.9, 0.95])
 def test_coverage_on_held_out_scores_is_within_the_finite_sample_bound(level):
     """Over random calibration/test splits of fixed scores, mean coverage lies in [level, level + 1/(n+1)]."""
